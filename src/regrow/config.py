@@ -1,0 +1,66 @@
+"""Settings: one frozen dataclass, built from defaults, then REGROW_* environment
+variables, then explicit arguments (CLI flags or constructor keywords).
+
+Nothing in regrow reads the environment after this point; settings are passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    # How many tasks a worker may hold per thread before the scheduler queues
+    # the rest centrally. >1 hides the scheduler round trip for short tasks;
+    # work stealing rebalances the surplus when a worker falls behind.
+    worker_saturation: float = 4.0
+    # Initial guess of a task's duration (s) before any has been measured.
+    default_task_duration: float = 0.001
+    # Bytes per second assumed for moving data between workers, for placement.
+    bandwidth: float = 500e6
+    # Handshake (authentication) must finish within this many seconds.
+    handshake_timeout: float = 10.0
+    # Connecting to a peer gives up after this many seconds.
+    connect_timeout: float = 10.0
+    # Largest frame accepted after authentication (bytes).
+    max_frame_bytes: int = 1 << 36
+    # Seconds between work-stealing passes.
+    steal_interval: float = 0.05
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then REGROW_<FIELD> variables, then the keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"REGROW_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, f.type)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in {f.name for f in fields(cls)}:
+                raise TypeError(f"unknown setting {name!r}")
+            values[name] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, raw: str, type_: Any) -> Any:
+    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+    except ValueError:
+        raise ValueError(f"REGROW_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,77 @@
+"""Outputs of the scheduler core: what the shell must do, named in the imperative."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compute(Command):
+    worker: str
+    key: str
+    run_spec: object
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+    priority: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FreeKeys(Command):
+    """The worker drops these keys: data, or a task not yet finished."""
+
+    worker: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Steal(Command):
+    """Ask ``worker`` to give up ``key`` if it has not started it."""
+
+    worker: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportInMemory(Command):
+    client: str
+    key: str
+    type_name: str
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportErred(Command):
+    """The client's future for ``key`` errs.
+
+    ``exception``/``traceback`` are the worker's pickled objects (opaque here), or
+    empty when the scheduler itself decided the error; then ``kind`` names the
+    regrow exception to raise (``KilledWorker``, ``LostDataError``...).
+    """
+
+    client: str
+    key: str
+    exception: bytes
+    traceback: bytes
+    text: str
+    kind: str = ""
+    blame: str = ""
+    workers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportCancelled(Command):
+    client: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportLost(Command):
+    """The only copy of ``key`` was lost; it is being recomputed."""
+
+    client: str
+    key: str

@@ -1,0 +1,142 @@
+"""Inputs to the scheduler core: things that happened, named in the past tense."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    stimulus_id: str = ""
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """One task as a client submits it. ``run_spec`` is opaque to the scheduler."""
+
+    key: str
+    dependencies: tuple[str, ...] = ()
+    run_spec: object = None
+    priority: int = 0
+    retries: int = 0
+    workers: tuple[str, ...] | None = None
+    pure: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConnected(Event):
+    client: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientDisconnected(Event):
+    client: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TasksSubmitted(Event):
+    """A client submitted tasks (dependencies first) and holds futures for ``wanted``."""
+
+    client: str
+    tasks: tuple[TaskSpec, ...]
+    wanted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysDesired(Event):
+    """A client holds (new) futures for keys the scheduler may already know."""
+
+    client: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysReleased(Event):
+    """A client dropped its last future for each of ``keys``."""
+
+    client: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysCancelled(Event):
+    client: str
+    keys: tuple[str, ...]
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScatteredKey:
+    key: str
+    nbytes: int
+    type_name: str
+    workers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataScattered(Event):
+    """A client placed data on workers directly; it wants those keys."""
+
+    client: str
+    keys: tuple[ScatteredKey, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerAdded(Event):
+    worker: str
+    name: str = ""
+    nthreads: int = 1
+    pid: int = 0
+    memory_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRemoved(Event):
+    worker: str
+    reason: str = ""
+    # A clean retirement: its running tasks do not become suspicious.
+    graceful: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFinished(Event):
+    worker: str
+    key: str
+    nbytes: int
+    type_name: str = ""
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskErred(Event):
+    worker: str
+    key: str
+    exception: bytes
+    traceback: bytes
+    text: str
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DependencyMissing(Event):
+    """``worker`` gave up on ``key``: it could not fetch ``dependency`` from any of ``holders``."""
+
+    worker: str
+    key: str
+    dependency: str
+    holders: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StealAnswered(Event):
+    """The victim of a steal request says whether it gave the task up."""
+
+    worker: str
+    key: str
+    stolen: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ticked(Event):
+    """Time passed (``now``); periodic duties such as balancing run."""

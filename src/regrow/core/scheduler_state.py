@@ -1,0 +1,913 @@
+"""Every task, worker and client the scheduler knows, and the rules that move them.
+
+``SchedulerState.handle(*events)`` is the only way in; it returns the commands
+the shell must carry out. It does no IO and reads no clock.
+
+Task states::
+
+    released --> waiting --> queued --> processing --> memory
+        ^           |           |           |             |
+        |           +-----------+-----------+--> erred    |
+        +------------------------------------------------+ (unwanted / lost)
+    released/erred with no client and no dependents --> forgotten (deleted)
+
+A task is *needed* while a client wants it or a dependent still waits on it
+(``waiters``). Unneeded results are freed on workers at once (reference
+counting); their TaskState stays as long as a dependent exists, so lost results
+can be recomputed from lineage.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from regrow.core import commands as cmd
+from regrow.core import events as ev
+from regrow.core.placement import decide_worker
+
+RELEASED = "released"
+WAITING = "waiting"
+QUEUED = "queued"
+PROCESSING = "processing"
+MEMORY = "memory"
+ERRED = "erred"
+FORGOTTEN = "forgotten"
+
+
+class InvalidTransition(RuntimeError):
+    """The core was asked to do something its rules forbid; carries the key's story."""
+
+
+class TaskState:
+    __slots__ = (
+        "dependencies",
+        "dependents",
+        "error",
+        "key",
+        "nbytes",
+        "priority",
+        "processing_on",
+        "pure",
+        "restrictions",
+        "retries",
+        "run_spec",
+        "state",
+        "steal_pending",
+        "suspicious",
+        "type_name",
+        "waiters",
+        "waiting_on",
+        "who_has",
+        "who_wants",
+    )
+
+    def __init__(self, key: str, run_spec: object, priority: tuple[int, int]) -> None:
+        self.key = key
+        self.run_spec = run_spec
+        self.priority = priority
+        self.state = RELEASED
+        self.dependencies: set[TaskState] = set()
+        self.dependents: set[TaskState] = set()
+        self.waiting_on: set[TaskState] = set()
+        self.waiters: set[TaskState] = set()
+        self.who_wants: set[ClientState] = set()
+        self.who_has: set[WorkerState] = set()
+        self.processing_on: WorkerState | None = None
+        self.nbytes = 0
+        self.type_name = ""
+        self.retries = 0
+        self.restrictions: frozenset[str] | None = None
+        self.pure = True
+        self.suspicious = 0
+        self.steal_pending = False
+        self.error: TaskError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {self.state}>"
+
+
+class TaskError:
+    """Why a task erred; shared by the task that failed and every dependent."""
+
+    __slots__ = ("blame", "exception", "kind", "text", "traceback", "workers")
+
+    def __init__(
+        self,
+        *,
+        blame: str,
+        text: str,
+        exception: bytes = b"",
+        traceback: bytes = b"",
+        kind: str = "",
+        workers: tuple[str, ...] = (),
+    ) -> None:
+        self.blame = blame
+        self.text = text
+        self.exception = exception
+        self.traceback = traceback
+        self.kind = kind
+        self.workers = workers
+
+
+class WorkerState:
+    __slots__ = (
+        "address",
+        "has_what",
+        "memory_limit",
+        "name",
+        "nbytes",
+        "nthreads",
+        "pid",
+        "processing",
+        "slots",
+    )
+
+    def __init__(
+        self, address: str, name: str, nthreads: int, pid: int, memory_limit: int, slots: int
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.pid = pid
+        self.memory_limit = memory_limit
+        self.slots = slots
+        self.processing: dict[TaskState, None] = {}
+        self.has_what: set[TaskState] = set()
+        self.nbytes = 0
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address} processing={len(self.processing)}>"
+
+
+class ClientState:
+    __slots__ = ("id", "wants")
+
+    def __init__(self, client_id: str) -> None:
+        self.id = client_id
+        self.wants: set[TaskState] = set()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id}>"
+
+
+class SchedulerState:
+    """The scheduler's whole state; mutated only by ``handle``."""
+
+    def __init__(
+        self,
+        *,
+        worker_saturation: float = 4.0,
+        default_task_duration: float = 0.001,
+        bandwidth: float = 500e6,
+        allowed_failures: int = 3,
+        validate: bool = False,
+    ) -> None:
+        self.worker_saturation = worker_saturation
+        self.bandwidth = bandwidth
+        self.allowed_failures = allowed_failures
+        self.validate = validate
+        self.avg_duration = default_task_duration
+        self.tasks: dict[str, TaskState] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.clients: dict[str, ClientState] = {}
+        # Workers with at least one free slot, in arrival order.
+        self.free: dict[WorkerState, None] = {}
+        self._queue: list[tuple[tuple[int, int], str]] = []
+        self._queued_count = 0
+        self._seq = itertools.count()
+        self._out: list[cmd.Command] = []
+        self._stimulus = ""
+        # Bounded story of transitions: (key, start, finish, stimulus_id).
+        self.log: deque[tuple[str, str, str, str]] = deque(maxlen=100_000)
+        self.counts = {"finished": 0, "erred": 0, "recomputed": 0, "stolen": 0, "lost": 0}
+
+    # ------------------------------------------------------------------ entry
+    def handle(self, *events: ev.Event) -> list[cmd.Command]:
+        for event in events:
+            self._stimulus = event.stimulus_id
+            match event:
+                case ev.TasksSubmitted():
+                    self._tasks_submitted(event)
+                case ev.TaskFinished():
+                    self._task_finished(event)
+                case ev.TaskErred():
+                    self._task_erred(event)
+                case ev.KeysReleased():
+                    self._keys_released(event.client, event.keys)
+                case ev.KeysDesired():
+                    self._keys_desired(event)
+                case ev.KeysCancelled():
+                    self._keys_cancelled(event)
+                case ev.DataScattered():
+                    self._data_scattered(event)
+                case ev.WorkerAdded():
+                    self._worker_added(event)
+                case ev.WorkerRemoved():
+                    self._worker_removed(event)
+                case ev.DependencyMissing():
+                    self._dependency_missing(event)
+                case ev.StealAnswered():
+                    self._steal_answered(event)
+                case ev.ClientConnected():
+                    self.clients.setdefault(event.client, ClientState(event.client))
+                case ev.ClientDisconnected():
+                    self._client_disconnected(event.client)
+                case ev.Ticked():
+                    self._balance()
+                case _:
+                    raise TypeError(f"unknown event {event!r}")
+        out, self._out = self._out, []
+        if self.validate:
+            from regrow.core.invariants import validate_state
+
+            validate_state(self)
+        return out
+
+    # --------------------------------------------------------------- helpers
+    def _emit(self, command: cmd.Command) -> None:
+        self._out.append(command)
+
+    def _set_state(self, ts: TaskState, finish: str) -> None:
+        self.log.append((ts.key, ts.state, finish, self._stimulus))
+        ts.state = finish
+
+    def story(self, key: str) -> list[tuple[str, str, str, str]]:
+        return [entry for entry in self.log if entry[0] == key]
+
+    def _illegal(self, ts: TaskState, what: str) -> InvalidTransition:
+        return InvalidTransition(f"{what} for {ts!r}; story: {self.story(ts.key)[-10:]}")
+
+    def _client(self, client_id: str) -> ClientState:
+        cs = self.clients.get(client_id)
+        if cs is None:
+            cs = self.clients[client_id] = ClientState(client_id)
+        return cs
+
+    @staticmethod
+    def _needed(ts: TaskState) -> bool:
+        return bool(ts.who_wants or ts.waiters)
+
+    def _slots_for(self, nthreads: int) -> int:
+        return max(1, math.ceil(nthreads * self.worker_saturation))
+
+    # ------------------------------------------------------------ submission
+    def _tasks_submitted(self, event: ev.TasksSubmitted) -> None:
+        client = self._client(event.client)
+        fresh: list[TaskState] = []
+        for spec in event.tasks:
+            ts = self.tasks.get(spec.key)
+            if ts is not None:
+                continue  # a pure key already known: the work is shared
+            ts = TaskState(spec.key, spec.run_spec, (-spec.priority, next(self._seq)))
+            ts.retries = spec.retries
+            ts.pure = spec.pure
+            if spec.workers:
+                ts.restrictions = frozenset(spec.workers)
+            missing = [d for d in spec.dependencies if d not in self.tasks]
+            for dep_key in spec.dependencies:
+                dep = self.tasks.get(dep_key)
+                if dep is not None:
+                    ts.dependencies.add(dep)
+                    dep.dependents.add(ts)
+            self.tasks[spec.key] = ts
+            if missing:
+                self._err(
+                    ts,
+                    TaskError(
+                        blame=ts.key,
+                        kind="FutureLostError",
+                        text=f"task {ts.key!r} depends on {missing[0]!r}, which the scheduler "
+                        "no longer knows (was its future released?)",
+                    ),
+                )
+            fresh.append(ts)
+        for key in event.wanted:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            self._want(client, ts)
+        for ts in fresh:
+            if ts.state == RELEASED and not self._needed(ts):
+                self._check_forget(ts)
+
+    def _want(self, client: ClientState, ts: TaskState) -> None:
+        new = client not in ts.who_wants
+        ts.who_wants.add(client)
+        client.wants.add(ts)
+        if ts.state == RELEASED:
+            self._compute(ts)
+        elif new and ts.state == MEMORY:
+            self._emit(
+                cmd.ReportInMemory(
+                    client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
+                )
+            )
+        elif new and ts.state == ERRED:
+            self._report_erred(client, ts)
+
+    def _keys_desired(self, event: ev.KeysDesired) -> None:
+        client = self._client(event.client)
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._emit(
+                    cmd.ReportErred(
+                        client=client.id,
+                        key=key,
+                        exception=b"",
+                        traceback=b"",
+                        kind="FutureLostError",
+                        text=f"the scheduler does not know key {key!r} (it was released)",
+                        blame=key,
+                    )
+                )
+                continue
+            self._want(client, ts)
+
+    # ----------------------------------------------------------- computation
+    def _compute(self, root: TaskState) -> None:
+        """Bring a released task (and, recursively, its released inputs) to be computed."""
+        stack = [root]
+        while stack:
+            ts = stack.pop()
+            if ts.state != RELEASED:
+                continue
+            if ts.run_spec is None:
+                self._err(
+                    ts,
+                    TaskError(
+                        blame=ts.key,
+                        kind="LostDataError",
+                        text=f"scattered data {ts.key!r} was lost with its worker and cannot be "
+                        "recomputed (scatter with replicas=k to keep copies)",
+                    ),
+                )
+                continue
+            self._set_state(ts, WAITING)
+            erred_dep: TaskState | None = None
+            for dep in ts.dependencies:
+                dep.waiters.add(ts)
+                if dep.state == MEMORY:
+                    continue
+                if dep.state == ERRED:
+                    erred_dep = dep
+                    continue
+                ts.waiting_on.add(dep)
+                if dep.state == RELEASED:
+                    stack.append(dep)
+            if erred_dep is not None:
+                assert erred_dep.error is not None
+                self._err(ts, erred_dep.error)
+            elif not ts.waiting_on:
+                self._ready(ts)
+
+    def _ready(self, ts: TaskState, prefer: WorkerState | None = None) -> None:
+        if prefer is not None and self._allowed(ts, prefer) and prefer in self.free:
+            ws: WorkerState | None = prefer
+        else:
+            ws = decide_worker(ts, self.free, self.bandwidth, self.avg_duration)
+        if ws is None:
+            self._set_state(ts, QUEUED)
+            heapq.heappush(self._queue, (ts.priority, ts.key))
+            self._queued_count += 1
+            return
+        self._send_to(ts, ws)
+
+    @staticmethod
+    def _allowed(ts: TaskState, ws: WorkerState) -> bool:
+        return ts.restrictions is None or ws.address in ts.restrictions or ws.name in (
+            ts.restrictions
+        )
+
+    def _send_to(self, ts: TaskState, ws: WorkerState) -> None:
+        self._set_state(ts, PROCESSING)
+        ts.processing_on = ws
+        ws.processing[ts] = None
+        if len(ws.processing) >= ws.slots:
+            self.free.pop(ws, None)
+        self._emit(
+            cmd.Compute(
+                stimulus_id=self._stimulus,
+                worker=ws.address,
+                key=ts.key,
+                run_spec=ts.run_spec,
+                who_has={d.key: [w.address for w in d.who_has] for d in ts.dependencies},
+                nbytes={d.key: d.nbytes for d in ts.dependencies},
+                priority=ts.priority,
+            )
+        )
+
+    def _stop_processing(self, ts: TaskState) -> WorkerState | None:
+        ws = ts.processing_on
+        ts.processing_on = None
+        ts.steal_pending = False
+        if ws is not None:
+            ws.processing.pop(ts, None)
+            if len(ws.processing) < ws.slots and ws.address in self.workers:
+                self.free[ws] = None
+        return ws
+
+    def _fill(self, ws: WorkerState) -> None:
+        """Give a worker with free slots queued tasks, best priority first."""
+        skipped: list[tuple[tuple[int, int], str]] = []
+        while self._queue and len(ws.processing) < ws.slots:
+            prio, key = heapq.heappop(self._queue)
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != QUEUED or ts.priority != prio:
+                continue
+            if not self._allowed(ts, ws):
+                skipped.append((prio, key))
+                continue
+            self._queued_count -= 1
+            self._send_to(ts, ws)
+        for item in skipped:
+            heapq.heappush(self._queue, item)
+
+    def _fill_all(self) -> None:
+        for ws in list(self.free):
+            if not self._queued_count:
+                return
+            self._fill(ws)
+
+    def _unqueue(self, ts: TaskState) -> None:
+        # Lazy deletion: the heap entry is skipped when popped.
+        self._queued_count -= 1
+
+    # --------------------------------------------------------------- results
+    def _task_finished(self, event: ev.TaskFinished) -> None:
+        ws = self.workers.get(event.worker)
+        if ws is None:
+            return  # a removed worker's late report: never let stale results in
+        ts = self.tasks.get(event.key)
+        if ts is None or ts.state not in (PROCESSING, MEMORY):
+            self._emit(cmd.FreeKeys(worker=ws.address, keys=(event.key,)))
+            return
+        if ts.state == MEMORY:
+            if ws not in ts.who_has:  # a duplicate run (steal race): keep as a replica
+                ts.who_has.add(ws)
+                ws.has_what.add(ts)
+                ws.nbytes += ts.nbytes
+            return
+        self.counts["finished"] += 1
+        if event.duration > 0:
+            self.avg_duration = 0.9 * self.avg_duration + 0.1 * event.duration
+        owner = self._stop_processing(ts)
+        self._set_state(ts, MEMORY)
+        ts.nbytes = event.nbytes
+        ts.type_name = event.type_name
+        ts.suspicious = 0
+        ts.who_has.add(ws)
+        ws.has_what.add(ts)
+        ws.nbytes += ts.nbytes
+        for client in ts.who_wants:
+            self._emit(
+                cmd.ReportInMemory(
+                    client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
+                )
+            )
+        for dep in ts.waiters.copy():
+            if dep.state == WAITING:
+                dep.waiting_on.discard(ts)
+                if not dep.waiting_on:
+                    self._ready(dep)
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+            self._check_release(dep)
+        if not self._needed(ts):
+            self._release(ts)
+            self._check_forget(ts)
+        if owner is not None and owner is not ws and owner.address in self.workers:
+            self._fill(owner)
+        self._fill(ws)
+
+    def _task_erred(self, event: ev.TaskErred) -> None:
+        ws = self.workers.get(event.worker)
+        if ws is None:
+            return
+        ts = self.tasks.get(event.key)
+        if ts is None or ts.state != PROCESSING:
+            return
+        owner = self._stop_processing(ts)
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._set_state(ts, RELEASED)
+            self._compute(ts)
+        else:
+            self.counts["erred"] += 1
+            self._err(
+                ts,
+                TaskError(
+                    blame=ts.key,
+                    text=event.text,
+                    exception=event.exception,
+                    traceback=event.traceback,
+                ),
+            )
+        if owner is not None:
+            self._fill(owner)
+
+    def _err(self, root: TaskState, error: TaskError) -> None:
+        """``root`` errs with ``error``, and so does every dependent still waiting on it."""
+        stack = [root]
+        while stack:
+            ts = stack.pop()
+            if ts.state == ERRED:
+                continue
+            if ts.state == QUEUED:
+                self._unqueue(ts)
+            elif ts.state == PROCESSING:
+                ws = self._stop_processing(ts)
+                if ws is not None:
+                    self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
+                    self._fill(ws)
+            elif ts.state == MEMORY:
+                continue
+            self._set_state(ts, ERRED)
+            ts.error = error
+            ts.waiting_on.clear()
+            for dep in ts.dependencies:
+                if ts in dep.waiters:
+                    dep.waiters.discard(ts)
+                    self._check_release(dep)
+            for client in ts.who_wants:
+                self._report_erred(client, ts)
+            for dependent in ts.dependents:
+                if dependent.state in (WAITING, QUEUED, PROCESSING):
+                    stack.append(dependent)
+            if not self._needed(ts):
+                self._check_forget(ts)
+
+    def _report_erred(self, client: ClientState, ts: TaskState) -> None:
+        error = ts.error
+        assert error is not None
+        self._emit(
+            cmd.ReportErred(
+                client=client.id,
+                key=ts.key,
+                exception=error.exception,
+                traceback=error.traceback,
+                text=error.text,
+                kind=error.kind,
+                blame=error.blame,
+                workers=error.workers,
+            )
+        )
+
+    # ------------------------------------------------------------ releasing
+    def _check_release(self, ts: TaskState) -> None:
+        if ts.state == MEMORY and not self._needed(ts):
+            self._release(ts)
+            self._check_forget(ts)
+
+    def _release(self, ts: TaskState) -> None:
+        """Drop a task's result or pending work; keep its lineage."""
+        if ts.state == MEMORY:
+            for ws in ts.who_has:
+                ws.has_what.discard(ts)
+                ws.nbytes -= ts.nbytes
+                self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
+            ts.who_has.clear()
+        elif ts.state == PROCESSING:
+            ws = self._stop_processing(ts)
+            if ws is not None:
+                self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
+                self._fill(ws)
+        elif ts.state == QUEUED:
+            self._unqueue(ts)
+        elif ts.state == WAITING:
+            pass
+        elif ts.state in (RELEASED, ERRED):
+            return
+        else:
+            raise self._illegal(ts, f"release from {ts.state}")
+        self._drop_waiting(ts)
+        self._set_state(ts, RELEASED)
+
+    def _drop_waiting(self, ts: TaskState) -> None:
+        """``ts`` no longer needs its inputs: release those nobody else needs."""
+        ts.waiting_on.clear()
+        for dep in ts.dependencies:
+            if ts in dep.waiters:
+                dep.waiters.discard(ts)
+                if dep.state != MEMORY and not self._needed(dep):
+                    self._release(dep)
+                    self._check_forget(dep)
+                else:
+                    self._check_release(dep)
+
+    def _check_forget(self, root: TaskState) -> None:
+        stack = [root]
+        while stack:
+            ts = stack.pop()
+            if ts.state not in (RELEASED, ERRED) or ts.who_wants or ts.dependents:
+                continue
+            if self.tasks.get(ts.key) is not ts:
+                continue
+            del self.tasks[ts.key]
+            self._set_state(ts, FORGOTTEN)
+            for dep in ts.dependencies:
+                dep.dependents.discard(ts)
+                dep.waiters.discard(ts)
+                if dep.state == MEMORY:
+                    self._check_release(dep)
+                else:
+                    stack.append(dep)
+
+    def _keys_released(self, client_id: str, keys: Iterable[str]) -> None:
+        client = self.clients.get(client_id)
+        if client is None:
+            return
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or client not in ts.who_wants:
+                continue
+            ts.who_wants.discard(client)
+            client.wants.discard(ts)
+            if not self._needed(ts):
+                self._release(ts)
+                self._check_forget(ts)
+
+    def _client_disconnected(self, client_id: str) -> None:
+        client = self.clients.get(client_id)
+        if client is None:
+            return
+        self._keys_released(client_id, [ts.key for ts in list(client.wants)])
+        del self.clients[client_id]
+
+    def _keys_cancelled(self, event: ev.KeysCancelled) -> None:
+        client = self._client(event.client)
+        doomed: dict[TaskState, None] = {}
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._emit(cmd.ReportCancelled(client=client.id, key=key))
+                continue
+            others = ts.who_wants - {client}
+            if others and not event.force:
+                if client in ts.who_wants:
+                    self._emit(cmd.ReportCancelled(client=client.id, key=key))
+                self._keys_released(client.id, [key])
+                continue
+            stack = [ts]
+            while stack:
+                t = stack.pop()
+                if t in doomed:
+                    continue
+                doomed[t] = None
+                stack.extend(t.dependents)
+            if client not in ts.who_wants:
+                self._emit(cmd.ReportCancelled(client=client.id, key=key))
+        for ts in doomed:
+            for c in ts.who_wants:
+                c.wants.discard(ts)
+                self._emit(cmd.ReportCancelled(client=c.id, key=ts.key))
+            ts.who_wants.clear()
+        # Dependents first, so their inputs lose their last waiter afterwards.
+        for ts in reversed(list(doomed)):
+            if ts.state == ERRED:
+                self._set_state(ts, RELEASED)
+            self._release(ts)
+        for ts in doomed:
+            self._check_forget(ts)
+
+    # --------------------------------------------------------------- scatter
+    def _data_scattered(self, event: ev.DataScattered) -> None:
+        client = self._client(event.client)
+        for item in event.keys:
+            holders = [self.workers[w] for w in item.workers if w in self.workers]
+            ts = self.tasks.get(item.key)
+            if ts is None:
+                ts = TaskState(item.key, None, (0, next(self._seq)))
+                self.tasks[item.key] = ts
+            if ts.state not in (MEMORY, RELEASED):
+                continue
+            if not holders:
+                ts.who_wants.add(client)
+                client.wants.add(ts)
+                self._err(
+                    ts,
+                    TaskError(
+                        blame=ts.key,
+                        kind="LostDataError",
+                        text=f"scattered data {ts.key!r} has no live worker holding it",
+                    ),
+                )
+                continue
+            if ts.state == RELEASED:
+                self._set_state(ts, MEMORY)
+            ts.nbytes = item.nbytes
+            ts.type_name = item.type_name
+            for ws in holders:
+                if ws not in ts.who_has:
+                    ts.who_has.add(ws)
+                    ws.has_what.add(ts)
+                    ws.nbytes += ts.nbytes
+            self._want(client, ts)
+            for dep in ts.waiters.copy():
+                if dep.state == WAITING:
+                    dep.waiting_on.discard(ts)
+                    if not dep.waiting_on:
+                        self._ready(dep)
+
+    # --------------------------------------------------------------- workers
+    def _worker_added(self, event: ev.WorkerAdded) -> None:
+        if event.worker in self.workers:
+            return
+        ws = WorkerState(
+            event.worker,
+            event.name or event.worker,
+            max(1, event.nthreads),
+            event.pid,
+            event.memory_limit,
+            self._slots_for(max(1, event.nthreads)),
+        )
+        self.workers[ws.address] = ws
+        self.free[ws] = None
+        self._fill(ws)
+
+    def _worker_removed(self, event: ev.WorkerRemoved) -> None:
+        ws = self.workers.pop(event.worker, None)
+        if ws is None:
+            return
+        self.free.pop(ws, None)
+        # First take its running tasks off it (and judge them), then deal with the
+        # data it held, then reschedule: so a rescheduled task never points at it.
+        interrupted = list(ws.processing)
+        for ts in interrupted:
+            self._stop_processing(ts)
+            self._set_state(ts, RELEASED)
+            if not event.graceful:
+                ts.suspicious += 1
+        for ts in list(ws.has_what):
+            ts.who_has.discard(ws)
+            ws.has_what.discard(ts)
+            if not ts.who_has:
+                self._lost(ts)
+        ws.nbytes = 0
+        for ts in interrupted:
+            if ts.state != RELEASED:
+                continue
+            if ts.suspicious > self.allowed_failures:
+                self._err(
+                    ts,
+                    TaskError(
+                        blame=ts.key,
+                        kind="KilledWorker",
+                        text=event.reason,
+                        workers=(ws.address,),
+                    ),
+                )
+            elif self._needed(ts):
+                ts.waiting_on.clear()
+                self._compute(ts)
+            else:
+                self._drop_waiting(ts)
+                self._check_forget(ts)
+        self._fill_all()
+
+    def _lost(self, ts: TaskState) -> None:
+        """The last copy of a result is gone: recompute it if anyone needs it."""
+        self.counts["lost"] += 1
+        # Dependents that were about to run elsewhere must wait for it again.
+        for dependent in list(ts.waiters):
+            if dependent.state in (PROCESSING, QUEUED):
+                if dependent.state == PROCESSING:
+                    ws = self._stop_processing(dependent)
+                    if ws is not None:
+                        self._emit(cmd.FreeKeys(worker=ws.address, keys=(dependent.key,)))
+                else:
+                    self._unqueue(dependent)
+                self._set_state(dependent, WAITING)
+                dependent.waiting_on.add(ts)
+            elif dependent.state == WAITING:
+                dependent.waiting_on.add(ts)
+        self._set_state(ts, RELEASED)
+        if not self._needed(ts):
+            self._check_forget(ts)
+            return
+        for client in ts.who_wants:
+            self._emit(cmd.ReportLost(client=client.id, key=ts.key))
+        self.counts["recomputed"] += 1
+        waiters = set(ts.waiters)
+        self._compute(ts)
+        # _compute re-registered it with its own inputs; the dependents stay waiting on it.
+        for dependent in waiters:
+            if dependent.state == WAITING and ts.state != ERRED:
+                dependent.waiting_on.add(ts)
+
+    def _dependency_missing(self, event: ev.DependencyMissing) -> None:
+        ws = self.workers.get(event.worker)
+        ts = self.tasks.get(event.key)
+        dep = self.tasks.get(event.dependency)
+        if dep is not None and dep.state == MEMORY:
+            for holder in event.holders:
+                hs = self.workers.get(holder)
+                if hs is not None and hs in dep.who_has:
+                    dep.who_has.discard(hs)
+                    hs.has_what.discard(dep)
+                    hs.nbytes -= dep.nbytes
+            if not dep.who_has:
+                self._lost(dep)
+        if ts is None or ws is None or ts.state != PROCESSING or ts.processing_on is not ws:
+            return
+        self._stop_processing(ts)
+        self._set_state(ts, WAITING)
+        ts.waiting_on = {d for d in ts.dependencies if d.state != MEMORY}
+        if not ts.waiting_on:
+            self._ready(ts)
+        self._fill(ws)
+
+    # -------------------------------------------------------------- balance
+    def _balance(self) -> None:
+        """Work stealing: idle threads take not-yet-started tasks from busy workers."""
+        if self._queued_count:
+            self._fill_all()
+            return
+        thieves = [
+            ws for ws in self.workers.values() if len(ws.processing) < ws.nthreads
+        ]
+        if not thieves:
+            return
+        victims = sorted(
+            (ws for ws in self.workers.values() if len(ws.processing) > ws.nthreads),
+            key=lambda ws: len(ws.processing) / ws.nthreads,
+            reverse=True,
+        )
+        for thief in thieves:
+            want = thief.nthreads - len(thief.processing)
+            for victim in victims:
+                if want <= 0:
+                    break
+                surplus = len(victim.processing) - victim.nthreads
+                # The most recently assigned tasks are the least likely to have started.
+                for ts in reversed(list(victim.processing)):
+                    if surplus <= 0 or want <= 0:
+                        break
+                    if ts.steal_pending or not self._allowed(ts, thief):
+                        continue
+                    if self._transfer_bytes(ts, thief) > self.bandwidth * self.avg_duration * 10:
+                        continue
+                    ts.steal_pending = True
+                    self._emit(cmd.Steal(worker=victim.address, key=ts.key))
+                    surplus -= 1
+                    want -= 1
+
+    @staticmethod
+    def _transfer_bytes(ts: TaskState, ws: WorkerState) -> int:
+        return sum(d.nbytes for d in ts.dependencies if ws not in d.who_has)
+
+    def _steal_answered(self, event: ev.StealAnswered) -> None:
+        ts = self.tasks.get(event.key)
+        if ts is None:
+            return
+        victim = self.workers.get(event.worker)
+        if ts.state != PROCESSING or ts.processing_on is not victim or victim is None:
+            return
+        ts.steal_pending = False
+        if not event.stolen:
+            return
+        self.counts["stolen"] += 1
+        self._stop_processing(ts)
+        self._set_state(ts, RELEASED)
+        self._set_state(ts, WAITING)
+        candidates = {ws: None for ws in self.free if ws is not victim}
+        best = decide_worker(ts, candidates, self.bandwidth, self.avg_duration)
+        self._ready(ts, prefer=best)
+
+    # --------------------------------------------------------------- queries
+    def who_has(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for key in keys:
+            ts = self.tasks.get(key)
+            out[key] = sorted(ws.address for ws in ts.who_has) if ts is not None else []
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """A snapshot for clients and dashboards (plain data, safe to send)."""
+        states: dict[str, int] = {}
+        for ts in self.tasks.values():
+            states[ts.state] = states.get(ts.state, 0) + 1
+        return {
+            "workers": {
+                ws.address: {
+                    "address": ws.address,
+                    "name": ws.name,
+                    "pid": ws.pid,
+                    "nthreads": ws.nthreads,
+                    "memory_limit": ws.memory_limit,
+                    "memory": ws.nbytes,
+                    "nkeys": len(ws.has_what),
+                    "processing": len(ws.processing),
+                }
+                for ws in self.workers.values()
+            },
+            "tasks": states,
+            "clients": len(self.clients),
+            "counts": dict(self.counts),
+            "queued": self._queued_count,
+        }

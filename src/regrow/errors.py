@@ -1,0 +1,88 @@
+"""Every public exception regrow raises.
+
+All of them pickle and unpickle with their message intact, because they cross
+process boundaries (worker -> scheduler -> client) as opaque payloads.
+"""
+
+from __future__ import annotations
+
+
+class RegrowError(Exception):
+    """Base class of regrow's own errors."""
+
+
+class ProtocolError(RegrowError):
+    """A peer sent bytes or a message that does not follow the wire protocol."""
+
+
+class AuthenticationError(RegrowError):
+    """A peer failed to prove knowledge of the cluster token (or we did)."""
+
+
+class CommClosedError(RegrowError, ConnectionError):
+    """The connection to a peer closed while we still needed it."""
+
+
+class KilledWorker(RegrowError):
+    """A task was running on workers that died too many times; it is treated as poison."""
+
+    def __init__(self, key: str, workers: list[str], reason: str = "") -> None:
+        self.key = key
+        self.workers = list(workers)
+        self.reason = reason
+        msg = (
+            f"task {key!r} was running on {len(self.workers)} worker(s) that died: "
+            f"{', '.join(self.workers)}"
+        )
+        if reason:
+            msg += f" ({reason})"
+        super().__init__(msg)
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[str], str]]:
+        return (type(self), (self.key, self.workers, self.reason))
+
+
+class LostDataError(RegrowError):
+    """Data that cannot be recomputed (scattered, without a surviving replica) is gone."""
+
+
+class SchedulerLostError(RegrowError):
+    """The client lost its scheduler and could not reconnect in time."""
+
+
+class CancelledError(RegrowError):
+    """The future was cancelled (by this client, another client, or a restart)."""
+
+
+class FutureLostError(RegrowError):
+    """The future's key is no longer known to the scheduler."""
+
+
+class RemoteError(RegrowError):
+    """A task raised an exception that could not travel back as itself.
+
+    Raised in its place when the original exception cannot be pickled on the
+    worker or unpickled in the client; it names the original type and message.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.type_name, self.message))
+
+
+__all__ = [
+    "AuthenticationError",
+    "CancelledError",
+    "CommClosedError",
+    "FutureLostError",
+    "KilledWorker",
+    "LostDataError",
+    "ProtocolError",
+    "RegrowError",
+    "RemoteError",
+    "SchedulerLostError",
+]

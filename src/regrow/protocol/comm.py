@@ -1,0 +1,451 @@
+"""Connections over TCP on asyncio: the only module of the protocol that does IO.
+
+A ``Connection`` is authenticated before its first message is delivered, batches
+outgoing messages (everything sent before the loop next runs goes in one
+packet), and matches replies to requests by ``rid``. A peer that breaks the
+protocol is logged with the reason and dropped; the server keeps serving others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import ipaddress
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from regrow.config import Settings
+from regrow.errors import (
+    AuthenticationError,
+    CommClosedError,
+    ProtocolError,
+    RegrowError,
+)
+from regrow.protocol import handshake
+from regrow.protocol.framing import Buffer, FrameDecoder, encode_packet
+from regrow.protocol.messages import Msg, get, pack_messages, unpack_messages
+
+logger = logging.getLogger("regrow.comm")
+
+# Before authentication a peer may send only one small frame per packet.
+_PREAUTH_FRAMES = 1
+_PREAUTH_BYTES = 4096
+_MAX_FRAMES = 1 << 20
+# Buffers smaller than this are joined before writing: fewer syscalls.
+_JOIN_BELOW = 64 * 1024
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'tcp://host:port' or 'host:port' -> (host, port), with a clear error."""
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a string like 'tcp://127.0.0.1:8786', got {address!r}")
+    rest = address.removeprefix("tcp://")
+    if "://" in rest:
+        raise ValueError(f"unsupported address scheme in {address!r}; use tcp://host:port")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not of the form tcp://host:port")
+    return host.strip("[]"), int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    if ":" in host:
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RemoteCallError(RegrowError):
+    """The peer could not carry out a request; carries the peer's reason."""
+
+
+_ERROR_TYPES: dict[str, type[Exception]] = {
+    name: getattr(builtins, name)
+    for name in ("ValueError", "KeyError", "TypeError", "TimeoutError", "RuntimeError")
+}
+_ERROR_TYPES.update(ProtocolError=ProtocolError, AuthenticationError=AuthenticationError)
+
+
+def error_reply(exc: BaseException) -> Msg:
+    return {"op": "reply", "error": str(exc), "etype": type(exc).__name__}
+
+
+class Connection:
+    """One authenticated, bidirectional, message-oriented TCP connection."""
+
+    def __init__(self, *, peer: str, local: str, settings: Settings) -> None:
+        self.peer = peer
+        self.local = local
+        self.settings = settings
+        self.decoder = FrameDecoder(max_frames=_PREAUTH_FRAMES, max_frame_bytes=_PREAUTH_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self._incoming: deque[tuple[Msg, list[Buffer]]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending: dict[int, asyncio.Future[tuple[Msg, list[Buffer]]]] = {}
+        self._rids = itertools.count(1)
+        self._out: list[tuple[Msg, Sequence[Buffer]]] = []
+        self._flush_scheduled = False
+        self._paused: asyncio.Future[None] | None = None
+        self._closed = False
+        self.close_reason: BaseException | None = None
+        self.closed_event = asyncio.Event()
+        self.authenticated = False
+
+    # -- called by the protocol -------------------------------------------------
+    def _on_packet(self, packet: list[Buffer]) -> None:
+        for msg, frames in unpack_messages(packet):
+            if msg["op"] == "reply" and "rid" in msg:
+                fut = self._pending.pop(msg["rid"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result((msg, frames))
+                continue
+            self._incoming.append((msg, frames))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        if self._closed and self.closed_event.is_set():
+            return
+        self._closed = True
+        if self.close_reason is None:
+            self.close_reason = exc
+        err = CommClosedError(f"connection to {self.peer} closed" + (f": {exc}" if exc else ""))
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._paused is not None and not self._paused.done():
+            self._paused.set_result(None)
+        self.closed_event.set()
+
+    def _pause(self) -> None:
+        if self._paused is None or self._paused.done():
+            self._paused = asyncio.get_running_loop().create_future()
+
+    def _resume(self) -> None:
+        if self._paused is not None and not self._paused.done():
+            self._paused.set_result(None)
+
+    # -- public ----------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def recv(self) -> tuple[Msg, list[Buffer]]:
+        while not self._incoming:
+            if self._closed:
+                raise CommClosedError(f"connection to {self.peer} closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        return self._incoming.popleft()
+
+    def send(self, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+        if self._closed:
+            raise CommClosedError(f"connection to {self.peer} closed")
+        self._out.append((msg, frames))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def reply(self, request: Msg, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+        rid = request.get("rid")
+        if rid is None:
+            return
+        msg["op"] = "reply"
+        msg["rid"] = rid
+        self.send(msg, frames)
+
+    async def request(
+        self, msg: Msg, frames: Sequence[Buffer] = (), timeout: float | None = None
+    ) -> tuple[Msg, list[Buffer]]:
+        rid = next(self._rids)
+        msg["rid"] = rid
+        fut: asyncio.Future[tuple[Msg, list[Buffer]]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            self.send(msg, frames)
+            async with asyncio.timeout(timeout):
+                reply, rframes = await fut
+        finally:
+            self._pending.pop(rid, None)
+        if "error" in reply:
+            etype = _ERROR_TYPES.get(str(reply.get("etype")), RemoteCallError)
+            raise etype(f"{self.peer} could not do {msg['op']!r}: {reply['error']}")
+        return reply, rframes
+
+    async def drain(self) -> None:
+        """Wait until the kernel has taken what we wrote (backpressure)."""
+        if self._flush_scheduled:
+            self._flush()
+        if self._paused is not None and not self._paused.done():
+            await self._paused
+        if self._closed:
+            raise CommClosedError(f"connection to {self.peer} closed")
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self._closed or self.transport is None:
+            self._out.clear()
+            return
+        batch, self._out = self._out, []
+        buffers = encode_packet(pack_messages(batch))
+        small = bytearray()
+        write = self.transport.write
+        for buf in buffers:
+            if memoryview(buf).nbytes < _JOIN_BELOW:
+                small += buf
+            else:
+                if small:
+                    write(bytes(small))
+                    small = bytearray()
+                write(buf)
+        if small:
+            write(bytes(small))
+
+    def abort(self, reason: BaseException | None = None) -> None:
+        if reason is not None and self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+        self._on_lost(reason)
+
+    async def close(self) -> None:
+        if self._flush_scheduled:
+            self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if not self.closed_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.closed_event.wait()
+            if not self.closed_event.is_set():
+                self.abort()
+
+    def _authenticated(self) -> None:
+        self.authenticated = True
+        self.decoder.set_limits(
+            max_frames=_MAX_FRAMES, max_frame_bytes=self.settings.max_frame_bytes
+        )
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    def __init__(self, conn_factory: Callable[[asyncio.Transport], Connection]) -> None:
+        self._factory = conn_factory
+        self.conn: Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.conn = self._factory(transport)
+        self.conn.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        assert self.conn is not None
+        return self.conn.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            conn.decoder.buffer_updated(nbytes)
+            while conn.decoder.packets:
+                conn._on_packet(conn.decoder.packets.popleft())
+        except ProtocolError as exc:
+            logger.warning("dropping connection from %s: %s", conn.peer, exc)
+            conn.abort(exc)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            if exc is None and not self.conn.decoder.idle and self.conn.close_reason is None:
+                exc = ProtocolError("peer closed the connection in the middle of a message")
+                logger.warning("connection from %s: %s", self.conn.peer, exc)
+            self.conn._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn._pause()
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn._resume()
+
+
+def _peer_of(transport: asyncio.BaseTransport) -> tuple[str, str]:
+    peer = transport.get_extra_info("peername") or ("?", 0)
+    sock = transport.get_extra_info("sockname") or ("?", 0)
+    return format_address(peer[0], peer[1]), format_address(sock[0], sock[1])
+
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class Listener:
+    """A TCP server that authenticates each connection, then hands it to ``handler``.
+
+    Owns every per-connection task; ``close`` cancels them all.
+    """
+
+    def __init__(self, handler: Handler, *, token: str | None, settings: Settings) -> None:
+        self.handler = handler
+        self.token = token
+        self.settings = settings
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[Connection] = set()
+        self.address = ""
+        self.rejected = 0
+
+    async def start(self, host: str, port: int) -> str:
+        if self.token is None and not is_loopback(host):
+            raise AuthenticationError(
+                f"refusing to listen on {host}: without a token regrow binds to loopback "
+                "only (set REGROW_TOKEN or --token-file to accept other hosts)"
+            )
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Protocol(self._new_conn), host, port)
+        sockname = self.server.sockets[0].getsockname()
+        self.address = format_address(host if host not in ("", "0.0.0.0") else sockname[0], sockname[1])
+        return self.address
+
+    def _new_conn(self, transport: asyncio.Transport) -> Connection:
+        peer, local = _peer_of(transport)
+        conn = Connection(peer=peer, local=local, settings=self.settings)
+        task = asyncio.get_running_loop().create_task(self._serve(conn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return conn
+
+    async def _serve(self, conn: Connection) -> None:
+        try:
+            await self._accept(conn)
+        except (AuthenticationError, ProtocolError, CommClosedError, TimeoutError) as exc:
+            self.rejected += 1
+            logger.warning("rejected connection from %s: %s", conn.peer, exc or type(exc).__name__)
+            conn.abort(exc)
+            return
+        self.connections.add(conn)
+        try:
+            await self.handler(conn)
+        finally:
+            self.connections.discard(conn)
+            if not conn.closed:
+                await conn.close()
+
+    async def _accept(self, conn: Connection) -> None:
+        host = conn.peer.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+        nonce = handshake.new_nonce()
+        if self.token is None and not is_loopback(host):
+            conn.send({"op": "denied", "reason": "this cluster has no token: loopback only"})
+            await conn.close()
+            raise AuthenticationError("non-loopback peer refused by a cluster without a token")
+        conn.send({"op": "hello", "v": handshake.PROTOCOL_VERSION, "nonce": nonce})
+        async with asyncio.timeout(self.settings.handshake_timeout):
+            msg, _ = await conn.recv()
+        if msg["op"] != "auth":
+            raise ProtocolError(f"expected 'auth', got {msg['op']!r}")
+        cnonce = get(msg, "nonce", bytes)
+        if not handshake.verify(handshake.client_mac(self.token, nonce, cnonce), msg.get("mac")):
+            conn.send({"op": "denied", "reason": "wrong token"})
+            await conn.close()
+            raise AuthenticationError("wrong token")
+        conn.send({"op": "welcome", "mac": handshake.server_mac(self.token, nonce, cnonce)})
+        conn._authenticated()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.server.wait_closed()
+
+
+async def connect(
+    address: str, *, token: str | None, settings: Settings, timeout: float | None = None
+) -> Connection:
+    """Open and authenticate a connection; raises OSError/TimeoutError/AuthenticationError."""
+    host, port = parse_address(address)
+    loop = asyncio.get_running_loop()
+    holder: list[Connection] = []
+
+    def factory(transport: asyncio.Transport) -> Connection:
+        peer, local = _peer_of(transport)
+        conn = Connection(peer=peer, local=local, settings=settings)
+        holder.append(conn)
+        return conn
+
+    deadline = settings.connect_timeout if timeout is None else timeout
+    async with asyncio.timeout(deadline):
+        await loop.create_connection(lambda: _Protocol(factory), host, port)
+        conn = holder[0]
+        conn.peer = address if address.startswith("tcp://") else f"tcp://{address}"
+        try:
+            msg, _ = await conn.recv()
+            if msg["op"] == "denied":
+                raise AuthenticationError(f"{address} refused us: {msg.get('reason')}")
+            if msg["op"] != "hello":
+                raise ProtocolError(f"{address} is not a regrow server (sent {msg['op']!r})")
+            if msg.get("v") != handshake.PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"{address} speaks protocol version {msg.get('v')}, "
+                    f"we speak {handshake.PROTOCOL_VERSION}"
+                )
+            nonce = get(msg, "nonce", bytes)
+            cnonce = handshake.new_nonce()
+            mac = handshake.client_mac(token, nonce, cnonce)
+            conn.send({"op": "auth", "nonce": cnonce, "mac": mac})
+            reply, _ = await conn.recv()
+            if reply["op"] == "denied":
+                raise AuthenticationError(f"{address} refused us: {reply.get('reason')}")
+            if not handshake.verify(handshake.server_mac(token, nonce, cnonce), reply.get("mac")):
+                raise AuthenticationError(f"{address} does not know the cluster token")
+        except CommClosedError:
+            conn.abort()
+            raise AuthenticationError(
+                f"{address} closed the connection during the handshake "
+                "(wrong token, or not a regrow server)"
+            ) from None
+        except BaseException:
+            conn.abort()
+            raise
+    conn._authenticated()
+    return conn
+
+
+def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -> asyncio.Task[Any]:
+    """Start a task owned by ``tasks`` (which forgets it when it ends); log a crash."""
+    task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+    if name:
+        task.set_name(name)
+    tasks.add(task)
+
+    def done(t: asyncio.Task[Any]) -> None:
+        tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            logger.error("task %s failed", t.get_name(), exc_info=t.exception())
+
+    task.add_done_callback(done)
+    return task

@@ -1,0 +1,162 @@
+"""Length-prefixed frames, sans-IO.
+
+A packet on the wire is::
+
+    u32 n_frames | u64 length * n_frames | frame bytes ...
+
+Frame 0 is a msgpack header; the others are opaque payload buffers (pickle-5
+out-of-band buffers, task payloads, results). Large frames are received straight
+into a buffer of their own (``get_buffer``/``buffer_updated`` follow
+``asyncio.BufferedProtocol``), so a 100 MB array is not copied again after the
+kernel hands it over, and arrives writeable.
+
+This module owns byte layout and size limits. It does no IO and knows nothing of
+messages' meaning.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Sequence
+
+from regrow.errors import ProtocolError
+
+Buffer = bytes | bytearray | memoryview
+
+_COUNT = struct.Struct("!I")
+_STAGING = 256 * 1024
+# A blob this large skips the staging buffer and is read into its own bytearray.
+_DIRECT = _STAGING // 2
+
+
+def encode_packet(frames: Sequence[Buffer]) -> list[Buffer]:
+    """Return the buffers to write, in order: the prefix, then the frames themselves."""
+    n = len(frames)
+    if n == 0:
+        raise ValueError("a packet needs at least one frame")
+    lengths = [memoryview(f).nbytes for f in frames]
+    prefix = struct.pack(f"!I{n}Q", n, *lengths)
+    return [prefix, *frames]
+
+
+class FrameDecoder:
+    """Turns a byte stream into packets (lists of frames), enforcing limits.
+
+    Feed it either through ``get_buffer``/``buffer_updated`` (zero-copy for large
+    frames) or ``feed(data)``. Complete packets accumulate in ``packets``.
+    A violation raises ProtocolError; the caller must then drop the connection.
+    """
+
+    def __init__(self, *, max_frames: int, max_frame_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_frame_bytes = max_frame_bytes
+        self.packets: deque[list[Buffer]] = deque()
+        self._buf = bytearray(_STAGING)
+        self._start = 0
+        self._end = 0
+        self._direct: bytearray | None = None
+        self._direct_fill = 0
+        self._stage = 0  # 0: frame count, 1: lengths, 2: frames
+        self._need = _COUNT.size
+        self._lengths: tuple[int, ...] = ()
+        self._frames: list[Buffer] = []
+
+    def set_limits(self, *, max_frames: int, max_frame_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_frame_bytes = max_frame_bytes
+
+    @property
+    def idle(self) -> bool:
+        """True between packets: no partial packet is buffered."""
+        return self._stage == 0 and self._start == self._end and self._direct is None
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        if self._direct is not None:
+            return memoryview(self._direct)[self._direct_fill :]
+        if self._end == len(self._buf):
+            self._compact()
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct is not None:
+            self._direct_fill += nbytes
+            if self._direct_fill < len(self._direct):
+                return
+            blob = self._direct
+            self._direct = None
+            self._blob_done(blob)
+        else:
+            self._end += nbytes
+        self._parse()
+
+    def feed(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            target = self.get_buffer()
+            n = min(target.nbytes, view.nbytes)
+            target[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _compact(self) -> None:
+        avail = self._end - self._start
+        if self._start:
+            self._buf[:avail] = self._buf[self._start : self._end]
+        self._start, self._end = 0, avail
+
+    def _parse(self) -> None:
+        while self._direct is None:
+            need = self._need
+            avail = self._end - self._start
+            if need >= _DIRECT:
+                take = min(avail, need)
+                blob = bytearray(need)
+                blob[:take] = self._buf[self._start : self._start + take]
+                self._start += take
+                if self._start == self._end:
+                    self._start = self._end = 0
+                if take == need:
+                    self._blob_done(blob)
+                    continue
+                self._direct = blob
+                self._direct_fill = take
+                return
+            if avail < need:
+                if self._start + need > len(self._buf):
+                    self._compact()
+                return
+            blob_b = bytes(self._buf[self._start : self._start + need])
+            self._start += need
+            if self._start == self._end:
+                self._start = self._end = 0
+            self._blob_done(blob_b)
+
+    def _blob_done(self, blob: Buffer) -> None:
+        if self._stage == 0:
+            (n,) = _COUNT.unpack(blob)
+            if n == 0 or n > self.max_frames:
+                raise ProtocolError(f"packet announces {n} frames (limit {self.max_frames})")
+            self._stage = 1
+            self._need = 8 * n
+        elif self._stage == 1:
+            n = len(blob) // 8
+            lengths = struct.unpack(f"!{n}Q", blob)
+            for length in lengths:
+                if length > self.max_frame_bytes:
+                    raise ProtocolError(
+                        f"frame of {length} bytes exceeds the limit of {self.max_frame_bytes}"
+                    )
+            self._lengths = lengths
+            self._frames = []
+            self._stage = 2
+            self._need = lengths[0]
+        else:
+            self._frames.append(blob)
+            if len(self._frames) == len(self._lengths):
+                self.packets.append(self._frames)
+                self._frames = []
+                self._stage = 0
+                self._need = _COUNT.size
+            else:
+                self._need = self._lengths[len(self._frames)]

@@ -1,0 +1,107 @@
+"""User objects <-> frames: cloudpickle with pickle protocol 5 out-of-band buffers.
+
+Large bytes-like objects (numpy arrays, bytes) come out as buffers of their own,
+not copied into the pickle stream, so they can be written to the socket as they
+are. Only clients and workers call ``loads``; the scheduler never does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import cloudpickle
+
+from regrow.protocol.framing import Buffer
+
+_PROTOCOL = 5
+
+
+def dumps(obj: object) -> list[Buffer]:
+    buffers: list[pickle.PickleBuffer] = []
+    data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
+    return [data, *(b.raw() for b in buffers)]
+
+
+def loads(frames: Sequence[Buffer]) -> Any:
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """Pickles an object, turning each value for which ``ref_of`` returns a key
+    into a persistent reference to that key, and collecting those keys."""
+
+    def __init__(
+        self, file: io.BytesIO, ref_of: Callable[[object], str | None], buffers: list[Any]
+    ) -> None:
+        super().__init__(file, protocol=_PROTOCOL, buffer_callback=buffers.append)
+        self._ref_of = ref_of
+        self.refs: list[str] = []
+
+    def persistent_id(self, obj: object) -> str | None:
+        key = self._ref_of(obj)
+        if key is not None:
+            self.refs.append(key)
+        return key
+
+
+def dumps_with_refs(
+    obj: object, ref_of: Callable[[object], str | None]
+) -> tuple[list[Buffer], list[str]]:
+    """Pickle ``obj``; objects that ``ref_of`` maps to a key travel as that key.
+
+    Returns the frames and the referenced keys (in first-seen order, no repeats).
+    The worker resolves the references with ``loads_with_refs``.
+    """
+    file = io.BytesIO()
+    buffers: list[pickle.PickleBuffer] = []
+    pickler = _RefPickler(file, ref_of, buffers)
+    pickler.dump(obj)
+    refs = list(dict.fromkeys(pickler.refs))
+    return [file.getbuffer(), *(b.raw() for b in buffers)], refs
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, buffers: Iterable[Any], data: Mapping[str, Any]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._data = data
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._data[pid]
+
+
+def loads_with_refs(frames: Sequence[Buffer], data: Mapping[str, Any]) -> Any:
+    return _RefUnpickler(io.BytesIO(frames[0]), frames[1:], data).load()
+
+
+def digest(frames: Iterable[Buffer]) -> str:
+    """A stable hash of serialized bytes (used for pure keys)."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in frames:
+        h.update(f)
+    return h.hexdigest()
+
+
+def sizeof(obj: object) -> int:
+    """Estimate of the bytes ``obj`` holds in memory (for placement and reporting)."""
+    nbytes = getattr(obj, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes + 96
+    if isinstance(obj, bytes | bytearray | memoryview | str):
+        return len(obj) + 33
+    if isinstance(obj, list | tuple | set | frozenset) and obj:
+        items = list(obj)[:16]
+        per = sum(sizeof(x) for x in items) / len(items)
+        return int(sys.getsizeof(obj) + per * len(obj))
+    if isinstance(obj, dict) and obj:
+        pairs = list(obj.items())[:16]
+        per = sum(sizeof(k) + sizeof(v) for k, v in pairs) / len(pairs)
+        return int(sys.getsizeof(obj) + per * len(obj))
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:
+        return 64
