@@ -6,6 +6,8 @@ process boundaries (worker -> scheduler -> client) as opaque payloads.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 
 class RegrowError(Exception):
     """Base class of regrow's own errors."""
@@ -50,7 +52,7 @@ class SchedulerLostError(RegrowError):
     """The client lost its scheduler and could not reconnect in time."""
 
 
-class CancelledError(RegrowError):
+class CancelledError(RegrowError, concurrent.futures.CancelledError):
     """The future was cancelled (by this client, another client, or a restart)."""
 
 

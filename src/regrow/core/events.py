@@ -140,3 +140,11 @@ class StealAnswered(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ticked(Event):
     """Time passed (``now``); periodic duties such as balancing run."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicasAdded(Event):
+    """``worker`` now also holds ``keys`` (fetched as inputs for its tasks)."""
+
+    worker: str
+    keys: tuple[str, ...]

@@ -213,6 +213,8 @@ class SchedulerState:
                     self._dependency_missing(event)
                 case ev.StealAnswered():
                     self._steal_answered(event)
+                case ev.ReplicasAdded():
+                    self._replicas_added(event)
                 case ev.ClientConnected():
                     self.clients.setdefault(event.client, ClientState(event.client))
                 case ev.ClientDisconnected():
@@ -295,8 +297,8 @@ class SchedulerState:
             if ts.state == RELEASED and not self._needed(ts):
                 self._check_forget(ts)
 
-    def _want(self, client: ClientState, ts: TaskState) -> None:
-        new = client not in ts.who_wants
+    def _want(self, client: ClientState, ts: TaskState, report: bool = False) -> None:
+        new = report or client not in ts.who_wants
         ts.who_wants.add(client)
         client.wants.add(ts)
         if ts.state == RELEASED:
@@ -327,7 +329,7 @@ class SchedulerState:
                     )
                 )
                 continue
-            self._want(client, ts)
+            self._want(client, ts, report=True)
 
     # ----------------------------------------------------------- computation
     def _compute(self, root: TaskState) -> None:
@@ -799,6 +801,22 @@ class SchedulerState:
         for dependent in waiters:
             if dependent.state == WAITING and ts.state != ERRED:
                 dependent.waiting_on.add(ts)
+
+    def _replicas_added(self, event: ev.ReplicasAdded) -> None:
+        ws = self.workers.get(event.worker)
+        if ws is None:
+            return
+        stale: list[str] = []
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != MEMORY:
+                stale.append(key)
+            elif ws not in ts.who_has:
+                ts.who_has.add(ws)
+                ws.has_what.add(ts)
+                ws.nbytes += ts.nbytes
+        if stale:
+            self._emit(cmd.FreeKeys(worker=ws.address, keys=tuple(stale)))
 
     def _dependency_missing(self, event: ev.DependencyMissing) -> None:
         ws = self.workers.get(event.worker)

@@ -435,6 +435,35 @@ async def connect(
     return conn
 
 
+class ConnectionPool:
+    """One authenticated connection per peer address, opened on first use, shared."""
+
+    def __init__(self, *, token: str | None, settings: Settings, hello: Msg | None = None) -> None:
+        self.token = token
+        self.settings = settings
+        self.hello = hello
+        self.comms: dict[str, Connection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, address: str) -> Connection:
+        comm = self.comms.get(address)
+        if comm is not None and not comm.closed:
+            return comm
+        async with self._locks.setdefault(address, asyncio.Lock()):
+            comm = self.comms.get(address)
+            if comm is None or comm.closed:
+                comm = await connect(address, token=self.token, settings=self.settings)
+                if self.hello is not None:
+                    comm.send(dict(self.hello))
+                self.comms[address] = comm
+        return comm
+
+    def close(self) -> None:
+        for comm in self.comms.values():
+            comm.abort()
+        self.comms.clear()
+
+
 def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -> asyncio.Task[Any]:
     """Start a task owned by ``tasks`` (which forgets it when it ends); log a crash."""
     task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -1,0 +1,222 @@
+"""The ``regrow`` command: scheduler, worker, demo.
+
+Bad flags or an unreachable scheduler end in one line on stderr and a non-zero
+exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+
+from regrow.config import Settings
+from regrow.errors import AuthenticationError, ProtocolError
+
+
+def _token(token_file: str | None) -> str | None:
+    if token_file:
+        try:
+            with open(token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read token file: {exc}") from None
+        if not token:
+            raise click.UsageError(f"token file {token_file} is empty")
+        return token
+    return os.environ.get("REGROW_TOKEN") or None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _write_ready(path: str | None, address: str) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(address)
+    os.replace(tmp, path)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(0.25)
+    stop.set()
+
+
+def _serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], parent_pid: int | None) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watcher = None
+        if parent_pid:
+            watcher = asyncio.ensure_future(_watch_parent(parent_pid, stop))
+        try:
+            await main(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    try:
+        asyncio.run(runner())
+    except (OSError, TimeoutError, AuthenticationError, ProtocolError) as exc:
+        click.echo(f"regrow: error: {exc or type(exc).__name__}", err=True)
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # User code may still hold task threads; they must not keep a stopped process alive.
+    os._exit(0)
+
+
+_common = [
+    click.option("--ready-file", hidden=True, default=None),
+    click.option("--parent-pid", hidden=True, type=int, default=None),
+    click.option("--log-level", default="INFO", show_default=True,
+                 type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+]  # fmt: skip
+
+
+def common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(package_name="regrow")
+def main() -> None:
+    """regrow: a distributed task executor that keeps working when its parts fail."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8786, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
+@click.option("--worker-saturation", type=float, default=None, hidden=True)
+@click.option("--steal-interval", type=float, default=None, hidden=True)
+@common
+def scheduler(
+    host: str,
+    port: int,
+    token_file: str | None,
+    worker_saturation: float | None,
+    steal_interval: float | None,
+    ready_file: str | None,
+    parent_pid: int | None,
+    log_level: str,
+) -> None:
+    """Run a scheduler."""
+    from regrow.scheduler import run_scheduler
+
+    _logging(log_level)
+    token = _token(token_file)
+    settings = Settings.from_env(
+        worker_saturation=worker_saturation, steal_interval=steal_interval
+    )
+
+    async def go(stop: asyncio.Event) -> None:
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(
+            run_scheduler(host=host, port=port, token=token, settings=settings, ready=ready, stop=stop)
+        )
+        done, _ = await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            click.echo(f"regrow scheduler at {ready.result()}", err=True)
+            _write_ready(ready_file, ready.result())
+        await task
+
+    _serve(go, parent_pid)
+
+
+@main.command()
+@click.argument("scheduler_address")
+@click.option("--nthreads", default=1, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--name", default=None, help="Worker name (default: its address).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--memory-limit", default="0", show_default=True,
+              help="Bytes this worker may use (e.g. 4GB); 0 for no limit.")  # fmt: skip
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@common
+def worker(
+    scheduler_address: str,
+    nthreads: int,
+    name: str | None,
+    host: str,
+    port: int,
+    memory_limit: str,
+    token_file: str | None,
+    ready_file: str | None,
+    parent_pid: int | None,
+    log_level: str,
+) -> None:
+    """Run a worker for the scheduler at SCHEDULER_ADDRESS."""
+    from regrow.deploy import parse_bytes
+    from regrow.protocol.comm import parse_address
+    from regrow.worker import run_worker
+
+    _logging(log_level)
+    try:
+        parse_address(scheduler_address)
+        limit = parse_bytes(memory_limit)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    token = _token(token_file)
+    settings = Settings.from_env()
+
+    async def go(stop: asyncio.Event) -> None:
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(
+            run_worker(
+                scheduler_address,
+                nthreads=nthreads,
+                name=name,
+                token=token,
+                host=host,
+                port=port,
+                memory_limit=limit,
+                settings=settings,
+                ready=ready,
+                stop=stop,
+            )
+        )
+        done, _ = await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            _write_ready(ready_file, ready.result())
+        await task
+
+    _serve(go, parent_pid)
+
+
+@main.command()
+@click.option("--workers", "n_workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--files", default=400, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many standard-library files to count words in.")  # fmt: skip
+def demo(n_workers: int, files: int) -> None:
+    """Start a local cluster and run a word count over Python's standard library."""
+    from regrow.demo import run_demo
+
+    code = run_demo(n_workers=n_workers, max_files=files)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

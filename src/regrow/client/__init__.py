@@ -1,0 +1,1 @@
+"""The client side: Client, Future, wait, as_completed, the executor."""

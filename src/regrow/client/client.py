@@ -1,0 +1,764 @@
+"""The client: submit functions, hold futures, gather results.
+
+``Client`` is synchronous; its IO happens in a shared loop thread (``loop.py``)
+inside ``_Session``, which owns the scheduler connection and the connections to
+workers (results are fetched from workers directly, never through the scheduler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from regrow.client.futures import (
+    CANCELLED,
+    ERROR,
+    FINISHED,
+    Future,
+    FutureState,
+)
+from regrow.client.loop import LoopThread, shared_loop
+from regrow.config import Settings
+from regrow.errors import CommClosedError, SchedulerLostError
+from regrow.protocol.comm import Connection, ConnectionPool, connect, spawn
+from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.serialize import digest, dumps, dumps_with_refs, loads, sizeof
+
+logger = logging.getLogger("regrow.client")
+
+_clients: weakref.WeakValueDictionary[str, Client] = weakref.WeakValueDictionary()
+_default: list[Client] = []
+_MAP_BATCH = 1000
+
+
+def default_client_for(scheduler_address: str) -> Client:
+    """The most recent live client of this scheduler (used when a Future is unpickled)."""
+    for client in reversed(_default):
+        if client.status == "running" and client.scheduler_address == scheduler_address:
+            return client
+    for client in list(_clients.values()):
+        if client.status == "running" and client.scheduler_address == scheduler_address:
+            return client
+    raise ValueError(
+        f"a Future of the scheduler at {scheduler_address} was unpickled in a process "
+        "with no client connected to it"
+    )
+
+
+def get_client() -> Client:
+    """The default client of this process (the last one created)."""
+    for client in reversed(_default):
+        if client.status == "running":
+            return client
+    raise ValueError("no regrow Client is running in this process")
+
+
+def _funcname(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else str(name)
+
+
+class _Session:
+    """The client's async half: lives in the loop thread."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.comm: Connection | None = None
+        self.pool = ConnectionPool(token=client.token, settings=client.settings)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.release_buffer: list[str] = []
+        self.release_scheduled = False
+
+    async def start(self, timeout: float) -> None:
+        c = self.client
+        try:
+            comm = await connect(c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            raise OSError(
+                f"could not connect to a regrow scheduler at {c.scheduler_address} "
+                f"within {timeout} s: {exc or type(exc).__name__}"
+            ) from None
+        comm.send({"op": "register-client", "client": c.id})
+        reply, _ = await comm.recv()
+        if reply["op"] != "registered":
+            await comm.close()
+            raise OSError(f"scheduler refused this client: {reply.get('error')}")
+        self.comm = comm
+        spawn(self._listen(comm), self.tasks, "client-listen")
+
+    async def _listen(self, comm: Connection) -> None:
+        states = self.client._states
+        try:
+            while True:
+                msg, frames = await comm.recv()
+                op = msg["op"]
+                st = states.get(msg.get("key", ""))
+                if op == "key-in-memory":
+                    if st is not None:
+                        st.finish(str(msg.get("type", "")), int(msg.get("nbytes", 0)))
+                elif op == "key-erred":
+                    if st is not None:
+                        st.set_error(
+                            exception=bytes(frames[0]) if frames else b"",
+                            traceback=bytes(frames[1]) if len(frames) > 1 else b"",
+                            text=str(msg.get("text", "")),
+                            kind=str(msg.get("kind", "")),
+                            blame=str(msg.get("blame", "")),
+                            workers=tuple(msg.get("workers") or ()),
+                        )
+                elif op == "key-cancelled":
+                    if st is not None:
+                        st.cancel()
+                elif op == "key-lost":
+                    if st is not None:
+                        st.lost()
+                elif op == "scheduler-closing":
+                    self.client._scheduler_gone("the scheduler shut down")
+                else:
+                    logger.warning("unexpected message from scheduler: %r", op)
+        except CommClosedError:
+            self.client._scheduler_gone("the connection to the scheduler closed")
+
+    def send(self, msg: Msg, frames: list[Buffer] | tuple[()] = ()) -> None:
+        if self.comm is None or self.comm.closed:
+            return
+        self.comm.send(msg, frames)
+
+    def release(self, key: str) -> None:
+        self.release_buffer.append(key)
+        if not self.release_scheduled:
+            self.release_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        self.release_scheduled = False
+        keys, self.release_buffer = self.release_buffer, []
+        client = self.client
+        with client._lock:
+            # A key released and then re-acquired before this flush is still wanted.
+            keys = [k for k in dict.fromkeys(keys) if k not in client._refcount]
+        if keys:
+            self.send({"op": "release-keys", "keys": keys})
+
+    async def request(self, msg: Msg, timeout: float | None = None) -> tuple[Msg, list[Buffer]]:
+        if self.comm is None or self.comm.closed:
+            raise SchedulerLostError("not connected to the scheduler")
+        try:
+            return await self.comm.request(msg, timeout=timeout)
+        except CommClosedError as exc:
+            raise SchedulerLostError(str(exc)) from None
+
+    async def gather(self, keys: list[str]) -> dict[str, Any]:
+        """Fetch results straight from the workers that hold them."""
+        reply, _ = await self.request({"op": "who-has", "keys": keys})
+        who_has: dict[str, list[str]] = get(reply, "who_has", dict)
+        by_worker: dict[str, list[str]] = {}
+        for i, key in enumerate(keys):
+            holders = who_has.get(key) or []
+            if holders:
+                by_worker.setdefault(holders[i % len(holders)], []).append(key)
+        results: dict[str, Any] = {}
+
+        async def fetch(worker: str, ks: list[str]) -> None:
+            try:
+                comm = await self.pool.get(worker)
+                rep, frames = await comm.request({"op": "get-data", "keys": ks})
+            except (OSError, CommClosedError, TimeoutError) as exc:
+                logger.info("could not fetch from %s: %s", worker, exc)
+                return
+            pos = 0
+            for key, nf in zip(get_str_list(rep, "keys"), get(rep, "nf", list), strict=True):
+                results[key] = loads(frames[pos : pos + nf])
+                pos += nf
+
+        await asyncio.gather(*(fetch(w, ks) for w, ks in by_worker.items()))
+        return results
+
+    async def scatter(
+        self, items: list[tuple[str, list[Buffer], int, str]], targets: list[list[str]]
+    ) -> None:
+        by_worker: dict[str, list[int]] = {}
+        for i, workers in enumerate(targets):
+            for w in workers:
+                by_worker.setdefault(w, []).append(i)
+
+        async def put(worker: str, idx: list[int]) -> None:
+            comm = await self.pool.get(worker)
+            frames: list[Buffer] = []
+            for i in idx:
+                frames.extend(items[i][1])
+            await comm.request(
+                {
+                    "op": "put-data",
+                    "keys": [items[i][0] for i in idx],
+                    "nf": [len(items[i][1]) for i in idx],
+                },
+                frames,
+            )
+
+        await asyncio.gather(*(put(w, idx) for w, idx in by_worker.items()))
+        await self.request(
+            {
+                "op": "scattered",
+                "keys": [
+                    {"key": key, "nbytes": nbytes, "type": type_name, "workers": targets[i]}
+                    for i, (key, _, nbytes, type_name) in enumerate(items)
+                ],
+            }
+        )
+
+    async def run(self, frames: list[Buffer], workers: list[str]) -> dict[str, tuple[bool, Any]]:
+        async def one(worker: str) -> tuple[str, tuple[bool, Any]]:
+            comm = await self.pool.get(worker)
+            reply, out = await comm.request({"op": "run"}, frames)
+            return worker, (bool(reply.get("ok")), loads(out))
+
+        return dict(await asyncio.gather(*(one(w) for w in workers)))
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.comm is not None:
+            await self.comm.close()
+        self.pool.close()
+
+
+class Client:
+    """Connect to a regrow cluster and run Python functions on it.
+
+    ``Client(address_or_cluster)`` takes a scheduler address ('tcp://host:port')
+    or a ``LocalCluster``; with no argument it starts a LocalCluster of its own.
+    """
+
+    def __init__(
+        self,
+        address: Any = None,
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+        name: str | None = None,
+        set_as_default: bool = True,
+        settings: Settings | None = None,
+    ) -> None:
+        self.status = "connecting"
+        self._own_cluster: Any = None
+        if address is None:
+            from regrow.deploy import LocalCluster
+
+            address = self._own_cluster = LocalCluster()
+        scheduler_address = getattr(address, "scheduler_address", address)
+        if not isinstance(scheduler_address, str):
+            raise TypeError(
+                "Client() takes a scheduler address like 'tcp://127.0.0.1:8786' or a "
+                f"LocalCluster, got {type(address).__name__}"
+            )
+        if token is None:
+            token = getattr(address, "token", None) or os.environ.get("REGROW_TOKEN") or None
+        self.scheduler_address = (
+            scheduler_address
+            if scheduler_address.startswith("tcp://")
+            else f"tcp://{scheduler_address}"
+        )
+        self.cluster = address if not isinstance(address, str) else None
+        self.token = token
+        self.settings = settings or Settings.from_env()
+        self.id = name or f"client-{uuid.uuid4().hex[:12]}"
+        self._lock = threading.Lock()
+        self._refcount: dict[str, int] = {}
+        self._states: dict[str, FutureState] = {}
+        self._fn_cache: dict[Any, list[Buffer]] = {}
+        self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: LoopThread = shared_loop()
+        self._session = _Session(self)
+        try:
+            self._loop.run(self._session.start(timeout), timeout=timeout + 5)
+        except BaseException:
+            self._loop.run(self._session.close())
+            if self._own_cluster is not None:
+                self._own_cluster.close()
+            raise
+        self.status = "running"
+        _clients[self.id] = self
+        if set_as_default:
+            _default.append(self)
+
+    # ------------------------------------------------------------ refcounts
+    def _acquire(self, key: str) -> FutureState:
+        with self._lock:
+            self._refcount[key] = self._refcount.get(key, 0) + 1
+            st = self._states.get(key)
+            if st is None:
+                st = self._states[key] = FutureState()
+            return st
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            n = self._refcount.get(key, 0) - 1
+            if n > 0:
+                self._refcount[key] = n
+                return
+            self._refcount.pop(key, None)
+            self._states.pop(key, None)
+        if self.status == "running":
+            self._loop.call_soon(self._session.release, key)
+
+    def _desire(self, keys: list[str]) -> None:
+        self._loop.call_soon(self._session.send, {"op": "desire-keys", "keys": keys})
+
+    def _scheduler_gone(self, reason: str) -> None:
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "lost"
+        with self._lock:
+            states = list(self._states.values())
+        for st in states:
+            if not st.done():
+                st.set_local_error(
+                    SchedulerLostError(f"{reason} before this future finished ({self.scheduler_address})")
+                )
+
+    def _run_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
+        with self._lock:
+            if self._callbacks is None:
+                self._callbacks = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="regrow-callback"
+                )
+            pool = self._callbacks
+
+        def call() -> None:
+            try:
+                fn(future)
+            except Exception:
+                logger.exception("done-callback %r raised", fn)
+
+        try:
+            pool.submit(call)
+        except RuntimeError:
+            call()  # pool shut down with the client: run inline
+
+    def _check_running(self) -> None:
+        if self.status != "running":
+            raise RuntimeError(f"this client is {self.status}; it cannot send work")
+
+    # ----------------------------------------------------------- submitting
+    def _ref_of(self, obj: object) -> str | None:
+        return obj.key if isinstance(obj, Future) else None
+
+    def _fn_frames(self, fn: Callable[..., Any]) -> list[Buffer]:
+        try:
+            cached = self._fn_cache.get(fn)
+        except TypeError:  # unhashable callable
+            return dumps(fn)
+        if cached is None:
+            cached = dumps(fn)
+            if len(self._fn_cache) > 1000:
+                self._fn_cache.clear()
+            self._fn_cache[fn] = cached
+        return cached
+
+    @staticmethod
+    def _check_workers(workers: Any) -> list[str] | None:
+        if workers is None:
+            return None
+        if isinstance(workers, str):
+            return [workers]
+        ws = list(workers)
+        if not all(isinstance(w, str) for w in ws):
+            raise TypeError(f"workers= takes worker addresses or names, got {workers!r}")
+        return ws
+
+    def _task(
+        self,
+        fn: Callable[..., Any],
+        fn_frames: list[Buffer],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        key: str | None,
+        pure: bool,
+        workers: list[str] | None,
+        retries: int,
+        priority: int,
+    ) -> tuple[Msg, list[Buffer]]:
+        arg_frames, deps = dumps_with_refs((args, dict(kwargs)), self._ref_of)
+        if key is None:
+            if pure:
+                key = f"{_funcname(fn)}-{digest([*fn_frames, *arg_frames])}"
+            else:
+                key = f"{_funcname(fn)}-{uuid.uuid4().hex}"
+        elif not isinstance(key, str):
+            raise TypeError(f"key must be a string, got {type(key).__name__}")
+        frames = [*fn_frames, *arg_frames]
+        entry: Msg = {"k": key, "d": deps, "fnf": len(fn_frames), "nf": len(frames)}
+        if priority:
+            entry["p"] = int(priority)
+        if retries:
+            entry["r"] = int(retries)
+        if workers:
+            entry["w"] = workers
+        if not pure:
+            entry["pure"] = False
+        return entry, frames
+
+    def _send_tasks(self, entries: list[Msg], frames: list[Buffer], wanted: list[str]) -> None:
+        self._loop.call_soon(
+            self._session.send, {"op": "submit", "tasks": entries, "wanted": wanted}, frames
+        )
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: str | None = None,
+        pure: bool = True,
+        workers: str | Iterable[str] | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; returns a Future at once."""
+        if not callable(func):
+            raise TypeError(f"submit() needs a callable first argument, got {type(func).__name__}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        self._check_running()
+        entry, frames = self._task(
+            func,
+            self._fn_frames(func),
+            args,
+            kwargs,
+            key=key,
+            pure=pure,
+            workers=self._check_workers(workers),
+            retries=retries,
+            priority=priority,
+        )
+        future = Future(entry["k"], self)
+        self._send_tasks([entry], frames, [future.key])
+        return future
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | list[str] | None = None,
+        pure: bool = True,
+        workers: str | Iterable[str] | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        batch_size: int = _MAP_BATCH,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """``submit`` for each item of the zipped iterables, sent in batches."""
+        if not callable(func):
+            raise TypeError(f"map() needs a callable first argument, got {type(func).__name__}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        for it in iterables:
+            if isinstance(it, Mapping) or not isinstance(it, Iterable):
+                raise TypeError(f"map() takes iterables (not {type(it).__name__})")
+        self._check_running()
+        fn_frames = self._fn_frames(func)
+        ws = self._check_workers(workers)
+        if isinstance(key, list | tuple):
+            keys: Iterator[str | None] = iter(key)
+            name_prefix = None
+        else:
+            keys = itertools.repeat(None)
+            name_prefix = key
+        futures: list[Future] = []
+        entries: list[Msg] = []
+        frames: list[Buffer] = []
+        wanted: list[str] = []
+        for args in zip(*iterables, strict=False):
+            k = next(keys, None)
+            entry, fr = self._task(
+                func,
+                fn_frames,
+                args,
+                kwargs,
+                key=k,
+                pure=pure,
+                workers=ws,
+                retries=retries,
+                priority=priority,
+            )
+            if name_prefix is not None:
+                entry["k"] = f"{name_prefix}-{entry['k'].rpartition('-')[2]}"
+            fut = Future(entry["k"], self)
+            futures.append(fut)
+            entries.append(entry)
+            frames.extend(fr)
+            wanted.append(fut.key)
+            if len(entries) >= batch_size:
+                self._send_tasks(entries, frames, wanted)
+                entries, frames, wanted = [], [], []
+        if entries:
+            self._send_tasks(entries, frames, wanted)
+        return futures
+
+    # ------------------------------------------------------------- results
+    def _fetch(self, futures: list[Future], timeout: float | None = None) -> dict[str, Any]:
+        keys = list(dict.fromkeys(f.key for f in futures))
+        values = self._loop.run(self._session.gather(keys), timeout=timeout)
+        missing = [k for k in keys if k not in values]
+        for key in missing:
+            # Held nowhere although reported finished: it was lost; ask where it stands.
+            st = self._states.get(key)
+            if st is not None and st.status == FINISHED:
+                st.reset()
+        if missing:
+            self._desire(missing)
+        return values
+
+    def gather(
+        self, futures: Any, errors: str = "raise", timeout: float | None = None
+    ) -> Any:
+        """Results of futures in any nested list/tuple/set/dict structure, same shape.
+
+        ``errors="raise"`` raises the first erred future's exception;
+        ``errors="skip"`` leaves erred (and cancelled) futures out.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        if isinstance(futures, Iterator):
+            futures = list(futures)
+        flat: list[Future] = []
+        _collect(futures, flat)
+        import time as _time
+
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        values: dict[str, Any] = {}
+        todo = list({f.key: f for f in flat}.values())
+        while todo:
+            remaining = None if deadline is None else deadline - _time.monotonic()
+            for f in todo:
+                left = None if deadline is None else max(0.0, deadline - _time.monotonic())
+                if not f._state.event.wait(left):
+                    raise TimeoutError(f"gather: {f.key!r} not done within {timeout} s")
+                if f.status in (ERROR, CANCELLED) and errors == "raise":
+                    f.result()  # raises the right exception
+            ready = [f for f in todo if f.status == FINISHED]
+            remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
+            if ready:
+                values.update(self._fetch(ready, timeout=remaining))
+            todo = [f for f in todo if f.status == FINISHED and f.key not in values] + [
+                f for f in todo if f.status not in (FINISHED, ERROR, CANCELLED)
+            ]
+        skip = {f.key for f in flat if f.status in (ERROR, CANCELLED)}
+        return _substitute(futures, values, skip)
+
+    # -------------------------------------------------------------- scatter
+    def scatter(
+        self,
+        data: Any,
+        workers: str | Iterable[str] | None = None,
+        broadcast: bool = False,
+        hash: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        """Put local data on workers; returns Futures shaped like ``data``.
+
+        A list/tuple/set gives a list of Futures, a dict a dict of Futures (its
+        keys become the Futures' keys), anything else a single Future.
+        """
+        self._check_running()
+        if isinstance(data, Iterator):
+            data = list(data)
+        if isinstance(data, dict):
+            names = list(data.keys())
+            values = list(data.values())
+        elif isinstance(data, list | tuple | set | frozenset):
+            names = None
+            values = list(data)
+        else:
+            names = None
+            values = [data]
+        info = self.scheduler_info()
+        all_workers = info["workers"]
+        wanted = self._check_workers(workers)
+        if wanted is not None:
+            by_name = {w["name"]: a for a, w in all_workers.items()}
+            targets = [by_name.get(w, w) for w in wanted]
+            unknown = [t for t in targets if t not in all_workers]
+            if unknown:
+                raise ValueError(f"scatter: no such worker(s): {unknown}")
+        else:
+            targets = sorted(all_workers, key=lambda a: all_workers[a]["memory"])
+        if not targets:
+            raise RuntimeError("scatter: the cluster has no workers")
+        items: list[tuple[str, list[Buffer], int, str]] = []
+        placement: list[list[str]] = []
+        for i, value in enumerate(values):
+            frames = dumps(value)
+            tname = type(value).__name__
+            if names is not None:
+                key = str(names[i])
+            elif hash:
+                key = f"{tname}-{digest(frames)}"
+            else:
+                key = f"{tname}-{uuid.uuid4().hex}"
+            items.append((key, frames, sizeof(value), tname))
+            placement.append(list(targets) if broadcast else [targets[i % len(targets)]])
+        futures = [Future(key, self) for key, _, _, _ in items]
+        self._loop.run(self._session.scatter(items, placement), timeout=timeout)
+        if isinstance(data, dict):
+            return dict(zip(names or [], futures, strict=True))
+        if isinstance(data, list | tuple | set | frozenset):
+            return futures
+        return futures[0]
+
+    # ------------------------------------------------------------- control
+    def cancel(self, futures: Future | Iterable[Future], force: bool = False) -> None:
+        """Cancel futures: not-started work is dropped, finished results are freed."""
+        fs = [futures] if isinstance(futures, Future) else list(futures)
+        keys = [f.key for f in fs]
+        if not keys:
+            return
+        self._loop.run(self._session.request({"op": "cancel", "keys": keys, "force": force}))
+        for f in fs:
+            if f.key in self._states and not f.done():
+                f._state.cancel()
+
+    def run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        workers: str | Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Run ``function(*args, **kwargs)`` once on each worker: ``{address: result}``."""
+        if not callable(function):
+            raise TypeError(f"run() needs a callable, got {type(function).__name__}")
+        info = self.scheduler_info()["workers"]
+        wanted = self._check_workers(workers)
+        if wanted is None:
+            targets = list(info)
+        else:
+            by_name = {w["name"]: a for a, w in info.items()}
+            targets = [by_name.get(w, w) for w in wanted]
+        results = self._loop.run(self._session.run(dumps((function, args, kwargs)), targets))
+        out: dict[str, Any] = {}
+        for worker, (ok, value) in results.items():
+            if not ok:
+                raise value
+            out[worker] = value
+        return out
+
+    def who_has(self, futures: Future | Iterable[Future] | None = None) -> dict[str, list[str]]:
+        if futures is None:
+            keys = list(self._states)
+        elif isinstance(futures, Future):
+            keys = [futures.key]
+        else:
+            keys = [f.key for f in futures]
+        reply, _ = self._loop.run(self._session.request({"op": "who-has", "keys": keys}))
+        return dict(reply["who_has"])
+
+    def scheduler_info(self) -> dict[str, Any]:
+        reply, _ = self._loop.run(self._session.request({"op": "scheduler-info"}))
+        reply.pop("rid", None)
+        reply.pop("op", None)
+        return reply
+
+    def nthreads(self) -> dict[str, int]:
+        return {a: w["nthreads"] for a, w in self.scheduler_info()["workers"].items()}
+
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
+        import time as _time
+
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        while len(self.scheduler_info()["workers"]) < n_workers:
+            if deadline is not None and _time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
+            _time.sleep(0.05)
+
+    def get_executor(self, **kwargs: Any) -> concurrent.futures.Executor:
+        """A ``concurrent.futures.Executor`` that runs on this cluster."""
+        from regrow.client.executor import ClientExecutor
+
+        return ClientExecutor(self, **kwargs)
+
+    def shutdown(self) -> None:
+        """Stop the whole cluster (scheduler and workers), then close this client."""
+        with contextlib.suppress(Exception):
+            self._loop.run(self._session.request({"op": "shutdown"}), timeout=10)
+        self.close()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        with contextlib.suppress(Exception):
+            self._loop.run(self._session.close(), timeout=timeout)
+        with self._lock:
+            states = list(self._states.values())
+        for st in states:
+            if not st.done():
+                st.cancel()
+        if self._callbacks is not None:
+            self._callbacks.shutdown(wait=False)
+        if self in _default:
+            _default.remove(self)
+        self.status = "closed"
+        if self._own_cluster is not None:
+            self._own_cluster.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "status", "closed") == "running":
+            with contextlib.suppress(Exception):
+                self.close(timeout=2)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} scheduler={self.scheduler_address!r} status={self.status}>"
+
+
+def _collect(obj: Any, out: list[Future]) -> None:
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for x in obj:
+            _collect(x, out)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _collect(v, out)
+
+
+_SKIP = object()
+
+
+def _substitute(obj: Any, values: dict[str, Any], skip: set[str]) -> Any:
+    if isinstance(obj, Future):
+        return _SKIP if obj.key in skip else values[obj.key]
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = [_substitute(x, values, skip) for x in obj]
+        items = [x for x in items if x is not _SKIP]
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return type(obj)(*items)
+        return type(obj)(items)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            value = _substitute(v, values, skip)
+            if value is not _SKIP:
+                out[k] = value
+        return type(obj)(out) if type(obj) is not dict else out
+    return obj

@@ -1,0 +1,393 @@
+"""Futures: the client's handle on a remote result, plus ``wait`` and ``as_completed``.
+
+A ``Future`` is a reference: while any Future for a key lives in the client,
+the scheduler keeps the key's result. Status changes arrive from the IO thread;
+reads and waits happen in user threads. Names follow concurrent.futures and
+dask.distributed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import cloudpickle
+
+from regrow.errors import (
+    CancelledError,
+    FutureLostError,
+    KilledWorker,
+    LostDataError,
+    RemoteError,
+    SchedulerLostError,
+)
+
+if TYPE_CHECKING:
+    from regrow.client.client import Client
+
+PENDING = "pending"
+FINISHED = "finished"
+ERROR = "error"
+CANCELLED = "cancelled"
+LOST = "lost"
+
+ALL_COMPLETED = "ALL_COMPLETED"
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+
+
+class FutureState:
+    """What the client knows of one key; shared by all Futures for that key."""
+
+    __slots__ = (
+        "_exception",
+        "_lock",
+        "blame",
+        "event",
+        "exception_blob",
+        "kind",
+        "listeners",
+        "nbytes",
+        "status",
+        "text",
+        "traceback_text",
+        "type_name",
+        "workers",
+    )
+
+    def __init__(self) -> None:
+        self.status = PENDING
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[FutureState], None]] = []
+        self.type_name = ""
+        self.nbytes = 0
+        self.exception_blob = b""
+        self.traceback_text = ""
+        self.text = ""
+        self.kind = ""
+        self.blame = ""
+        self.workers: tuple[str, ...] = ()
+        self._exception: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.event.is_set()
+
+    def _settle(self, status: str) -> None:
+        with self._lock:
+            self.status = status
+            self.event.set()
+            listeners, self.listeners = self.listeners, []
+        for fn in listeners:
+            fn(self)
+
+    def finish(self, type_name: str = "", nbytes: int = 0) -> None:
+        self.type_name = type_name
+        self.nbytes = nbytes
+        self._exception = None
+        self._settle(FINISHED)
+
+    def set_error(
+        self,
+        *,
+        exception: bytes,
+        traceback: bytes,
+        text: str,
+        kind: str = "",
+        blame: str = "",
+        workers: tuple[str, ...] = (),
+    ) -> None:
+        self.exception_blob = exception
+        self.traceback_text = traceback.decode(errors="replace")
+        self.text = text
+        self.kind = kind
+        self.blame = blame
+        self.workers = workers
+        self._exception = None
+        self._settle(ERROR)
+
+    def set_local_error(self, exc: BaseException) -> None:
+        self.exception_blob = b""
+        self.text = f"{type(exc).__name__}: {exc}"
+        self._exception = exc
+        self._settle(ERROR)
+
+    def cancel(self) -> None:
+        self._settle(CANCELLED)
+
+    def lost(self) -> None:
+        with self._lock:
+            self.status = LOST
+            self.event.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.status = PENDING
+            self.event.clear()
+
+    def add_listener(self, fn: Callable[[FutureState], None]) -> None:
+        """Call ``fn(state)`` once the state settles (now, if it has)."""
+        with self._lock:
+            if not self.event.is_set():
+                self.listeners.append(fn)
+                return
+        fn(self)
+
+    def exception(self) -> BaseException:
+        """The exception to raise for an erred key (built once, then reused)."""
+        if self._exception is not None:
+            return self._exception
+        exc: BaseException
+        if self.kind == "KilledWorker":
+            exc = KilledWorker(self.blame, list(self.workers), self.text)
+        elif self.kind == "LostDataError":
+            exc = LostDataError(self.text)
+        elif self.kind == "FutureLostError":
+            exc = FutureLostError(self.text)
+        elif self.kind == "SchedulerLostError":
+            exc = SchedulerLostError(self.text)
+        else:
+            try:
+                exc = cloudpickle.loads(self.exception_blob)
+                if not isinstance(exc, BaseException):
+                    raise TypeError("not an exception")
+            except Exception:
+                type_name, _, message = self.text.partition(": ")
+                exc = RemoteError(type_name or "Exception", message)
+            if self.traceback_text and hasattr(exc, "add_note"):
+                exc.add_note(f"remote traceback:\n{self.traceback_text}")
+        self._exception = exc
+        return exc
+
+
+class Future:
+    """A remote result, named by ``key``. Picklable: it travels as its key."""
+
+    __slots__ = ("__weakref__", "_client", "_state", "key")
+
+    def __init__(self, key: str, client: Client) -> None:
+        self.key = key
+        self._client = client
+        self._state = client._acquire(key)
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def status(self) -> str:
+        return self._state.status
+
+    def done(self) -> bool:
+        return self._state.done()
+
+    def cancelled(self) -> bool:
+        return self._state.status == CANCELLED
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self._state.event.wait(timeout):
+            raise TimeoutError(f"future {self.key!r} not done within {timeout} s")
+
+    def result(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            st = self._state
+            if st.status == ERROR:
+                raise st.exception()
+            if st.status == CANCELLED:
+                raise CancelledError(f"future {self.key!r} was cancelled")
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values = self._client._fetch([self], timeout=remaining)
+            if self.key in values:
+                return values[self.key]
+            # The data vanished between 'finished' and the fetch; wait for the recompute.
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        if self._state.status == CANCELLED:
+            raise CancelledError(f"future {self.key!r} was cancelled")
+        if self._state.status == ERROR:
+            return self._state.exception()
+        return None
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The remote traceback of an erred task, as text (None if it did not err)."""
+        self._wait(timeout)
+        if self._state.status != ERROR:
+            return None
+        return self._state.traceback_text or None
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` when the future settles, in a callback thread."""
+        client = self._client
+
+        def listener(_: FutureState) -> None:
+            client._run_callback(fn, self)
+
+        self._state.add_listener(listener)
+
+    def cancel(self, force: bool = False) -> None:
+        self._client.cancel([self], force=force)
+
+    def release(self) -> None:
+        """Drop this future's hold on its key now (instead of at garbage collection)."""
+        client, self._client = self._client, None  # type: ignore[assignment]
+        if client is not None:
+            client._release(self.key)
+
+    def __del__(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            try:
+                client._release(self.key)
+            except Exception:  # interpreter shutdown: nothing left to tell
+                pass
+
+    def __reduce__(self) -> tuple[Callable[..., Future], tuple[str, str]]:
+        return (_rebuild_future, (self.key, self._client.scheduler_address))
+
+    def __await__(self) -> Any:
+        import asyncio
+
+        return asyncio.to_thread(self.result).__await__()
+
+    def __repr__(self) -> str:
+        extra = f", type: {self._state.type_name}" if self._state.type_name else ""
+        return f"<Future: {self.status}{extra}, key: {self.key}>"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Future) and other.key == self.key
+
+
+def _rebuild_future(key: str, scheduler_address: str) -> Future:
+    from regrow.client.client import default_client_for
+
+    client = default_client_for(scheduler_address)
+    future = Future(key, client)
+    client._desire([key])
+    return future
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set[Future]
+    not_done: set[Future]
+
+
+def _as_list(fs: Future | Iterable[Future]) -> list[Future]:
+    if isinstance(fs, Future):
+        return [fs]
+    out = list(fs)
+    for f in out:
+        if not isinstance(f, Future):
+            raise TypeError(f"expected regrow Futures, got {type(f).__name__}")
+    return out
+
+
+def wait(
+    fs: Future | Iterable[Future],
+    timeout: float | None = None,
+    return_when: str = ALL_COMPLETED,
+) -> DoneAndNotDoneFutures:
+    """Wait until futures settle; raises TimeoutError if ``timeout`` passes first."""
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(
+            f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
+            f"got {return_when!r}"
+        )
+    futures = _as_list(fs)
+    signal = threading.Event()
+
+    def satisfied() -> bool:
+        if return_when == ALL_COMPLETED:
+            return all(f.done() for f in futures)
+        if return_when == FIRST_COMPLETED:
+            return any(f.done() for f in futures) or not futures
+        return all(f.done() for f in futures) or any(f.status == ERROR for f in futures)
+
+    def poke(_: FutureState) -> None:
+        signal.set()
+
+    for f in futures:
+        f._state.add_listener(poke)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not satisfied():
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            n = sum(not f.done() for f in futures)
+            raise TimeoutError(f"{n} of {len(futures)} futures not done within {timeout} s")
+        signal.wait(remaining)
+        signal.clear()
+        for f in futures:
+            if not f.done():
+                f._state.add_listener(poke)
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(done, set(futures) - done)
+
+
+class as_completed(Iterator[Any]):  # noqa: N801 - the dask.distributed name
+    """Iterate over futures as they complete (any order), optionally with results."""
+
+    def __init__(
+        self,
+        futures: Iterable[Future] = (),
+        with_results: bool = False,
+        raise_errors: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self.timeout = timeout
+        self._queue: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self.update(futures)
+
+    def add(self, future: Future) -> None:
+        if not isinstance(future, Future):
+            raise TypeError(f"expected a regrow Future, got {type(future).__name__}")
+        with self._lock:
+            self._pending += 1
+        future._state.add_listener(lambda _st, f=future: self._queue.put(f))
+
+    def update(self, futures: Iterable[Future]) -> None:
+        for f in futures:
+            self.add(f)
+
+    def count(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def is_empty(self) -> bool:
+        return self.count() == 0
+
+    def __iter__(self) -> as_completed:
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            if self._pending == 0:
+                raise StopIteration
+        try:
+            future = self._queue.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no future completed within {self.timeout} s") from None
+        with self._lock:
+            self._pending -= 1
+        if not self.with_results:
+            return future
+        if future.status == ERROR and not self.raise_errors:
+            return future, future.exception()
+        return future, future.result()
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        out = [next(self)] if block and not self.is_empty() else []
+        while not self._queue.empty():
+            out.append(next(self))
+        return out

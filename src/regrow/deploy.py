@@ -1,0 +1,329 @@
+"""LocalCluster: a scheduler and workers on this machine, as real processes.
+
+Owns the processes it starts (and only those): it starts them, waits until
+each is ready, and stops them by PID on close, at exit, or when this process
+dies (children watch their parent).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import math
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any
+
+import psutil
+
+from regrow.client.loop import LoopThread
+from regrow.config import Settings
+from regrow.scheduler import Scheduler
+from regrow.worker import Worker
+
+_live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+def default_layout(
+    n_workers: int | None, threads_per_worker: int | None, cores: int | None = None
+) -> tuple[int, int]:
+    """(workers, threads each) that fit the machine's cores."""
+    cores = cores or os.cpu_count() or 1
+    if n_workers is None and threads_per_worker is None:
+        n_workers = cores if cores <= 4 else max(2, round(math.sqrt(cores)))
+    if n_workers is None:
+        assert threads_per_worker is not None
+        n_workers = max(1, cores // threads_per_worker)
+    if threads_per_worker is None:
+        threads_per_worker = max(1, cores // max(1, n_workers))
+    if n_workers < 0 or threads_per_worker < 1:
+        raise ValueError(
+            f"n_workers must be >= 0 and threads_per_worker >= 1, got "
+            f"{n_workers} and {threads_per_worker}"
+        )
+    return n_workers, threads_per_worker
+
+
+def _child_env(token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["REGROW_TOKEN"] = token
+    # Functions pickled by reference must import in the workers as they do here.
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    if os.getcwd() not in paths:
+        paths.insert(0, os.getcwd())
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class WorkerProcess:
+    """One worker process this cluster started."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], ready_file: str) -> None:
+        self.name = name
+        self.proc = proc
+        self.ready_file = ready_file
+        self.address = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess {self.name} pid={self.pid} {self.address}>"
+
+
+class LocalCluster:
+    """A scheduler and ``n_workers`` workers on this machine.
+
+    With ``processes=True`` (the default) each is its own process, talking TCP
+    on loopback; with ``processes=False`` they all run in a background thread of
+    this process (quick to start, handy for debugging).
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        processes: bool = True,
+        scheduler_port: int = 0,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        memory_limit: int | str | None = "auto",
+        timeout: float = 30.0,
+        log_level: str = "WARNING",
+        **settings: Any,
+    ) -> None:
+        self.n_workers, self.threads_per_worker = default_layout(n_workers, threads_per_worker)
+        self.processes = processes
+        self.host = host
+        self.token = token or secrets.token_hex(16)
+        self.settings = Settings.from_env(**settings)
+        self.timeout = timeout
+        self.log_level = log_level
+        self.memory_limit = _memory_limit(memory_limit, self.n_workers)
+        self.scheduler_address = ""
+        self.scheduler_proc: subprocess.Popen[bytes] | None = None
+        self.workers: list[WorkerProcess] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="regrow-")
+        self._loop: LoopThread | None = None
+        self._inproc_scheduler: Scheduler | None = None
+        self._inproc_workers: list[Worker] = []
+        self._names = iter(range(1 << 30))
+        self._closed = False
+        self._lock = threading.Lock()
+        _live.add(self)
+        try:
+            if processes:
+                self._start_processes(scheduler_port)
+            else:
+                self._start_inprocess(scheduler_port)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------- processes
+    def _spawn(self, args: list[str], ready_file: str) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "regrow.cli",
+            *args,
+            "--ready-file",
+            ready_file,
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            self.log_level,
+        ]
+        return subprocess.Popen(cmd, env=_child_env(self.token), stdin=subprocess.DEVNULL)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], ready_file: str, what: str) -> str:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            if os.path.exists(ready_file):
+                with open(ready_file) as f:
+                    return f.read().strip()
+            code = proc.poll()
+            if code is not None:
+                raise RuntimeError(f"{what} (pid {proc.pid}) exited with code {code} while starting")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        raise TimeoutError(f"{what} (pid {proc.pid}) not ready within {self.timeout} s")
+
+    def _start_processes(self, port: int) -> None:
+        ready = os.path.join(self._tmp.name, "scheduler.ready")
+        args = ["scheduler", "--host", self.host, "--port", str(port)]
+        args += _settings_flags(self.settings)
+        self.scheduler_proc = self._spawn(args, ready)
+        self.scheduler_address = self._wait_ready(self.scheduler_proc, ready, "scheduler")
+        self.scale_up(self.n_workers)
+
+    def _start_worker_proc(self) -> WorkerProcess:
+        name = str(next(self._names))
+        ready = os.path.join(self._tmp.name, f"worker-{name}.ready")
+        args = [
+            "worker",
+            self.scheduler_address,
+            "--nthreads",
+            str(self.threads_per_worker),
+            "--name",
+            name,
+            "--host",
+            self.host,
+            "--memory-limit",
+            str(self.memory_limit),
+        ]
+        wp = WorkerProcess(name, self._spawn(args, ready), ready)
+        self.workers.append(wp)
+        return wp
+
+    def scale_up(self, n: int) -> list[WorkerProcess]:
+        """Start ``n`` more workers and wait until each has registered."""
+        if not self.processes:
+            raise NotImplementedError("scale_up works with processes=True")
+        new = [self._start_worker_proc() for _ in range(n)]
+        for wp in new:
+            wp.address = self._wait_ready(wp.proc, wp.ready_file, f"worker {wp.name}")
+        return new
+
+    # ---------------------------------------------------------- in-process
+    def _start_inprocess(self, port: int) -> None:
+        self._loop = LoopThread("regrow-cluster")
+
+        async def start() -> None:
+            self._inproc_scheduler = Scheduler(
+                host=self.host, port=port, token=self.token, settings=self.settings
+            )
+            self.scheduler_address = await self._inproc_scheduler.start()
+            for i in range(self.n_workers):
+                w = Worker(
+                    self.scheduler_address,
+                    nthreads=self.threads_per_worker,
+                    name=str(i),
+                    token=self.token,
+                    host=self.host,
+                    memory_limit=self.memory_limit,
+                    settings=self.settings,
+                )
+                await w.start()
+                self._inproc_workers.append(w)
+
+        self._loop.run(start(), timeout=self.timeout)
+
+    # --------------------------------------------------------------- close
+    @property
+    def worker_addresses(self) -> list[str]:
+        if self.processes:
+            return [wp.address for wp in self.workers if wp.proc.poll() is None]
+        return [w.address for w in self._inproc_workers if not w.stopped.is_set()]
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._loop is not None:
+
+            async def stop() -> None:
+                for w in self._inproc_workers:
+                    await w.close()
+                if self._inproc_scheduler is not None:
+                    await self._inproc_scheduler.close()
+
+            with contextlib.suppress(Exception):
+                self._loop.run(stop(), timeout=timeout)
+            self._loop.stop()
+        procs = [wp.proc for wp in self.workers]
+        if self.scheduler_proc is not None:
+            procs.append(self.scheduler_proc)
+        _stop_processes(procs, timeout)
+        self._tmp.cleanup()
+        _live.discard(self)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close(timeout=2)
+
+    def __repr__(self) -> str:
+        return (
+            f"<LocalCluster {self.scheduler_address} workers={self.n_workers} "
+            f"threads={self.threads_per_worker}>"
+        )
+
+
+def _stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM, wait, then SIGKILL what is left; always reap."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait()
+
+
+def _memory_limit(limit: int | str | None, n_workers: int) -> int:
+    if limit is None or limit == 0:
+        return 0
+    if limit == "auto":
+        return int(psutil.virtual_memory().total / max(1, n_workers))
+    if isinstance(limit, int):
+        return limit
+    return parse_bytes(limit)
+
+
+def parse_bytes(text: str) -> int:
+    """'4GB', '512 MiB', '1e9' -> bytes."""
+    s = text.strip().replace(" ", "")
+    units = {
+        "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+        "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1,
+    }  # fmt: skip
+    lower = s.lower()
+    for unit, mult in units.items():
+        if lower.endswith(unit):
+            number = lower[: -len(unit)]
+            break
+    else:
+        number, mult = lower, 1
+    try:
+        return int(float(number) * mult)
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a size (try '4GB' or '512MiB')") from None
+
+
+def _settings_flags(settings: Settings) -> list[str]:
+    default = Settings()
+    flags: list[str] = []
+    for name in ("worker_saturation", "steal_interval"):
+        value = getattr(settings, name)
+        if value != getattr(default, name):
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+@atexit.register
+def _close_all() -> None:
+    for cluster in list(_live):
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=5)

@@ -1,0 +1,443 @@
+"""The scheduler process's shell: connections in, events to the core, commands out.
+
+Owns: the listener, one connection per worker and per client, the periodic tick.
+Must not: decide anything about tasks (that is ``core.scheduler_state``), or
+unpickle user payloads (task payloads and results pass through as opaque frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, assert_never
+
+from regrow.config import Settings
+from regrow.core import commands as cmd
+from regrow.core import events as ev
+from regrow.core.scheduler_state import SchedulerState
+from regrow.errors import CommClosedError, ProtocolError
+from regrow.protocol.comm import Connection, Listener, error_reply, spawn
+from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import Msg, get, get_str_list
+
+logger = logging.getLogger("regrow.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        settings: Settings | None = None,
+        validate: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.token = token
+        self.settings = settings or Settings()
+        self.state = SchedulerState(
+            worker_saturation=self.settings.worker_saturation,
+            default_task_duration=self.settings.default_task_duration,
+            bandwidth=self.settings.bandwidth,
+            validate=validate,
+        )
+        self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
+        self.worker_comms: dict[str, Connection] = {}
+        self.client_comms: dict[str, Connection] = {}
+        self.worker_info: dict[str, dict[str, Any]] = {}
+        self.address = ""
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopped = asyncio.Event()
+        self._stimuli = itertools.count()
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ life
+    async def start(self) -> str:
+        self.address = await self.listener.start(self.host, self.port)
+        spawn(self._tick_loop(), self.tasks, "scheduler-tick")
+        logger.info("scheduler at %s (pid %d)", self.address, os.getpid())
+        return self.address
+
+    async def close(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        for comm in list(self.worker_comms.values()):
+            with contextlib.suppress(CommClosedError):
+                comm.send({"op": "close"})
+        for comm in list(self.client_comms.values()):
+            with contextlib.suppress(CommClosedError):
+                comm.send({"op": "scheduler-closing"})
+        await asyncio.sleep(0)  # let the batched sends flush
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.listener.close()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.steal_interval)
+            self.handle(ev.Ticked(now=time.monotonic(), stimulus_id="tick"))
+
+    # ------------------------------------------------------------- commands
+    def handle(self, *events: ev.Event) -> None:
+        for command in self.state.handle(*events):
+            self._execute(command)
+
+    def _sid(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._stimuli)}"
+
+    def _to_worker(self, address: str, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+        comm = self.worker_comms.get(address)
+        if comm is None or comm.closed:
+            return  # its removal is (or will be) an event of its own
+        comm.send(msg, frames)
+
+    def _to_client(self, client: str, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+        comm = self.client_comms.get(client)
+        if comm is None or comm.closed:
+            return
+        comm.send(msg, frames)
+
+    def _execute(self, command: cmd.Command) -> None:
+        match command:
+            case cmd.Compute():
+                fnf, frames = command.run_spec  # type: ignore[misc]
+                self._to_worker(
+                    command.worker,
+                    {
+                        "op": "compute",
+                        "key": command.key,
+                        "who_has": command.who_has,
+                        "nbytes": command.nbytes,
+                        "priority": list(command.priority),
+                        "fnf": fnf,
+                    },
+                    frames,
+                )
+            case cmd.FreeKeys():
+                self._to_worker(command.worker, {"op": "free-keys", "keys": list(command.keys)})
+            case cmd.Steal():
+                self._to_worker(command.worker, {"op": "steal", "key": command.key})
+            case cmd.ReportInMemory():
+                self._to_client(
+                    command.client,
+                    {
+                        "op": "key-in-memory",
+                        "key": command.key,
+                        "type": command.type_name,
+                        "nbytes": command.nbytes,
+                    },
+                )
+            case cmd.ReportErred():
+                self._to_client(
+                    command.client,
+                    {
+                        "op": "key-erred",
+                        "key": command.key,
+                        "text": command.text,
+                        "kind": command.kind,
+                        "blame": command.blame,
+                        "workers": list(command.workers),
+                    },
+                    [command.exception, command.traceback],
+                )
+            case cmd.ReportCancelled():
+                self._to_client(command.client, {"op": "key-cancelled", "key": command.key})
+            case cmd.ReportLost():
+                self._to_client(command.client, {"op": "key-lost", "key": command.key})
+            case _:
+                assert_never(command)
+
+    # ---------------------------------------------------------- connections
+    async def _handle_connection(self, comm: Connection) -> None:
+        msg, _ = await comm.recv()
+        op = msg["op"]
+        try:
+            if op == "register-worker":
+                await self._serve_worker(comm, msg)
+            elif op == "register-client":
+                await self._serve_client(comm, msg)
+            else:
+                raise ProtocolError(f"first message must register a worker or client, got {op!r}")
+        except ProtocolError as exc:
+            logger.warning("dropping %s: %s", comm.peer, exc)
+            with contextlib.suppress(CommClosedError):
+                comm.send({"op": "error", "error": str(exc)})
+            await comm.close()
+
+    async def _serve_worker(self, comm: Connection, msg: Msg) -> None:
+        address = get(msg, "address", str)
+        nthreads = get(msg, "nthreads", int)
+        if address in self.worker_comms:
+            comm.send({"op": "error", "error": f"a worker at {address} is already registered"})
+            await comm.close()
+            return
+        self.worker_comms[address] = comm
+        self.worker_info[address] = {
+            "name": str(msg.get("name") or address),
+            "pid": int(msg.get("pid") or 0),
+            "nthreads": nthreads,
+            "memory_limit": int(msg.get("memory_limit") or 0),
+        }
+        comm.send({"op": "registered", "scheduler": self.address})
+        logger.info("worker %s registered (%d threads)", address, nthreads)
+        self.handle(
+            ev.WorkerAdded(
+                worker=address,
+                name=str(msg.get("name") or address),
+                nthreads=nthreads,
+                pid=int(msg.get("pid") or 0),
+                memory_limit=int(msg.get("memory_limit") or 0),
+                stimulus_id=self._sid("worker-added"),
+            )
+        )
+        reason = "connection closed"
+        try:
+            while True:
+                m, frames = await comm.recv()
+                try:
+                    self._worker_message(address, m, frames)
+                except ProtocolError as exc:
+                    logger.warning("bad message from worker %s: %s", address, exc)
+        except CommClosedError:
+            if comm.close_reason is not None:
+                reason = f"connection closed: {comm.close_reason}"
+        finally:
+            if self.worker_comms.get(address) is comm:
+                del self.worker_comms[address]
+                self.worker_info.pop(address, None)
+                if not self.stopped.is_set():
+                    logger.warning("worker %s removed: %s", address, reason)
+                self.handle(
+                    ev.WorkerRemoved(
+                        worker=address, reason=reason, stimulus_id=self._sid("worker-removed")
+                    )
+                )
+
+    def _worker_message(self, worker: str, msg: Msg, frames: list[Buffer]) -> None:
+        op = msg["op"]
+        now = time.monotonic()
+        if op == "task-finished":
+            self.handle(
+                ev.TaskFinished(
+                    worker=worker,
+                    key=get(msg, "key", str),
+                    nbytes=get(msg, "nbytes", int),
+                    type_name=str(msg.get("type", "")),
+                    duration=float(msg.get("duration", 0.0)),
+                    stimulus_id=self._sid("task-finished"),
+                    now=now,
+                )
+            )
+        elif op == "task-erred":
+            if len(frames) != 2:
+                raise ProtocolError("task-erred needs 2 frames (exception, traceback)")
+            self.handle(
+                ev.TaskErred(
+                    worker=worker,
+                    key=get(msg, "key", str),
+                    exception=bytes(frames[0]),
+                    traceback=bytes(frames[1]),
+                    text=str(msg.get("text", "")),
+                    duration=float(msg.get("duration", 0.0)),
+                    stimulus_id=self._sid("task-erred"),
+                    now=now,
+                )
+            )
+        elif op == "steal-response":
+            self.handle(
+                ev.StealAnswered(
+                    worker=worker,
+                    key=get(msg, "key", str),
+                    stolen=bool(msg.get("stolen")),
+                    stimulus_id=self._sid("steal"),
+                )
+            )
+        elif op == "add-replicas":
+            self.handle(
+                ev.ReplicasAdded(
+                    worker=worker,
+                    keys=tuple(get_str_list(msg, "keys")),
+                    stimulus_id=self._sid("replicas"),
+                )
+            )
+        elif op == "dependency-missing":
+            self.handle(
+                ev.DependencyMissing(
+                    worker=worker,
+                    key=get(msg, "key", str),
+                    dependency=get(msg, "dependency", str),
+                    holders=tuple(get_str_list(msg, "holders")),
+                    stimulus_id=self._sid("missing"),
+                )
+            )
+        elif op == "heartbeat":
+            pass
+        else:
+            raise ProtocolError(f"unknown op {op!r}")
+
+    async def _serve_client(self, comm: Connection, msg: Msg) -> None:
+        client = get(msg, "client", str)
+        if client in self.client_comms:
+            comm.send({"op": "error", "error": f"client id {client} is already connected"})
+            await comm.close()
+            return
+        self.client_comms[client] = comm
+        self.handle(ev.ClientConnected(client=client, stimulus_id=self._sid("client")))
+        comm.send({"op": "registered", "scheduler": self.address})
+        try:
+            while True:
+                m, frames = await comm.recv()
+                try:
+                    self._client_message(client, comm, m, frames)
+                except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+                    logger.warning("bad message from client %s: %s", client, exc)
+                    if "rid" in m:
+                        comm.reply(m, error_reply(exc))
+        except CommClosedError:
+            pass
+        finally:
+            if self.client_comms.get(client) is comm:
+                del self.client_comms[client]
+                self.handle(
+                    ev.ClientDisconnected(client=client, stimulus_id=self._sid("client-gone"))
+                )
+
+    def _client_message(self, client: str, comm: Connection, msg: Msg, frames: list[Buffer]) -> None:
+        op = msg["op"]
+        if op == "submit":
+            self.handle(
+                ev.TasksSubmitted(
+                    client=client,
+                    tasks=tuple(_task_specs(msg, frames)),
+                    wanted=tuple(get_str_list(msg, "wanted")),
+                    stimulus_id=self._sid("submit"),
+                )
+            )
+        elif op == "release-keys":
+            self.handle(
+                ev.KeysReleased(
+                    client=client,
+                    keys=tuple(get_str_list(msg, "keys")),
+                    stimulus_id=self._sid("release"),
+                )
+            )
+        elif op == "desire-keys":
+            self.handle(
+                ev.KeysDesired(
+                    client=client,
+                    keys=tuple(get_str_list(msg, "keys")),
+                    stimulus_id=self._sid("desire"),
+                )
+            )
+        elif op == "cancel":
+            self.handle(
+                ev.KeysCancelled(
+                    client=client,
+                    keys=tuple(get_str_list(msg, "keys")),
+                    force=bool(msg.get("force", False)),
+                    stimulus_id=self._sid("cancel"),
+                )
+            )
+            comm.reply(msg, {})
+        elif op == "scattered":
+            items = []
+            for item in get(msg, "keys", list):
+                if not isinstance(item, dict):
+                    raise ProtocolError("scattered: each key must be a dict")
+                items.append(
+                    ev.ScatteredKey(
+                        key=get(item, "key", str),
+                        nbytes=get(item, "nbytes", int),
+                        type_name=str(item.get("type", "")),
+                        workers=tuple(get_str_list(item, "workers")),
+                    )
+                )
+            self.handle(
+                ev.DataScattered(client=client, keys=tuple(items), stimulus_id=self._sid("scatter"))
+            )
+            comm.reply(msg, {})
+        elif op == "who-has":
+            comm.reply(msg, {"who_has": self.state.who_has(get_str_list(msg, "keys"))})
+        elif op == "scheduler-info":
+            info = self.state.info()
+            for address, winfo in info["workers"].items():
+                winfo.update(
+                    {k: v for k, v in self.worker_info.get(address, {}).items() if k not in winfo}
+                )
+            info.update(address=self.address, id="scheduler", pid=os.getpid())
+            info["started"] = self.started_at
+            comm.reply(msg, info)
+        elif op == "shutdown":
+            comm.reply(msg, {})
+            spawn(self.close(), self.tasks, "shutdown")
+        elif op == "ping":
+            comm.reply(msg, {})
+        else:
+            raise ProtocolError(f"unknown op {op!r}")
+
+
+def _task_specs(msg: Msg, frames: list[Buffer]) -> list[ev.TaskSpec]:
+    specs: list[ev.TaskSpec] = []
+    pos = 0
+    for t in get(msg, "tasks", list):
+        if not isinstance(t, dict):
+            raise ProtocolError("submit: each task must be a dict")
+        nf = get(t, "nf", int)
+        fnf = get(t, "fnf", int)
+        if nf < 1 or not 0 < fnf < nf or pos + nf > len(frames):
+            raise ProtocolError(f"submit: task {t.get('k')!r} has inconsistent frame counts")
+        workers = t.get("w")
+        if workers is not None and not (
+            isinstance(workers, list) and all(isinstance(w, str) for w in workers)
+        ):
+            raise ProtocolError("submit: 'w' must be a list of worker addresses or names")
+        specs.append(
+            ev.TaskSpec(
+                key=get(t, "k", str),
+                dependencies=tuple(get_str_list(t, "d")),
+                run_spec=(fnf, frames[pos : pos + nf]),
+                priority=int(t.get("p", 0)),
+                retries=int(t.get("r", 0)),
+                workers=tuple(workers) if workers else None,
+                pure=bool(t.get("pure", True)),
+            )
+        )
+        pos += nf
+    if pos != len(frames):
+        raise ProtocolError("submit: frames left over")
+    return specs
+
+
+async def run_scheduler(
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    settings: Settings,
+    ready: asyncio.Future[str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a scheduler until ``stop`` is set or a client asks it to shut down."""
+    scheduler = Scheduler(host=host, port=port, token=token, settings=settings)
+    address = await scheduler.start()
+    if ready is not None:
+        ready.set_result(address)
+    waiters = [asyncio.ensure_future(scheduler.stopped.wait())]
+    if stop is not None:
+        waiters.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await scheduler.close()

@@ -1,0 +1,487 @@
+"""The worker: runs tasks in a thread pool, keeps results, serves them to peers.
+
+Owns: the data store, the thread pool, the connection to the scheduler, the
+listener peers and clients fetch from, and the connections to peers it fetches
+from. It never decides where work goes; it does what the scheduler says and
+reports what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+
+from regrow.config import Settings
+from regrow.errors import CommClosedError, ProtocolError, RemoteError
+from regrow.protocol.comm import (
+    Connection,
+    ConnectionPool,
+    Listener,
+    connect,
+    error_reply,
+    spawn,
+)
+from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.serialize import dumps, loads, loads_with_refs, sizeof
+
+logger = logging.getLogger("regrow.worker")
+
+FETCHING = "fetching"
+READY = "ready"
+EXECUTING = "executing"
+CANCELLED = "cancelled"
+
+_thread_state = threading.local()
+
+
+def get_worker() -> Worker:
+    """The worker running the current task (call from inside a task)."""
+    worker = getattr(_thread_state, "worker", None)
+    if worker is None:
+        raise ValueError("get_worker() called outside of a task running on a regrow worker")
+    return worker  # type: ignore[no-any-return]
+
+
+class _Task:
+    __slots__ = ("fnf", "frames", "key", "priority", "started", "state", "who_has")
+
+    def __init__(
+        self,
+        key: str,
+        priority: tuple[int, ...],
+        fnf: int,
+        frames: list[Buffer],
+        who_has: dict[str, list[str]],
+    ) -> None:
+        self.key = key
+        self.priority = priority
+        self.fnf = fnf
+        self.frames = frames
+        self.who_has = who_has
+        self.state = FETCHING
+        self.started = 0.0
+
+
+def _serialize_error(exc: BaseException) -> tuple[bytes, bytes, str]:
+    """Pickle an exception so it arrives as itself, or as a RemoteError naming it."""
+    text = f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    tb_text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
+    try:
+        blob = cloudpickle.dumps(exc, protocol=5)
+        cloudpickle.loads(blob)  # an exception that pickles but cannot unpickle is no use
+    except Exception:
+        blob = cloudpickle.dumps(RemoteError(type(exc).__name__, str(exc)), protocol=5)
+    return blob, tb_text.encode(), text
+
+
+class Worker:
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        nthreads: int = 1,
+        name: str | None = None,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        memory_limit: int = 0,
+        settings: Settings | None = None,
+    ) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1, got {nthreads}")
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.name = name
+        self.token = token
+        self.host = host
+        self.port = port
+        self.memory_limit = memory_limit
+        self.settings = settings or Settings()
+        self.data: dict[str, Any] = {}
+        self.nbytes: dict[str, int] = {}
+        self.tasks: dict[str, _Task] = {}
+        self.address = ""
+        self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="regrow-task")
+        self.listener = Listener(self._handle_peer, token=token, settings=self.settings)
+        self.scheduler: Connection | None = None
+        self.peers = ConnectionPool(token=token, settings=self.settings, hello={"op": "hello-peer"})
+        self._ready: list[tuple[tuple[int, ...], int, str]] = []
+        self._seq = itertools.count()
+        self._executing = 0
+        self._inflight: dict[str, asyncio.Future[bool]] = {}
+        self._fn_cache: dict[bytes, Any] = {}
+        self.tasks_bg: set[asyncio.Task[Any]] = set()
+        self.stopped = asyncio.Event()
+        self.executed = 0
+
+    # ------------------------------------------------------------------ life
+    async def start(self) -> str:
+        self.address = await self.listener.start(self.host, self.port)
+        comm = await connect(self.scheduler_address, token=self.token, settings=self.settings)
+        comm.send(
+            {
+                "op": "register-worker",
+                "address": self.address,
+                "name": self.name or self.address,
+                "nthreads": self.nthreads,
+                "pid": os.getpid(),
+                "memory_limit": self.memory_limit,
+            }
+        )
+        reply, _ = await comm.recv()
+        if reply["op"] != "registered":
+            await comm.close()
+            raise ProtocolError(f"scheduler refused registration: {reply.get('error')}")
+        self.scheduler = comm
+        spawn(self._scheduler_loop(comm), self.tasks_bg, "worker-scheduler-loop")
+        logger.info("worker %s registered with %s", self.address, self.scheduler_address)
+        return self.address
+
+    async def close(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        self.peers.close()
+        current = asyncio.current_task()
+        pending = [t for t in self.tasks_bg if t is not current]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.listener.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _scheduler_loop(self, comm: Connection) -> None:
+        try:
+            while True:
+                msg, frames = await comm.recv()
+                try:
+                    self._scheduler_message(msg, frames)
+                except ProtocolError as exc:
+                    logger.warning("bad message from scheduler: %s", exc)
+        except CommClosedError:
+            if not self.stopped.is_set():
+                logger.warning("lost the scheduler at %s; shutting down", self.scheduler_address)
+        spawn(self.close(), self.tasks_bg, "worker-close")
+
+    # ------------------------------------------------------ scheduler orders
+    def _scheduler_message(self, msg: Msg, frames: list[Buffer]) -> None:
+        op = msg["op"]
+        if op == "compute":
+            self._compute(msg, frames)
+        elif op == "free-keys":
+            for key in get_str_list(msg, "keys"):
+                self._free(key)
+        elif op == "steal":
+            key = get(msg, "key", str)
+            t = self.tasks.get(key)
+            stolen = t is not None and t.state in (FETCHING, READY)
+            if stolen:
+                self._free(key)
+            self._send({"op": "steal-response", "key": key, "stolen": stolen})
+        elif op == "close":
+            spawn(self.close(), self.tasks_bg, "worker-close")
+        elif op == "registered":
+            pass
+        else:
+            raise ProtocolError(f"unknown op {op!r} from scheduler")
+
+    def _send(self, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+        if self.scheduler is not None and not self.scheduler.closed:
+            self.scheduler.send(msg, frames)
+
+    def _compute(self, msg: Msg, frames: list[Buffer]) -> None:
+        key = get(msg, "key", str)
+        if key in self.tasks:
+            return
+        if key in self.data:
+            self._send(
+                {
+                    "op": "task-finished",
+                    "key": key,
+                    "nbytes": self.nbytes.get(key, 0),
+                    "type": type(self.data[key]).__name__,
+                }
+            )
+            return
+        who_has = get(msg, "who_has", dict)
+        t = _Task(key, tuple(get(msg, "priority", list)), get(msg, "fnf", int), frames, who_has)
+        self.tasks[key] = t
+        missing = [d for d in who_has if d not in self.data]
+        if missing:
+            spawn(self._gather_deps(t, missing), self.tasks_bg, f"fetch-{key}")
+        else:
+            self._make_ready(t)
+
+    def _make_ready(self, t: _Task) -> None:
+        t.state = READY
+        heapq.heappush(self._ready, (t.priority, next(self._seq), t.key))
+        self._run_ready()
+
+    def _free(self, key: str) -> None:
+        if key in self.data:
+            del self.data[key]
+            self.nbytes.pop(key, None)
+        t = self.tasks.get(key)
+        if t is None:
+            return
+        if t.state == EXECUTING:
+            t.state = CANCELLED  # the thread cannot be stopped; its result is dropped
+        else:
+            t.state = CANCELLED
+            del self.tasks[key]
+
+    # ------------------------------------------------------------- fetching
+    async def _gather_deps(self, t: _Task, missing: list[str]) -> None:
+        waits: dict[str, asyncio.Future[bool]] = {}
+        by_holder: dict[str, list[str]] = {}
+        loop = asyncio.get_running_loop()
+        for dep in missing:
+            fut = self._inflight.get(dep)
+            if fut is None:
+                fut = self._inflight[dep] = loop.create_future()
+                holders = t.who_has.get(dep) or []
+                by_holder.setdefault(holders[0] if holders else "", []).append(dep)
+            waits[dep] = fut
+        for holder, keys in by_holder.items():
+            spawn(self._fetch(keys, t.who_has, first=holder), self.tasks_bg, "fetch")
+        failed = [dep for dep, fut in waits.items() if not await fut]
+        if t.state == CANCELLED or self.tasks.get(t.key) is not t:
+            return
+        failed = [dep for dep in failed if dep not in self.data]
+        if failed:
+            del self.tasks[t.key]
+            t.state = CANCELLED
+            self._send(
+                {
+                    "op": "dependency-missing",
+                    "key": t.key,
+                    "dependency": failed[0],
+                    "holders": t.who_has.get(failed[0]) or [],
+                }
+            )
+            return
+        self._make_ready(t)
+
+    async def _fetch(self, keys: list[str], who_has: dict[str, list[str]], first: str) -> None:
+        """Fetch ``keys`` from their holders, trying each in turn; resolve the in-flight futures."""
+        remaining = list(keys)
+        tried: set[str] = set()
+        holder = first
+        try:
+            while remaining and holder:
+                tried.add(holder)
+                got = await self._get_data(holder, remaining)
+                if got:
+                    self._send({"op": "add-replicas", "keys": list(got)})
+                for key in got:
+                    fut = self._inflight.pop(key, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(True)
+                remaining = [k for k in remaining if k not in got]
+                holder = next(
+                    (h for k in remaining for h in who_has.get(k) or [] if h not in tried), ""
+                )
+        finally:
+            for key in remaining:
+                fut = self._inflight.pop(key, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(False)
+
+    async def _get_data(self, holder: str, keys: list[str]) -> list[str]:
+        try:
+            comm = await self.peers.get(holder)
+            reply, frames = await comm.request({"op": "get-data", "keys": keys})
+        except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
+            logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
+            return []
+        got: list[str] = []
+        pos = 0
+        for key, nf in zip(get_str_list(reply, "keys"), get(reply, "nf", list), strict=True):
+            value = loads(frames[pos : pos + nf])
+            pos += nf
+            self.data[key] = value
+            self.nbytes[key] = sizeof(value)
+            got.append(key)
+        return got
+
+    # ------------------------------------------------------------ execution
+    def _run_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._executing < self.nthreads and self._ready:
+            _, _, key = heapq.heappop(self._ready)
+            t = self.tasks.get(key)
+            if t is None or t.state != READY:
+                continue
+            t.state = EXECUTING
+            t.started = time.time()
+            self._executing += 1
+            fut = loop.run_in_executor(self.executor, self._execute, t)
+            fut.add_done_callback(lambda f, t=t: self._task_done(t, f))
+
+    def _execute(self, t: _Task) -> tuple[bool, Any, float]:
+        start = time.perf_counter()
+        _thread_state.worker = self
+        try:
+            fn_frames = t.frames[: t.fnf]
+            fn_bytes = bytes(fn_frames[0]) if t.fnf == 1 else b""
+            fn = self._fn_cache.get(fn_bytes) if fn_bytes else None
+            if fn is None:
+                fn = loads(fn_frames)
+                if fn_bytes and len(self._fn_cache) < 256:
+                    self._fn_cache[fn_bytes] = fn
+            args, kwargs = loads_with_refs(t.frames[t.fnf :], self.data)
+            result = fn(*args, **kwargs)
+            return True, result, time.perf_counter() - start
+        except BaseException as exc:
+            return False, exc, time.perf_counter() - start
+
+    def _task_done(self, t: _Task, fut: asyncio.Future[tuple[bool, Any, float]]) -> None:
+        self._executing -= 1
+        self.executed += 1
+        if fut.cancelled():
+            return
+        ok, value, duration = fut.result()
+        if t.state == CANCELLED:
+            self.tasks.pop(t.key, None)
+        else:
+            del self.tasks[t.key]
+            if ok:
+                self.data[t.key] = value
+                nbytes = self.nbytes[t.key] = sizeof(value)
+                self._send(
+                    {
+                        "op": "task-finished",
+                        "key": t.key,
+                        "nbytes": nbytes,
+                        "type": type(value).__name__,
+                        "duration": duration,
+                    }
+                )
+            else:
+                blob, tb, text = _serialize_error(value)
+                self._send(
+                    {"op": "task-erred", "key": t.key, "text": text, "duration": duration},
+                    [blob, tb],
+                )
+        if not self.stopped.is_set():
+            self._run_ready()
+
+    # ------------------------------------------------------ peers & clients
+    async def _handle_peer(self, comm: Connection) -> None:
+        with contextlib.suppress(CommClosedError):
+            while True:
+                msg, frames = await comm.recv()
+                try:
+                    await self._peer_message(comm, msg, frames)
+                except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+                    logger.warning("bad request from %s: %s", comm.peer, exc)
+                    comm.reply(msg, error_reply(exc))
+
+    async def _peer_message(self, comm: Connection, msg: Msg, frames: list[Buffer]) -> None:
+        op = msg["op"]
+        if op == "get-data":
+            keys: list[str] = []
+            counts: list[int] = []
+            out: list[Buffer] = []
+            for key in get_str_list(msg, "keys"):
+                if key in self.data:
+                    parts = dumps(self.data[key])
+                    keys.append(key)
+                    counts.append(len(parts))
+                    out.extend(parts)
+            comm.reply(msg, {"keys": keys, "nf": counts}, out)
+            await comm.drain()
+        elif op == "put-data":
+            keys = get_str_list(msg, "keys")
+            counts = get(msg, "nf", list)
+            if len(keys) != len(counts) or sum(counts) != len(frames):
+                raise ProtocolError("put-data: keys, counts and frames disagree")
+            pos = 0
+            nbytes: dict[str, int] = {}
+            types: dict[str, str] = {}
+            for key, nf in zip(keys, counts, strict=True):
+                value = loads(frames[pos : pos + nf])
+                pos += nf
+                self.data[key] = value
+                nbytes[key] = self.nbytes[key] = sizeof(value)
+                types[key] = type(value).__name__
+            comm.reply(msg, {"nbytes": nbytes, "types": types})
+        elif op == "run":
+            ok, out = await asyncio.to_thread(_run_function, frames, self)
+            comm.reply(msg, {"ok": ok}, out)
+        elif op == "ping":
+            comm.reply(msg, {"address": self.address})
+        elif op == "hello-peer":
+            pass
+        else:
+            raise ProtocolError(f"unknown op {op!r}")
+
+
+def _run_function(frames: list[Buffer], worker: Worker) -> tuple[bool, list[Buffer]]:
+    _thread_state.worker = worker
+    try:
+        fn, args, kwargs = loads(frames)
+        return True, dumps(fn(*args, **kwargs))
+    except BaseException as exc:
+        blob, _, _ = _serialize_error(exc)
+        return False, [blob]
+    finally:
+        _thread_state.worker = None
+
+
+async def run_worker(
+    scheduler_address: str,
+    *,
+    nthreads: int,
+    name: str | None,
+    token: str | None,
+    host: str,
+    port: int,
+    memory_limit: int,
+    settings: Settings,
+    ready: asyncio.Future[str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    worker = Worker(
+        scheduler_address,
+        nthreads=nthreads,
+        name=name,
+        token=token,
+        host=host,
+        port=port,
+        memory_limit=memory_limit,
+        settings=settings,
+    )
+    try:
+        address = await worker.start()
+    except BaseException:
+        await worker.close()
+        raise
+    if ready is not None:
+        ready.set_result(address)
+    waiters = [asyncio.ensure_future(worker.stopped.wait())]
+    if stop is not None:
+        waiters.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await worker.close()
