@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from regrow import Client, LocalCluster
+from regrow.testing import children_of, wait_until
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """One real 2-worker cluster (separate processes on loopback) shared by a session."""
+    with LocalCluster(n_workers=2, threads_per_worker=1) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster) as c:
+        yield c
+        # Every test leaves the cluster as it found it: its keys freed everywhere.
+    wait_until(
+        lambda: _cluster_empty(cluster), timeout=10, what="cluster forgets the test's keys"
+    )
+
+
+def _cluster_empty(cluster: LocalCluster) -> bool:
+    with Client(cluster, set_as_default=False) as probe:
+        info = probe.scheduler_info()
+    return not info["tasks"] and all(w["nkeys"] == 0 for w in info["workers"].values())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_orphans() -> Iterator[None]:
+    before = {p.pid for p in children_of(os.getpid())}
+    yield
+    wait_until(
+        lambda: not [p for p in children_of(os.getpid()) if p.pid not in before],
+        timeout=15,
+        what="every process the tests started has exited",
+    )
