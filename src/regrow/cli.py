@@ -57,7 +57,9 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], parent_pid: int | None) -> None:
+def _serve(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], parent_pid: int | None
+) -> None:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -127,18 +129,19 @@ def scheduler(
 
     _logging(log_level)
     token = _token(token_file)
-    settings = Settings.from_env(
-        worker_saturation=worker_saturation, steal_interval=steal_interval
-    )
+    settings = Settings.from_env(worker_saturation=worker_saturation, steal_interval=steal_interval)
 
     async def go(stop: asyncio.Event) -> None:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(
-            run_scheduler(host=host, port=port, token=token, settings=settings, ready=ready, stop=stop)
+            run_scheduler(
+                host=host, port=port, token=token, settings=settings, ready=ready, stop=stop
+            )
         )
-        done, _ = await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        both: list[asyncio.Future[Any]] = [task, ready]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
-            click.echo(f"regrow scheduler at {ready.result()}", err=True)
+            logging.getLogger("regrow.scheduler").info("regrow scheduler at %s", ready.result())
             _write_ready(ready_file, ready.result())
         await task
 
@@ -197,7 +200,8 @@ def worker(
                 stop=stop,
             )
         )
-        done, _ = await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        both: list[asyncio.Future[Any]] = [task, ready]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
             _write_ready(ready_file, ready.result())
         await task

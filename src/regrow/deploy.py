@@ -153,7 +153,9 @@ class LocalCluster:
                     return f.read().strip()
             code = proc.poll()
             if code is not None:
-                raise RuntimeError(f"{what} (pid {proc.pid}) exited with code {code} while starting")
+                raise RuntimeError(
+                    f"{what} (pid {proc.pid}) exited with code {code} while starting"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
         raise TimeoutError(f"{what} (pid {proc.pid}) not ready within {self.timeout} s")
@@ -241,10 +243,10 @@ class LocalCluster:
             with contextlib.suppress(Exception):
                 self._loop.run(stop(), timeout=timeout)
             self._loop.stop()
-        procs = [wp.proc for wp in self.workers]
+        # The scheduler first: it tells its workers to close, so none is "lost".
         if self.scheduler_proc is not None:
-            procs.append(self.scheduler_proc)
-        _stop_processes(procs, timeout)
+            _stop_processes([self.scheduler_proc], timeout)
+        _stop_processes([wp.proc for wp in self.workers], timeout)
         self._tmp.cleanup()
         _live.discard(self)
 
@@ -300,12 +302,8 @@ def parse_bytes(text: str) -> int:
         "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1,
     }  # fmt: skip
     lower = s.lower()
-    for unit, mult in units.items():
-        if lower.endswith(unit):
-            number = lower[: -len(unit)]
-            break
-    else:
-        number, mult = lower, 1
+    unit = next((u for u in units if lower.endswith(u)), "")
+    number, mult = (lower[: -len(unit)], units[unit]) if unit else (lower, 1)
     try:
         return int(float(number) * mult)
     except ValueError:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, assert_never
+from typing import Any, cast
 
 from regrow.config import Settings
 from regrow.core import commands as cmd
@@ -110,7 +110,7 @@ class Scheduler:
     def _execute(self, command: cmd.Command) -> None:
         match command:
             case cmd.Compute():
-                fnf, frames = command.run_spec  # type: ignore[misc]
+                fnf, frames = cast(tuple[int, list[Buffer]], command.run_spec)
                 self._to_worker(
                     command.worker,
                     {
@@ -155,7 +155,7 @@ class Scheduler:
             case cmd.ReportLost():
                 self._to_client(command.client, {"op": "key-lost", "key": command.key})
             case _:
-                assert_never(command)
+                raise TypeError(f"the scheduler shell cannot carry out {command!r}")
 
     # ---------------------------------------------------------- connections
     async def _handle_connection(self, comm: Connection) -> None:
@@ -312,7 +312,9 @@ class Scheduler:
                     ev.ClientDisconnected(client=client, stimulus_id=self._sid("client-gone"))
                 )
 
-    def _client_message(self, client: str, comm: Connection, msg: Msg, frames: list[Buffer]) -> None:
+    def _client_message(
+        self, client: str, comm: Connection, msg: Msg, frames: list[Buffer]
+    ) -> None:
         op = msg["op"]
         if op == "submit":
             self.handle(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -333,7 +334,7 @@ class Worker:
             t.started = time.time()
             self._executing += 1
             fut = loop.run_in_executor(self.executor, self._execute, t)
-            fut.add_done_callback(lambda f, t=t: self._task_done(t, f))
+            fut.add_done_callback(functools.partial(self._task_done, t))
 
     def _execute(self, t: _Task) -> tuple[bool, Any, float]:
         start = time.perf_counter()

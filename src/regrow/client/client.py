@@ -82,7 +82,9 @@ class _Session:
     async def start(self, timeout: float) -> None:
         c = self.client
         try:
-            comm = await connect(c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout)
+            comm = await connect(
+                c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout
+            )
         except (OSError, TimeoutError) as exc:
             raise OSError(
                 f"could not connect to a regrow scheduler at {c.scheduler_address} "
@@ -326,7 +328,9 @@ class Client:
         for st in states:
             if not st.done():
                 st.set_local_error(
-                    SchedulerLostError(f"{reason} before this future finished ({self.scheduler_address})")
+                    SchedulerLostError(
+                        f"{reason} before this future finished ({self.scheduler_address})"
+                    )
                 )
 
     def _run_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
@@ -523,9 +527,7 @@ class Client:
             self._desire(missing)
         return values
 
-    def gather(
-        self, futures: Any, errors: str = "raise", timeout: float | None = None
-    ) -> Any:
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
         """Results of futures in any nested list/tuple/set/dict structure, same shape.
 
         ``errors="raise"`` raises the first erred future's exception;

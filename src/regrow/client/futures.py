@@ -242,7 +242,7 @@ class Future:
     def __del__(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
-            try:
+            try:  # noqa: SIM105 - cheaper than suppress() on this hot path
                 client._release(self.key)
             except Exception:  # interpreter shutdown: nothing left to tell
                 pass
@@ -331,7 +331,7 @@ def wait(
     return DoneAndNotDoneFutures(done, set(futures) - done)
 
 
-class as_completed(Iterator[Any]):  # noqa: N801 - the dask.distributed name
+class as_completed(Iterator[Any]):
     """Iterate over futures as they complete (any order), optionally with results."""
 
     def __init__(
@@ -354,7 +354,11 @@ class as_completed(Iterator[Any]):  # noqa: N801 - the dask.distributed name
             raise TypeError(f"expected a regrow Future, got {type(future).__name__}")
         with self._lock:
             self._pending += 1
-        future._state.add_listener(lambda _st, f=future: self._queue.put(f))
+
+        def arrived(_: FutureState) -> None:
+            self._queue.put(future)
+
+        future._state.add_listener(arrived)
 
     def update(self, futures: Iterable[Future]) -> None:
         for f in futures:

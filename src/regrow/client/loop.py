@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -49,10 +50,9 @@ class LoopThread:
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.loop.is_closed():
             return
-        try:
+        # The loop may close during interpreter shutdown; then there is no one to tell.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass  # loop closed during interpreter shutdown
 
     def stop(self) -> None:
         if self.loop.is_closed():

@@ -321,7 +321,9 @@ class Listener:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Protocol(self._new_conn), host, port)
         sockname = self.server.sockets[0].getsockname()
-        self.address = format_address(host if host not in ("", "0.0.0.0") else sockname[0], sockname[1])
+        self.address = format_address(
+            host if host not in ("", "0.0.0.0") else sockname[0], sockname[1]
+        )
         return self.address
 
     def _new_conn(self, transport: asyncio.Transport) -> Connection:
