@@ -28,8 +28,28 @@ class Settings:
     connect_timeout: float = 10.0
     # Largest frame accepted after authentication (bytes).
     max_frame_bytes: int = 1 << 36
-    # Seconds between work-stealing passes.
+    # Seconds between work-stealing passes (and other periodic scheduler duties).
     steal_interval: float = 0.05
+    # Workers send a heartbeat this often (s)...
+    heartbeat_interval: float = 0.5
+    # ...and one silent for longer than this (s) is removed: the seed's "roughly three seconds".
+    heartbeat_timeout: float = 3.0
+    # A task running on this many workers that died errs with KilledWorker.
+    allowed_failures: int = 3
+    # When a worker's connection closes, wait this long (s) for its nanny to say why it
+    # died, so errors name the real cause (signal, exit code, memory limit).
+    death_report_wait: float = 0.3
+    # Above this fraction of its memory limit a worker spills results to disk...
+    memory_target_fraction: float = 0.6
+    # ...above this one it takes no new tasks until memory falls...
+    memory_pause_fraction: float = 0.8
+    # ...and above this one its nanny kills and replaces it.
+    memory_kill_fraction: float = 0.95
+    # How often (s) the nanny and the worker look at the worker's memory.
+    memory_monitor_interval: float = 0.1
+    # A force-cancelled task that has not stopped after this many seconds gets its
+    # worker restarted by the nanny.
+    cancel_grace: float = 2.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,0 +1,324 @@
+"""The nanny: starts a worker process, watches it, and starts a fresh one when it dies.
+
+Owns one worker process at a time. Enforces the memory limit (a worker above
+``kill_fraction`` of it is killed and replaced), tells the scheduler why each
+worker died (exit code, signal, memory limit), and kills its worker hard when the
+scheduler asks (restart, a task that will not stop). Its own address stays the
+same across worker restarts. It never runs user code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+import psutil
+
+from regrow.config import Settings
+from regrow.errors import AuthenticationError, CommClosedError, ProtocolError
+from regrow.protocol.comm import Connection, Listener, connect, error_reply, spawn
+from regrow.protocol.messages import Msg
+
+logger = logging.getLogger("regrow.nanny")
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}"
+    if returncode == 0:
+        return "exited cleanly"
+    return f"exited with code {returncode}"
+
+
+class Nanny:
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        nthreads: int = 1,
+        name: str | None = None,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        memory_limit: int = 0,
+        settings: Settings | None = None,
+        log_level: str = "WARNING",
+    ) -> None:
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.token = token
+        self.host = host
+        self.port = port
+        self.memory_limit = memory_limit
+        self.settings = settings or Settings()
+        self.log_level = log_level
+        self.listener = Listener(self._handle_conn, token=token, settings=self.settings)
+        self.address = ""
+        self.name = name
+        self.proc: asyncio.subprocess.Process | None = None
+        self.worker_address = ""
+        self.restarts = 0
+        self.deaths: list[tuple[float, str]] = []
+        self._kill_reason = ""
+        self._tmp = tempfile.TemporaryDirectory(prefix="regrow-nanny-")
+        self.scheduler: Connection | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopped = asyncio.Event()
+        self._worker_up = asyncio.Event()
+
+    # ------------------------------------------------------------------ life
+    async def start(self) -> str:
+        self.address = await self.listener.start(self.host, self.port)
+        if self.name is None:
+            self.name = self.address
+        await self._connect_scheduler(first=True)
+        await self._start_worker()
+        spawn(self._supervise(), self.tasks, "nanny-supervise")
+        if self.memory_limit:
+            spawn(self._memory_monitor(), self.tasks, "nanny-memory")
+        return self.address
+
+    async def close(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        await self._stop_worker()
+        for task in [t for t in self.tasks if t is not asyncio.current_task()]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        await self.listener.close()
+        self._tmp.cleanup()
+
+    # ------------------------------------------------------------- scheduler
+    async def _connect_scheduler(self, first: bool = False) -> None:
+        delay = 0.05
+        while not self.stopped.is_set():
+            try:
+                comm = await connect(
+                    self.scheduler_address, token=self.token, settings=self.settings
+                )
+                comm.send({"op": "register-nanny", "address": self.address, "name": self.name})
+                reply, _ = await comm.recv()
+                if reply["op"] != "registered":
+                    raise ProtocolError(f"scheduler refused the nanny: {reply.get('error')}")
+                self.scheduler = comm
+                spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
+                return
+            except (OSError, TimeoutError, CommClosedError) as exc:
+                if first:
+                    raise OSError(
+                        f"could not reach the scheduler at {self.scheduler_address}: {exc}"
+                    ) from None
+                logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _scheduler_loop(self, comm: Connection) -> None:
+        try:
+            while True:
+                msg, _ = await comm.recv()
+                await self._order(msg)
+        except CommClosedError:
+            pass
+        if not self.stopped.is_set():
+            logger.warning("lost the scheduler; reconnecting")
+            await self._connect_scheduler()
+
+    async def _order(self, msg: Msg) -> Msg:
+        op = msg["op"]
+        if op == "kill-worker":
+            await self.kill_worker(str(msg.get("reason") or "killed on request"))
+            return {}
+        if op == "restart-worker":
+            await self.kill_worker(str(msg.get("reason") or "restart"))
+            return {}
+        if op == "close":
+            spawn(self.close(), self.tasks, "nanny-close")
+            return {}
+        if op == "ping":
+            return {"worker": self.worker_address, "pid": self.proc.pid if self.proc else 0}
+        if op == "registered":
+            return {}
+        raise ProtocolError(f"unknown op {op!r} for a nanny")
+
+    def _report(self, msg: Msg) -> None:
+        if self.scheduler is not None and not self.scheduler.closed:
+            self.scheduler.send(msg)
+
+    async def _handle_conn(self, comm: Connection) -> None:
+        with contextlib.suppress(CommClosedError):
+            while True:
+                msg, _frames = await comm.recv()
+                try:
+                    comm.reply(msg, await self._order(msg))
+                except ProtocolError as exc:
+                    comm.reply(msg, error_reply(exc))
+
+    # ---------------------------------------------------------------- worker
+    async def _start_worker(self) -> None:
+        ready = os.path.join(self._tmp.name, f"worker-{self.restarts}.ready")
+        cmd = [
+            sys.executable,
+            "-m",
+            "regrow.cli",
+            "worker",
+            self.scheduler_address,
+            "--no-nanny",
+            "--nanny-address",
+            self.address,
+            "--name",
+            str(self.name),
+            "--nthreads",
+            str(self.nthreads),
+            "--host",
+            self.host,
+            "--memory-limit",
+            str(self.memory_limit),
+            "--ready-file",
+            ready,
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            self.log_level,
+        ]
+        env = dict(os.environ)
+        if self.token:
+            env["REGROW_TOKEN"] = self.token
+        self._worker_up.clear()
+        self._kill_reason = ""
+        self.proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stdin=asyncio.subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):
+            if self.proc.returncode is not None or time.monotonic() > deadline:
+                return  # _supervise sees the exit and tries again
+            await asyncio.sleep(0.01)
+        with open(ready) as f:
+            self.worker_address = f.read().strip()
+        self._worker_up.set()
+
+    async def _supervise(self) -> None:
+        while not self.stopped.is_set():
+            proc = self.proc
+            assert proc is not None
+            code = await proc.wait()
+            if self.stopped.is_set():
+                return
+            reason = self._kill_reason or describe_exit(code)
+            now = time.monotonic()
+            self.deaths.append((now, reason))
+            logger.warning(
+                "worker %s (pid %d) %s; starting a new one", self.worker_address, proc.pid, reason
+            )
+            self._report(
+                {
+                    "op": "worker-died",
+                    "worker": self.worker_address,
+                    "reason": reason,
+                    "exitcode": code,
+                }
+            )
+            # A worker that dies at once, again and again, gets a pause between attempts.
+            recent = [t for t, _ in self.deaths if now - t < 10]
+            if len(recent) > 5:
+                await asyncio.sleep(min(5.0, 0.2 * len(recent)))
+            self.restarts += 1
+            await self._start_worker()
+
+    async def kill_worker(self, reason: str) -> None:
+        """SIGKILL the worker (the supervisor starts a fresh one)."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._kill_reason = reason
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+    async def _stop_worker(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            async with asyncio.timeout(5):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def _memory_monitor(self) -> None:
+        limit = self.memory_limit * self.settings.memory_kill_fraction
+        while not self.stopped.is_set():
+            await asyncio.sleep(self.settings.memory_monitor_interval)
+            proc = self.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            try:
+                rss = psutil.Process(proc.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                fraction = self.settings.memory_kill_fraction
+                await self.kill_worker(
+                    f"memory limit: {rss / 2**20:.0f} MiB used, above {fraction:.0%} "
+                    f"of its {self.memory_limit / 2**20:.0f} MiB"
+                )
+
+
+async def run_nanny(
+    scheduler_address: str,
+    *,
+    nthreads: int,
+    name: str | None,
+    token: str | None,
+    host: str,
+    port: int,
+    memory_limit: int,
+    settings: Settings,
+    log_level: str,
+    ready: asyncio.Future[str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    nanny = Nanny(
+        scheduler_address,
+        nthreads=nthreads,
+        name=name,
+        token=token,
+        host=host,
+        port=port,
+        memory_limit=memory_limit,
+        settings=settings,
+        log_level=log_level,
+    )
+    try:
+        address = await nanny.start()
+    except (OSError, AuthenticationError, ProtocolError):
+        await nanny.close()
+        raise
+    if ready is not None:
+        ready.set_result(address)
+    waiters = [asyncio.ensure_future(nanny.stopped.wait())]
+    if stop is not None:
+        waiters.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await nanny.close()
