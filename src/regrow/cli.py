@@ -111,6 +111,10 @@ def main() -> None:
 @click.option("--port", default=8786, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
+@click.option("--heartbeat-timeout", type=float, default=None,
+              help="Seconds of silence after which a worker is removed [default: 3].")  # fmt: skip
+@click.option("--allowed-failures", type=int, default=None,
+              help="Worker deaths a task may cause before KilledWorker [default: 3].")  # fmt: skip
 @click.option("--worker-saturation", type=float, default=None, hidden=True)
 @click.option("--steal-interval", type=float, default=None, hidden=True)
 @common
@@ -118,6 +122,8 @@ def scheduler(
     host: str,
     port: int,
     token_file: str | None,
+    heartbeat_timeout: float | None,
+    allowed_failures: int | None,
     worker_saturation: float | None,
     steal_interval: float | None,
     ready_file: str | None,
@@ -153,9 +159,13 @@ def scheduler(
 @click.option("--nthreads", default=1, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--name", default=None, help="Worker name (default: its address).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the nanny (or of the worker, with --no-nanny).")  # fmt: skip
 @click.option("--memory-limit", default="0", show_default=True,
               help="Bytes this worker may use (e.g. 4GB); 0 for no limit.")  # fmt: skip
+@click.option("--nanny/--no-nanny", default=True, show_default=True,
+              help="Run the worker under a nanny that restarts it when it dies.")  # fmt: skip
+@click.option("--nanny-address", default="", hidden=True)
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 @common
 def worker(
@@ -165,13 +175,16 @@ def worker(
     host: str,
     port: int,
     memory_limit: str,
+    nanny: bool,
+    nanny_address: str,
     token_file: str | None,
     ready_file: str | None,
     parent_pid: int | None,
     log_level: str,
 ) -> None:
-    """Run a worker for the scheduler at SCHEDULER_ADDRESS."""
+    """Run a worker (under a nanny) for the scheduler at SCHEDULER_ADDRESS."""
     from regrow.deploy import parse_bytes
+    from regrow.nanny import run_nanny
     from regrow.protocol.comm import parse_address
     from regrow.worker import run_worker
 
@@ -186,20 +199,22 @@ def worker(
 
     async def go(stop: asyncio.Event) -> None:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(
-            run_worker(
-                scheduler_address,
-                nthreads=nthreads,
-                name=name,
-                token=token,
-                host=host,
-                port=port,
-                memory_limit=limit,
-                settings=settings,
-                ready=ready,
-                stop=stop,
-            )
+        common = dict(
+            nthreads=nthreads,
+            name=name,
+            token=token,
+            host=host,
+            port=port,
+            memory_limit=limit,
+            settings=settings,
+            ready=ready,
+            stop=stop,
         )
+        if nanny:
+            coro = run_nanny(scheduler_address, log_level=log_level, **common)  # type: ignore[arg-type]
+        else:
+            coro = run_worker(scheduler_address, nanny=nanny_address, **common)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(coro)
         both: list[asyncio.Future[Any]] = [task, ready]
         await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():

@@ -15,6 +15,7 @@ import sysconfig
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -74,7 +75,7 @@ def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int
             level = merged + ([level[-1]] if len(level) % 2 else [])
         total = level[0]
         all_futures = counts + tree
-        victim = None
+        victim: dict[str, Any] | None = None
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -86,15 +87,30 @@ def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int
             for i, _ in enumerate(as_completed(all_futures)):
                 progress.advance(bar)
                 if kill and victim is None and i >= len(all_futures) * 0.3 and n_workers > 1:
-                    victim = cluster.workers[0]
-                    os.kill(victim.pid, signal.SIGKILL)
+                    workers = client.scheduler_info()["workers"]
+                    victim = next(iter(workers.values()))
+                    os.kill(int(victim["pid"]), signal.SIGKILL)
                     progress.console.print(
-                        f"[yellow]killed worker {victim.name} (pid {victim.pid}) with SIGKILL "
-                        f"after {i + 1} tasks[/yellow]"
+                        f"[yellow]killed worker {victim['name']} (pid {victim['pid']}) with "
+                        f"SIGKILL after {i + 1} tasks[/yellow]"
                     )
         result = total.result()
         elapsed = time.perf_counter() - t0
+        restarted = ""
+        if victim is not None:
+            # The nanny notices the death and starts a fresh worker, which registers itself.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                now = client.scheduler_info()["workers"]
+                fresh = [w for w in now.values() if w["nanny"] == victim["nanny"]]
+                if fresh and fresh[0]["pid"] != victim["pid"]:
+                    restarted = f"its nanny started a fresh worker (pid {fresh[0]['pid']})"
+                    break
+                time.sleep(0.05)
+            else:
+                restarted = "its nanny did not bring a fresh worker back within 30 s"
         info = client.scheduler_info()
+        events = [m for _, _, m in client.get_events("workers") if "lost" in m]
     serial = Counter[str]()
     for f in files:
         serial.update(count_words(f))
@@ -107,12 +123,16 @@ def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int
     table.add_row("time", f"{elapsed:.2f} s ({len(all_futures) / elapsed:,.0f} tasks/s)")
     c = collections.Counter(info["counts"])
     if victim is not None:
-        table.add_row("worker lost", f"{victim.name} (pid {victim.pid}), killed with SIGKILL")
+        table.add_row("worker lost", f"{victim['name']} (pid {victim['pid']}), killed with SIGKILL")
         table.add_row(
             "recovered",
-            f"{c['lost']} results lost with it, {c['recomputed']} recomputed from lineage; "
-            f"running tasks rerouted to the {len(info['workers'])} surviving worker(s)",
+            f"{c['rescheduled']} running task(s) rerouted to the surviving worker, "
+            f"{c['lost']} result(s) held only by the lost worker, "
+            f"{c['recomputed']} of them recomputed from lineage",
         )
+        table.add_row("nanny", restarted)
+        for message in events:
+            table.add_row("scheduler said", message)
     table.add_row("workers now", str(len(info["workers"])))
     table.add_row("same as serial run", "[green]yes[/green]" if ok else "[red]NO[/red]")
     console.print(table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import math
 import os
 import secrets
@@ -51,9 +52,15 @@ def default_layout(
     return n_workers, threads_per_worker
 
 
-def _child_env(token: str) -> dict[str, str]:
+def _child_env(token: str, settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["REGROW_TOKEN"] = token
+    # Settings reach the children as REGROW_* variables, which Settings.from_env reads.
+    default = Settings()
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if value != getattr(default, f.name):
+            env[f"REGROW_{f.name.upper()}"] = str(value)
     # Functions pickled by reference must import in the workers as they do here.
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     if os.getcwd() not in paths:
@@ -63,7 +70,10 @@ def _child_env(token: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """One worker process this cluster started."""
+    """One worker this cluster started: the nanny's process (or the worker's, without nanny).
+
+    ``address`` is the nanny's address, stable across worker restarts.
+    """
 
     def __init__(self, name: str, proc: subprocess.Popen[bytes], ready_file: str) -> None:
         self.name = name
@@ -98,10 +108,12 @@ class LocalCluster:
         memory_limit: int | str | None = "auto",
         timeout: float = 30.0,
         log_level: str = "WARNING",
+        nanny: bool = True,
         **settings: Any,
     ) -> None:
         self.n_workers, self.threads_per_worker = default_layout(n_workers, threads_per_worker)
         self.processes = processes
+        self.nanny = nanny
         self.host = host
         self.token = token or secrets.token_hex(16)
         self.settings = Settings.from_env(**settings)
@@ -142,7 +154,9 @@ class LocalCluster:
             "--log-level",
             self.log_level,
         ]
-        return subprocess.Popen(cmd, env=_child_env(self.token), stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            cmd, env=_child_env(self.token, self.settings), stdin=subprocess.DEVNULL
+        )
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], ready_file: str, what: str) -> str:
         deadline = time.monotonic() + self.timeout
@@ -163,7 +177,6 @@ class LocalCluster:
     def _start_processes(self, port: int) -> None:
         ready = os.path.join(self._tmp.name, "scheduler.ready")
         args = ["scheduler", "--host", self.host, "--port", str(port)]
-        args += _settings_flags(self.settings)
         self.scheduler_proc = self._spawn(args, ready)
         self.scheduler_address = self._wait_ready(self.scheduler_proc, ready, "scheduler")
         self.scale_up(self.n_workers)
@@ -183,6 +196,8 @@ class LocalCluster:
             "--memory-limit",
             str(self.memory_limit),
         ]
+        if not self.nanny:
+            args.append("--no-nanny")
         wp = WorkerProcess(name, self._spawn(args, ready), ready)
         self.workers.append(wp)
         return wp
@@ -222,7 +237,8 @@ class LocalCluster:
 
     # --------------------------------------------------------------- close
     @property
-    def worker_addresses(self) -> list[str]:
+    def nanny_addresses(self) -> list[str]:
+        """Addresses of the nannies (or workers) this cluster started that still run."""
         if self.processes:
             return [wp.address for wp in self.workers if wp.proc.poll() is None]
         return [w.address for w in self._inproc_workers if not w.stopped.is_set()]
@@ -308,16 +324,6 @@ def parse_bytes(text: str) -> int:
         return int(float(number) * mult)
     except ValueError:
         raise ValueError(f"cannot read {text!r} as a size (try '4GB' or '512MiB')") from None
-
-
-def _settings_flags(settings: Settings) -> list[str]:
-    default = Settings()
-    flags: list[str] = []
-    for name in ("worker_saturation", "steal_interval"):
-        value = getattr(settings, name)
-        if value != getattr(default, name):
-            flags += [f"--{name.replace('_', '-')}", str(value)]
-    return flags
 
 
 @atexit.register

@@ -46,12 +46,24 @@ class Scheduler:
             worker_saturation=self.settings.worker_saturation,
             default_task_duration=self.settings.default_task_duration,
             bandwidth=self.settings.bandwidth,
+            allowed_failures=self.settings.allowed_failures,
             validate=validate,
         )
         self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
         self.worker_comms: dict[str, Connection] = {}
         self.client_comms: dict[str, Connection] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
+        self.nanny_comms: dict[str, Connection] = {}
+        # Liveness: when we last heard from each worker (monotonic seconds).
+        self.last_seen: dict[str, float] = {}
+        # Why a worker is going away, when we know before its connection closes.
+        self.removal_reason: dict[str, str] = {}
+        self.retiring: set[str] = set()
+        self.death_reports: dict[str, str] = {}
+        self._death_reported = asyncio.Condition()
+        # Worker ids we removed: if one comes back, it must drop what it holds.
+        self.removed_ids: set[str] = set()
+        self._workers_changed = asyncio.Event()
         self.address = ""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
@@ -69,9 +81,14 @@ class Scheduler:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        for comm in list(self.worker_comms.values()):
+        # A worker with a nanny is stopped by its nanny (else the nanny would replace it).
+        for comm in list(self.nanny_comms.values()):
             with contextlib.suppress(CommClosedError):
                 comm.send({"op": "close"})
+        for address, comm in list(self.worker_comms.items()):
+            managed = self.worker_info.get(address, {}).get("nanny") in self.nanny_comms
+            with contextlib.suppress(CommClosedError):
+                comm.send({"op": "scheduler-closing" if managed else "close"})
         for comm in list(self.client_comms.values()):
             with contextlib.suppress(CommClosedError):
                 comm.send({"op": "scheduler-closing"})
@@ -85,7 +102,22 @@ class Scheduler:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.steal_interval)
-            self.handle(ev.Ticked(now=time.monotonic(), stimulus_id="tick"))
+            now = time.monotonic()
+            self._check_heartbeats(now)
+            self.handle(ev.Ticked(now=now, stimulus_id="tick"))
+
+    def _check_heartbeats(self, now: float) -> None:
+        """A worker silent for longer than the heartbeat timeout is removed."""
+        timeout = self.settings.heartbeat_timeout
+        for address, seen in list(self.last_seen.items()):
+            if now - seen > timeout:
+                reason = f"no heartbeat for {now - seen:.1f} s (timeout {timeout} s)"
+                logger.warning("worker %s is unresponsive: %s; removing it", address, reason)
+                self.removal_reason[address] = reason
+                del self.last_seen[address]
+                comm = self.worker_comms.get(address)
+                if comm is not None:
+                    comm.abort()
 
     # ------------------------------------------------------------- commands
     def handle(self, *events: ev.Event) -> None:
@@ -154,6 +186,17 @@ class Scheduler:
                 self._to_client(command.client, {"op": "key-cancelled", "key": command.key})
             case cmd.ReportLost():
                 self._to_client(command.client, {"op": "key-lost", "key": command.key})
+            case cmd.ReportEvent():
+                self._to_client(
+                    command.client,
+                    {"op": "event", "topic": command.topic, "message": command.message},
+                )
+            case cmd.Interrupt():
+                self._to_worker(command.worker, {"op": "interrupt", "key": command.key})
+            case cmd.AcquireReplicas():
+                self._to_worker(
+                    command.worker, {"op": "acquire-replicas", "who_has": command.who_has}
+                )
             case _:
                 raise TypeError(f"the scheduler shell cannot carry out {command!r}")
 
@@ -166,6 +209,8 @@ class Scheduler:
                 await self._serve_worker(comm, msg)
             elif op == "register-client":
                 await self._serve_client(comm, msg)
+            elif op == "register-nanny":
+                await self._serve_nanny(comm, msg)
             else:
                 raise ProtocolError(f"first message must register a worker or client, got {op!r}")
         except ProtocolError as exc:
@@ -177,33 +222,37 @@ class Scheduler:
     async def _serve_worker(self, comm: Connection, msg: Msg) -> None:
         address = get(msg, "address", str)
         nthreads = get(msg, "nthreads", int)
+        worker_id = str(msg.get("id") or address)
         if address in self.worker_comms:
             comm.send({"op": "error", "error": f"a worker at {address} is already registered"})
             await comm.close()
             return
+        name = str(msg.get("name") or address)
+        nanny = str(msg.get("nanny") or "")
+        drop = worker_id in self.removed_ids
+        self.removed_ids.discard(worker_id)
         self.worker_comms[address] = comm
-        self.worker_info[address] = {
-            "name": str(msg.get("name") or address),
-            "pid": int(msg.get("pid") or 0),
-            "nthreads": nthreads,
-            "memory_limit": int(msg.get("memory_limit") or 0),
-        }
-        comm.send({"op": "registered", "scheduler": self.address})
+        self.last_seen[address] = time.monotonic()
+        self.worker_info[address] = {"id": worker_id, "nanny": nanny}
+        comm.send({"op": "registered", "scheduler": self.address, "drop": drop})
         logger.info("worker %s registered (%d threads)", address, nthreads)
         self.handle(
             ev.WorkerAdded(
                 worker=address,
-                name=str(msg.get("name") or address),
+                name=name,
                 nthreads=nthreads,
                 pid=int(msg.get("pid") or 0),
                 memory_limit=int(msg.get("memory_limit") or 0),
+                nanny=nanny,
                 stimulus_id=self._sid("worker-added"),
             )
         )
+        self._workers_changed.set()
         reason = "connection closed"
         try:
             while True:
                 m, frames = await comm.recv()
+                self.last_seen[address] = time.monotonic()
                 try:
                     self._worker_message(address, m, frames)
                 except ProtocolError as exc:
@@ -213,15 +262,90 @@ class Scheduler:
                 reason = f"connection closed: {comm.close_reason}"
         finally:
             if self.worker_comms.get(address) is comm:
-                del self.worker_comms[address]
-                self.worker_info.pop(address, None)
-                if not self.stopped.is_set():
-                    logger.warning("worker %s removed: %s", address, reason)
-                self.handle(
-                    ev.WorkerRemoved(
-                        worker=address, reason=reason, stimulus_id=self._sid("worker-removed")
-                    )
-                )
+                await self._remove_worker(address, worker_id, reason)
+
+    async def _remove_worker(self, address: str, worker_id: str, reason: str) -> None:
+        self.last_seen.pop(address, None)
+        graceful = address in self.retiring or self.stopped.is_set()
+        reason = self.removal_reason.pop(address, reason)
+        if self.worker_info.get(address, {}).get("nanny") and not graceful:
+            # Its nanny knows why it died (signal, exit code, memory): give it a moment to say.
+            try:
+                async with asyncio.timeout(self.settings.death_report_wait):
+                    async with self._death_reported:
+                        await self._death_reported.wait_for(lambda: address in self.death_reports)
+            except TimeoutError:
+                pass
+        reason = self.death_reports.pop(address, reason)
+        self.retiring.discard(address)
+        del self.worker_comms[address]
+        self.worker_info.pop(address, None)
+        self.removed_ids.add(worker_id)
+        if not self.stopped.is_set():
+            logger.warning("worker %s removed: %s", address, reason)
+        self.handle(
+            ev.WorkerRemoved(
+                worker=address,
+                reason=reason,
+                graceful=graceful,
+                stimulus_id=self._sid("worker-removed"),
+            )
+        )
+        self._workers_changed.set()
+
+    async def _serve_nanny(self, comm: Connection, msg: Msg) -> None:
+        address = get(msg, "address", str)
+        old = self.nanny_comms.get(address)
+        if old is not None:
+            old.abort()
+        self.nanny_comms[address] = comm
+        comm.send({"op": "registered", "scheduler": self.address})
+        try:
+            while True:
+                m, _ = await comm.recv()
+                if m["op"] == "worker-died":
+                    worker = get(m, "worker", str)
+                    reason = f"its nanny reports it {get(m, 'reason', str)}"
+                    async with self._death_reported:
+                        self.death_reports[worker] = reason
+                        self._death_reported.notify_all()
+                    wcomm = self.worker_comms.get(worker)
+                    if wcomm is not None:
+                        wcomm.abort()  # do not wait for the kernel to notice
+                    # Forget reports about workers that were already gone.
+                    if len(self.death_reports) > 1000:
+                        self.death_reports.clear()
+                else:
+                    logger.warning("unexpected message from nanny %s: %r", address, m["op"])
+        except CommClosedError:
+            pass
+        finally:
+            if self.nanny_comms.get(address) is comm:
+                del self.nanny_comms[address]
+
+    async def restart(self, timeout: float) -> None:
+        """The seed's restart: cancel every future, kill every worker hard, start afresh."""
+        old = dict(self.worker_comms)
+        nannies = {info.get("nanny") for info in self.worker_info.values()}
+        self.retiring.update(old)
+        self.handle(ev.RestartRequested(stimulus_id=self._sid("restart")))
+        for address, comm in old.items():
+            nanny = self.worker_info.get(address, {}).get("nanny")
+            ncomm = self.nanny_comms.get(nanny) if nanny else None
+            if ncomm is not None and not ncomm.closed:
+                ncomm.send({"op": "kill-worker", "reason": "restart"})
+            else:
+                comm.send({"op": "drop-state"})
+                self.retiring.discard(address)
+        expected = len(old)
+        with_nanny = {a for a in old if self.worker_info.get(a, {}).get("nanny") in nannies - {""}}
+        async with asyncio.timeout(timeout):
+            while True:
+                gone = all(a not in self.worker_comms for a in with_nanny)
+                if gone and len(self.worker_comms) >= expected:
+                    return
+                self._workers_changed.clear()
+                await self._workers_changed.wait()
 
     def _worker_message(self, worker: str, msg: Msg, frames: list[Buffer]) -> None:
         op = msg["op"]
@@ -281,7 +405,22 @@ class Scheduler:
                 )
             )
         elif op == "heartbeat":
-            pass
+            info = self.worker_info.get(worker)
+            if info is not None:
+                info.update(
+                    rss=int(msg.get("memory", 0)),
+                    managed=int(msg.get("managed", 0)),
+                    spilled=int(msg.get("spilled", 0)),
+                )
+        elif op == "paused":
+            self.handle(
+                ev.WorkerPaused(
+                    worker=worker, paused=bool(msg.get("paused")), stimulus_id=self._sid("paused")
+                )
+            )
+        elif op == "retiring":
+            self.retiring.add(worker)
+            self.removal_reason[worker] = str(msg.get("reason") or "retiring")
         else:
             raise ProtocolError(f"unknown op {op!r}")
 
@@ -364,8 +503,14 @@ class Scheduler:
                         workers=tuple(get_str_list(item, "workers")),
                     )
                 )
+            replicas = int(msg.get("replicas", 1))
             self.handle(
-                ev.DataScattered(client=client, keys=tuple(items), stimulus_id=self._sid("scatter"))
+                ev.DataScattered(
+                    client=client,
+                    keys=tuple(items),
+                    replicas=replicas,
+                    stimulus_id=self._sid("scatter"),
+                )
             )
             comm.reply(msg, {})
         elif op == "who-has":
@@ -377,8 +522,11 @@ class Scheduler:
                     {k: v for k, v in self.worker_info.get(address, {}).items() if k not in winfo}
                 )
             info.update(address=self.address, id="scheduler", pid=os.getpid())
+            info["nannies"] = sorted(self.nanny_comms)
             info["started"] = self.started_at
             comm.reply(msg, info)
+        elif op == "restart":
+            spawn(self._restart_for(comm, msg), self.tasks, "restart")
         elif op == "shutdown":
             comm.reply(msg, {})
             spawn(self.close(), self.tasks, "shutdown")
@@ -386,6 +534,18 @@ class Scheduler:
             comm.reply(msg, {})
         else:
             raise ProtocolError(f"unknown op {op!r}")
+
+    async def _restart_for(self, comm: Connection, msg: Msg) -> None:
+        timeout = float(msg.get("timeout") or 30.0)
+        try:
+            await self.restart(timeout)
+        except TimeoutError:
+            comm.reply(
+                msg,
+                error_reply(TimeoutError(f"workers did not come back within {timeout} s")),
+            )
+            return
+        comm.reply(msg, {"workers": len(self.worker_comms)})
 
 
 def _task_specs(msg: Msg, frames: list[Buffer]) -> list[ev.TaskSpec]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import heapq
 import itertools
@@ -18,11 +19,13 @@ import os
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
+import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError, RemoteError
@@ -37,6 +40,7 @@ from regrow.protocol.comm import (
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 from regrow.protocol.serialize import dumps, loads, loads_with_refs, sizeof
+from regrow.spill import SpillBuffer
 
 logger = logging.getLogger("regrow.worker")
 
@@ -56,8 +60,26 @@ def get_worker() -> Worker:
     return worker  # type: ignore[no-any-return]
 
 
+class TaskInterrupted(BaseException):
+    """Raised inside a task's thread by ``cancel(force=True)``.
+
+    A BaseException, so that user code catching ``Exception`` does not swallow it.
+    """
+
+
 class _Task:
-    __slots__ = ("fnf", "frames", "key", "priority", "started", "state", "who_has")
+    __slots__ = (
+        "fnf",
+        "frames",
+        "in_user_code",
+        "key",
+        "lock",
+        "priority",
+        "started",
+        "state",
+        "thread",
+        "who_has",
+    )
 
     def __init__(
         self,
@@ -74,6 +96,9 @@ class _Task:
         self.who_has = who_has
         self.state = FETCHING
         self.started = 0.0
+        self.thread = 0
+        self.in_user_code = False
+        self.lock = threading.Lock()
 
 
 def _serialize_error(exc: BaseException) -> tuple[bytes, bytes, str]:
@@ -101,6 +126,8 @@ class Worker:
         port: int = 0,
         memory_limit: int = 0,
         settings: Settings | None = None,
+        nanny: str = "",
+        spill_dir: str | None = None,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
@@ -112,8 +139,13 @@ class Worker:
         self.port = port
         self.memory_limit = memory_limit
         self.settings = settings or Settings()
-        self.data: dict[str, Any] = {}
-        self.nbytes: dict[str, int] = {}
+        self.id = uuid.uuid4().hex
+        self.nanny = nanny
+        self.data = SpillBuffer(
+            target=int(memory_limit * self.settings.memory_target_fraction), directory=spill_dir
+        )
+        self.paused = False
+        self._scheduler_closing = False
         self.tasks: dict[str, _Task] = {}
         self.address = ""
         self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="regrow-task")
@@ -132,25 +164,44 @@ class Worker:
     # ------------------------------------------------------------------ life
     async def start(self) -> str:
         self.address = await self.listener.start(self.host, self.port)
+        await self._register()
+        spawn(self._heartbeats(), self.tasks_bg, "worker-heartbeat")
+        if self.memory_limit:
+            spawn(self._memory_monitor(), self.tasks_bg, "worker-memory")
+        return self.address
+
+    async def _register(self) -> None:
+        """Connect to the scheduler and register (again, after a lost connection)."""
         comm = await connect(self.scheduler_address, token=self.token, settings=self.settings)
         comm.send(
             {
                 "op": "register-worker",
+                "id": self.id,
                 "address": self.address,
                 "name": self.name or self.address,
                 "nthreads": self.nthreads,
                 "pid": os.getpid(),
                 "memory_limit": self.memory_limit,
+                "nanny": self.nanny,
+                "keys": [[k, self.data.size_of(k)] for k in self.data],
             }
         )
         reply, _ = await comm.recv()
         if reply["op"] != "registered":
             await comm.close()
             raise ProtocolError(f"scheduler refused registration: {reply.get('error')}")
+        if reply.get("drop"):
+            # The scheduler removed us while we were away: what we hold is stale.
+            logger.warning(
+                "the scheduler had removed this worker; dropping %d keys", len(self.data)
+            )
+            for key in list(self.data):
+                del self.data[key]
         self.scheduler = comm
+        if self.paused:
+            comm.send({"op": "paused", "paused": True})
         spawn(self._scheduler_loop(comm), self.tasks_bg, "worker-scheduler-loop")
         logger.info("worker %s registered with %s", self.address, self.scheduler_address)
-        return self.address
 
     async def close(self) -> None:
         if self.stopped.is_set():
@@ -167,6 +218,7 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.listener.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.data.close()
 
     async def _scheduler_loop(self, comm: Connection) -> None:
         try:
@@ -177,9 +229,76 @@ class Worker:
                 except ProtocolError as exc:
                     logger.warning("bad message from scheduler: %s", exc)
         except CommClosedError:
-            if not self.stopped.is_set():
-                logger.warning("lost the scheduler at %s; shutting down", self.scheduler_address)
-        spawn(self.close(), self.tasks_bg, "worker-close")
+            pass
+        if self.stopped.is_set():
+            return
+        logger.log(
+            logging.INFO if self._scheduler_closing else logging.WARNING,
+            "lost the scheduler at %s; reconnecting",
+            self.scheduler_address,
+        )
+        self._forget_tasks()
+        delay = 0.05
+        while not self.stopped.is_set():
+            try:
+                await self._register()
+                return
+            except (OSError, TimeoutError, CommClosedError, ProtocolError) as exc:
+                logger.info("scheduler still unreachable (%s); next try in %.2f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _forget_tasks(self) -> None:
+        """Without a scheduler our assignments are void (they were given to others); data stays."""
+        for key in list(self.tasks):
+            t = self.tasks[key]
+            if t.state == EXECUTING:
+                t.state = CANCELLED
+            else:
+                t.state = CANCELLED
+                del self.tasks[key]
+        self._ready.clear()
+
+    async def _heartbeats(self) -> None:
+        proc = psutil.Process()
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            self._send(
+                {
+                    "op": "heartbeat",
+                    "memory": proc.memory_info().rss,
+                    "managed": self.data.fast_bytes,
+                    "spilled": self.data.slow_bytes,
+                    "executing": self._executing,
+                }
+            )
+
+    async def _memory_monitor(self) -> None:
+        """Spill above the target fraction, pause above the pause fraction."""
+        proc = psutil.Process()
+        limit = self.memory_limit
+        target = limit * self.settings.memory_target_fraction
+        pause = limit * self.settings.memory_pause_fraction
+        while True:
+            await asyncio.sleep(self.settings.memory_monitor_interval)
+            rss = proc.memory_info().rss
+            if rss > target and self.data.fast:
+                # Spill in a thread: writing files must not stall the event loop.
+                await asyncio.to_thread(self.data.spill, int(rss - target))
+                rss = proc.memory_info().rss
+            paused = rss > pause if not self.paused else rss > target
+            if paused != self.paused:
+                self.paused = paused
+                logger.warning(
+                    "worker %s %s: %d MiB of %d MiB used",
+                    self.address,
+                    "paused" if paused else "resumed",
+                    rss >> 20,
+                    limit >> 20,
+                )
+                self._send({"op": "paused", "paused": paused})
+                if not paused:
+                    self._run_ready()
 
     # ------------------------------------------------------ scheduler orders
     def _scheduler_message(self, msg: Msg, frames: list[Buffer]) -> None:
@@ -196,8 +315,24 @@ class Worker:
             if stolen:
                 self._free(key)
             self._send({"op": "steal-response", "key": key, "stolen": stolen})
+        elif op == "interrupt":
+            self._interrupt(get(msg, "key", str))
+        elif op == "acquire-replicas":
+            who_has: dict[str, list[str]] = get(msg, "who_has", dict)
+            by_holder: dict[str, list[str]] = {}
+            for key, holders in who_has.items():
+                if key not in self.data and key not in self._inflight and holders:
+                    by_holder.setdefault(holders[0], []).append(key)
+            for holder, keys in by_holder.items():
+                spawn(self._fetch(keys, who_has, first=holder), self.tasks_bg, "replicate")
+        elif op == "drop-state":
+            self._forget_tasks()
+            for key in list(self.data):
+                del self.data[key]
         elif op == "close":
             spawn(self.close(), self.tasks_bg, "worker-close")
+        elif op == "scheduler-closing":
+            self._scheduler_closing = True
         elif op == "registered":
             pass
         else:
@@ -216,7 +351,7 @@ class Worker:
                 {
                     "op": "task-finished",
                     "key": key,
-                    "nbytes": self.nbytes.get(key, 0),
+                    "nbytes": self.data.size_of(key),
                     "type": type(self.data[key]).__name__,
                 }
             )
@@ -238,7 +373,6 @@ class Worker:
     def _free(self, key: str) -> None:
         if key in self.data:
             del self.data[key]
-            self.nbytes.pop(key, None)
         t = self.tasks.get(key)
         if t is None:
             return
@@ -317,15 +451,14 @@ class Worker:
         for key, nf in zip(get_str_list(reply, "keys"), get(reply, "nf", list), strict=True):
             value = loads(frames[pos : pos + nf])
             pos += nf
-            self.data[key] = value
-            self.nbytes[key] = sizeof(value)
+            self.data.set(key, value, sizeof(value))
             got.append(key)
         return got
 
     # ------------------------------------------------------------ execution
     def _run_ready(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._executing < self.nthreads and self._ready:
+        while self._executing < self.nthreads and self._ready and not self.paused:
             _, _, key = heapq.heappop(self._ready)
             t = self.tasks.get(key)
             if t is None or t.state != READY:
@@ -348,10 +481,52 @@ class Worker:
                 if fn_bytes and len(self._fn_cache) < 256:
                     self._fn_cache[fn_bytes] = fn
             args, kwargs = loads_with_refs(t.frames[t.fnf :], self.data)
-            result = fn(*args, **kwargs)
+            with t.lock:
+                t.thread = threading.get_ident()
+                t.in_user_code = True
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                # An interrupt can only be aimed at this thread while this flag is up.
+                with t.lock:
+                    t.in_user_code = False
             return True, result, time.perf_counter() - start
         except BaseException as exc:
             return False, exc, time.perf_counter() - start
+
+    def _interrupt(self, key: str) -> None:
+        """Stop a running task by raising TaskInterrupted in its thread."""
+        t = self.tasks.get(key)
+        if t is None:
+            return
+        if t.state != EXECUTING:
+            self._free(key)
+            return
+        t.state = CANCELLED
+        with t.lock:
+            if t.in_user_code:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(t.thread), ctypes.py_object(TaskInterrupted)
+                )
+        spawn(self._interrupt_deadline(t), self.tasks_bg, f"interrupt-{key}")
+
+    async def _interrupt_deadline(self, t: _Task) -> None:
+        await asyncio.sleep(self.settings.cancel_grace)
+        if self.tasks.get(t.key) is not t:
+            return  # it stopped
+        if not self.nanny:
+            logger.warning(
+                "task %r ignores its cancellation and this worker has no nanny to restart it",
+                t.key,
+            )
+            return
+        reason = f"task {t.key!r} did not stop within {self.settings.cancel_grace} s of cancel"
+        logger.warning("%s; exiting so that the nanny starts a fresh worker", reason)
+        self._send({"op": "retiring", "reason": reason})
+        if self.scheduler is not None:
+            with contextlib.suppress(CommClosedError):
+                await self.scheduler.drain()
+        os._exit(75)
 
     def _task_done(self, t: _Task, fut: asyncio.Future[tuple[bool, Any, float]]) -> None:
         self._executing -= 1
@@ -364,8 +539,8 @@ class Worker:
         else:
             del self.tasks[t.key]
             if ok:
-                self.data[t.key] = value
-                nbytes = self.nbytes[t.key] = sizeof(value)
+                nbytes = sizeof(value)
+                self.data.set(t.key, value, nbytes)
                 self._send(
                     {
                         "op": "task-finished",
@@ -420,8 +595,8 @@ class Worker:
             for key, nf in zip(keys, counts, strict=True):
                 value = loads(frames[pos : pos + nf])
                 pos += nf
-                self.data[key] = value
-                nbytes[key] = self.nbytes[key] = sizeof(value)
+                nbytes[key] = sizeof(value)
+                self.data.set(key, value, nbytes[key])
                 types[key] = type(value).__name__
             comm.reply(msg, {"nbytes": nbytes, "types": types})
         elif op == "run":
@@ -457,6 +632,7 @@ async def run_worker(
     port: int,
     memory_limit: int,
     settings: Settings,
+    nanny: str = "",
     ready: asyncio.Future[str] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -469,6 +645,7 @@ async def run_worker(
         port=port,
         memory_limit=memory_limit,
         settings=settings,
+        nanny=nanny,
     )
     try:
         address = await worker.start()

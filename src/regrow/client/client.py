@@ -8,12 +8,14 @@ workers (results are fetched from workers directly, never through the scheduler)
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import itertools
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -124,6 +126,8 @@ class _Session:
                 elif op == "key-lost":
                     if st is not None:
                         st.lost()
+                elif op == "event":
+                    self.client._record_event(str(msg.get("topic")), str(msg.get("message")))
                 elif op == "scheduler-closing":
                     self.client._scheduler_gone("the scheduler shut down")
                 else:
@@ -187,7 +191,10 @@ class _Session:
         return results
 
     async def scatter(
-        self, items: list[tuple[str, list[Buffer], int, str]], targets: list[list[str]]
+        self,
+        items: list[tuple[str, list[Buffer], int, str]],
+        targets: list[list[str]],
+        replicas: int = 1,
     ) -> None:
         by_worker: dict[str, list[int]] = {}
         for i, workers in enumerate(targets):
@@ -212,6 +219,7 @@ class _Session:
         await self.request(
             {
                 "op": "scattered",
+                "replicas": replicas,
                 "keys": [
                     {"key": key, "nbytes": nbytes, "type": type_name, "workers": targets[i]}
                     for i, (key, _, nbytes, type_name) in enumerate(items)
@@ -282,6 +290,7 @@ class Client:
         self._states: dict[str, FutureState] = {}
         self._fn_cache: dict[Any, list[Buffer]] = {}
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
+        self._events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=10_000)
         self._loop: LoopThread = shared_loop()
         self._session = _Session(self)
         try:
@@ -318,6 +327,21 @@ class Client:
 
     def _desire(self, keys: list[str]) -> None:
         self._loop.call_soon(self._session.send, {"op": "desire-keys", "keys": keys})
+
+    def _record_event(self, topic: str, message: str) -> None:
+        self._events.append((time.time(), topic, message))
+        if topic == "warnings":
+            logger.warning("%s", message)
+        else:
+            logger.info("[%s] %s", topic, message)
+
+    def get_events(self, topic: str | None = None) -> list[tuple[float, str, str]]:
+        """What the scheduler told this client happened: ``(time, topic, message)``.
+
+        Topics: ``workers`` (joined, lost, and what was recovered), ``warnings``
+        (for example an impure task computed a second time).
+        """
+        return [e for e in list(self._events) if topic is None or e[1] == topic]
 
     def _scheduler_gone(self, reason: str) -> None:
         if self.status in ("closing", "closed"):
@@ -449,8 +473,14 @@ class Client:
             retries=retries,
             priority=priority,
         )
-        future = Future(entry["k"], self)
+        future = self._new_future(entry["k"])
         self._send_tasks([entry], frames, [future.key])
+        return future
+
+    def _new_future(self, key: str) -> Future:
+        future = Future(key, self)
+        if future._state.status == CANCELLED:
+            future._state.reset()  # submitted again after a cancel or restart: it runs anew
         return future
 
     def map(
@@ -501,7 +531,7 @@ class Client:
             )
             if name_prefix is not None:
                 entry["k"] = f"{name_prefix}-{entry['k'].rpartition('-')[2]}"
-            fut = Future(entry["k"], self)
+            fut = self._new_future(entry["k"])
             futures.append(fut)
             entries.append(entry)
             frames.extend(fr)
@@ -570,13 +600,19 @@ class Client:
         broadcast: bool = False,
         hash: bool = True,
         timeout: float | None = None,
+        replicas: int = 1,
     ) -> Any:
         """Put local data on workers; returns Futures shaped like ``data``.
 
         A list/tuple/set gives a list of Futures, a dict a dict of Futures (its
         keys become the Futures' keys), anything else a single Future.
+        ``replicas=k`` keeps k copies on distinct workers, and the scheduler makes a
+        new copy whenever one is lost; unreplicated data lost with its worker makes
+        its futures err with LostDataError.
         """
         self._check_running()
+        if not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas must be a positive int, got {replicas!r}")
         if isinstance(data, Iterator):
             data = list(data)
         if isinstance(data, dict):
@@ -613,9 +649,18 @@ class Client:
             else:
                 key = f"{tname}-{uuid.uuid4().hex}"
             items.append((key, frames, sizeof(value), tname))
-            placement.append(list(targets) if broadcast else [targets[i % len(targets)]])
-        futures = [Future(key, self) for key, _, _, _ in items]
-        self._loop.run(self._session.scatter(items, placement), timeout=timeout)
+            if broadcast:
+                placement.append(list(targets))
+            else:
+                k = min(replicas, len(targets))
+                placement.append([targets[(i + j) % len(targets)] for j in range(k)])
+        futures = [self._new_future(key) for key, _, _, _ in items]
+        self._loop.run(
+            self._session.scatter(
+                items, placement, replicas=len(targets) if broadcast else replicas
+            ),
+            timeout=timeout,
+        )
         if isinstance(data, dict):
             return dict(zip(names or [], futures, strict=True))
         if isinstance(data, list | tuple | set | frozenset):
@@ -692,6 +737,30 @@ class Client:
         from regrow.client.executor import ClientExecutor
 
         return ClientExecutor(self, **kwargs)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Restart every worker and clear the scheduler (the seed's five steps).
+
+        Every future of every client goes to 'cancelled'; each worker is killed hard
+        through its nanny (so a frozen or swamped worker is no obstacle) and replaced;
+        returns once the fresh workers have registered.
+        """
+        self._check_running()
+        self._loop.run(
+            self._session.request({"op": "restart", "timeout": timeout}, timeout=timeout + 5),
+            timeout=timeout + 10,
+        )
+        with self._lock:
+            states = list(self._states.values())
+        for st in states:
+            if not st.done() or st.status != CANCELLED:
+                st.cancel()
+
+    def nannies(self) -> dict[str, str]:
+        """``{nanny address: its current worker's address}``: stable names across restarts."""
+        return {
+            w["nanny"]: a for a, w in self.scheduler_info()["workers"].items() if w.get("nanny")
+        }
 
     def shutdown(self) -> None:
         """Stop the whole cluster (scheduler and workers), then close this client."""

@@ -75,3 +75,28 @@ class ReportLost(Command):
 
     client: str
     key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interrupt(Command):
+    """Stop ``key`` on ``worker`` even though it is running (``cancel(force=True)``)."""
+
+    worker: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireReplicas(Command):
+    """``worker`` should fetch a copy of each key from one of its holders."""
+
+    worker: str
+    who_has: dict[str, list[str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportEvent(Command):
+    """Something a client should see in its event log (topic: workers, recovery, warnings)."""
+
+    client: str
+    topic: str
+    message: str

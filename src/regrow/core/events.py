@@ -76,10 +76,15 @@ class ScatteredKey:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataScattered(Event):
-    """A client placed data on workers directly; it wants those keys."""
+    """A client placed data on workers directly; it wants those keys.
+
+    With ``replicas`` > 1 the scheduler keeps that many copies on distinct workers,
+    making a new copy whenever one is lost.
+    """
 
     client: str
     keys: tuple[ScatteredKey, ...]
+    replicas: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +94,7 @@ class WorkerAdded(Event):
     nthreads: int = 1
     pid: int = 0
     memory_limit: int = 0
+    nanny: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +141,19 @@ class StealAnswered(Event):
     worker: str
     key: str
     stolen: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerPaused(Event):
+    """The worker is short of memory (paused) and takes no new tasks, or recovered."""
+
+    worker: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartRequested(Event):
+    """Forget everything: every client's futures are cancelled, every task is dropped."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

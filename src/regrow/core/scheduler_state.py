@@ -117,11 +117,15 @@ class TaskError:
 class WorkerState:
     __slots__ = (
         "address",
+        "draining",
         "has_what",
+        "isolated",
         "memory_limit",
         "name",
+        "nanny",
         "nbytes",
         "nthreads",
+        "paused",
         "pid",
         "processing",
         "slots",
@@ -130,6 +134,13 @@ class WorkerState:
     def __init__(
         self, address: str, name: str, nthreads: int, pid: int, memory_limit: int, slots: int
     ) -> None:
+        self.nanny = ""
+        # Short of memory: takes no new tasks.
+        self.paused = False
+        # Runs a suspect task alone (see SchedulerState._isolate).
+        self.isolated: TaskState | None = None
+        # Takes no new tasks until it is empty, to run a suspect alone.
+        self.draining = False
         self.address = address
         self.name = name
         self.nthreads = nthreads
@@ -177,6 +188,12 @@ class SchedulerState:
         self.clients: dict[str, ClientState] = {}
         # Workers with at least one free slot, in arrival order.
         self.free: dict[WorkerState, None] = {}
+        # Tasks that were running when a worker died: each runs alone before it is judged.
+        self.suspects: list[TaskState] = []
+        # Why each suspect's workers died: key -> [(worker, reason)].
+        self.deaths: dict[str, list[tuple[str, str]]] = {}
+        # Keys to keep that many copies of (scatter(..., replicas=k)).
+        self.replicas: dict[str, int] = {}
         self._queue: list[tuple[tuple[int, int], str]] = []
         self._queued_count = 0
         self._seq = itertools.count()
@@ -184,7 +201,15 @@ class SchedulerState:
         self._stimulus = ""
         # Bounded story of transitions: (key, start, finish, stimulus_id).
         self.log: deque[tuple[str, str, str, str]] = deque(maxlen=100_000)
-        self.counts = {"finished": 0, "erred": 0, "recomputed": 0, "stolen": 0, "lost": 0}
+        self.counts = {
+            "finished": 0,
+            "erred": 0,
+            "recomputed": 0,
+            "rescheduled": 0,
+            "stolen": 0,
+            "lost": 0,
+            "workers_lost": 0,
+        }
 
     # ------------------------------------------------------------------ entry
     def handle(self, *events: ev.Event) -> list[cmd.Command]:
@@ -219,10 +244,16 @@ class SchedulerState:
                     self.clients.setdefault(event.client, ClientState(event.client))
                 case ev.ClientDisconnected():
                     self._client_disconnected(event.client)
+                case ev.WorkerPaused():
+                    self._worker_paused(event)
+                case ev.RestartRequested():
+                    self._restart()
                 case ev.Ticked():
                     self._balance()
                 case _:
                     raise TypeError(f"unknown event {event!r}")
+            if self.suspects:
+                self._isolate()
         out, self._out = self._out, []
         if self.validate:
             from regrow.core.invariants import validate_state
@@ -278,14 +309,14 @@ class SchedulerState:
                     dep.dependents.add(ts)
             self.tasks[spec.key] = ts
             if missing:
-                self._err(
-                    ts,
-                    TaskError(
-                        blame=ts.key,
-                        kind="FutureLostError",
-                        text=f"task {ts.key!r} depends on {missing[0]!r}, which the scheduler "
-                        "no longer knows (was its future released?)",
-                    ),
+                # Erred in place, not through _err: nobody wants it yet, and _err would
+                # forget it before the client's want (and its report) is registered below.
+                self._set_state(ts, ERRED)
+                ts.error = TaskError(
+                    blame=ts.key,
+                    kind="FutureLostError",
+                    text=f"task {ts.key!r} depends on {missing[0]!r}, which the scheduler "
+                    "no longer knows (was its future released?)",
                 )
             fresh.append(ts)
         for key in event.wanted:
@@ -294,7 +325,7 @@ class SchedulerState:
                 continue
             self._want(client, ts)
         for ts in fresh:
-            if ts.state == RELEASED and not self._needed(ts):
+            if ts.state in (RELEASED, ERRED) and not self._needed(ts):
                 self._check_forget(ts)
 
     def _want(self, client: ClientState, ts: TaskState, report: bool = False) -> None:
@@ -337,7 +368,8 @@ class SchedulerState:
         stack = [root]
         while stack:
             ts = stack.pop()
-            if ts.state != RELEASED:
+            # An input pushed for a dependent that erred meanwhile is not needed any more.
+            if ts.state != RELEASED or not self._needed(ts):
                 continue
             if ts.run_spec is None:
                 self._err(
@@ -350,6 +382,12 @@ class SchedulerState:
                     ),
                 )
                 continue
+            if ts.type_name and not ts.pure:
+                self._broadcast(
+                    "warnings",
+                    f"impure task {ts.key!r} (pure=False) is computed again after a loss; "
+                    "its new result may differ from the first",
+                )
             self._set_state(ts, WAITING)
             erred_dep: TaskState | None = None
             for dep in ts.dependencies:
@@ -369,6 +407,11 @@ class SchedulerState:
                 self._ready(ts)
 
     def _ready(self, ts: TaskState, prefer: WorkerState | None = None) -> None:
+        if ts.suspicious:
+            self._set_state(ts, QUEUED)
+            self._queued_count += 1
+            self.suspects.append(ts)
+            return
         if prefer is not None and self._allowed(ts, prefer) and prefer in self.free:
             ws: WorkerState | None = prefer
         else:
@@ -382,16 +425,27 @@ class SchedulerState:
 
     @staticmethod
     def _allowed(ts: TaskState, ws: WorkerState) -> bool:
-        return ts.restrictions is None or ws.address in ts.restrictions or ws.name in (
-            ts.restrictions
-        )
+        r = ts.restrictions
+        return r is None or ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
+
+    def _update_free(self, ws: WorkerState) -> None:
+        """A worker takes new tasks while it has a free slot and is not held back."""
+        if (
+            len(ws.processing) < ws.slots
+            and not ws.paused
+            and ws.isolated is None
+            and not ws.draining
+            and ws.address in self.workers
+        ):
+            self.free[ws] = None
+        else:
+            self.free.pop(ws, None)
 
     def _send_to(self, ts: TaskState, ws: WorkerState) -> None:
         self._set_state(ts, PROCESSING)
         ts.processing_on = ws
         ws.processing[ts] = None
-        if len(ws.processing) >= ws.slots:
-            self.free.pop(ws, None)
+        self._update_free(ws)
         self._emit(
             cmd.Compute(
                 stimulus_id=self._stimulus,
@@ -410,14 +464,19 @@ class SchedulerState:
         ts.steal_pending = False
         if ws is not None:
             ws.processing.pop(ts, None)
-            if len(ws.processing) < ws.slots and ws.address in self.workers:
-                self.free[ws] = None
+            if ws.isolated is ts:
+                ws.isolated = None
+            self._update_free(ws)
         return ws
 
     def _fill(self, ws: WorkerState) -> None:
         """Give a worker with free slots queued tasks, best priority first."""
+        if self.suspects:
+            self._isolate()
+        if ws not in self.free:
+            return
         skipped: list[tuple[tuple[int, int], str]] = []
-        while self._queue and len(ws.processing) < ws.slots:
+        while self._queue and ws in self.free:
             prio, key = heapq.heappop(self._queue)
             ts = self.tasks.get(key)
             if ts is None or ts.state != QUEUED or ts.priority != prio:
@@ -439,6 +498,52 @@ class SchedulerState:
     def _unqueue(self, ts: TaskState) -> None:
         # Lazy deletion: the heap entry is skipped when popped.
         self._queued_count -= 1
+        if ts.suspicious and ts in self.suspects:
+            self.suspects.remove(ts)
+            if not self.suspects:
+                self._undrain()
+
+    def _undrain(self) -> None:
+        for ws in self.workers.values():
+            if ws.draining:
+                ws.draining = False
+                self._update_free(ws)
+                self._fill(ws)
+
+    def _isolate(self) -> None:
+        """Run each suspect alone on a worker, so a death names the culprit.
+
+        A task that was running when its worker died may be the cause, or may have
+        been unlucky to share the worker. Run alone, it either finishes (and is
+        cleared) or kills the worker again (and takes the blame alone).
+        """
+        while self.suspects:
+            empty = [
+                ws
+                for ws in self.workers.values()
+                if not ws.processing and not ws.paused and ws.isolated is None
+            ]
+            ts = self.suspects[0]
+            target = next((ws for ws in empty if self._allowed(ts, ws)), None)
+            if target is None:
+                # Hold back the least busy allowed worker until it is empty.
+                if not any(ws.draining for ws in self.workers.values()):
+                    allowed = [
+                        ws
+                        for ws in self.workers.values()
+                        if self._allowed(ts, ws) and not ws.paused and ws.isolated is None
+                    ]
+                    if allowed:
+                        drain = min(allowed, key=lambda w: len(w.processing))
+                        drain.draining = True
+                        self._update_free(drain)
+                return
+            self.suspects.pop(0)
+            self._queued_count -= 1
+            target.draining = False
+            target.isolated = ts
+            self._send_to(ts, target)
+        self._undrain()
 
     # --------------------------------------------------------------- results
     def _task_finished(self, event: ev.TaskFinished) -> None:
@@ -462,7 +567,9 @@ class SchedulerState:
         self._set_state(ts, MEMORY)
         ts.nbytes = event.nbytes
         ts.type_name = event.type_name
-        ts.suspicious = 0
+        if ts.suspicious:
+            ts.suspicious = 0
+            self.deaths.pop(ts.key, None)
         ts.who_has.add(ws)
         ws.has_what.add(ts)
         ws.nbytes += ts.nbytes
@@ -531,11 +638,8 @@ class SchedulerState:
                 continue
             self._set_state(ts, ERRED)
             ts.error = error
-            ts.waiting_on.clear()
-            for dep in ts.dependencies:
-                if ts in dep.waiters:
-                    dep.waiters.discard(ts)
-                    self._check_release(dep)
+            # Its inputs lose a waiter: free those nobody needs now, even running ones.
+            self._drop_waiting(ts)
             for client in ts.who_wants:
                 self._report_erred(client, ts)
             for dependent in ts.dependents:
@@ -568,6 +672,11 @@ class SchedulerState:
 
     def _release(self, ts: TaskState) -> None:
         """Drop a task's result or pending work; keep its lineage."""
+        if self._release_one(ts):
+            self._drop_waiting(ts)
+
+    def _release_one(self, ts: TaskState) -> bool:
+        """Stop ``ts`` alone (not its inputs); False if it was released or erred already."""
         if ts.state == MEMORY:
             for ws in ts.who_has:
                 ws.has_what.discard(ts)
@@ -584,23 +693,34 @@ class SchedulerState:
         elif ts.state == WAITING:
             pass
         elif ts.state in (RELEASED, ERRED):
-            return
+            return False
         else:
             raise self._illegal(ts, f"release from {ts.state}")
-        self._drop_waiting(ts)
         self._set_state(ts, RELEASED)
+        return True
 
-    def _drop_waiting(self, ts: TaskState) -> None:
-        """``ts`` no longer needs its inputs: release those nobody else needs."""
-        ts.waiting_on.clear()
-        for dep in ts.dependencies:
-            if ts in dep.waiters:
-                dep.waiters.discard(ts)
-                if dep.state != MEMORY and not self._needed(dep):
-                    self._release(dep)
-                    self._check_forget(dep)
-                else:
-                    self._check_release(dep)
+    def _drop_waiting(self, root: TaskState) -> None:
+        """``root`` no longer needs its inputs: release those nobody else needs.
+
+        Iterative, not recursive: releasing a long chain must not hit the recursion limit.
+        """
+        stack = [root]
+        dropped: list[TaskState] = []
+        while stack:
+            ts = stack.pop()
+            ts.waiting_on.clear()
+            for dep in ts.dependencies:
+                if ts in dep.waiters:
+                    dep.waiters.discard(ts)
+                    if dep.state != MEMORY and not self._needed(dep):
+                        if self._release_one(dep):
+                            stack.append(dep)
+                        dropped.append(dep)
+                    else:
+                        self._check_release(dep)
+        # Only once nothing waits any more: forgetting unlinks a task from its inputs.
+        for dep in dropped:
+            self._check_forget(dep)
 
     def _check_forget(self, root: TaskState) -> None:
         stack = [root]
@@ -611,6 +731,8 @@ class SchedulerState:
             if self.tasks.get(ts.key) is not ts:
                 continue
             del self.tasks[ts.key]
+            self.deaths.pop(ts.key, None)
+            self.replicas.pop(ts.key, None)
             self._set_state(ts, FORGOTTEN)
             for dep in ts.dependencies:
                 dep.dependents.discard(ts)
@@ -669,6 +791,10 @@ class SchedulerState:
                 c.wants.discard(ts)
                 self._emit(cmd.ReportCancelled(client=c.id, key=ts.key))
             ts.who_wants.clear()
+        if event.force:
+            for ts in doomed:
+                if ts.state == PROCESSING and ts.processing_on is not None:
+                    self._emit(cmd.Interrupt(worker=ts.processing_on.address, key=ts.key))
         # Dependents first, so their inputs lose their last waiter afterwards.
         for ts in reversed(list(doomed)):
             if ts.state == ERRED:
@@ -702,6 +828,8 @@ class SchedulerState:
                 continue
             if ts.state == RELEASED:
                 self._set_state(ts, MEMORY)
+            if event.replicas > 1:
+                self.replicas[ts.key] = event.replicas
             ts.nbytes = item.nbytes
             ts.type_name = item.type_name
             for ws in holders:
@@ -728,8 +856,11 @@ class SchedulerState:
             event.memory_limit,
             self._slots_for(max(1, event.nthreads)),
         )
+        ws.nanny = event.nanny
         self.workers[ws.address] = ws
-        self.free[ws] = None
+        self._update_free(ws)
+        self._broadcast("workers", f"worker {ws.address} ({ws.name}) joined")
+        self._replicate(list(self.replicas))
         self._fill(ws)
 
     def _worker_removed(self, event: ev.WorkerRemoved) -> None:
@@ -737,6 +868,8 @@ class SchedulerState:
         if ws is None:
             return
         self.free.pop(ws, None)
+        if not event.graceful:
+            self.counts["workers_lost"] += 1
         # First take its running tasks off it (and judge them), then deal with the
         # data it held, then reschedule: so a rescheduled task never points at it.
         interrupted = list(ws.processing)
@@ -745,35 +878,111 @@ class SchedulerState:
             self._set_state(ts, RELEASED)
             if not event.graceful:
                 ts.suspicious += 1
+                self.deaths.setdefault(ts.key, []).append((ws.address, event.reason))
+        ws.isolated = None
+        lost = 0
+        under_replicated: list[str] = []
         for ts in list(ws.has_what):
             ts.who_has.discard(ws)
             ws.has_what.discard(ts)
             if not ts.who_has:
-                self._lost(ts)
+                lost += self._lost(ts)
+            elif ts.key in self.replicas:
+                under_replicated.append(ts.key)
         ws.nbytes = 0
+        rescheduled = 0
         for ts in interrupted:
             if ts.state != RELEASED:
                 continue
-            if ts.suspicious > self.allowed_failures:
+            if ts.suspicious >= self.allowed_failures:
+                deaths = self.deaths.pop(ts.key, [])
                 self._err(
                     ts,
                     TaskError(
                         blame=ts.key,
                         kind="KilledWorker",
-                        text=event.reason,
-                        workers=(ws.address,),
+                        text="; ".join(f"{w}: {r or 'lost'}" for w, r in deaths),
+                        workers=tuple(w for w, _ in deaths),
                     ),
                 )
             elif self._needed(ts):
                 ts.waiting_on.clear()
+                rescheduled += 1
                 self._compute(ts)
             else:
                 self._drop_waiting(ts)
                 self._check_forget(ts)
+        self.counts["rescheduled"] += rescheduled
+        how = "retired" if event.graceful else "lost"
+        self._broadcast(
+            "workers",
+            f"worker {ws.address} ({ws.name}) {how}: {event.reason or 'no reason given'}; "
+            f"{rescheduled} running task(s) rescheduled, {lost} lost result(s) being recomputed",
+        )
+        self._replicate(under_replicated)
+        if not self.suspects:
+            self._undrain()
         self._fill_all()
 
-    def _lost(self, ts: TaskState) -> None:
-        """The last copy of a result is gone: recompute it if anyone needs it."""
+    def _replicate(self, keys: Iterable[str]) -> None:
+        """Copy each key held by fewer workers than it should be onto more workers."""
+        orders: dict[WorkerState, dict[str, list[str]]] = {}
+        for key in keys:
+            ts = self.tasks.get(key)
+            want = self.replicas.get(key, 1)
+            if ts is None or ts.state != MEMORY:
+                self.replicas.pop(key, None)
+                continue
+            missing = want - len(ts.who_has)
+            if missing <= 0:
+                continue
+            targets = sorted(
+                (w for w in self.workers.values() if w not in ts.who_has and not w.paused),
+                key=lambda w: w.nbytes,
+            )[:missing]
+            holders = [w.address for w in ts.who_has]
+            for target in targets:
+                orders.setdefault(target, {})[key] = holders
+        for target, who_has in orders.items():
+            self._emit(cmd.AcquireReplicas(worker=target.address, who_has=who_has))
+
+    def _broadcast(self, topic: str, message: str) -> None:
+        for client in self.clients.values():
+            self._emit(cmd.ReportEvent(client=client.id, topic=topic, message=message))
+
+    def _worker_paused(self, event: ev.WorkerPaused) -> None:
+        ws = self.workers.get(event.worker)
+        if ws is None or ws.paused == event.paused:
+            return
+        ws.paused = event.paused
+        self._update_free(ws)
+        if not event.paused:
+            self._fill(ws)
+
+    def _restart(self) -> None:
+        """Every client's futures are cancelled and every task is forgotten."""
+        for client in self.clients.values():
+            for ts in client.wants:
+                self._emit(cmd.ReportCancelled(client=client.id, key=ts.key))
+            client.wants.clear()
+        for ts in self.tasks.values():
+            self.log.append((ts.key, ts.state, FORGOTTEN, self._stimulus))
+        self.tasks.clear()
+        self._queue.clear()
+        self._queued_count = 0
+        self.suspects.clear()
+        self.deaths.clear()
+        self.replicas.clear()
+        for ws in self.workers.values():
+            ws.processing.clear()
+            ws.has_what.clear()
+            ws.nbytes = 0
+            ws.isolated = None
+            ws.draining = False
+            self._update_free(ws)
+
+    def _lost(self, ts: TaskState) -> int:
+        """The last copy of a result is gone: recompute it if anyone needs it (returns 1 then)."""
         self.counts["lost"] += 1
         # Dependents that were about to run elsewhere must wait for it again.
         for dependent in list(ts.waiters):
@@ -791,7 +1000,7 @@ class SchedulerState:
         self._set_state(ts, RELEASED)
         if not self._needed(ts):
             self._check_forget(ts)
-            return
+            return 0
         for client in ts.who_wants:
             self._emit(cmd.ReportLost(client=client.id, key=ts.key))
         self.counts["recomputed"] += 1
@@ -801,6 +1010,7 @@ class SchedulerState:
         for dependent in waiters:
             if dependent.state == WAITING and ts.state != ERRED:
                 dependent.waiting_on.add(ts)
+        return 1
 
     def _replicas_added(self, event: ev.ReplicasAdded) -> None:
         ws = self.workers.get(event.worker)
@@ -846,9 +1056,7 @@ class SchedulerState:
         if self._queued_count:
             self._fill_all()
             return
-        thieves = [
-            ws for ws in self.workers.values() if len(ws.processing) < ws.nthreads
-        ]
+        thieves = [ws for ws in self.workers.values() if len(ws.processing) < ws.nthreads]
         if not thieves:
             return
         victims = sorted(
@@ -921,6 +1129,8 @@ class SchedulerState:
                     "memory": ws.nbytes,
                     "nkeys": len(ws.has_what),
                     "processing": len(ws.processing),
+                    "nanny": ws.nanny,
+                    "paused": ws.paused,
                 }
                 for ws in self.workers.values()
             },
@@ -928,4 +1138,5 @@ class SchedulerState:
             "clients": len(self.clients),
             "counts": dict(self.counts),
             "queued": self._queued_count,
+            "suspects": [ts.key for ts in self.suspects],
         }
