@@ -324,26 +324,32 @@ class Scheduler:
                 del self.nanny_comms[address]
 
     async def restart(self, timeout: float) -> None:
-        """The seed's restart: cancel every future, kill every worker hard, start afresh."""
+        """The seed's restart: cancel every future, kill every worker hard, start afresh.
+
+        Returns once every nanny has a fresh worker registered (workers without a
+        nanny are told to drop their state instead).
+        """
         old = dict(self.worker_comms)
-        nannies = {info.get("nanny") for info in self.worker_info.values()}
+        nannies = set(self.nanny_comms)
         self.retiring.update(old)
         self.handle(ev.RestartRequested(stimulus_id=self._sid("restart")))
+        for nanny in nannies:
+            self.nanny_comms[nanny].send({"op": "kill-worker", "reason": "restart"})
         for address, comm in old.items():
-            nanny = self.worker_info.get(address, {}).get("nanny")
-            ncomm = self.nanny_comms.get(nanny) if nanny else None
-            if ncomm is not None and not ncomm.closed:
-                ncomm.send({"op": "kill-worker", "reason": "restart"})
-            else:
+            if self.worker_info.get(address, {}).get("nanny") not in nannies:
                 comm.send({"op": "drop-state"})
                 self.retiring.discard(address)
-        expected = len(old)
-        with_nanny = {a for a in old if self.worker_info.get(a, {}).get("nanny") in nannies - {""}}
+
+        def fresh() -> bool:
+            serving = {
+                info.get("nanny")
+                for address, info in self.worker_info.items()
+                if address not in old
+            }
+            return nannies <= serving
+
         async with asyncio.timeout(timeout):
-            while True:
-                gone = all(a not in self.worker_comms for a in with_nanny)
-                if gone and len(self.worker_comms) >= expected:
-                    return
+            while not fresh():
                 self._workers_changed.clear()
                 await self._workers_changed.wait()
 

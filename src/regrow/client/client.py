@@ -330,10 +330,7 @@ class Client:
 
     def _record_event(self, topic: str, message: str) -> None:
         self._events.append((time.time(), topic, message))
-        if topic == "warnings":
-            logger.warning("%s", message)
-        else:
-            logger.info("[%s] %s", topic, message)
+        logger.info("[%s] %s", topic, message)
 
     def get_events(self, topic: str | None = None) -> list[tuple[float, str, str]]:
         """What the scheduler told this client happened: ``(time, topic, message)``.

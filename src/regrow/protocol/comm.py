@@ -345,6 +345,8 @@ class Listener:
         self.connections.add(conn)
         try:
             await self.handler(conn)
+        except CommClosedError:
+            pass  # the peer went away; the handler has already accounted for it
         finally:
             self.connections.discard(conn)
             if not conn.closed:
@@ -426,9 +428,9 @@ async def connect(
                 raise AuthenticationError(f"{address} does not know the cluster token")
         except CommClosedError:
             conn.abort()
-            raise AuthenticationError(
+            raise CommClosedError(
                 f"{address} closed the connection during the handshake "
-                "(wrong token, or not a regrow server)"
+                "(it stopped, or it is not a regrow server)"
             ) from None
         except BaseException:
             conn.abort()
