@@ -1,0 +1,279 @@
+"""The scheduler's journal: what it must remember to come back after its own death.
+
+An embedded SQLite database in WAL mode. It holds every task a client submitted
+(key, opaque payload, dependencies, options), which clients want which keys,
+each result's state, size and location, errors, and releases (as deletions).
+Records are buffered and written in one transaction per flush, from a thread of
+its own, so the scheduler's loop never waits on the disk. A journal cut
+mid-write opens at its last whole transaction (SQLite's WAL guarantees that);
+a file of another version, or one that is not a journal, is refused with a
+clear ``JournalError``, never silently replaced.
+
+This module knows nothing of scheduling: it stores and returns rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+JOURNAL_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    key TEXT PRIMARY KEY,
+    deps BLOB NOT NULL,
+    run_spec BLOB,
+    priority INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    workers BLOB,
+    pure INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    nbytes INTEGER NOT NULL DEFAULT 0,
+    type TEXT NOT NULL DEFAULT '',
+    location TEXT NOT NULL DEFAULT '',
+    error BLOB,
+    replicas INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS wants (
+    client TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (client, key)
+) WITHOUT ROWID;
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be used: another version, not a journal, or damaged."""
+
+
+@dataclass
+class TaskRow:
+    key: str
+    deps: list[str]
+    run_spec: tuple[int, list[bytes]] | None
+    priority: int
+    retries: int
+    workers: list[str] | None
+    pure: bool
+    state: str
+    nbytes: int = 0
+    type_name: str = ""
+    location: str = ""
+    error: dict[str, Any] | None = None
+    replicas: int = 1
+
+
+@dataclass
+class Snapshot:
+    scheduler_id: str
+    tasks: list[TaskRow] = field(default_factory=list)
+    wants: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False)
+
+
+class Journal:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        try:
+            # check_same_thread=False: flushes run in a worker thread, one at a time (_lock).
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose
+            # the last transactions but never corrupts the file.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                f"{self.path} is not a readable regrow journal ({exc}); it was left untouched"
+            ) from None
+        if existed and not rows:
+            raise JournalError(f"{self.path} is an SQLite file but not a regrow journal")
+        version = int(rows.get("version", JOURNAL_VERSION))
+        if version != JOURNAL_VERSION:
+            raise JournalError(
+                f"{self.path} is a regrow journal of version {version}; this regrow reads "
+                f"version {JOURNAL_VERSION}. Inspect it with a matching regrow, or move it away."
+            )
+        if not rows:
+            self.db.execute(
+                "INSERT INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
+                (str(JOURNAL_VERSION), uuid.uuid4().hex),
+            )
+            rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        self.scheduler_id = rows["scheduler_id"]
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self.writes = 0
+
+    # -- recording (cheap: appends to a list) ---------------------------------
+    def task_added(
+        self,
+        key: str,
+        deps: list[str],
+        run_spec: tuple[int, list[Any]] | None,
+        priority: int,
+        retries: int,
+        workers: list[str] | None,
+        pure: bool,
+        replicas: int = 1,
+    ) -> None:
+        spec = None
+        if run_spec is not None:
+            fnf, frames = run_spec
+            spec = _pack([fnf, [bytes(f) for f in frames]])
+        self._pending.append(
+            (
+                "INSERT OR REPLACE INTO tasks (key, deps, run_spec, priority, retries, workers,"
+                " pure, state, replicas) VALUES (?, ?, ?, ?, ?, ?, ?, 'released', ?)",
+                (
+                    key,
+                    _pack(deps),
+                    spec,
+                    priority,
+                    retries,
+                    _pack(workers),
+                    int(pure),
+                    replicas,
+                ),
+            )
+        )
+
+    def task_state(
+        self,
+        key: str,
+        state: str,
+        nbytes: int = 0,
+        type_name: str = "",
+        location: str = "",
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        self._pending.append(
+            (
+                "UPDATE tasks SET state = ?, nbytes = ?, type = ?, location = ?, error = ?"
+                " WHERE key = ?",
+                (state, nbytes, type_name, location, _pack(error) if error else None, key),
+            )
+        )
+
+    def task_forgotten(self, key: str) -> None:
+        self._pending.append(("DELETE FROM tasks WHERE key = ?", (key,)))
+
+    def want(self, client: str, key: str, wanted: bool) -> None:
+        if wanted:
+            self._pending.append(("INSERT OR IGNORE INTO wants VALUES (?, ?)", (client, key)))
+        else:
+            self._pending.append(("DELETE FROM wants WHERE client = ? AND key = ?", (client, key)))
+
+    def clear(self) -> None:
+        self._pending.append(("DELETE FROM tasks", ()))
+        self._pending.append(("DELETE FROM wants", ()))
+
+    # -- writing ------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
+    def take(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """Hand over what was recorded since the last take (call in the loop's thread)."""
+        batch, self._pending = self._pending, []
+        return batch
+
+    def write(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Write a batch in one transaction (safe to call from another thread)."""
+        if not batch:
+            return
+        with self._lock:
+            self.db.execute("BEGIN")
+            try:
+                for sql, args in batch:
+                    self.db.execute(sql, args)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            self.writes += len(batch)
+
+    def flush(self) -> None:
+        self.write(self.take())
+
+    # -- reading ------------------------------------------------------------------
+    def load(self) -> Snapshot:
+        snap = Snapshot(self.scheduler_id)
+        with self._lock:
+            for row in self.db.execute(
+                "SELECT key, deps, run_spec, priority, retries, workers, pure, state, nbytes,"
+                " type, location, error, replicas FROM tasks ORDER BY rowid"
+            ):
+                spec = _unpack(row[2])
+                snap.tasks.append(
+                    TaskRow(
+                        key=row[0],
+                        deps=_unpack(row[1]),
+                        run_spec=(spec[0], spec[1]) if spec is not None else None,
+                        priority=row[3],
+                        retries=row[4],
+                        workers=_unpack(row[5]),
+                        pure=bool(row[6]),
+                        state=row[7],
+                        nbytes=row[8],
+                        type_name=row[9],
+                        location=row[10],
+                        error=_unpack(row[11]),
+                        replicas=row[12],
+                    )
+                )
+            snap.wants = [(c, k) for c, k in self.db.execute("SELECT client, key FROM wants")]
+        return snap
+
+    def summary(self) -> dict[str, Any]:
+        """What ``regrow journal inspect`` prints."""
+        with self._lock:
+            states = dict(
+                self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+            )
+            clients = dict(
+                self.db.execute("SELECT client, COUNT(*) FROM wants GROUP BY client").fetchall()
+            )
+            scattered = self.db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE run_spec IS NULL"
+            ).fetchone()[0]
+            nbytes = self.db.execute(
+                "SELECT COALESCE(SUM(nbytes), 0) FROM tasks WHERE state = 'memory'"
+            ).fetchone()[0]
+        size = os.path.getsize(self.path)
+        wal = self.path + "-wal"
+        if os.path.exists(wal):
+            size += os.path.getsize(wal)
+        return {
+            "path": self.path,
+            "version": JOURNAL_VERSION,
+            "scheduler_id": self.scheduler_id,
+            "tasks": sum(states.values()),
+            "by_state": states,
+            "scattered": scattered,
+            "clients": clients,
+            "result_bytes": nbytes,
+            "file_bytes": size,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.close()
