@@ -1,0 +1,6 @@
+"""Benchmarks comparing regrow with dask.distributed on the same machine.
+
+Run everything with ``python -m benchmarks.compare`` (from the repository root),
+or a single workload module with ``python -m benchmarks.throughput`` (also
+``chain``, ``tree``, ``transfer``). See ``benchmarks/README.md``.
+"""

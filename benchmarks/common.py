@@ -1,0 +1,445 @@
+"""Shared benchmark machinery: clusters, timing, repetitions, medians, tables.
+
+Every workload runs on each system (regrow and dask.distributed) with the same
+layout: a scheduler plus ``N_WORKERS`` worker processes of ``THREADS_PER_WORKER``
+thread each, on loopback. Each system's cluster is started once per module run
+(after an untimed warm-up on every worker) and shared by that module's
+workloads; the two systems' repetitions alternate. Every repetition checks its
+result: a wrong one is reported as an error, never timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import faulthandler
+import gc
+import logging
+import os
+import platform
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks import tasks
+
+N_WORKERS = 2
+THREADS_PER_WORKER = 1
+REPS = 3
+LIMIT_REPS = 5
+# A repetition that takes longer than this is reported as a hang (with the
+# stacks of all threads on stderr) and the system's remaining workloads are skipped.
+REP_TIMEOUT = 300.0
+SYSTEMS = ("regrow", "dask")
+
+
+class WrongResult(Exception):
+    """A workload returned a value other than the one it must return."""
+
+
+class WorkloadTimeout(Exception):
+    """A repetition did not finish within REP_TIMEOUT."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise WrongResult(message)
+
+
+def dask_version() -> str | None:
+    """The installed dask.distributed version, or None if it cannot be imported."""
+    try:
+        import distributed
+    except ImportError:
+        return None
+    return str(distributed.__version__)
+
+
+# --------------------------------------------------------------------- systems
+@dataclass
+class System:
+    """A running cluster of one system and a client connected to it."""
+
+    name: str
+    client: Any
+    wait: Callable[..., Any]
+    workers: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def start_system(name: str) -> Iterator[System]:
+    """Start ``name``'s LocalCluster and a Client; both are closed on exit."""
+    if name == "regrow":
+        import regrow
+
+        with (
+            regrow.LocalCluster(n_workers=N_WORKERS, threads_per_worker=THREADS_PER_WORKER) as rc,
+            regrow.Client(rc) as client,
+        ):
+            yield _ready(System(name, client, regrow.wait))
+    elif name == "dask":
+        import distributed
+
+        with (
+            distributed.LocalCluster(
+                n_workers=N_WORKERS,
+                threads_per_worker=THREADS_PER_WORKER,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,  # else pages of heartbeat errors at close
+            ) as dc,
+            distributed.Client(dc) as client,
+        ):
+            yield _ready(System(name, client, distributed.wait))
+    else:
+        raise ValueError(f"unknown system {name!r}; choose from {SYSTEMS}")
+
+
+def _ready(system: System) -> System:
+    system.client.wait_for_workers(N_WORKERS, timeout=60)
+    system.workers = sorted(system.client.scheduler_info()["workers"])
+    check(
+        len(system.workers) == N_WORKERS,
+        f"{system.name}: expected {N_WORKERS} workers, found {system.workers}",
+    )
+    system.pids = dict(system.client.run(tasks.pid))
+    # Warm-up (untimed): import the task module and start a task on every worker.
+    futures = [
+        system.client.submit(tasks.inc, i, pure=False, workers=[w])
+        for i, w in enumerate(system.workers * 4)
+    ]
+    check(
+        system.client.gather(futures) == [i + 1 for i in range(len(futures))],
+        f"{system.name}: warm-up tasks returned wrong results",
+    )
+    return system
+
+
+# ------------------------------------------------------------------ workloads
+@dataclass(frozen=True)
+class Workload:
+    """One measurement: ``run(system)`` does one repetition and returns its value in ``unit``."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    run: Callable[[System], float]
+
+
+@dataclass
+class Row:
+    workload: str
+    unit: str
+    higher_is_better: bool
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def median(self, system: str) -> float | None:
+        values = self.samples.get(system)
+        if not values or system in self.errors:
+            return None
+        return statistics.median(values)
+
+    def speedup(self) -> float | None:
+        """How many times better regrow is than dask (>1: regrow is better)."""
+        r, d = self.median("regrow"), self.median("dask")
+        if r is None or d is None or r <= 0 or d <= 0:
+            return None
+        return r / d if self.higher_is_better else d / r
+
+
+@dataclass
+class Limit:
+    """A hardware/OS limit measured in this process (no cluster involved); higher is better."""
+
+    name: str
+    unit: str
+    samples: list[float]
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    limits: list[Limit] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def extend(self, other: Report) -> None:
+        self.rows.extend(other.rows)
+        self.limits.extend(other.limits)
+        self.skipped.extend(s for s in other.skipped if s not in self.skipped)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise WorkloadTimeout in the main thread if the block runs longer than ``seconds``."""
+    fired = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def fire() -> None:
+        fired.set()
+        print(f"\n!!! {what}: no result after {seconds} s; stacks:", file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise WorkloadTimeout(f"no result within {seconds:.0f} s (hang)") from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _settle() -> None:
+    """Between repetitions: collect garbage and let the cluster free the last one's keys."""
+    gc.collect()
+    time.sleep(0.25)
+
+
+def run_workloads(
+    workloads: Sequence[Workload], systems: Iterable[str], reps: int = REPS
+) -> list[Row]:
+    """Run every workload ``reps`` times on each system; one cluster per system.
+
+    Both systems' clusters are up for the whole module and their repetitions
+    alternate (regrow, dask, then dask, regrow, ...), so a change in the load
+    of the machine during the run falls on both alike. A system that hangs is
+    shut down and skips its remaining workloads; an error skips only that
+    workload.
+    """
+    systems = list(systems)
+    rows = [Row(w.name, w.unit, w.higher_is_better) for w in workloads]
+    with contextlib.ExitStack() as outer:
+        live: dict[str, System] = {}
+        stacks: dict[str, contextlib.ExitStack] = {}
+        for name in systems:
+            stack = outer.enter_context(contextlib.ExitStack())
+            try:
+                live[name] = stack.enter_context(start_system(name))
+                stacks[name] = stack
+            except Exception as exc:
+                for row in rows:
+                    row.errors[name] = f"ERROR (cluster): {type(exc).__name__}: {exc}"
+                print(f"  {name:<6}  cluster failed: {type(exc).__name__}: {exc}", flush=True)
+        hung: dict[str, str] = {}
+        for w, row in zip(workloads, rows, strict=True):
+            for rep in range(reps):
+                order = list(live) if rep % 2 == 0 else list(reversed(live))
+                for name in order:
+                    if name in hung:
+                        row.errors.setdefault(name, f"not run: {name} hung in {hung[name]!r}")
+                    if name in row.errors:
+                        continue
+                    _settle()
+                    try:
+                        with time_limit(REP_TIMEOUT, f"{name} / {w.name} rep {rep + 1}"):
+                            value = w.run(live[name])
+                    except WorkloadTimeout as exc:
+                        row.errors[name] = f"HANG: {exc}"
+                        hung[name] = w.name
+                        stacks[name].close()  # stop its processes: they may be spinning
+                    except Exception as exc:
+                        row.errors[name] = f"ERROR: {type(exc).__name__}: {exc}"
+                    else:
+                        row.samples.setdefault(name, []).append(value)
+            for name in systems:
+                _progress(name, row)
+    return rows
+
+
+def _progress(system: str, row: Row) -> None:
+    if system in row.errors:
+        shown = row.errors[system]
+    else:
+        values = ", ".join(fmt(v) for v in row.samples.get(system, []))
+        shown = f"{fmt(row.median(system))} {row.unit} (median of {values})"
+    print(f"  {system:<6}  {row.workload}: {shown}", flush=True)
+
+
+def measure(fn: Callable[[], float], reps: int = LIMIT_REPS) -> list[float]:
+    return [fn() for _ in range(reps)]
+
+
+# ------------------------------------------------------------------- printing
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def machine_summary() -> str:
+    import regrow
+
+    try:
+        import numpy
+
+        numpy_version = numpy.__version__
+    except ImportError:
+        numpy_version = "not installed"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{now}; nproc={nproc} ({cpu}); Python {platform.python_version()} on "
+        f"{platform.system()} {platform.release()}; regrow {regrow.__version__}"
+        f"{_regrow_commit()}, distributed {dask_version() or 'not installed'}, "
+        f"numpy {numpy_version}; {N_WORKERS} workers x {THREADS_PER_WORKER} thread, "
+        f"processes, loopback TCP; load average 1/5/15 min at the end: {load}"
+    )
+
+
+def _regrow_commit() -> str:
+    """' (commit abc1234)' when regrow runs from a git checkout (read-only git call)."""
+    import subprocess
+
+    import regrow
+
+    src = os.path.dirname(os.path.abspath(regrow.__file__))
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "-C", src, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return f" (commit {out.stdout.strip()})"
+    return ""
+
+
+def _cell(row: Row, system: str, skipped: list[str]) -> str:
+    if system in skipped:
+        return "skipped"
+    if system in row.errors:
+        return row.errors[system].split(":", 1)[0]  # ERROR / HANG / not run
+    return fmt(row.median(system))
+
+
+def format_report(report: Report, reps: int) -> str:
+    header = [
+        "workload",
+        "unit",
+        "regrow",
+        "dask",
+        "regrow vs dask",
+    ]
+    body = []
+    for row in report.rows:
+        speedup = row.speedup()
+        body.append(
+            [
+                row.workload,
+                f"{row.unit} ({'higher' if row.higher_is_better else 'lower'} is better)",
+                _cell(row, "regrow", report.skipped),
+                _cell(row, "dask", report.skipped),
+                "-" if speedup is None else f"{speedup:.2f}x",
+            ]
+        )
+    lines = [f"Medians of {reps} repetitions. {machine_summary()}", ""]
+    lines += _markdown(header, body, right=(2, 3, 4))
+    lines += [
+        "",
+        "regrow vs dask = how many times better regrow is than dask (>1: regrow is "
+        "better): regrow/dask for rates, dask/regrow for times.",
+    ]
+    if report.limits:
+        lines += [
+            "",
+            f"Limits of this machine, measured in the same run with no cluster (best of "
+            f"{LIMIT_REPS}: a limit is what the machine can do at its best):",
+            "",
+        ]
+        lines += _markdown(
+            ["limit", "unit", "best"],
+            [[lim.name, lim.unit, fmt(max(lim.samples))] for lim in report.limits],
+            right=(2,),
+        )
+    notes = [
+        f"- {system} / {row.workload}: {row.errors[system]}"
+        for row in report.rows
+        for system in SYSTEMS
+        if system in row.errors and system not in report.skipped
+    ]
+    if notes:
+        lines += ["", "Problems:", *notes]
+    for system in report.skipped:
+        lines += ["", f"{system} was skipped: dask.distributed is not importable "
+                  "(install it with: pip install -e \".[bench]\")."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _markdown(header: list[str], body: list[list[str]], right: tuple[int, ...]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)]
+    return [line(header), "|" + "|".join(rule) + "|", *[line(r) for r in body]]
+
+
+# ------------------------------------------------------------------------ CLI
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--reps", type=int, default=REPS, help=f"repetitions (default {REPS})")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated systems to run (default: regrow,dask)",
+    )
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    return args
+
+
+def available(systems: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(systems to run, systems skipped because they cannot be imported)."""
+    if "dask" in systems and dask_version() is None:
+        print(
+            "dask.distributed is not importable: running regrow only (dask skipped).",
+            flush=True,
+        )
+        return [s for s in systems if s != "dask"], ["dask"]
+    return list(systems), []
+
+
+def main(
+    title: str,
+    run: Callable[[Sequence[str], int], Report],
+    argv: Sequence[str] | None = None,
+) -> Report:
+    """Parse arguments, run ``run(systems, reps)``, print its table."""
+    args = parse_args(title, argv)
+    systems, skipped = available(args.systems)
+    print(f"{title}: {', '.join(systems)}; {args.reps} repetitions", flush=True)
+    report = run(systems, args.reps)
+    report.skipped.extend(skipped)
+    print()
+    print(format_report(report, args.reps))
+    return report

@@ -1,0 +1,185 @@
+"""Transfer: a 100 MB numpy array moved from worker A to worker B.
+
+Per repetition, a task pinned on worker A (``workers=[A]``) makes a fresh
+100 MB float64 array; the benchmark waits until it is in A's memory (untimed).
+Then a consumer task, pinned on B, takes the array as its argument and returns
+``(arr.nbytes, pid)``. What is timed is the consumer's end to end: from
+``client.submit`` to ``.result()`` in the client, which covers scheduling,
+B fetching 100 MB from A (serialize, send over loopback TCP, receive,
+deserialize), running the task and reporting back. Reported as
+100 MB / that time, in MB/s (MB = 10**6 bytes).
+
+For context, the same consumer pinned on A (no copy needed: the data is local)
+is also timed, in ms; and, measured in this process with no cluster, the
+limits: one TCP socket pair over loopback moving 100 MB and one 100 MB memcpy.
+
+Run alone: ``python -m benchmarks.transfer``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.common import (
+    Limit,
+    Report,
+    System,
+    Workload,
+    check,
+    main,
+    measure,
+    run_workloads,
+)
+from benchmarks.tasks import consume, make_array
+
+NBYTES = 100_000_000
+MB = 1e6
+TIMEOUT = 60.0
+
+
+def _produce(system: System, where: str) -> Any:
+    client = system.client
+    future = client.submit(make_array, NBYTES, pure=False, workers=[where])
+    system.wait([future], timeout=TIMEOUT)
+    check(future.status == "finished", f"producer ended as {future.status!r}")
+    holders = list(client.who_has([future]).get(future.key, ()))
+    check(holders == [where], f"producer pinned on {where} but held by {holders}")
+    return future
+
+
+def _consume(system: System, remote: bool) -> float:
+    """Seconds from submitting the consumer to having its result."""
+    a, b = system.workers
+    target = b if remote else a
+    array = _produce(system, a)
+    start = time.perf_counter()
+    future = system.client.submit(consume, array, pure=False, workers=[target])
+    nbytes, pid = future.result(timeout=TIMEOUT)
+    elapsed = time.perf_counter() - start
+    check(nbytes == NBYTES, f"consumer saw {nbytes} bytes, expected {NBYTES}")
+    check(pid == system.pids[target], f"consumer pinned on {target} ran in pid {pid}")
+    return elapsed
+
+
+def remote_consumer(system: System) -> float:
+    return NBYTES / MB / _consume(system, remote=True)
+
+
+def local_consumer(system: System) -> float:
+    return _consume(system, remote=False) * 1000
+
+
+WORKLOADS = [
+    Workload(
+        "transfer: 100 MB array A -> B (consumer task on B, end to end)",
+        "MB/s",
+        True,
+        remote_consumer,
+    ),
+    Workload(
+        "transfer baseline: same consumer on A (data local, no copy)",
+        "ms",
+        False,
+        local_consumer,
+    ),
+]
+
+
+# ---------------------------------------------------------------------- limits
+def tcp_loopback_seconds(nbytes: int = NBYTES) -> float:
+    """One sendall() of ``nbytes`` over a loopback TCP connection, until all received."""
+    import numpy as np
+
+    payload = memoryview(np.ones(nbytes, dtype=np.uint8)).cast("B")
+    received = np.zeros(nbytes, dtype=np.uint8)  # written: its pages are mapped
+    view = memoryview(received).cast("B")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname()[:2])
+        receiver, _ = server.accept()
+    errors: list[BaseException] = []
+
+    def receive() -> None:
+        got = 0
+        try:
+            while got < nbytes:
+                n = receiver.recv_into(view[got:])
+                if n == 0:
+                    raise ConnectionError(f"closed after {got} bytes")
+                got += n
+        except BaseException as exc:
+            errors.append(exc)
+
+    with sender, receiver:
+        thread = threading.Thread(target=receive)
+        thread.start()
+        start = time.perf_counter()
+        sender.sendall(payload)
+        thread.join()
+        elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    check(bool(received[-1] == 1), "socket pair: data did not arrive")
+    return elapsed
+
+
+def memcpy_seconds(nbytes: int = NBYTES) -> float:
+    """np.copyto of ``nbytes`` into an already-written (mapped) array."""
+    import numpy as np
+
+    src = np.ones(nbytes, dtype=np.uint8)
+    dst = np.zeros(nbytes, dtype=np.uint8)
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    return time.perf_counter() - start
+
+
+def copy_seconds(nbytes: int = NBYTES) -> float:
+    """arr.copy() of ``nbytes``: allocation and page faults of a new array included."""
+    import numpy as np
+
+    src = np.ones(nbytes, dtype=np.uint8)
+    start = time.perf_counter()
+    dst = src.copy()
+    elapsed = time.perf_counter() - start
+    del dst
+    return elapsed
+
+
+def limits() -> list[Limit]:
+    mb = NBYTES / MB
+    out = [
+        Limit(
+            "loopback TCP socket pair, 100 MB in one sendall()",
+            "MB/s",
+            [mb / t for t in measure(tcp_loopback_seconds)],
+        ),
+        Limit(
+            "memcpy 100 MB (np.copyto into an existing array)",
+            "MB/s",
+            [mb / t for t in measure(memcpy_seconds)],
+        ),
+        Limit(
+            "copy 100 MB into a new array (arr.copy(), allocation included)",
+            "MB/s",
+            [mb / t for t in measure(copy_seconds)],
+        ),
+    ]
+    for lim in out:
+        values = ", ".join(f"{v:,.0f}" for v in lim.samples)
+        print(
+            f"  limit   {lim.name}: best {max(lim.samples):,.0f} {lim.unit} ({values})", flush=True
+        )
+    return out
+
+
+def run(systems: Sequence[str], reps: int) -> Report:
+    measured_limits = limits()
+    return Report(rows=run_workloads(WORKLOADS, systems, reps), limits=measured_limits)
+
+
+if __name__ == "__main__":
+    main("transfer", run)
