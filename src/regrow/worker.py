@@ -51,6 +51,17 @@ CANCELLED = "cancelled"
 
 _thread_state = threading.local()
 
+# Unpickling imports modules (numpy, say, on its first use in this process). When two
+# threads import the same package at once, one of them can get it half-initialised
+# ("ImportError: ... partially initialized module"), so the worker unpickles in one
+# thread at a time: the IO thread (data from peers and clients) and the task threads.
+_unpickle_lock = threading.RLock()
+
+
+def _loads(frames: Sequence[Buffer]) -> Any:
+    with _unpickle_lock:
+        return loads(frames)
+
 
 def get_worker() -> Worker:
     """The worker running the current task (call from inside a task)."""
@@ -67,6 +78,10 @@ class TaskInterrupted(BaseException):
     """
 
 
+class _Unavailable(Exception):
+    """No holder of a dependency could be reached, or none had it (it may be recomputed)."""
+
+
 class _Task:
     __slots__ = (
         "fnf",
@@ -75,6 +90,7 @@ class _Task:
         "key",
         "lock",
         "priority",
+        "rerun",
         "started",
         "state",
         "thread",
@@ -99,6 +115,9 @@ class _Task:
         self.thread = 0
         self.in_user_code = False
         self.lock = threading.Lock()
+        # Cancelled while its thread runs, then asked for again: the compute order to
+        # carry out once that thread is done.
+        self.rerun: tuple[Msg, list[Buffer]] | None = None
 
 
 def _serialize_error(exc: BaseException) -> tuple[bytes, bytes, str]:
@@ -155,7 +174,8 @@ class Worker:
         self._ready: list[tuple[tuple[int, ...], int, str]] = []
         self._seq = itertools.count()
         self._executing = 0
-        self._inflight: dict[str, asyncio.Future[bool]] = {}
+        # Dependencies being fetched: each resolves to None once here, else to why not.
+        self._inflight: dict[str, asyncio.Future[BaseException | None]] = {}
         self._fn_cache: dict[bytes, Any] = {}
         self.tasks_bg: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
@@ -252,8 +272,9 @@ class Worker:
         """Without a scheduler our assignments are void (they were given to others); data stays."""
         for key in list(self.tasks):
             t = self.tasks[key]
-            if t.state == EXECUTING:
+            if t.state in (EXECUTING, CANCELLED):  # its thread still runs
                 t.state = CANCELLED
+                t.rerun = None
             else:
                 t.state = CANCELLED
                 del self.tasks[key]
@@ -344,7 +365,12 @@ class Worker:
 
     def _compute(self, msg: Msg, frames: list[Buffer]) -> None:
         key = get(msg, "key", str)
-        if key in self.tasks:
+        old = self.tasks.get(key)
+        if old is not None:
+            if old.state == CANCELLED:
+                # Freed while its thread still runs (that cannot be stopped): once it is
+                # done, this order is carried out, or else it would be lost.
+                old.rerun = (msg, frames)
             return
         if key in self.data:
             self._send(
@@ -376,15 +402,16 @@ class Worker:
         t = self.tasks.get(key)
         if t is None:
             return
-        if t.state == EXECUTING:
+        if t.state in (EXECUTING, CANCELLED):
             t.state = CANCELLED  # the thread cannot be stopped; its result is dropped
+            t.rerun = None
         else:
             t.state = CANCELLED
             del self.tasks[key]
 
     # ------------------------------------------------------------- fetching
     async def _gather_deps(self, t: _Task, missing: list[str]) -> None:
-        waits: dict[str, asyncio.Future[bool]] = {}
+        waits: dict[str, asyncio.Future[BaseException | None]] = {}
         by_holder: dict[str, list[str]] = {}
         loop = asyncio.get_running_loop()
         for dep in missing:
@@ -396,10 +423,21 @@ class Worker:
             waits[dep] = fut
         for holder, keys in by_holder.items():
             spawn(self._fetch(keys, t.who_has, first=holder), self.tasks_bg, "fetch")
-        failed = [dep for dep, fut in waits.items() if not await fut]
+        outcomes = {dep: await fut for dep, fut in waits.items()}
         if t.state == CANCELLED or self.tasks.get(t.key) is not t:
             return
-        failed = [dep for dep in failed if dep not in self.data]
+        failed = [dep for dep, why in outcomes.items() if why is not None and dep not in self.data]
+        refusal = next(
+            (outcomes[dep] for dep in failed if not isinstance(outcomes[dep], _Unavailable)), None
+        )
+        if refusal is not None:
+            # A holder answered, but the value cannot travel (it does not pickle there, or
+            # does not unpickle here): trying again would fail again, so the task errs.
+            del self.tasks[t.key]
+            t.state = CANCELLED
+            blob, tb, text = _serialize_error(refusal)
+            self._send({"op": "task-erred", "key": t.key, "text": text}, [blob, tb])
+            return
         if failed:
             del self.tasks[t.key]
             t.state = CANCELLED
@@ -419,16 +457,19 @@ class Worker:
         remaining = list(keys)
         tried: set[str] = set()
         holder = first
+        why: BaseException = _Unavailable(f"no holder of {keys} could send it")
         try:
             while remaining and holder:
                 tried.add(holder)
-                got = await self._get_data(holder, remaining)
+                got, refusal = await self._get_data(holder, remaining)
+                if refusal is not None:
+                    why = refusal
                 if got:
                     self._send({"op": "add-replicas", "keys": list(got)})
                 for key in got:
                     fut = self._inflight.pop(key, None)
                     if fut is not None and not fut.done():
-                        fut.set_result(True)
+                        fut.set_result(None)
                 remaining = [k for k in remaining if k not in got]
                 holder = next(
                     (h for k in remaining for h in who_has.get(k) or [] if h not in tried), ""
@@ -437,23 +478,35 @@ class Worker:
             for key in remaining:
                 fut = self._inflight.pop(key, None)
                 if fut is not None and not fut.done():
-                    fut.set_result(False)
+                    fut.set_result(why)
 
-    async def _get_data(self, holder: str, keys: list[str]) -> list[str]:
+    async def _get_data(
+        self, holder: str, keys: list[str]
+    ) -> tuple[list[str], BaseException | None]:
+        """Fetch what ``holder`` has of ``keys``: the keys got, and the error if ``holder``
+        answered but its data cannot reach us (it failed to serialize it, or we fail to
+        deserialize it). Not being able to talk to ``holder`` is no such error."""
         try:
             comm = await self.peers.get(holder)
             reply, frames = await comm.request({"op": "get-data", "keys": keys})
         except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
             logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
-            return []
+            return [], None
+        except Exception as exc:  # the holder's error reply
+            logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
+            return [], exc
         got: list[str] = []
         pos = 0
-        for key, nf in zip(get_str_list(reply, "keys"), get(reply, "nf", list), strict=True):
-            value = loads(frames[pos : pos + nf])
-            pos += nf
-            self.data.set(key, value, sizeof(value))
-            got.append(key)
-        return got
+        try:
+            for key, nf in zip(get_str_list(reply, "keys"), get(reply, "nf", list), strict=True):
+                value = _loads(frames[pos : pos + nf])
+                pos += nf
+                self.data.set(key, value, sizeof(value))
+                got.append(key)
+        except Exception as exc:
+            logger.warning("cannot deserialize data from %s: %r", holder, exc)
+            return got, exc
+        return got, None
 
     # ------------------------------------------------------------ execution
     def _run_ready(self) -> None:
@@ -476,11 +529,12 @@ class Worker:
             fn_frames = t.frames[: t.fnf]
             fn_bytes = bytes(fn_frames[0]) if t.fnf == 1 else b""
             fn = self._fn_cache.get(fn_bytes) if fn_bytes else None
-            if fn is None:
-                fn = loads(fn_frames)
-                if fn_bytes and len(self._fn_cache) < 256:
-                    self._fn_cache[fn_bytes] = fn
-            args, kwargs = loads_with_refs(t.frames[t.fnf :], self.data)
+            with _unpickle_lock:
+                if fn is None:
+                    fn = loads(fn_frames)
+                    if fn_bytes and len(self._fn_cache) < 256:
+                        self._fn_cache[fn_bytes] = fn
+                args, kwargs = loads_with_refs(t.frames[t.fnf :], self.data)
             with t.lock:
                 t.thread = threading.get_ident()
                 t.in_user_code = True
@@ -534,8 +588,13 @@ class Worker:
         if fut.cancelled():
             return
         ok, value, duration = fut.result()
+        if t.state == CANCELLED and t.rerun is not None and ok:
+            t.state = EXECUTING  # wanted again while it ran: its result counts after all
         if t.state == CANCELLED:
-            self.tasks.pop(t.key, None)
+            if self.tasks.get(t.key) is t:
+                del self.tasks[t.key]
+            if t.rerun is not None and not self.stopped.is_set():
+                self._compute(*t.rerun)  # it failed (or was interrupted): run it anew
         else:
             del self.tasks[t.key]
             if ok:
@@ -566,7 +625,7 @@ class Worker:
                 msg, frames = await comm.recv()
                 try:
                     await self._peer_message(comm, msg, frames)
-                except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+                except Exception as exc:  # answer it: never leave the peer waiting
                     logger.warning("bad request from %s: %s", comm.peer, exc)
                     comm.reply(msg, error_reply(exc))
 
@@ -590,11 +649,14 @@ class Worker:
             if len(keys) != len(counts) or sum(counts) != len(frames):
                 raise ProtocolError("put-data: keys, counts and frames disagree")
             pos = 0
+            values: dict[str, Any] = {}
+            for key, nf in zip(keys, counts, strict=True):
+                # All or nothing: if one value cannot be unpickled, none is kept.
+                values[key] = _loads(frames[pos : pos + nf])
+                pos += nf
             nbytes: dict[str, int] = {}
             types: dict[str, str] = {}
-            for key, nf in zip(keys, counts, strict=True):
-                value = loads(frames[pos : pos + nf])
-                pos += nf
+            for key, value in values.items():
                 nbytes[key] = sizeof(value)
                 self.data.set(key, value, nbytes[key])
                 types[key] = type(value).__name__
@@ -613,7 +675,7 @@ class Worker:
 def _run_function(frames: list[Buffer], worker: Worker) -> tuple[bool, list[Buffer]]:
     _thread_state.worker = worker
     try:
-        fn, args, kwargs = loads(frames)
+        fn, args, kwargs = _loads(frames)
         return True, dumps(fn(*args, **kwargs))
     except BaseException as exc:
         blob, _, _ = _serialize_error(exc)

@@ -152,9 +152,14 @@ class _Session:
         client = self.client
         with client._lock:
             # A key released and then re-acquired before this flush is still wanted.
+            again = [k for k in dict.fromkeys(keys) if k in client._refcount]
             keys = [k for k in dict.fromkeys(keys) if k not in client._refcount]
         if keys:
             self.send({"op": "release-keys", "keys": keys})
+        if again:
+            # Its old state went with its last Future; the scheduler, which still counts
+            # this client among those wanting it, would not report it again unasked.
+            self.send({"op": "desire-keys", "keys": again})
 
     async def request(self, msg: Msg, timeout: float | None = None) -> tuple[Msg, list[Buffer]]:
         if self.comm is None or self.comm.closed:

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from regrow.errors import CancelledError
+
 if TYPE_CHECKING:
     from regrow.client.client import Client
     from regrow.client.futures import Future
@@ -38,7 +40,9 @@ class ClientExecutor(concurrent.futures.Executor):
         def settle(f: Future) -> None:
             try:
                 if f.cancelled():
-                    local.cancel()
+                    # ``local`` is already running, so cancel() cannot settle it: fail it.
+                    if not local.cancel():
+                        local.set_exception(CancelledError(f"future {f.key!r} was cancelled"))
                     return
                 exc = f.exception()
                 if exc is not None:

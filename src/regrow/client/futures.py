@@ -8,6 +8,7 @@ dask.distributed.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import time
@@ -137,9 +138,14 @@ class FutureState:
         fn(self)
 
     def exception(self) -> BaseException:
-        """The exception to raise for an erred key (built once, then reused)."""
+        """The exception to raise for an erred key: a new instance on every call.
+
+        Never a cached one: raising an exception attaches a traceback to it, whose
+        frames hold the Future being waited on; kept here, that would keep the Future,
+        and so its key on the cluster, alive for as long as the client runs.
+        """
         if self._exception is not None:
-            return self._exception
+            return copy.copy(self._exception)
         exc: BaseException
         if self.kind == "KilledWorker":
             exc = KilledWorker(self.blame, list(self.workers), self.text)
@@ -159,7 +165,6 @@ class FutureState:
                 exc = RemoteError(type_name or "Exception", message)
             if self.traceback_text and hasattr(exc, "add_note"):
                 exc.add_note(f"remote traceback:\n{self.traceback_text}")
-        self._exception = exc
         return exc
 
 

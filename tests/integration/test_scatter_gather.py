@@ -1,0 +1,143 @@
+"""scatter (numpy arrays used by tasks) and gather (nested structures, errors)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+import pytest
+
+from regrow import Client, Future
+
+from .tasks import MyError, add, fail, inc
+
+Point = namedtuple("Point", ["x", "y"])
+
+
+def array_sum(a: np.ndarray) -> float:
+    return float(a.sum())
+
+
+def scale(a: np.ndarray, k: float) -> np.ndarray:
+    return a * k
+
+
+def test_scatter_list_of_arrays(client: Client) -> None:
+    arrays = [np.arange(n, dtype=np.float64) for n in (10, 100_000, 1_000_000)]
+    futures = client.scatter(arrays)
+    assert isinstance(futures, list) and len(futures) == 3
+    assert all(isinstance(f, Future) and f.status == "finished" for f in futures)
+    assert all(f.key.startswith("ndarray-") for f in futures)
+    sums = client.gather([client.submit(array_sum, f) for f in futures], timeout=30)
+    assert sums == [float(a.sum()) for a in arrays]
+    back = client.gather(futures, timeout=30)
+    for got, want in zip(back, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Spread over both workers.
+    holders = client.who_has(futures)
+    assert len({h for hs in holders.values() for h in hs}) == 2
+
+
+def test_scatter_tuple_and_iterator(client: Client) -> None:
+    assert client.gather(client.scatter((1, 2)), timeout=30) == [1, 2]
+    assert client.gather(client.scatter(iter([3, 4])), timeout=30) == [3, 4]
+
+
+def test_scatter_dict_uses_its_keys(client: Client) -> None:
+    data = {"left": np.ones(1000), "right": np.full(1000, 2.0)}
+    futures = client.scatter(data)
+    assert set(futures) == {"left", "right"}
+    assert futures["left"].key == "left" and futures["right"].key == "right"
+    total = client.submit(
+        add, client.submit(array_sum, futures["left"]), client.submit(array_sum, futures["right"])
+    )
+    assert total.result(timeout=30) == 3000.0
+
+
+def test_scatter_single_value(client: Client) -> None:
+    a = np.arange(12).reshape(3, 4)
+    f = client.scatter(a)
+    assert isinstance(f, Future)
+    np.testing.assert_array_equal(client.submit(scale, f, 2).result(timeout=30), a * 2)
+    assert client.scatter(5).result(timeout=30) == 5
+
+
+def test_scatter_hash_gives_content_keys(client: Client) -> None:
+    a = np.arange(100)
+    assert client.scatter(a).key == client.scatter(a.copy()).key
+    assert client.scatter(a).key != client.scatter(a + 1).key
+    assert client.scatter(a, hash=False).key != client.scatter(a, hash=False).key
+
+
+def test_scatter_broadcast(client: Client, workers: list[str]) -> None:
+    big = np.random.default_rng(0).random(500_000)
+    f = client.scatter(big, broadcast=True)
+    assert sorted(client.who_has(f)[f.key]) == sorted(workers)
+    results = client.gather(
+        [client.submit(array_sum, f, workers=w, pure=False) for w in workers], timeout=30
+    )
+    assert results == [float(big.sum())] * 2
+
+
+def test_scatter_to_chosen_workers(client: Client, workers: list[str]) -> None:
+    info = client.scheduler_info()["workers"]
+    for i, w in enumerate(workers):
+        fs = client.scatter([np.full(10, i), np.ones(10)], workers=[w], hash=False)
+        assert all(client.who_has(fs)[f.key] == [w] for f in fs)
+        # By name as well as by address.
+        g = client.scatter({f"by-name-{w}": np.ones(3)}, workers=info[w]["name"])
+        assert client.who_has(list(g.values())) == {f"by-name-{w}": [w]}
+        # A task on the other worker fetches the data it needs.
+        other = next(x for x in workers if x != w)
+        assert client.submit(array_sum, fs[1], workers=other).result(timeout=30) == 10.0
+    with pytest.raises(ValueError, match="no such worker"):
+        client.scatter([1], workers=["tcp://127.0.0.1:1"])
+
+
+def test_gather_nested_structures(client: Client) -> None:
+    a, b, c = client.submit(inc, 1), client.submit(inc, 2), client.submit(inc, 3)
+    structure = {
+        "list": [a, b, 10],
+        "tuple": (c, (a,)),
+        "dict": {"deep": [{"x": b}]},
+        "set": {a},
+        "point": Point(a, "y"),
+        "ordered": OrderedDict(z=c),
+        "plain": "text",
+    }
+    out = client.gather(structure, timeout=30)
+    assert out == {
+        "list": [2, 3, 10],
+        "tuple": (4, (2,)),
+        "dict": {"deep": [{"x": 3}]},
+        "set": {2},
+        "point": Point(2, "y"),
+        "ordered": OrderedDict(z=4),
+        "plain": "text",
+    }
+    assert type(out["point"]) is Point and type(out["ordered"]) is OrderedDict
+    assert client.gather(a, timeout=30) == 2
+    assert client.gather(iter([a, b]), timeout=30) == [2, 3]
+    assert client.gather([], timeout=30) == []
+
+
+def test_gather_errors_raise_and_skip(client: Client) -> None:
+    good = client.map(inc, range(4))
+    bad = client.submit(fail, "gathered error")
+    with pytest.raises(MyError, match="gathered error"):
+        client.gather([good, bad], timeout=30)
+    assert client.gather([*good, bad], errors="skip", timeout=30) == [1, 2, 3, 4]
+    nested = {"good": good[0], "bad": bad, "both": [good[1], bad], "t": (bad,)}
+    assert client.gather(nested, errors="skip", timeout=30) == {
+        "good": 1,
+        "both": [2],
+        "t": (),
+    }
+
+
+def test_gather_large_results(client: Client) -> None:
+    fs = client.map(lambda n: np.full(n, n, dtype=np.int64), [1, 1_000, 2_000_000])
+    out = client.gather(fs, timeout=60)
+    assert [len(a) for a in out] == [1, 1_000, 2_000_000]
+    assert int(out[2][-1]) == 2_000_000
+    out[2][0] = 0  # results arrive writeable

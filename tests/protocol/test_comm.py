@@ -1,0 +1,215 @@
+"""Connections over real loopback sockets (in this process): authentication, request and
+reply, large frames, and peers that break the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+
+import numpy as np
+import pytest
+
+from regrow.config import Settings
+from regrow.errors import AuthenticationError, CommClosedError, ProtocolError
+from regrow.protocol.comm import Connection, Listener, connect, parse_address
+from regrow.protocol.serialize import dumps, loads
+
+SETTINGS = Settings(handshake_timeout=5, connect_timeout=5)
+
+
+async def echo(conn: Connection) -> None:
+    """Reply to every request with its message and frames; 'fail' gets an error."""
+    try:
+        while True:
+            msg, frames = await conn.recv()
+            if msg["op"] == "fail":
+                conn.reply(msg, {"error": "asked to fail", "etype": "ValueError"})
+            else:
+                conn.reply(msg, {"echo": msg.get("value")}, frames)
+    except CommClosedError:
+        pass
+
+
+def serve(body: Callable[[Listener, str], Awaitable[None]], token: str | None = "tok") -> Listener:
+    async def main() -> Listener:
+        listener = Listener(echo, token=token, settings=SETTINGS)
+        address = await listener.start("127.0.0.1", 0)
+        try:
+            await body(listener, address)
+        finally:
+            await listener.close()
+        return listener
+
+    return asyncio.run(main())
+
+
+def test_request_reply_with_frames() -> None:
+    async def body(listener: Listener, address: str) -> None:
+        conn = await connect(address, token="tok", settings=SETTINGS)
+        try:
+            a = np.arange(3_000_000, dtype=np.float64)  # 24 MB: several reads per frame
+            reply, frames = await conn.request({"op": "x", "value": [1, "two"]}, dumps(a))
+            assert reply["echo"] == [1, "two"]
+            np.testing.assert_array_equal(loads(frames), a)
+            # Many requests at once are batched and each answered.
+            replies = await asyncio.gather(
+                *(conn.request({"op": "n", "value": i}) for i in range(500))
+            )
+            assert [r["echo"] for r, _ in replies] == list(range(500))
+            with pytest.raises(ValueError, match="asked to fail"):
+                await conn.request({"op": "fail"})
+        finally:
+            await conn.close()
+
+    serve(body)
+
+
+def test_wrong_token() -> None:
+    async def body(listener: Listener, address: str) -> None:
+        for token in ("other", None):
+            with pytest.raises(AuthenticationError, match="wrong token"):
+                await connect(address, token=token, settings=SETTINGS)
+        ok = await connect(address, token="tok", settings=SETTINGS)
+        await ok.close()
+
+    listener = serve(body)
+    assert listener.rejected == 2
+
+
+def test_no_token_on_both_sides() -> None:
+    async def body(listener: Listener, address: str) -> None:
+        conn = await connect(address, token=None, settings=SETTINGS)
+        reply, _ = await conn.request({"op": "x", "value": 1})
+        assert reply["echo"] == 1
+        await conn.close()
+
+    serve(body, token=None)
+
+
+def test_pending_requests_fail_when_the_peer_goes() -> None:
+    async def body(listener: Listener, address: str) -> None:
+        conn = await connect(address, token="tok", settings=SETTINGS)
+        pending = asyncio.ensure_future(conn.request({"op": "fail-slowly"}))
+        await asyncio.sleep(0)  # let it be sent
+        assert len(listener.connections) == 1
+        for server_side in list(listener.connections):
+            server_side.abort()
+        with pytest.raises(CommClosedError):
+            await pending
+        with pytest.raises(CommClosedError):
+            conn.send({"op": "late"})
+
+    async def silent(conn: Connection) -> None:
+        await conn.closed_event.wait()
+
+    async def main() -> None:
+        listener = Listener(silent, token="tok", settings=SETTINGS)
+        address = await listener.start("127.0.0.1", 0)
+        try:
+            await body(listener, address)
+        finally:
+            await listener.close()
+
+    asyncio.run(main())
+
+
+def test_garbage_is_logged_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(listener: Listener, address: str) -> None:
+        reader, writer = await asyncio.open_connection(*parse_address(address))
+        await reader.read(4096)  # the hello
+        writer.write(struct.pack("!I", 1000) + b"x" * 100)
+        await writer.drain()
+        assert await reader.read() == b""  # dropped
+        writer.close()
+        await writer.wait_closed()
+        # Others are still served.
+        conn = await connect(address, token="tok", settings=SETTINGS)
+        assert (await conn.request({"op": "x", "value": 5}))[0]["echo"] == 5
+        await conn.close()
+
+    with caplog.at_level(logging.WARNING, logger="regrow.comm"):
+        listener = serve(body)
+    assert listener.rejected == 1
+    assert any("packet announces 1000 frames" in r.getMessage() for r in caplog.records)
+
+
+@contextlib.contextmanager
+def raw_server(payload: bytes) -> Iterator[str]:
+    """A plain TCP server on loopback: for one connection, sends ``payload`` (nothing if
+    empty), then waits for the peer to hang up."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(10)
+
+    def run() -> None:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.sendall(payload)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        thread.join(10)
+        sock.close()
+
+
+def test_client_side_limits_before_auth() -> None:
+    """A 'server' that sends an oversized frame before the handshake is refused."""
+    with raw_server(struct.pack("!IQ", 1, 1 << 30)) as address:
+
+        async def main() -> None:
+            with pytest.raises((CommClosedError, ProtocolError)):
+                await connect(address, token="tok", settings=SETTINGS)
+
+        asyncio.run(main())
+
+
+def test_connect_refused_and_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+
+    async def refused() -> None:
+        await connect(f"tcp://127.0.0.1:{port}", token="tok", settings=SETTINGS)
+
+    with pytest.raises(OSError):
+        asyncio.run(refused())
+
+    with raw_server(b"") as address:
+
+        async def silent() -> None:
+            await connect(address, token="tok", settings=SETTINGS, timeout=0.3)
+
+        with pytest.raises(TimeoutError):
+            asyncio.run(silent())
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("tcp://127.0.0.1:8786", ("127.0.0.1", 8786)),
+        ("localhost:1", ("localhost", 1)),
+        ("tcp://[::1]:99", ("::1", 99)),
+    ],
+)
+def test_parse_address(address: str, expected: tuple[str, int]) -> None:
+    assert parse_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["", "tcp://", "host", "tcp://host:", "http://h:1", "h:x"])
+def test_parse_bad_address(address: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(address)
+    with pytest.raises(TypeError):
+        parse_address(1234)  # type: ignore[arg-type]
