@@ -47,6 +47,17 @@ class Settings:
     memory_kill_fraction: float = 0.95
     # How often (s) the nanny and the worker look at the worker's memory.
     memory_monitor_interval: float = 0.1
+    # A client that loses its scheduler tries to reconnect for this long (s); then its
+    # pending futures fail with SchedulerLostError.
+    reconnect_timeout: float = 20.0
+    # A client whose connection drops without a goodbye keeps its futures' results on the
+    # cluster this long (s), so it can reconnect and carry on.
+    client_grace: float = 10.0
+    # The journal is written at most this often (s): one transaction per flush.
+    journal_interval: float = 0.02
+    # After a restart from its journal, the scheduler waits up to this long (s) for the
+    # workers it knew to come back before recomputing what they held.
+    recovery_wait: float = 5.0
     # A force-cancelled task that has not stopped after this many seconds gets its
     # worker restarted by the nanny.
     cancel_grace: float = 2.0

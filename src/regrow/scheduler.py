@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.scheduler_state import SchedulerState
 from regrow.errors import CommClosedError, ProtocolError
+from regrow.journal import Journal
 from regrow.protocol.comm import Connection, Listener, error_reply, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
@@ -64,6 +66,14 @@ class Scheduler:
         # Worker ids we removed: if one comes back, it must drop what it holds.
         self.removed_ids: set[str] = set()
         self._workers_changed = asyncio.Event()
+        self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
+        self.journal: Journal | None = None
+        self._acks: list[tuple[Connection, Msg]] = []
+        self.scheduler_id = uuid.uuid4().hex
+        # Clients wait for this before they are served (a journaled restart sets it
+        # once the workers it knew have had their chance to come back).
+        self.recovered = asyncio.Event()
+        self.recovered.set()
         self.address = ""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
@@ -92,6 +102,8 @@ class Scheduler:
         for comm in list(self.client_comms.values()):
             with contextlib.suppress(CommClosedError):
                 comm.send({"op": "scheduler-closing"})
+        for handle in self._client_goodbye.values():
+            handle.cancel()
         await asyncio.sleep(0)  # let the batched sends flush
         for task in list(self.tasks):
             task.cancel()
@@ -432,16 +444,34 @@ class Scheduler:
 
     async def _serve_client(self, comm: Connection, msg: Msg) -> None:
         client = get(msg, "client", str)
-        if client in self.client_comms:
-            comm.send({"op": "error", "error": f"client id {client} is already connected"})
-            await comm.close()
-            return
+        await self.recovered.wait()
+        old = self.client_comms.get(client)
+        if old is not None:
+            if not msg.get("reattach"):
+                comm.send({"op": "error", "error": f"client id {client} is already connected"})
+                await comm.close()
+                return
+            old.abort()  # a stale connection of the same client: the new one takes over
+        pending = self._client_goodbye.pop(client, None)
+        if pending is not None:
+            pending.cancel()  # it came back in time: its futures' results are kept
         self.client_comms[client] = comm
         self.handle(ev.ClientConnected(client=client, stimulus_id=self._sid("client")))
-        comm.send({"op": "registered", "scheduler": self.address})
+        comm.send(
+            {
+                "op": "registered",
+                "scheduler": self.address,
+                "id": self.scheduler_id,
+                "journal": self.journal is not None,
+            }
+        )
+        said_goodbye = False
         try:
             while True:
                 m, frames = await comm.recv()
+                if m["op"] == "close-client":
+                    said_goodbye = True
+                    continue
                 try:
                     self._client_message(client, comm, m, frames)
                 except (ProtocolError, ValueError, KeyError, TypeError) as exc:
@@ -453,9 +483,18 @@ class Scheduler:
         finally:
             if self.client_comms.get(client) is comm:
                 del self.client_comms[client]
-                self.handle(
-                    ev.ClientDisconnected(client=client, stimulus_id=self._sid("client-gone"))
-                )
+                if said_goodbye or self.stopped.is_set():
+                    self._client_gone(client)
+                else:
+                    # It may only have lost its connection: keep its results a while.
+                    self._client_goodbye[client] = asyncio.get_running_loop().call_later(
+                        self.settings.client_grace, self._client_gone, client
+                    )
+
+    def _client_gone(self, client: str) -> None:
+        self._client_goodbye.pop(client, None)
+        if client not in self.client_comms:
+            self.handle(ev.ClientDisconnected(client=client, stimulus_id=self._sid("client-gone")))
 
     def _client_message(
         self, client: str, comm: Connection, msg: Msg, frames: list[Buffer]
@@ -470,6 +509,12 @@ class Scheduler:
                     stimulus_id=self._sid("submit"),
                 )
             )
+            if "seq" in msg:
+                ack = {"op": "submit-ack", "seq": int(msg["seq"])}
+                if self.journal is None:
+                    comm.send(ack)
+                else:
+                    self._acks.append((comm, ack))  # sent once the journal holds it
         elif op == "release-keys":
             self.handle(
                 ev.KeysReleased(

@@ -80,25 +80,86 @@ class _Session:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.release_buffer: list[str] = []
         self.release_scheduled = False
+        # Submissions the scheduler has not yet confirmed (journaled): sent again after
+        # a reconnect, so a scheduler that died before writing them still gets them.
+        self.unacked: dict[int, tuple[Msg, list[Buffer] | tuple[()]]] = {}
+        self.seq = itertools.count(1)
+        self.scheduler_id = ""
+        self.journaled = False
+        self.connected = asyncio.Event()
 
-    async def start(self, timeout: float) -> None:
+    async def _register(self, timeout: float, reattach: bool) -> Connection:
         c = self.client
-        try:
-            comm = await connect(
-                c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            raise OSError(
-                f"could not connect to a regrow scheduler at {c.scheduler_address} "
-                f"within {timeout} s: {exc or type(exc).__name__}"
-            ) from None
-        comm.send({"op": "register-client", "client": c.id})
+        comm = await connect(
+            c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout
+        )
+        comm.send({"op": "register-client", "client": c.id, "reattach": reattach})
         reply, _ = await comm.recv()
         if reply["op"] != "registered":
             await comm.close()
             raise OSError(f"scheduler refused this client: {reply.get('error')}")
+        previous = self.scheduler_id
+        self.scheduler_id = str(reply.get("id", ""))
+        self.journaled = bool(reply.get("journal"))
         self.comm = comm
+        if reattach:
+            self._reattach(same=self.journaled and self.scheduler_id == previous)
+        self.connected.set()
         spawn(self._listen(comm), self.tasks, "client-listen")
+        return comm
+
+    async def start(self, timeout: float) -> None:
+        try:
+            await self._register(timeout, reattach=False)
+        except (OSError, TimeoutError, CommClosedError) as exc:
+            raise OSError(
+                f"could not connect to a regrow scheduler at {self.client.scheduler_address} "
+                f"within {timeout} s: {exc or type(exc).__name__}"
+            ) from None
+
+    def _reattach(self, same: bool) -> None:
+        """Back on a scheduler after losing it: pick our futures up where they were."""
+        client = self.client
+        with client._lock:
+            keys = list(client._states)
+        if same:
+            # It rebuilt its state from its journal: resend what it may not have written,
+            # and ask where each of our keys stands (the answers settle waiting futures).
+            for seq in sorted(self.unacked):
+                msg, frames = self.unacked[seq]
+                assert self.comm is not None
+                self.comm.send(msg, frames)
+            if keys:
+                self.send({"op": "desire-keys", "keys": keys})
+            logger.info("reattached to the scheduler (journaled): %d futures", len(keys))
+        else:
+            self.unacked.clear()
+            client._fail_pending(
+                "the scheduler restarted without a journal, so the work it held is gone"
+            )
+            client._record_event("workers", "reconnected to a scheduler that lost its state")
+
+    async def _reconnect(self, reason: str) -> None:
+        client = self.client
+        self.connected.clear()
+        client.status = "reconnecting"
+        client._record_event("workers", f"lost the scheduler ({reason}); reconnecting")
+        deadline = time.monotonic() + client.settings.reconnect_timeout
+        delay = 0.05
+        while time.monotonic() < deadline and client.status == "reconnecting":
+            try:
+                await self._register(min(5.0, max(0.1, deadline - time.monotonic())), True)
+                client.status = "running"
+                client._record_event("workers", "reconnected to the scheduler")
+                return
+            except (OSError, TimeoutError, CommClosedError) as exc:
+                logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+        if client.status == "reconnecting":
+            client._scheduler_gone(
+                f"{reason}, and no scheduler came back within {client.settings.reconnect_timeout} s"
+            )
 
     async def _listen(self, comm: Connection) -> None:
         states = self.client._states
@@ -128,17 +189,29 @@ class _Session:
                         st.lost()
                 elif op == "event":
                     self.client._record_event(str(msg.get("topic")), str(msg.get("message")))
+                elif op == "submit-ack":
+                    upto = int(msg.get("seq", 0))
+                    for seq in [s for s in self.unacked if s <= upto]:
+                        del self.unacked[seq]
                 elif op == "scheduler-closing":
-                    self.client._scheduler_gone("the scheduler shut down")
+                    pass  # the connection closes next; reconnecting decides what follows
                 else:
                     logger.warning("unexpected message from scheduler: %r", op)
         except CommClosedError:
-            self.client._scheduler_gone("the connection to the scheduler closed")
+            if self.client.status in ("closing", "closed"):
+                return
+            spawn(self._reconnect("the connection closed"), self.tasks, "client-reconnect")
 
     def send(self, msg: Msg, frames: list[Buffer] | tuple[()] = ()) -> None:
         if self.comm is None or self.comm.closed:
             return
         self.comm.send(msg, frames)
+
+    def submit(self, msg: Msg, frames: list[Buffer] | tuple[()]) -> None:
+        seq = next(self.seq)
+        msg["seq"] = seq
+        self.unacked[seq] = (msg, frames)
+        self.send(msg, frames)
 
     def release(self, key: str) -> None:
         self.release_buffer.append(key)
@@ -162,6 +235,9 @@ class _Session:
             self.send({"op": "desire-keys", "keys": again})
 
     async def request(self, msg: Msg, timeout: float | None = None) -> tuple[Msg, list[Buffer]]:
+        if not self.connected.is_set() and self.client.status == "reconnecting":
+            async with asyncio.timeout(self.client.settings.reconnect_timeout):
+                await self.connected.wait()
         if self.comm is None or self.comm.closed:
             raise SchedulerLostError("not connected to the scheduler")
         try:
@@ -349,6 +425,9 @@ class Client:
         if self.status in ("closing", "closed"):
             return
         self.status = "lost"
+        self._fail_pending(reason)
+
+    def _fail_pending(self, reason: str) -> None:
         with self._lock:
             states = list(self._states.values())
         for st in states:
@@ -379,7 +458,7 @@ class Client:
             call()  # pool shut down with the client: run inline
 
     def _check_running(self) -> None:
-        if self.status != "running":
+        if self.status not in ("running", "reconnecting"):
             raise RuntimeError(f"this client is {self.status}; it cannot send work")
 
     # ----------------------------------------------------------- submitting
@@ -444,7 +523,7 @@ class Client:
 
     def _send_tasks(self, entries: list[Msg], frames: list[Buffer], wanted: list[str]) -> None:
         self._loop.call_soon(
-            self._session.send, {"op": "submit", "tasks": entries, "wanted": wanted}, frames
+            self._session.submit, {"op": "submit", "tasks": entries, "wanted": wanted}, frames
         )
 
     def submit(
@@ -775,6 +854,7 @@ class Client:
             return
         self.status = "closing"
         with contextlib.suppress(Exception):
+            self._loop.call_soon(self._session.send, {"op": "close-client"})
             self._loop.run(self._session.close(), timeout=timeout)
         with self._lock:
             states = list(self._states.values())
