@@ -95,6 +95,8 @@ class WorkerAdded(Event):
     pid: int = 0
     memory_limit: int = 0
     nanny: str = ""
+    # Results it already holds, as (key, nbytes): a worker that outlived a scheduler.
+    keys: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,3 +169,46 @@ class ReplicasAdded(Event):
 
     worker: str
     keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorRecord:
+    """Why a task erred, as the journal kept it."""
+
+    blame: str
+    text: str
+    exception: bytes = b""
+    traceback: bytes = b""
+    kind: str = ""
+    workers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoredTask:
+    """A task as the journal kept it."""
+
+    key: str
+    dependencies: tuple[str, ...]
+    run_spec: object
+    priority: int = 0
+    retries: int = 0
+    workers: tuple[str, ...] | None = None
+    pure: bool = True
+    replicas: int = 1
+    # Set for a task that had erred.
+    error: ErrorRecord | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateRestored(Event):
+    """A restarted scheduler read its journal: these tasks existed, these clients wanted these
+    keys. Nothing is computed until ``RecoveryFinished``, so results that workers still hold
+    can be reported first and are not computed twice."""
+
+    tasks: tuple[RestoredTask, ...]
+    wants: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryFinished(Event):
+    """The workers that were coming back are back: compute what is still missing."""

@@ -35,7 +35,7 @@ def validate_state(state: SchedulerState) -> None:
         if ts.state == MEMORY:
             if not ts.who_has:
                 _fail(f"{ts!r} in memory but held by no worker")
-            if not (ts.who_wants or ts.waiters):
+            if not (ts.who_wants or ts.waiters or state.recovering):
                 _fail(f"{ts!r} in memory but nobody needs it (leak)")
         else:
             if ts.who_has:
@@ -70,7 +70,9 @@ def validate_state(state: SchedulerState) -> None:
         for waiter in ts.waiters:
             if waiter.state not in (WAITING, QUEUED, PROCESSING):
                 _fail(f"{ts!r} has waiter {waiter!r} that is not waiting")
-        if ts.state in (RELEASED, ERRED) and not (ts.who_wants or ts.dependents):
+        if ts.state in (RELEASED, ERRED) and not (
+            ts.who_wants or ts.dependents or state.recovering
+        ):
             _fail(f"{ts!r} is {ts.state} with no client and no dependents (should be forgotten)")
         for dep in ts.dependencies:
             if ts not in dep.dependents:

@@ -23,7 +23,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from regrow.core import commands as cmd
@@ -90,6 +90,12 @@ class TaskState:
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
 
+    # Hashed by name, not by address (equality stays identity): sets of tasks then
+    # iterate in the same order whenever the same events are replayed in a process,
+    # so the core's commands are reproducible.
+    def __hash__(self) -> int:
+        return hash(self.key)
+
 
 class TaskError:
     """Why a task erred; shared by the task that failed and every dependent."""
@@ -154,6 +160,9 @@ class WorkerState:
     def __repr__(self) -> str:
         return f"<Worker {self.address} processing={len(self.processing)}>"
 
+    def __hash__(self) -> int:  # see TaskState.__hash__
+        return hash(self.address)
+
 
 class ClientState:
     __slots__ = ("id", "wants")
@@ -164,6 +173,9 @@ class ClientState:
 
     def __repr__(self) -> str:
         return f"<Client {self.id}>"
+
+    def __hash__(self) -> int:  # see TaskState.__hash__
+        return hash(self.id)
 
 
 class SchedulerState:
@@ -182,6 +194,10 @@ class SchedulerState:
         self.bandwidth = bandwidth
         self.allowed_failures = allowed_failures
         self.validate = validate
+        # Called as (task, start, finish) on every transition; the journal listens here.
+        self.on_transition: Callable[[TaskState, str, str], None] | None = None
+        # Between StateRestored and RecoveryFinished: held results are collected, nothing runs.
+        self.recovering = False
         self.avg_duration = default_task_duration
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
@@ -195,6 +211,7 @@ class SchedulerState:
         # Keys to keep that many copies of (scatter(..., replicas=k)).
         self.replicas: dict[str, int] = {}
         self._queue: list[tuple[tuple[int, int], str]] = []
+        self._undrain_pending = False
         self._queued_count = 0
         self._seq = itertools.count()
         self._out: list[cmd.Command] = []
@@ -249,11 +266,19 @@ class SchedulerState:
                 case ev.RestartRequested():
                     self._restart()
                 case ev.Ticked():
-                    self._balance()
+                    if not self.recovering:
+                        self._balance()
+                case ev.StateRestored():
+                    self._state_restored(event)
+                case ev.RecoveryFinished():
+                    self._recovery_finished()
                 case _:
                     raise TypeError(f"unknown event {event!r}")
             if self.suspects:
                 self._isolate()
+            elif self._undrain_pending:
+                self._undrain()
+            self._undrain_pending = False
         out, self._out = self._out, []
         if self.validate:
             from regrow.core.invariants import validate_state
@@ -267,6 +292,8 @@ class SchedulerState:
 
     def _set_state(self, ts: TaskState, finish: str) -> None:
         self.log.append((ts.key, ts.state, finish, self._stimulus))
+        if self.on_transition is not None:
+            self.on_transition(ts, ts.state, finish)
         ts.state = finish
 
     def story(self, key: str) -> list[tuple[str, str, str, str]]:
@@ -501,7 +528,10 @@ class SchedulerState:
         if ts.suspicious and ts in self.suspects:
             self.suspects.remove(ts)
             if not self.suspects:
-                self._undrain()
+                # Not now: a fill in the middle of a transition (results being marked
+                # lost, say) could send out a task whose inputs are gone. handle()
+                # undrains once the event is dealt with.
+                self._undrain_pending = True
 
     def _undrain(self) -> None:
         for ws in self.workers.values():
@@ -795,13 +825,35 @@ class SchedulerState:
             for ts in doomed:
                 if ts.state == PROCESSING and ts.processing_on is not None:
                     self._emit(cmd.Interrupt(worker=ts.processing_on.address, key=ts.key))
-        # Dependents first, so their inputs lose their last waiter afterwards.
-        for ts in reversed(list(doomed)):
+        # Dependents first, so their inputs lose their last waiter afterwards (and no
+        # queued dependent is sent out while one of its inputs is already freed).
+        for ts in self._dependents_first(doomed):
             if ts.state == ERRED:
                 self._set_state(ts, RELEASED)
             self._release(ts)
         for ts in doomed:
             self._check_forget(ts)
+
+    @staticmethod
+    def _dependents_first(tasks: Iterable[TaskState]) -> list[TaskState]:
+        """``tasks`` (closed under dependents), each after all of its dependents."""
+        order: list[TaskState] = []
+        seen: set[TaskState] = set()
+        for root in tasks:
+            if root in seen:
+                continue
+            seen.add(root)
+            stack = [(root, iter(root.dependents))]
+            while stack:
+                ts, rest = stack[-1]
+                nxt = next((d for d in rest if d not in seen), None)
+                if nxt is None:
+                    stack.pop()
+                    order.append(ts)
+                else:
+                    seen.add(nxt)
+                    stack.append((nxt, iter(nxt.dependents)))
+        return order
 
     # --------------------------------------------------------------- scatter
     def _data_scattered(self, event: ev.DataScattered) -> None:
@@ -860,8 +912,106 @@ class SchedulerState:
         self.workers[ws.address] = ws
         self._update_free(ws)
         self._broadcast("workers", f"worker {ws.address} ({ws.name}) joined")
+        if event.keys:
+            self._adopt(ws, event.keys)
         self._replicate(list(self.replicas))
         self._fill(ws)
+
+    def _adopt(self, ws: WorkerState, keys: tuple[tuple[str, int], ...]) -> None:
+        """A worker arrives holding results: keep those the graph can use, free the rest."""
+        stale: list[str] = []
+        for key, nbytes in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state not in (MEMORY, RELEASED):
+                stale.append(key)
+                continue
+            if ts.state == RELEASED and not (self.recovering or self._needed(ts)):
+                stale.append(key)
+                continue
+            if ts.state == RELEASED:
+                self._set_state(ts, MEMORY)
+                ts.nbytes = nbytes
+            if ws not in ts.who_has:
+                ts.who_has.add(ws)
+                ws.has_what.add(ts)
+                ws.nbytes += ts.nbytes
+            if not self.recovering:
+                self._arrived(ts)
+        if stale:
+            self._emit(cmd.FreeKeys(worker=ws.address, keys=tuple(stale)))
+
+    def _arrived(self, ts: TaskState) -> None:
+        """``ts`` is in memory: tell its clients, and wake dependents waiting on it."""
+        for client in ts.who_wants:
+            self._emit(
+                cmd.ReportInMemory(
+                    client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
+                )
+            )
+        for dep in ts.waiters.copy():
+            if dep.state == WAITING:
+                dep.waiting_on.discard(ts)
+                if not dep.waiting_on:
+                    self._ready(dep)
+
+    def _state_restored(self, event: ev.StateRestored) -> None:
+        self.recovering = True
+        for row in event.tasks:
+            if row.key in self.tasks:
+                continue
+            ts = TaskState(row.key, row.run_spec, (-row.priority, next(self._seq)))
+            ts.retries = row.retries
+            ts.pure = row.pure
+            if row.workers:
+                ts.restrictions = frozenset(row.workers)
+            if row.replicas > 1:
+                self.replicas[row.key] = row.replicas
+            for dep_key in row.dependencies:
+                dep = self.tasks.get(dep_key)
+                if dep is not None:
+                    ts.dependencies.add(dep)
+                    dep.dependents.add(ts)
+            if row.error is not None:
+                e = row.error
+                ts.state = ERRED
+                ts.error = TaskError(
+                    blame=e.blame,
+                    text=e.text,
+                    exception=e.exception,
+                    traceback=e.traceback,
+                    kind=e.kind,
+                    workers=e.workers,
+                )
+            self.tasks[row.key] = ts
+        for client_id, key in event.wants:
+            wanted = self.tasks.get(key)
+            if wanted is not None:
+                client = self._client(client_id)
+                wanted.who_wants.add(client)
+                client.wants.add(wanted)
+
+    def _recovery_finished(self) -> None:
+        """Compute what clients want that no worker brought back; free what nobody needs."""
+        self.recovering = False
+        recomputed = 0
+        for ts in list(self.tasks.values()):
+            if ts.state == RELEASED and ts.who_wants:
+                recomputed += 1
+                self._compute(ts)
+        for ts in list(self.tasks.values()):
+            if self.tasks.get(ts.key) is not ts:
+                continue
+            if ts.state == MEMORY and not self._needed(ts):
+                self._release(ts)
+                self._check_forget(ts)
+            elif ts.state in (RELEASED, ERRED) and not self._needed(ts):
+                self._check_forget(ts)
+        self._broadcast(
+            "workers",
+            f"scheduler recovered from its journal: {len(self.tasks)} tasks, "
+            f"{recomputed} wanted result(s) computed again",
+        )
+        self._fill_all()
 
     def _worker_removed(self, event: ev.WorkerRemoved) -> None:
         ws = self.workers.pop(event.worker, None)
@@ -880,21 +1030,23 @@ class SchedulerState:
                 ts.suspicious += 1
                 self.deaths.setdefault(ts.key, []).append((ws.address, event.reason))
         ws.isolated = None
-        lost = 0
         under_replicated: list[str] = []
+        gone: list[TaskState] = []
         for ts in list(ws.has_what):
             ts.who_has.discard(ws)
             ws.has_what.discard(ts)
             if not ts.who_has:
-                lost += self._lost(ts)
+                gone.append(ts)
             elif ts.key in self.replicas:
                 under_replicated.append(ts.key)
+        lost = self._lost_all(gone)
         ws.nbytes = 0
         rescheduled = 0
         for ts in interrupted:
             if ts.state != RELEASED:
                 continue
-            if ts.suspicious >= self.allowed_failures:
+            # Only a death is judged: a graceful retirement never kills a task.
+            if not event.graceful and ts.suspicious >= self.allowed_failures:
                 deaths = self.deaths.pop(ts.key, [])
                 self._err(
                     ts,
@@ -983,34 +1135,51 @@ class SchedulerState:
 
     def _lost(self, ts: TaskState) -> int:
         """The last copy of a result is gone: recompute it if anyone needs it (returns 1 then)."""
-        self.counts["lost"] += 1
-        # Dependents that were about to run elsewhere must wait for it again.
-        for dependent in list(ts.waiters):
-            if dependent.state in (PROCESSING, QUEUED):
-                if dependent.state == PROCESSING:
-                    ws = self._stop_processing(dependent)
-                    if ws is not None:
-                        self._emit(cmd.FreeKeys(worker=ws.address, keys=(dependent.key,)))
-                else:
-                    self._unqueue(dependent)
-                self._set_state(dependent, WAITING)
-                dependent.waiting_on.add(ts)
-            elif dependent.state == WAITING:
-                dependent.waiting_on.add(ts)
-        self._set_state(ts, RELEASED)
-        if not self._needed(ts):
-            self._check_forget(ts)
-            return 0
-        for client in ts.who_wants:
-            self._emit(cmd.ReportLost(client=client.id, key=ts.key))
-        self.counts["recomputed"] += 1
-        waiters = set(ts.waiters)
-        self._compute(ts)
-        # _compute re-registered it with its own inputs; the dependents stay waiting on it.
-        for dependent in waiters:
-            if dependent.state == WAITING and ts.state != ERRED:
-                dependent.waiting_on.add(ts)
-        return 1
+        return self._lost_all([ts])
+
+    def _lost_all(self, gone: list[TaskState]) -> int:
+        """The last copies of these results are gone: recompute those still needed.
+
+        Every one is marked lost before any is recomputed, so that a recomputation never
+        counts on another of them (a Compute naming a dead holder); returns how many are
+        being recomputed.
+        """
+        for ts in gone:
+            self.counts["lost"] += 1
+            # Dependents that were about to run elsewhere must wait for it again.
+            for dependent in list(ts.waiters):
+                if dependent.state in (PROCESSING, QUEUED):
+                    if dependent.state == PROCESSING:
+                        ws = self._stop_processing(dependent)
+                        if ws is not None:
+                            self._emit(cmd.FreeKeys(worker=ws.address, keys=(dependent.key,)))
+                    else:
+                        self._unqueue(dependent)
+                    self._set_state(dependent, WAITING)
+                    dependent.waiting_on.add(ts)
+                elif dependent.state == WAITING:
+                    dependent.waiting_on.add(ts)
+            self._set_state(ts, RELEASED)
+        recomputed = 0
+        for ts in gone:
+            if self.tasks.get(ts.key) is not ts or ts.state == ERRED:
+                continue
+            if ts.state == RELEASED and not self._needed(ts):
+                self._check_forget(ts)
+                continue
+            for client in ts.who_wants:
+                self._emit(cmd.ReportLost(client=client.id, key=ts.key))
+            self.counts["recomputed"] += 1
+            recomputed += 1
+            if ts.state != RELEASED:
+                continue  # already brought back as the input of another lost result
+            waiters = set(ts.waiters)
+            self._compute(ts)
+            # _compute re-registered it with its own inputs; the dependents stay waiting on it.
+            for dependent in waiters:
+                if dependent.state == WAITING and ts.state != ERRED:
+                    dependent.waiting_on.add(ts)
+        return recomputed
 
     def _replicas_added(self, event: ev.ReplicasAdded) -> None:
         ws = self.workers.get(event.worker)
@@ -1055,8 +1224,10 @@ class SchedulerState:
         """Work stealing: idle threads take not-yet-started tasks from busy workers."""
         if self._queued_count:
             self._fill_all()
-            return
-        thieves = [ws for ws in self.workers.values() if len(ws.processing) < ws.nthreads]
+        # A thief takes new tasks (not paused, draining or isolated) and has idle threads
+        # even after the queue was offered to it: what is still queued, it may not run
+        # (restrictions), so it does not stop stealing.
+        thieves = [ws for ws in self.free if len(ws.processing) < ws.nthreads]
         if not thieves:
             return
         victims = sorted(
