@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from regrow.config import Settings
-from regrow.errors import AuthenticationError, ProtocolError
+from regrow.errors import RegrowError
 
 
 def _token(token_file: str | None) -> str | None:
@@ -76,7 +76,7 @@ def _serve(
 
     try:
         asyncio.run(runner())
-    except (OSError, TimeoutError, AuthenticationError, ProtocolError) as exc:
+    except (OSError, TimeoutError, RegrowError) as exc:
         click.echo(f"regrow: error: {exc or type(exc).__name__}", err=True)
         sys.stderr.flush()
         os._exit(1)
@@ -111,6 +111,8 @@ def main() -> None:
 @click.option("--port", default=8786, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
+@click.option("--journal", type=click.Path(dir_okay=False), default=None,
+              help="SQLite journal to keep state in (restart on it to lose nothing).")  # fmt: skip
 @click.option("--heartbeat-timeout", type=float, default=None,
               help="Seconds of silence after which a worker is removed [default: 3].")  # fmt: skip
 @click.option("--allowed-failures", type=int, default=None,
@@ -122,6 +124,7 @@ def scheduler(
     host: str,
     port: int,
     token_file: str | None,
+    journal: str | None,
     heartbeat_timeout: float | None,
     allowed_failures: int | None,
     worker_saturation: float | None,
@@ -141,7 +144,13 @@ def scheduler(
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(
             run_scheduler(
-                host=host, port=port, token=token, settings=settings, ready=ready, stop=stop
+                host=host,
+                port=port,
+                token=token,
+                settings=settings,
+                ready=ready,
+                stop=stop,
+                journal=journal,
             )
         )
         both: list[asyncio.Future[Any]] = [task, ready]
@@ -222,6 +231,38 @@ def worker(
         await task
 
     _serve(go, parent_pid)
+
+
+@main.group()
+def journal() -> None:
+    """Look into a scheduler's journal."""
+
+
+@journal.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+def journal_inspect(path: str) -> None:
+    """Print what the journal at PATH holds: tasks by state, clients, size."""
+    from regrow.journal import Journal, JournalError
+
+    if not os.path.exists(path):
+        raise click.ClickException(f"no journal at {path}")
+    try:
+        j = Journal(path)
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        s = j.summary()
+    finally:
+        j.db.close()
+    click.echo(f"journal      {s['path']} (version {s['version']}, {s['file_bytes']:,} bytes)")
+    click.echo(f"scheduler id {s['scheduler_id']}")
+    click.echo(f"tasks        {s['tasks']:,} ({s['scattered']:,} scattered)")
+    for state, n in sorted(s["by_state"].items()):
+        click.echo(f"  {state:<11}{n:,}")
+    click.echo(f"results held {s['result_bytes']:,} bytes (as last recorded)")
+    click.echo(f"clients      {len(s['clients'])}")
+    for client, n in sorted(s["clients"].items()):
+        click.echo(f"  {client}  wants {n:,} key(s)")
 
 
 @main.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import secrets
@@ -30,6 +31,7 @@ from regrow.scheduler import Scheduler
 from regrow.worker import Worker
 
 _live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+logger = logging.getLogger("regrow.deploy")
 
 
 def default_layout(
@@ -109,11 +111,14 @@ class LocalCluster:
         timeout: float = 30.0,
         log_level: str = "WARNING",
         nanny: bool = True,
+        journal: str | os.PathLike[str] | None = None,
         **settings: Any,
     ) -> None:
         self.n_workers, self.threads_per_worker = default_layout(n_workers, threads_per_worker)
         self.processes = processes
         self.nanny = nanny
+        self.journal = os.fspath(journal) if journal is not None else None
+        self.scheduler_restarts = 0
         self.host = host
         self.token = token or secrets.token_hex(16)
         self.settings = Settings.from_env(**settings)
@@ -174,12 +179,71 @@ class LocalCluster:
             delay = min(delay * 2, 0.1)
         raise TimeoutError(f"{what} (pid {proc.pid}) not ready within {self.timeout} s")
 
-    def _start_processes(self, port: int) -> None:
-        ready = os.path.join(self._tmp.name, "scheduler.ready")
+    def _start_scheduler(self, port: int) -> None:
+        ready = os.path.join(self._tmp.name, f"scheduler-{self.scheduler_restarts}.ready")
         args = ["scheduler", "--host", self.host, "--port", str(port)]
+        if self.journal is not None:
+            args += ["--journal", self.journal]
         self.scheduler_proc = self._spawn(args, ready)
         self.scheduler_address = self._wait_ready(self.scheduler_proc, ready, "scheduler")
+
+    def _start_processes(self, port: int) -> None:
+        self._start_scheduler(port)
+        if self.journal is not None:
+            # With a journal the cluster brings its scheduler back, on the same address.
+            threading.Thread(
+                target=self._watch_scheduler, name="regrow-scheduler-watch", daemon=True
+            ).start()
         self.scale_up(self.n_workers)
+
+    def _watch_scheduler(self) -> None:
+        from regrow.protocol.comm import parse_address
+
+        port = parse_address(self.scheduler_address)[1]
+        while not self._closed:
+            proc = self.scheduler_proc
+            assert proc is not None
+            code = proc.wait()
+            if self._closed:
+                return
+            logger.warning(
+                "the scheduler (pid %d) exited with %s; starting it again on port %d from %s",
+                proc.pid,
+                code,
+                port,
+                self.journal,
+            )
+            # Under the lock, so close() cannot miss a scheduler started meanwhile.
+            with self._lock:
+                if self._closed:
+                    return
+                self.scheduler_restarts += 1
+                try:
+                    self._start_scheduler(port)
+                except Exception:
+                    logger.exception("could not restart the scheduler")
+                    return
+
+    def restart_scheduler_process(self, sig: int = signal.SIGKILL) -> int:
+        """Kill the scheduler process (default: SIGKILL) and wait until a new one serves.
+
+        Only with ``journal=``: returns the new scheduler's pid.
+        """
+        if self.journal is None or self.scheduler_proc is None:
+            raise RuntimeError("restart_scheduler_process needs LocalCluster(journal=...)")
+        old = self.scheduler_proc
+        restarts = self.scheduler_restarts
+        old.send_signal(sig)
+        deadline = time.monotonic() + self.timeout
+        while self.scheduler_restarts == restarts or self.scheduler_proc is old:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the scheduler did not come back")
+            time.sleep(0.01)
+        proc = self.scheduler_proc
+        assert proc is not None
+        ready = os.path.join(self._tmp.name, f"scheduler-{self.scheduler_restarts}.ready")
+        self._wait_ready(proc, ready, "scheduler")
+        return proc.pid
 
     def _start_worker_proc(self) -> WorkerProcess:
         name = str(next(self._names))
@@ -217,7 +281,11 @@ class LocalCluster:
 
         async def start() -> None:
             self._inproc_scheduler = Scheduler(
-                host=self.host, port=port, token=self.token, settings=self.settings
+                host=self.host,
+                port=port,
+                token=self.token,
+                settings=self.settings,
+                journal=self.journal,
             )
             self.scheduler_address = await self._inproc_scheduler.start()
             for i in range(self.n_workers):

@@ -24,6 +24,8 @@ from typing import Any
 
 import msgpack
 
+from regrow.errors import RegrowError
+
 JOURNAL_VERSION = 1
 
 _SCHEMA = """
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS wants (
 """
 
 
-class JournalError(Exception):
+class JournalError(RegrowError):
     """The journal cannot be used: another version, not a journal, or damaged."""
 
 
@@ -173,6 +175,10 @@ class Journal:
 
     def task_forgotten(self, key: str) -> None:
         self._pending.append(("DELETE FROM tasks WHERE key = ?", (key,)))
+        self._pending.append(("DELETE FROM wants WHERE key = ?", (key,)))
+
+    def client_gone(self, client: str) -> None:
+        self._pending.append(("DELETE FROM wants WHERE client = ?", (client,)))
 
     def want(self, client: str, key: str, wanted: bool) -> None:
         if wanted:

@@ -20,7 +20,7 @@ from typing import Any, cast
 from regrow.config import Settings
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core.scheduler_state import SchedulerState
+from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, SchedulerState, TaskState
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.journal import Journal
 from regrow.protocol.comm import Connection, Listener, error_reply, spawn
@@ -39,6 +39,7 @@ class Scheduler:
         token: str | None = None,
         settings: Settings | None = None,
         validate: bool = False,
+        journal: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -70,6 +71,11 @@ class Scheduler:
         self.journal: Journal | None = None
         self._acks: list[tuple[Connection, Msg]] = []
         self.scheduler_id = uuid.uuid4().hex
+        self._jdirty: dict[str, TaskState] = {}
+        if journal is not None:
+            self.journal = Journal(journal)
+            self.scheduler_id = self.journal.scheduler_id
+            self.state.on_transition = self._journal_transition
         # Clients wait for this before they are served (a journaled restart sets it
         # once the workers it knew have had their chance to come back).
         self.recovered = asyncio.Event()
@@ -82,8 +88,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ life
     async def start(self) -> str:
+        if self.journal is not None:
+            await self._restore(self.journal)
         self.address = await self.listener.start(self.host, self.port)
         spawn(self._tick_loop(), self.tasks, "scheduler-tick")
+        if self.journal is not None:
+            spawn(self._journal_loop(self.journal), self.tasks, "scheduler-journal")
         logger.info("scheduler at %s (pid %d)", self.address, os.getpid())
         return self.address
 
@@ -91,6 +101,10 @@ class Scheduler:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.journal is not None:
+            # What happened up to now is kept; the stop itself is not a release of anything.
+            self.state.on_transition = None
+            self._jdirty.clear()
         # A worker with a nanny is stopped by its nanny (else the nanny would replace it).
         for comm in list(self.nanny_comms.values()):
             with contextlib.suppress(CommClosedError):
@@ -110,6 +124,163 @@ class Scheduler:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.listener.close()
+        if self.journal is not None:
+            journal, self.journal = self.journal, None
+            await asyncio.to_thread(journal.flush)
+            journal.close()
+
+    # --------------------------------------------------------------- journal
+    async def _restore(self, journal: Journal) -> None:
+        """Rebuild the graph from the journal; compute nothing until workers had a chance
+        to report the results they still hold."""
+        snap = await asyncio.to_thread(journal.load)
+        if not snap.tasks:
+            return
+        rows = []
+        expected: set[str] = set()
+        for t in snap.tasks:
+            err = t.error
+            rows.append(
+                ev.RestoredTask(
+                    key=t.key,
+                    dependencies=tuple(t.deps),
+                    run_spec=t.run_spec,
+                    priority=t.priority,
+                    retries=t.retries,
+                    workers=tuple(t.workers) if t.workers else None,
+                    pure=t.pure,
+                    replicas=t.replicas,
+                    error=ev.ErrorRecord(
+                        blame=str(err.get("blame", t.key)),
+                        text=str(err.get("text", "")),
+                        exception=bytes(err.get("exception") or b""),
+                        traceback=bytes(err.get("traceback") or b""),
+                        kind=str(err.get("kind", "")),
+                        workers=tuple(err.get("workers") or ()),
+                    )
+                    if err
+                    else None,
+                )
+            )
+            if t.state == "memory" and t.location:
+                expected.add(t.location)
+        self.recovered.clear()
+        self.handle(
+            ev.StateRestored(
+                tasks=tuple(rows), wants=tuple(snap.wants), stimulus_id=self._sid("restore")
+            )
+        )
+        clients = {c for c, _ in snap.wants}
+        logger.warning(
+            "restored %d tasks and %d clients from the journal %s; waiting up to %.1f s for "
+            "%d worker(s) to come back",
+            len(rows),
+            len(clients),
+            journal.path,
+            self.settings.recovery_wait,
+            len(expected),
+        )
+        spawn(self._finish_recovery(expected, clients), self.tasks, "scheduler-recovery")
+
+    async def _finish_recovery(self, expected: set[str], clients: set[str]) -> None:
+        try:
+            async with asyncio.timeout(self.settings.recovery_wait):
+                while not expected <= set(self.worker_comms):
+                    self._workers_changed.clear()
+                    await self._workers_changed.wait()
+        except TimeoutError:
+            missing = expected - set(self.worker_comms)
+            logger.warning("%d worker(s) did not come back: %s", len(missing), sorted(missing))
+        self.handle(ev.RecoveryFinished(stimulus_id=self._sid("recovered")))
+        self.recovered.set()
+        loop = asyncio.get_running_loop()
+        for client in clients - set(self.client_comms):
+            # Clients that do not come back within the grace period let their results go.
+            self._client_goodbye[client] = loop.call_later(
+                self.settings.client_grace, self._client_gone, client
+            )
+
+    def _journal_event(self, journal: Journal, event: ev.Event) -> None:
+        """Record what a client asked for, before the core acts on it."""
+        tasks = self.state.tasks
+        match event:
+            case ev.TasksSubmitted():
+                for spec in event.tasks:
+                    if spec.key not in tasks:
+                        journal.task_added(
+                            spec.key,
+                            list(spec.dependencies),
+                            cast(tuple[int, list[Buffer]], spec.run_spec),
+                            spec.priority,
+                            spec.retries,
+                            list(spec.workers) if spec.workers else None,
+                            spec.pure,
+                        )
+                for key in event.wanted:
+                    journal.want(event.client, key, True)
+            case ev.DataScattered():
+                for item in event.keys:
+                    if item.key not in tasks:
+                        journal.task_added(item.key, [], None, 0, 0, None, True, event.replicas)
+                    journal.want(event.client, item.key, True)
+            case ev.KeysDesired():
+                for key in event.keys:
+                    journal.want(event.client, key, True)
+            case ev.KeysReleased() | ev.KeysCancelled():
+                for key in event.keys:
+                    journal.want(event.client, key, False)
+            case ev.ClientDisconnected():
+                journal.client_gone(event.client)
+            case ev.RestartRequested():
+                journal.clear()
+            case _:
+                pass
+
+    def _journal_transition(self, ts: TaskState, start: str, finish: str) -> None:
+        self._jdirty[ts.key] = ts
+
+    def _journal_states(self, journal: Journal) -> None:
+        """Write the final state of every task that moved during the last events."""
+        tasks = self.state.tasks
+        for key, ts in self._jdirty.items():
+            if tasks.get(key) is not ts:
+                journal.task_forgotten(key)
+            elif ts.state == MEMORY:
+                location = next(iter(ts.who_has)).address if ts.who_has else ""
+                journal.task_state(key, MEMORY, ts.nbytes, ts.type_name, location)
+            elif ts.state == ERRED and ts.error is not None:
+                e = ts.error
+                journal.task_state(
+                    key,
+                    ERRED,
+                    error={
+                        "blame": e.blame,
+                        "text": e.text,
+                        "exception": e.exception,
+                        "traceback": e.traceback,
+                        "kind": e.kind,
+                        "workers": list(e.workers),
+                    },
+                )
+            elif ts.state == RELEASED:
+                journal.task_state(key, RELEASED)
+        self._jdirty.clear()
+
+    async def _journal_loop(self, journal: Journal) -> None:
+        while True:
+            await asyncio.sleep(self.settings.journal_interval)
+            if not journal.dirty and not self._acks:
+                continue
+            batch = journal.take()
+            acks, self._acks = self._acks, []
+            try:
+                await asyncio.to_thread(journal.write, batch)
+            except Exception:
+                logger.exception("could not write the journal %s", journal.path)
+                continue
+            for comm, ack in acks:
+                if not comm.closed:
+                    comm.send(ack)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -133,8 +304,13 @@ class Scheduler:
 
     # ------------------------------------------------------------- commands
     def handle(self, *events: ev.Event) -> None:
+        if self.journal is not None:
+            for event in events:
+                self._journal_event(self.journal, event)
         for command in self.state.handle(*events):
             self._execute(command)
+        if self._jdirty and self.journal is not None:
+            self._journal_states(self.journal)
 
     def _sid(self, prefix: str) -> str:
         return f"{prefix}-{next(self._stimuli)}"
@@ -242,6 +418,9 @@ class Scheduler:
         name = str(msg.get("name") or address)
         nanny = str(msg.get("nanny") or "")
         drop = worker_id in self.removed_ids
+        # A worker that outlived a scheduler still holds results: offer them to the graph
+        # (unless we removed it, in which case it has just dropped them).
+        held = () if drop else _held_keys(msg)
         self.removed_ids.discard(worker_id)
         self.worker_comms[address] = comm
         self.last_seen[address] = time.monotonic()
@@ -256,6 +435,7 @@ class Scheduler:
                 pid=int(msg.get("pid") or 0),
                 memory_limit=int(msg.get("memory_limit") or 0),
                 nanny=nanny,
+                keys=held,
                 stimulus_id=self._sid("worker-added"),
             )
         )
@@ -599,6 +779,15 @@ class Scheduler:
         comm.reply(msg, {"workers": len(self.worker_comms)})
 
 
+def _held_keys(msg: Msg) -> tuple[tuple[str, int], ...]:
+    out: list[tuple[str, int]] = []
+    for item in msg.get("keys") or ():
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise ProtocolError("register-worker: 'keys' must hold [key, nbytes] pairs")
+        out.append((item[0], int(item[1])))
+    return tuple(out)
+
+
 def _task_specs(msg: Msg, frames: list[Buffer]) -> list[ev.TaskSpec]:
     specs: list[ev.TaskSpec] = []
     pos = 0
@@ -639,9 +828,10 @@ async def run_scheduler(
     settings: Settings,
     ready: asyncio.Future[str] | None = None,
     stop: asyncio.Event | None = None,
+    journal: str | None = None,
 ) -> None:
     """Run a scheduler until ``stop`` is set or a client asks it to shut down."""
-    scheduler = Scheduler(host=host, port=port, token=token, settings=settings)
+    scheduler = Scheduler(host=host, port=port, token=token, settings=settings, journal=journal)
     address = await scheduler.start()
     if ready is not None:
         ready.set_result(address)

@@ -89,6 +89,7 @@ class _Task:
         "in_user_code",
         "key",
         "lock",
+        "orphaned",
         "priority",
         "rerun",
         "started",
@@ -113,6 +114,7 @@ class _Task:
         self.state = FETCHING
         self.started = 0.0
         self.thread = 0
+        self.orphaned = False
         self.in_user_code = False
         self.lock = threading.Lock()
         # Cancelled while its thread runs, then asked for again: the compute order to
@@ -273,6 +275,8 @@ class Worker:
         for key in list(self.tasks):
             t = self.tasks[key]
             if t.state in (EXECUTING, CANCELLED):  # its thread still runs
+                # Keep what it computes: a scheduler restarted from its journal adopts it.
+                t.orphaned = t.state == EXECUTING
                 t.state = CANCELLED
                 t.rerun = None
             else:
@@ -593,6 +597,8 @@ class Worker:
         if t.state == CANCELLED:
             if self.tasks.get(t.key) is t:
                 del self.tasks[t.key]
+            if t.orphaned and ok and t.key not in self.data:
+                self.data.set(t.key, value, sizeof(value))
             if t.rerun is not None and not self.stopped.is_set():
                 self._compute(*t.rerun)  # it failed (or was interrupted): run it anew
         else:

@@ -364,7 +364,8 @@ class Client:
         )
         self.cluster = address if not isinstance(address, str) else None
         self.token = token
-        self.settings = settings or Settings.from_env()
+        # A LocalCluster's settings (reconnect timeout...) apply to its clients too.
+        self.settings = settings or getattr(address, "settings", None) or Settings.from_env()
         self.id = name or f"client-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
         self._refcount: dict[str, int] = {}
