@@ -714,10 +714,10 @@ class SchedulerState:
                 self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
             ts.who_has.clear()
         elif ts.state == PROCESSING:
-            ws = self._stop_processing(ts)
-            if ws is not None:
-                self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
-                self._fill(ws)
+            owner = self._stop_processing(ts)
+            if owner is not None:
+                self._emit(cmd.FreeKeys(worker=owner.address, keys=(ts.key,)))
+                self._fill(owner)
         elif ts.state == QUEUED:
             self._unqueue(ts)
         elif ts.state == WAITING:
