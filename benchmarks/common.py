@@ -16,6 +16,7 @@ import datetime
 import faulthandler
 import gc
 import logging
+import math
 import os
 import platform
 import signal
@@ -124,13 +125,34 @@ def _ready(system: System) -> System:
 
 # ------------------------------------------------------------------ workloads
 @dataclass(frozen=True)
-class Workload:
-    """One measurement: ``run(system)`` does one repetition and returns its value in ``unit``."""
+class Series:
+    """A further row filled by a workload's repetitions (see ``Workload.more``)."""
 
     name: str
     unit: str
     higher_is_better: bool
-    run: Callable[[System], float]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One measurement: ``run(system)`` does one repetition and returns its value in ``unit``.
+
+    With ``more``, one repetition measures several rows: ``run`` returns a tuple,
+    its own value first, then one per ``Series`` in ``more``.
+
+    With ``cap``, a repetition may return ``math.inf``: no result within ``cap``
+    (in ``unit``); it is shown as ``> cap`` with ``cap_note``, and that system's
+    remaining repetitions of the workload are skipped (waiting out the cap again
+    would only repeat the same bound).
+    """
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    run: Callable[[System], float | tuple[float, ...]]
+    more: tuple[Series, ...] = ()
+    cap: float | None = None
+    cap_note: str = ""
 
 
 @dataclass
@@ -140,6 +162,9 @@ class Row:
     higher_is_better: bool
     samples: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    # A sample of math.inf means "no result within cap" (lower-is-better rows only).
+    cap: float | None = None
+    cap_note: str = ""
 
     def median(self, system: str) -> float | None:
         values = self.samples.get(system)
@@ -147,12 +172,34 @@ class Row:
             return None
         return statistics.median(values)
 
+    def show(self, value: float | None, unit: str = "") -> str:
+        """A value as printed, followed by ``unit`` if given: ``> cap (note)`` if capped."""
+        unit = f" {unit}" if unit else ""
+        if value is not None and math.isinf(value) and self.cap is not None:
+            note = f" ({self.cap_note})" if self.cap_note else ""
+            return f"> {fmt(self.cap)}{unit}{note}"
+        return f"{fmt(value)}{unit}"
+
     def speedup(self) -> float | None:
         """How many times better regrow is than dask (>1: regrow is better)."""
         r, d = self.median("regrow"), self.median("dask")
-        if r is None or d is None or r <= 0 or d <= 0:
+        if r is None or d is None or r <= 0 or d <= 0 or math.isinf(r) or math.isinf(d):
             return None
         return r / d if self.higher_is_better else d / r
+
+    def speedup_text(self) -> str:
+        """``speedup()`` as shown; a bound (``> 4.2x``) when one system's median is capped."""
+        speedup = self.speedup()
+        if speedup is not None:
+            return f"{speedup:.2f}x"
+        r, d = self.median("regrow"), self.median("dask")
+        if r is None or d is None or self.cap is None or self.higher_is_better:
+            return "-"
+        if math.isinf(d) and not math.isinf(r) and r > 0:
+            return f"> {self.cap / r:.2f}x"
+        if math.isinf(r) and not math.isinf(d) and d > 0:
+            return f"< {d / self.cap:.2f}x"
+        return "-"
 
 
 @dataclass
@@ -220,7 +267,13 @@ def run_workloads(
     workload.
     """
     systems = list(systems)
-    rows = [Row(w.name, w.unit, w.higher_is_better) for w in workloads]
+    groups = [
+        [
+            Row(w.name, w.unit, w.higher_is_better, cap=w.cap, cap_note=w.cap_note),
+            *(Row(s.name, s.unit, s.higher_is_better) for s in w.more),
+        ]
+        for w in workloads
+    ]
     with contextlib.ExitStack() as outer:
         live: dict[str, System] = {}
         stacks: dict[str, contextlib.ExitStack] = {}
@@ -230,41 +283,53 @@ def run_workloads(
                 live[name] = stack.enter_context(start_system(name))
                 stacks[name] = stack
             except Exception as exc:
-                for row in rows:
+                for row in (r for group in groups for r in group):
                     row.errors[name] = f"ERROR (cluster): {type(exc).__name__}: {exc}"
                 print(f"  {name:<6}  cluster failed: {type(exc).__name__}: {exc}", flush=True)
         hung: dict[str, str] = {}
-        for w, row in zip(workloads, rows, strict=True):
+        for w, group in zip(workloads, groups, strict=True):
+            row = group[0]
             for rep in range(reps):
                 order = list(live) if rep % 2 == 0 else list(reversed(live))
                 for name in order:
                     if name in hung:
-                        row.errors.setdefault(name, f"not run: {name} hung in {hung[name]!r}")
-                    if name in row.errors:
+                        for r in group:
+                            r.errors.setdefault(name, f"not run: {name} hung in {hung[name]!r}")
+                    if name in row.errors or any(map(math.isinf, row.samples.get(name, []))):
                         continue
                     _settle()
                     try:
                         with time_limit(REP_TIMEOUT, f"{name} / {w.name} rep {rep + 1}"):
                             value = w.run(live[name])
+                        values = value if isinstance(value, tuple) else (value,)
+                        check(
+                            len(values) == len(group), f"{len(values)} values for {len(group)} rows"
+                        )
                     except WorkloadTimeout as exc:
-                        row.errors[name] = f"HANG: {exc}"
+                        for r in group:
+                            r.errors[name] = f"HANG: {exc}"
                         hung[name] = w.name
                         stacks[name].close()  # stop its processes: they may be spinning
                     except Exception as exc:
-                        row.errors[name] = f"ERROR: {type(exc).__name__}: {exc}"
+                        for r in group:
+                            r.errors[name] = f"ERROR: {type(exc).__name__}: {exc}"
                     else:
-                        row.samples.setdefault(name, []).append(value)
-            for name in systems:
-                _progress(name, row)
-    return rows
+                        for r, v in zip(group, values, strict=True):
+                            r.samples.setdefault(name, []).append(v)
+            for r in group:
+                for name in systems:
+                    _progress(name, r)
+    return [r for group in groups for r in group]
 
 
 def _progress(system: str, row: Row) -> None:
     if system in row.errors:
         shown = row.errors[system]
     else:
-        values = ", ".join(fmt(v) for v in row.samples.get(system, []))
-        shown = f"{fmt(row.median(system))} {row.unit} (median of {values})"
+        samples = row.samples.get(system, [])
+        values = ", ".join(f"> {fmt(row.cap)}" if math.isinf(v) else fmt(v) for v in samples)
+        capped = "; capped, remaining repetitions skipped" if any(map(math.isinf, samples)) else ""
+        shown = f"{row.show(row.median(system), row.unit)} (median of {values}{capped})"
     print(f"  {system:<6}  {row.workload}: {shown}", flush=True)
 
 
@@ -332,7 +397,7 @@ def _cell(row: Row, system: str, skipped: list[str]) -> str:
         return "skipped"
     if system in row.errors:
         return row.errors[system].split(":", 1)[0]  # ERROR / HANG / not run
-    return fmt(row.median(system))
+    return row.show(row.median(system))
 
 
 def format_report(report: Report, reps: int) -> str:
@@ -345,14 +410,13 @@ def format_report(report: Report, reps: int) -> str:
     ]
     body = []
     for row in report.rows:
-        speedup = row.speedup()
         body.append(
             [
                 row.workload,
                 f"{row.unit} ({'higher' if row.higher_is_better else 'lower'} is better)",
                 _cell(row, "regrow", report.skipped),
                 _cell(row, "dask", report.skipped),
-                "-" if speedup is None else f"{speedup:.2f}x",
+                row.speedup_text(),
             ]
         )
     lines = [f"Medians of {reps} repetitions. {machine_summary()}", ""]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from benchmarks import chain, throughput, transfer, tree
+from benchmarks import chain, recovery, throughput, transfer, tree
 from benchmarks.common import Report, main
 
-MODULES = (throughput, chain, tree, transfer)
+MODULES = (throughput, chain, tree, transfer, recovery)
 
 
 def run(systems: Sequence[str], reps: int) -> Report:

@@ -37,3 +37,11 @@ def consume(arr: Any) -> tuple[int, int]:
 
 def pid() -> int:
     return os.getpid()
+
+
+def slow_inc(x: int, seconds: float) -> int:
+    """``x + 1`` after sleeping ``seconds`` (a task with a fixed amount of work)."""
+    import time
+
+    time.sleep(seconds)
+    return x + 1

@@ -87,41 +87,118 @@ def _unpack(blob: bytes | None) -> Any:
     return None if blob is None else msgpack.unpackb(blob, raw=False)
 
 
+_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_file(path: str) -> None:
+    """Refuse a non-empty file that is not whole SQLite pages, before SQLite sees it
+    (SQLite would take a file shorter than its header for an empty database)."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return  # created, never written: a new journal
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        raise JournalError(
+            f"{path} is not a regrow journal (not an SQLite database file); it was left untouched"
+        )
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(header[28:32], "big")
+    # The page count in the header counts only if written with the current change counter.
+    counted = header[24:28] == header[92:96]
+    wal = f"{path}-wal"
+    # With a WAL holding transactions, the main file may lag behind (SQLite reconciles them).
+    bare = not os.path.exists(wal) or os.path.getsize(wal) == 0
+    if page < 512 or size % page or (bare and counted and size < pages * page):
+        raise JournalError(
+            f"{path} is a truncated or damaged journal ({size:,} bytes; its header says "
+            f"{pages:,} pages of {page:,} bytes); it was left untouched"
+        )
+
+
 class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        _check_file(self.path)
         try:
             # check_same_thread=False: flushes run in a worker thread, one at a time (_lock).
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
+        try:
+            rows = self._check()
             self.db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose
             # the last transactions but never corrupts the file.
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-            rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+            if not rows:
+                # Schema and identity in one transaction: a journal cut at its birth holds
+                # either nothing or both.
+                self.db.execute("BEGIN")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
+                    (str(JOURNAL_VERSION), uuid.uuid4().hex),
+                )
+                self.db.execute("COMMIT")
+                rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise JournalError(
                 f"{self.path} is not a readable regrow journal ({exc}); it was left untouched"
             ) from None
-        if existed and not rows:
-            raise JournalError(f"{self.path} is an SQLite file but not a regrow journal")
-        version = int(rows.get("version", JOURNAL_VERSION))
-        if version != JOURNAL_VERSION:
-            raise JournalError(
-                f"{self.path} is a regrow journal of version {version}; this regrow reads "
-                f"version {JOURNAL_VERSION}. Inspect it with a matching regrow, or move it away."
-            )
-        if not rows:
-            self.db.execute(
-                "INSERT INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
-                (str(JOURNAL_VERSION), uuid.uuid4().hex),
-            )
-            rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        except BaseException:
+            self.db.close()
+            raise
         self.scheduler_id = rows["scheduler_id"]
         self._lock = threading.Lock()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self.writes = 0
+
+    def _check(self) -> dict[str, str]:
+        """What the file holds, read before anything is written to it: its meta rows
+        (none for a new journal). Refuses, with JournalError, anything but a whole
+        regrow journal of this version (the caller closes the connection)."""
+        tables = {
+            name
+            for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not tables:
+            return {}  # a new file, or one cut before its first transaction: nothing in it
+        if "meta" not in tables:
+            raise JournalError(
+                f"{self.path} is an SQLite file but not a regrow journal; it was left untouched"
+            )
+        rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+        if not rows and (
+            "tasks" not in tables
+            or self.db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
+        ):
+            return {}  # cut at its birth by an older regrow (schema not yet whole)
+        version = rows.get("version", "?")
+        if version != str(JOURNAL_VERSION):
+            raise JournalError(
+                f"{self.path} is a regrow journal of version {version}; this regrow reads "
+                f"version {JOURNAL_VERSION}. Inspect it with a matching regrow, or move it away."
+            )
+        if "scheduler_id" not in rows or not {"tasks", "wants"} <= tables:
+            raise JournalError(
+                f"{self.path} is an incomplete regrow journal (tables {sorted(tables)}, "
+                f"meta {sorted(rows)}); it was left untouched"
+            )
+        problems = [r for (r,) in self.db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise JournalError(
+                f"{self.path} is a damaged regrow journal ({'; '.join(problems)}); "
+                "it was left untouched"
+            )
+        return rows
 
     # -- recording (cheap: appends to a list) ---------------------------------
     def task_added(
@@ -220,6 +297,12 @@ class Journal:
 
     # -- reading ------------------------------------------------------------------
     def load(self) -> Snapshot:
+        try:
+            return self._load()
+        except (sqlite3.DatabaseError, ValueError, TypeError, IndexError) as exc:
+            raise JournalError(f"cannot read the journal {self.path}: {exc}") from None
+
+    def _load(self) -> Snapshot:
         snap = Snapshot(self.scheduler_id)
         with self._lock:
             for row in self.db.execute(

@@ -379,6 +379,11 @@ class Scheduler:
                     command.client,
                     {"op": "event", "topic": command.topic, "message": command.message},
                 )
+            case cmd.ReportInterrupted():
+                self._to_client(
+                    command.client,
+                    {"op": "key-interrupted", "key": command.key, "worker": command.worker},
+                )
             case cmd.Interrupt():
                 self._to_worker(command.worker, {"op": "interrupt", "key": command.key})
             case cmd.AcquireReplicas():

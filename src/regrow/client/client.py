@@ -187,6 +187,9 @@ class _Session:
                 elif op == "key-lost":
                     if st is not None:
                         st.lost()
+                elif op == "key-interrupted":
+                    for listener in list(self.client._interrupt_listeners):
+                        listener(str(msg.get("key")), str(msg.get("worker")))
                 elif op == "event":
                     self.client._record_event(str(msg.get("topic")), str(msg.get("message")))
                 elif op == "submit-ack":
@@ -372,6 +375,8 @@ class Client:
         self._states: dict[str, FutureState] = {}
         self._fn_cache: dict[Any, list[Buffer]] = {}
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
+        # Called (key, worker) from the IO thread when a running task's worker died.
+        self._interrupt_listeners: list[Callable[[str, str], None]] = []
         self._events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=10_000)
         self._loop: LoopThread = shared_loop()
         self._session = _Session(self)

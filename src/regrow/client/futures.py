@@ -308,30 +308,30 @@ def wait(
         )
     futures = _as_list(fs)
     signal = threading.Event()
+    lock = threading.Lock()
+    counts = {"done": 0, "erred": 0}
+    n = len(futures)
 
-    def satisfied() -> bool:
-        if return_when == ALL_COMPLETED:
-            return all(f.done() for f in futures)
-        if return_when == FIRST_COMPLETED:
-            return any(f.done() for f in futures) or not futures
-        return all(f.done() for f in futures) or any(f.status == ERROR for f in futures)
+    def poke(state: FutureState) -> None:
+        # Called once per future as it settles: O(1), so waiting on many futures is O(n).
+        with lock:
+            counts["done"] += 1
+            counts["erred"] += state.status == ERROR
+            done, erred = counts["done"], counts["erred"]
+        if (
+            done == n
+            or (return_when == FIRST_COMPLETED)
+            or (return_when == FIRST_EXCEPTION and erred)
+        ):
+            signal.set()
 
-    def poke(_: FutureState) -> None:
+    if n == 0:
         signal.set()
-
     for f in futures:
         f._state.add_listener(poke)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not satisfied():
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            n = sum(not f.done() for f in futures)
-            raise TimeoutError(f"{n} of {len(futures)} futures not done within {timeout} s")
-        signal.wait(remaining)
-        signal.clear()
-        for f in futures:
-            if not f.done():
-                f._state.add_listener(poke)
+    if not signal.wait(timeout):
+        left = sum(not f.done() for f in futures)
+        raise TimeoutError(f"{left} of {n} futures not done within {timeout} s")
     done = {f for f in futures if f.done()}
     return DoneAndNotDoneFutures(done, set(futures) - done)
 

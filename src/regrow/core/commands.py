@@ -100,3 +100,12 @@ class ReportEvent(Command):
     client: str
     topic: str
     message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportInterrupted(Command):
+    """``key`` was running on ``worker`` when it died; it runs again elsewhere."""
+
+    client: str
+    key: str
+    worker: str

@@ -1029,6 +1029,10 @@ class SchedulerState:
             if not event.graceful:
                 ts.suspicious += 1
                 self.deaths.setdefault(ts.key, []).append((ws.address, event.reason))
+                for client in ts.who_wants:
+                    self._emit(
+                        cmd.ReportInterrupted(client=client.id, key=ts.key, worker=ws.address)
+                    )
         ws.isolated = None
         under_replicated: list[str] = []
         gone: list[TaskState] = []

@@ -1,0 +1,566 @@
+"""Running a pipeline on the cluster: concurrent stages, restarts, progress.
+
+A pipeline *task* (Disco's word) is a chain of regrow tasks ("steps"): ``init``,
+one ``process`` step per input it consumes, and ``done``. Each step returns the
+task's state and the records it wrote, so a consumer can take a producer's records
+batch by batch, while the producer still runs. The driver (a thread in the client
+process) routes each batch to the tasks of the next stage as soon as it exists,
+in whatever order batches arrive.
+
+The failure rule (the seed's): when a task fails, every task that could have
+consumed its outputs is failed and restarted, running or finished, and so on
+down the stages; each restarted task consumes the re-run outputs. A task fails
+when its code raises (it is retried up to ``retries`` times, then the job fails
+with that exception) or when a worker dies while running one of its steps (the
+driver hears of it from the scheduler and restarts it the same way; this does not
+count against ``retries``). Finished outputs lost with a worker are recomputed by
+backtracking to the steps that made them (regrow's lineage), or not at all when
+the stage persists them to files that survived.
+
+Final records are handed out only once the task that wrote them can no longer be
+restarted, so every record appears exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from regrow.client.futures import Future, as_completed
+from regrow.pipeline import stages as st
+from regrow.pipeline.stages import Files, Pipeline, Record
+
+if TYPE_CHECKING:
+    from regrow.client.client import Client
+
+logger = logging.getLogger("regrow.pipeline")
+
+_DONE = object()
+
+
+@dataclass
+class _Batch:
+    """A batch of records one producer task wrote under one label."""
+
+    producer: _Run | None  # None for the job's own inputs
+    label: Hashable
+    data: Any  # a Future of the records, or a plain value (persisted path, job input)
+    worker: str = ""
+
+
+@dataclass(eq=False)
+class _Run:
+    """One attempt of one pipeline task."""
+
+    stage: int
+    group: Hashable
+    attempt: int
+    inputs: list[_Batch] = field(default_factory=list)  # everything routed to it, in order
+    pending: deque[_Batch] = field(default_factory=deque)
+    consumed: int = 0
+    state: Future | None = None  # the last finished step
+    in_flight: Future | None = None
+    steps: list[Future] = field(default_factory=list)
+    outputs: list[_Batch] = field(default_factory=list)
+    unrouted: int = 0
+    done_submitted: bool = False
+    finished: bool = False
+    stale: bool = False
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"<task stage={self.stage} group={self.group!r} attempt={self.attempt}>"
+
+
+@dataclass
+class StageProgress:
+    name: str
+    total: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    restarted: int = 0
+    finished: bool = False
+
+
+class PipelineError(RuntimeError):
+    """The job failed: a task kept raising past its retries (the cause is chained)."""
+
+
+class PipelineResult:
+    """The records of a running job: iterate them as they become final, or ``gather()``."""
+
+    def __init__(self, runner: _Runner) -> None:
+        self._runner = runner
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            item = self._runner.results.get()
+            if item is _DONE:
+                self._runner.results.put(_DONE)
+                if self._runner.error is not None:
+                    raise self._runner.error
+                return
+            yield from item
+
+    def gather(self, timeout: float | None = None) -> list[Record]:
+        self.wait(timeout)
+        return list(self)
+
+    def wait(self, timeout: float | None = None) -> None:
+        if not self._runner.finished.wait(timeout):
+            raise TimeoutError(f"pipeline not finished within {timeout} s")
+        if self._runner.error is not None:
+            raise self._runner.error
+
+    def done(self) -> bool:
+        return self._runner.finished.is_set()
+
+    @property
+    def progress(self) -> list[StageProgress]:
+        return [StageProgress(**vars(p)) for p in self._runner.progress]
+
+    @property
+    def history(self) -> list[tuple[float, str]]:
+        """What happened, in order: stage starts and ends, failures, restarts."""
+        return list(self._runner.history)
+
+    def task_times(self) -> list[tuple[str, Hashable, float, float]]:
+        """(stage, group, started, finished) of every task attempt that finished."""
+        return list(self._runner.times)
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: Client,
+        pipeline: Pipeline,
+        inputs: Any,
+        retries: int,
+        input_batch: int,
+    ) -> None:
+        self.client = client
+        self.pipeline = pipeline
+        self.stages = [stage for _, stage in pipeline.stages]
+        self.groupings = [grouping for grouping, _ in pipeline.stages]
+        self.retries = retries
+        self.job = uuid.uuid4().hex[:8]
+        self.runs: list[dict[Hashable, _Run]] = [{} for _ in self.stages]
+        self.failures: dict[tuple[int, Hashable], int] = {}
+        self.progress = [StageProgress(s.name) for s in self.stages]
+        self.history: list[tuple[float, str]] = []
+        self.times: list[tuple[str, Hashable, float, float]] = []
+        self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.watch = as_completed()
+        # future key -> (kind of step, its task, what the handler needs)
+        self.actions: dict[str, tuple[str, _Run, Any]] = {}
+        self.released: set[int] = set()
+        self.keys = itertools.count()
+        self.stage_complete = [False for _ in self.stages]
+        self.job_inputs = self._inputs(inputs, input_batch)
+        self.interrupted: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.watch.timeout = 0.1
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, inputs: Any, batch: int) -> list[_Batch]:
+        if isinstance(inputs, Files):
+            return [_Batch(None, 0, f"file://{p}") for p in inputs.paths]
+        items = list(inputs)
+        if items and all(isinstance(x, Future) for x in items):
+            return [_Batch(None, 0, f) for f in items]
+        if any(isinstance(x, Future) for x in items):
+            raise TypeError("inputs mix Futures and plain records; pass one kind")
+        return [_Batch(None, 0, items[i : i + batch]) for i in range(0, len(items), batch)]
+
+    # ----------------------------------------------------------------- events
+    def note(self, message: str) -> None:
+        self.history.append((time.time(), message))
+        self.client._record_event("pipeline", message)
+
+    def _on_interrupt(self, key: str, worker: str) -> None:
+        # Runs in the client's IO thread: hand over to the driver thread.
+        if key in self.actions:
+            self.interrupted.put(key)
+
+    def run(self) -> None:
+        self.client._interrupt_listeners.append(self._on_interrupt)
+        try:
+            self._start()
+            while not self.finished.is_set():
+                self._step()
+                keys = set()
+                while not self.interrupted.empty():
+                    keys.add(self.interrupted.get())
+                if keys:
+                    self.worker_lost(keys)
+        except BaseException as exc:
+            self.error = exc
+            self.note(f"job {self.job} failed: {type(exc).__name__}: {exc}")
+            self._cancel_everything()
+        finally:
+            self.client._interrupt_listeners.remove(self._on_interrupt)
+            self.results.put(_DONE)
+            self.finished.set()
+
+    def _start(self) -> None:
+        grouping = self.groupings[0]
+        for i, batch in enumerate(self.job_inputs):
+            group: Hashable = i if grouping == st.SPLIT else 0
+            self._route(0, group, batch)
+        self.note(f"job {self.job}: {len(self.job_inputs)} input(s), {len(self.stages)} stage(s)")
+        self._check_complete()
+
+    def _step(self) -> None:
+        try:
+            future = next(self.watch)
+        except TimeoutError:
+            return  # a turn to look at interruptions
+        except StopIteration:
+            if not self.finished.is_set():
+                raise RuntimeError(
+                    "pipeline driver has nothing to wait for but is not done: "
+                    + "; ".join(
+                        f"{r!r} finished={r.finished} done_submitted={r.done_submitted} "
+                        f"pending={len(r.pending)} state={r.state is not None} "
+                        f"unrouted={r.unrouted}"
+                        for runs in self.runs
+                        for r in runs.values()
+                        if not r.finished
+                    )
+                    + f" complete={self.stage_complete} actions={list(self.actions.items())[:5]}"
+                    + f" watch={self.watch.count()}"
+                ) from None
+            return
+        action = self.actions.pop(future.key, None)
+        if action is None:
+            return
+        kind, run, extra = action
+        if run.stale:
+            return
+        if future.status == "error":
+            self._failed(run, future.exception())
+            return
+        if future.status in ("lost", "pending"):
+            # Finished, then lost with a worker before we looked: wait for its recompute.
+            self.actions[future.key] = action
+            self.watch.add(future)
+            return
+        if future.status != "finished":
+            return
+        if kind == "step":
+            self._step_done(run, future, extra)
+        elif kind == "labels":
+            self._labels_done(run, future, extra)
+        elif kind == "take":
+            self._take_done(run, future, extra)
+
+    # --------------------------------------------------------------- routing
+    def _consumer_group(self, stage: int, batch: _Batch) -> Hashable:
+        grouping = self.groupings[stage]
+        if grouping == st.SPLIT:
+            return (batch.producer.group, batch.producer.stage) if batch.producer else 0
+        if grouping == st.GROUP_LABEL:
+            return batch.label
+        if grouping == st.GROUP_ALL:
+            return 0
+        if grouping == st.GROUP_NODE:
+            return batch.worker
+        return (batch.worker, batch.label)
+
+    def _route(self, stage: int, group: Hashable, batch: _Batch) -> None:
+        run = self.runs[stage].get(group)
+        if run is None:
+            run = self._new_run(stage, group, 0)
+        run.inputs.append(batch)
+        run.pending.append(batch)
+        self._advance(run)
+
+    def _new_run(self, stage: int, group: Hashable, attempt: int) -> _Run:
+        run = _Run(stage, group, attempt)
+        self.runs[stage][group] = run
+        self.progress[stage].total += attempt == 0
+        return run
+
+    def _ready_to_consume(self, run: _Run) -> bool:
+        if self.stages[run.stage].concurrent or run.stage == 0:
+            return True
+        return self.stage_complete[run.stage - 1]
+
+    def _submit(self, kind: str, run: _Run, extra: Any, fn: Any, *args: Any) -> Future:
+        name = self.stages[run.stage].name
+        key = f"pipeline-{self.job}-{name}-{next(self.keys)}"
+        future = self.client.submit(fn, *args, key=key, pure=False)
+        self.actions[future.key] = (kind, run, extra)
+        self.watch.add(future)
+        return future
+
+    def _advance(self, run: _Run) -> None:
+        if run.stale or run.in_flight is not None or run.finished:
+            return
+        stage = self.stages[run.stage]
+        if run.state is None:
+            if not self._ready_to_consume(run):
+                return
+            run.started_at = time.time()
+            self.progress[run.stage].running += 1
+            run.in_flight = self._submit("step", run, "init", st.init_step, stage)
+        elif run.pending and self._ready_to_consume(run):
+            batch = run.pending.popleft()
+            run.consumed += 1
+            run.in_flight = self._submit(
+                "step", run, "process", st.process_step, stage, run.state, batch.label, batch.data
+            )
+        elif not run.pending and not run.done_submitted and self._inputs_complete(run):
+            run.done_submitted = True
+            run.in_flight = self._submit("step", run, "done", st.done_step, stage, run.state)
+        else:
+            return
+        run.steps.append(run.in_flight)
+
+    def _inputs_complete(self, run: _Run) -> bool:
+        """No more input can reach this task: its producers' stage has finished."""
+        return run.stage == 0 or self.stage_complete[run.stage - 1]
+
+    def _step_done(self, run: _Run, future: Future, which: str) -> None:
+        run.in_flight = None
+        run.state = future
+        run.unrouted += 1
+        self._submit("labels", run, future, st.labels_of, future)
+        if which == "done":
+            run.finished_at = time.time()
+
+    def _labels_done(self, run: _Run, future: Future, step: Future) -> None:
+        labels = future.result()
+        persisted = self.stages[run.stage].persist is not None
+        for label in labels:
+            run.unrouted += 1
+            take = self._submit("take", run, (label, persisted), st.take, step, label)
+            if not persisted:
+                # The records stay on the worker; consumers get them by Future.
+                self._take_done(run, take, (label, False), fetch=False)
+        run.unrouted -= 1
+        self._after_routing(run)
+
+    def _take_done(
+        self, run: _Run, future: Future, extra: tuple[Hashable, bool], fetch: bool = True
+    ) -> None:
+        label, persisted = extra
+        if not fetch:
+            data: Any = future
+        elif persisted:
+            data = future.result()  # a small path: consumers need no lineage back to us
+        else:
+            return  # already routed when submitted
+        worker = ""
+        nxt = run.stage + 1
+        if nxt < len(self.stages) and self.groupings[nxt] in (st.GROUP_NODE, st.GROUP_NODE_LABEL):
+            holders = self.client.who_has([future]).get(future.key) or [""]
+            worker = holders[0]
+        batch = _Batch(run, label, data, worker)
+        run.outputs.append(batch)
+        run.unrouted -= 1
+        if nxt < len(self.stages):
+            self._route(nxt, self._consumer_group(nxt, batch), batch)
+        self._after_routing(run)
+
+    def _after_routing(self, run: _Run) -> None:
+        if run.unrouted == 0 and run.in_flight is None:
+            if run.done_submitted and not run.finished:
+                run.finished = True
+                progress = self.progress[run.stage]
+                progress.running -= 1
+                progress.done += 1
+                self.times.append((self.stages[run.stage].name, run.group, run.started_at,
+                                   run.finished_at))  # fmt: skip
+                self._check_complete()
+            else:
+                self._advance(run)
+
+    def _check_complete(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for i, runs in enumerate(self.runs):
+                if self.stage_complete[i] or (i > 0 and not self.stage_complete[i - 1]):
+                    continue
+                if all(r.finished for r in runs.values()):
+                    self.stage_complete[i] = True
+                    self.progress[i].finished = True
+                    self.note(f"stage {self.stages[i].name} finished ({len(runs)} task(s))")
+                    changed = True
+                    if i + 1 < len(self.runs):
+                        for r in list(self.runs[i + 1].values()):
+                            self._advance(r)
+        self._release_final()
+        if all(self.stage_complete):
+            self.finished.set()
+
+    def _release_final(self) -> None:
+        """Hand out the last stage's records of tasks that can no longer be restarted."""
+        last = len(self.stages) - 1
+        upstream_done = last == 0 or self.stage_complete[last - 1]
+        for run in self.runs[last].values():
+            if (
+                run.finished
+                and id(run) not in self.released
+                and (upstream_done or self._stable(run))
+            ):
+                self.released.add(id(run))
+                records: list[Record] = []
+                for batch in run.outputs:
+                    value = batch.data.result() if isinstance(batch.data, Future) else batch.data
+                    if isinstance(value, st.PersistedBatch):
+                        value = value.load()
+                    records.extend(value)
+                self.results.put(records)
+
+    def _stable(self, run: _Run) -> bool:
+        """True if nothing upstream of ``run`` can fail any more (split chains only)."""
+        while run.stage > 0:
+            if self.groupings[run.stage] != st.SPLIT:
+                return False
+            producers = {b.producer for b in run.inputs if b.producer is not None}
+            if len(producers) != 1:
+                return False
+            (run,) = producers
+            if not run.finished or run.stale:
+                return False
+        return run.finished
+
+    # --------------------------------------------------------------- failure
+    def _failed(self, run: _Run, exc: BaseException | None, died: bool = False) -> None:
+        key = (run.stage, run.group)
+        name = self.stages[run.stage].name
+        if not died:
+            self.failures[key] = self.failures.get(key, 0) + 1
+            if self.failures[key] > self.retries:
+                self.note(f"task {name}[{run.group!r}] failed {self.failures[key]} times: {exc!r}")
+                if exc is None:
+                    raise PipelineError(f"task {name}[{run.group!r}] failed")
+                # The job fails with the user's own exception (remote traceback attached).
+                exc.add_note(
+                    f"pipeline task {name}[{run.group!r}] failed {self.failures[key]} time(s); "
+                    f"retries={self.retries}"
+                )
+                raise exc
+        why = "its worker died" if died else f"{type(exc).__name__}: {exc}"
+        self.progress[run.stage].failed += 1
+        self.note(f"task {name}[{run.group!r}] failed ({why}); restarting it and its consumers")
+        doomed = self._could_consume(run)
+        for victim in doomed:
+            self._restart(victim, failed=victim is run)
+
+    def _could_consume(self, run: _Run) -> list[_Run]:
+        """``run`` and every task that could have consumed its outputs, transitively."""
+        out: list[_Run] = [run]
+        frontier = [run]
+        while frontier:
+            nxt: list[_Run] = []
+            for r in frontier:
+                stage = r.stage + 1
+                if stage >= len(self.stages):
+                    continue
+                if self.groupings[stage] == st.SPLIT:
+                    consumers = [
+                        c
+                        for c in self.runs[stage].values()
+                        if any(b.producer is r for b in c.inputs)
+                    ]
+                else:
+                    # Its next attempt may write any label, on any worker: all of them.
+                    consumers = list(self.runs[stage].values())
+                for c in consumers:
+                    if c not in out:
+                        out.append(c)
+                        nxt.append(c)
+            frontier = nxt
+        return out
+
+    def _restart(self, run: _Run, failed: bool) -> None:
+        run.stale = True
+        doomed = set()
+        for f in run.steps:
+            doomed.add(f)
+        for b in run.outputs:
+            if isinstance(b.data, Future):
+                doomed.add(b.data)
+        live = [f for f in doomed if not f.done()]
+        if live:
+            self.client.cancel(live)
+        progress = self.progress[run.stage]
+        if run.state is not None or run.in_flight is not None:
+            if not run.finished:
+                progress.running -= 1
+            else:
+                progress.done -= 1
+        if not failed:
+            progress.restarted += 1
+        fresh = self._new_run(run.stage, run.group, run.attempt + 1)
+        # It consumes again every input that is still valid: batches of producers that
+        # are themselves restarting come again from their new attempts.
+        for batch in run.inputs:
+            if batch.producer is None or not batch.producer.stale:
+                fresh.inputs.append(batch)
+                fresh.pending.append(batch)
+        if self.stage_complete[run.stage]:
+            for i in range(run.stage, len(self.stages)):
+                self.stage_complete[i] = False
+                self.progress[i].finished = False
+        self._advance(fresh)
+
+    def worker_lost(self, keys: set[str]) -> None:
+        """Steps that were running on a dead worker: their tasks fail (the seed's rule)."""
+        for key in keys:
+            action = self.actions.get(key)
+            if action is None or action[0] != "step":
+                continue
+            run = action[1]
+            if not run.stale:
+                self._failed(run, None, died=True)
+
+    def _cancel_everything(self) -> None:
+        live: list[Future] = []
+        for runs in self.runs:
+            for run in runs.values():
+                live.extend(f for f in run.steps if not f.done())
+        if live:
+            try:
+                self.client.cancel(live)
+            except Exception:
+                logger.exception("could not cancel the failed job's tasks")
+
+
+def run_pipeline(
+    client: Client,
+    pipeline: Pipeline | Iterable[tuple[str, st.Stage]],
+    inputs: Any,
+    *,
+    retries: int = 2,
+    input_batch: int = 1000,
+) -> PipelineResult:
+    """Start ``pipeline`` on ``inputs``; returns at once with a ``PipelineResult``.
+
+    ``inputs``: a ``Files([...])`` (each file one input, its lines the records), a list
+    of Futures already on the cluster (each value one input), or any iterable of
+    records (cut into inputs of ``input_batch`` records). ``retries``: how many times a
+    task whose code raises is run again before the job fails with that exception.
+    """
+    if not isinstance(pipeline, Pipeline):
+        pipeline = Pipeline(list(pipeline))
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    runner = _Runner(client, pipeline, inputs, retries, input_batch)
+    thread = threading.Thread(target=runner.run, name=f"regrow-pipeline-{runner.job}", daemon=True)
+    thread.start()
+    return PipelineResult(runner)

@@ -1,0 +1,218 @@
+"""Pipelines as data: stages, groupings, inputs, and the interface a task writes to.
+
+Pure description; nothing here talks to the cluster. A pipeline is a list of
+``(grouping, Stage)`` pairs, after Disco: the grouping says how the outputs of
+the previous stage (or the job's inputs) are divided among this stage's tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# Groupings (Disco's names).
+SPLIT = "split"  # one task per input (per producing task)
+GROUP_LABEL = "group_label"  # one task per label
+GROUP_ALL = "group_all"  # one task for everything
+GROUP_NODE = "group_node"  # one task per worker that holds outputs
+GROUP_NODE_LABEL = "group_node_label"  # one task per (worker, label)
+GROUPINGS = (SPLIT, GROUP_LABEL, GROUP_ALL, GROUP_NODE, GROUP_NODE_LABEL)
+
+split, group_label, group_all, group_node, group_node_label = GROUPINGS
+
+Record = tuple[Any, Any]
+
+
+class Output:
+    """Records a task writes under one label: ``interface.output(label).add(key, value)``."""
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def add(self, key: Any, value: Any) -> None:
+        self.records.append((key, value))
+
+
+class Interface:
+    """What a stage's functions get as ``interface``: outputs by label, and the params."""
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params
+        self.outputs: dict[Hashable, Output] = {}
+
+    def output(self, label: Hashable = 0) -> Output:
+        out = self.outputs.get(label)
+        if out is None:
+            out = self.outputs[label] = Output()
+        return out
+
+    def take(self) -> dict[Hashable, list[Record]]:
+        out = {label: o.records for label, o in self.outputs.items() if o.records}
+        self.outputs = {}
+        return out
+
+
+def _no_init(interface: Interface, params: Any) -> Any:
+    return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a pipeline.
+
+    - ``process(interface, state, label, inp)`` is called once per input, where ``inp``
+      is an iterable of records (``(key, value)`` pairs, or lines for file inputs);
+    - ``init(interface, params) -> state`` once before, ``done(interface, state)`` once after;
+    - a task writes records with ``interface.output(label).add(key, value)``.
+    - ``concurrent=False`` makes the stage a barrier: its tasks start only once the
+      previous stage has finished, and see all their inputs then.
+    - ``persist=None`` keeps outputs in worker memory (a lost output is recomputed from
+      the tasks that produced it); ``persist="/some/dir"`` writes them to files there, so
+      a lost worker forces no recomputation where the files survive.
+    """
+
+    name: str
+    process: Callable[[Interface, Any, Hashable, Iterable[Any]], None]
+    init: Callable[[Interface, Any], Any] = _no_init
+    done: Callable[[Interface, Any], None] | None = None
+    concurrent: bool = True
+    persist: str | None = None
+    params: Any = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.process):
+            raise TypeError(f"stage {self.name!r}: process must be callable")
+        if self.done is not None and not callable(self.done):
+            raise TypeError(f"stage {self.name!r}: done must be callable or None")
+
+
+@dataclass(frozen=True)
+class Files:
+    """Inputs read from files: each file is one input whose records are its lines."""
+
+    paths: tuple[str, ...]
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        object.__setattr__(self, "paths", tuple(os.fspath(p) for p in paths))
+
+
+@dataclass
+class Pipeline:
+    """A list of ``(grouping, Stage)`` pairs."""
+
+    stages: list[tuple[str, Stage]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one (grouping, Stage) pair")
+        names = set()
+        for item in self.stages:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TypeError(f"pipeline entries are (grouping, Stage) pairs, got {item!r}")
+            grouping, stage = item
+            if grouping not in GROUPINGS:
+                raise ValueError(f"unknown grouping {grouping!r}; use one of {GROUPINGS}")
+            if not isinstance(stage, Stage):
+                raise TypeError(f"expected a Stage, got {type(stage).__name__}")
+            if stage.name in names:
+                raise ValueError(f"two stages are named {stage.name!r}")
+            names.add(stage.name)
+
+
+# ----------------------------------------------------------------------------------
+# What runs on the workers. Each is a pure function of its arguments: regrow may run
+# it again after a loss and gets the same outputs.
+
+
+class FileInput:
+    """A file as an input: iterating it yields its lines (without line endings)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state: Any
+    outputs: dict[Hashable, Any]  # label -> records, or -> path of a file holding them
+
+
+def _persist(directory: str, outputs: dict[Hashable, list[Record]]) -> dict[Hashable, Any]:
+    os.makedirs(directory, exist_ok=True)
+    out: dict[Hashable, Any] = {}
+    for label, records in outputs.items():
+        path = os.path.join(directory, f"{uuid.uuid4().hex}.pkl")
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(records, f, protocol=5)
+        os.replace(tmp, path)  # a reader never sees half a file
+        out[label] = PersistedBatch(path)
+    return out
+
+
+@dataclass(frozen=True)
+class PersistedBatch:
+    path: str
+
+    def load(self) -> list[Record]:
+        with open(self.path, "rb") as f:
+            records: list[Record] = pickle.load(f)
+        return records
+
+
+def init_step(stage: Stage) -> StepResult:
+    interface = Interface(stage.params)
+    state = stage.init(interface, stage.params)
+    return _finish(stage, state, interface)
+
+
+def process_step(stage: Stage, prev: StepResult, label: Hashable, inp: Any) -> StepResult:
+    # A copy: if process() mutates the state and then fails (or its worker dies), running
+    # the step again must start from the state as it was, not a half-updated one.
+    state = copy.deepcopy(prev.state)
+    interface = Interface(stage.params)
+    if isinstance(inp, PersistedBatch):
+        inp = inp.load()
+    elif isinstance(inp, str) and inp.startswith("file://"):
+        inp = FileInput(inp[len("file://") :])
+    stage.process(interface, state, label, inp)
+    return _finish(stage, state, interface)
+
+
+def done_step(stage: Stage, prev: StepResult) -> StepResult:
+    state = copy.deepcopy(prev.state)
+    interface = Interface(stage.params)
+    if stage.done is not None:
+        stage.done(interface, state)
+    return _finish(stage, None, interface)
+
+
+def _finish(stage: Stage, state: Any, interface: Interface) -> StepResult:
+    outputs: dict[Hashable, Any] = interface.take()
+    if stage.persist is not None and outputs:
+        outputs = _persist(stage.persist, outputs)
+    return StepResult(state, outputs)
+
+
+def labels_of(step: StepResult) -> list[Hashable]:
+    return list(step.outputs)
+
+
+def take(step: StepResult, label: Hashable) -> Any:
+    return step.outputs[label]
+
+
+def input_batch(records: list[Any]) -> list[Any]:
+    return records
