@@ -87,11 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         start = time.perf_counter()
         result = run_pipeline(client, pipeline(), Files(files))
+        result.show_progress()
+        print()
         counts = collections.Counter(dict(result.gather()))
         elapsed = time.perf_counter() - start
-        for p in result.progress:
-            print(f"stage {p.name:<7} tasks {p.done}/{p.total}  failed {p.failed}  "
-                  f"restarted {p.restarted}")  # fmt: skip
     expected = serial_count(files)
     ok = counts == expected
     print(f"{len(files)} files, {sum(counts.values()):,} words, {len(counts):,} distinct, "

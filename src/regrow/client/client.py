@@ -105,6 +105,8 @@ class _Session:
         if reattach:
             self._reattach(same=self.journaled and self.scheduler_id == previous)
         self.connected.set()
+        if self.release_buffer:
+            self._flush_releases()  # futures released while the scheduler was away
         spawn(self._listen(comm), self.tasks, "client-listen")
         return comm
 
@@ -224,6 +226,8 @@ class _Session:
 
     def _flush_releases(self) -> None:
         self.release_scheduled = False
+        if not self.connected.is_set() or self.comm is None or self.comm.closed:
+            return  # kept until the scheduler is back (see _register)
         keys, self.release_buffer = self.release_buffer, []
         client = self.client
         with client._lock:
@@ -409,7 +413,9 @@ class Client:
                 return
             self._refcount.pop(key, None)
             self._states.pop(key, None)
-        if self.status == "running":
+        if self.status in ("running", "reconnecting"):
+            # While reconnecting the release waits in the session for the scheduler to
+            # be back (dropping it would leave the key wanted for good).
             self._loop.call_soon(self._session.release, key)
 
     def _desire(self, keys: list[str]) -> None:

@@ -134,6 +134,32 @@ class PipelineResult:
         """What happened, in order: stage starts and ends, failures, restarts."""
         return list(self._runner.history)
 
+    def show_progress(self, console: Any = None, refresh: float = 0.1) -> None:
+        """Draw each stage's progress in the terminal until the job ends (blocks)."""
+        from rich.console import Console
+        from rich.live import Live
+        from rich.table import Table
+
+        def table() -> Table:
+            t = Table(title=f"pipeline {self._runner.job}")
+            for col in ("stage", "tasks done", "running", "failed", "restarted", ""):
+                t.add_column(col)
+            for p in self.progress:
+                t.add_row(
+                    p.name,
+                    f"{p.done}/{p.total}",
+                    str(p.running),
+                    str(p.failed),
+                    str(p.restarted),
+                    "finished" if p.finished else "",
+                )
+            return t
+
+        with Live(table(), console=console or Console(), refresh_per_second=10) as live:
+            while not self._runner.finished.wait(refresh):
+                live.update(table())
+            live.update(table())
+
     def task_times(self) -> list[tuple[str, Hashable, float, float]]:
         """(stage, group, started, finished) of every task attempt that finished."""
         return list(self._runner.times)
@@ -316,10 +342,13 @@ class _Runner:
             self.progress[run.stage].running += 1
             run.in_flight = self._submit("step", run, "init", st.init_step, stage)
         elif run.pending and self._ready_to_consume(run):
-            batch = run.pending.popleft()
-            run.consumed += 1
+            # Everything that has arrived goes into one step: process() still runs once per
+            # input, but the state makes one trip instead of one per input.
+            batches = [run.pending.popleft() for _ in range(min(64, len(run.pending)))]
+            run.consumed += len(batches)
+            inputs = [(b.label, b.data) for b in batches]
             run.in_flight = self._submit(
-                "step", run, "process", st.process_step, stage, run.state, batch.label, batch.data
+                "step", run, "process", st.process_step, stage, run.state, inputs
             )
         elif not run.pending and not run.done_submitted and self._inputs_complete(run):
             run.done_submitted = True
@@ -335,10 +364,24 @@ class _Runner:
     def _step_done(self, run: _Run, future: Future, which: str) -> None:
         run.in_flight = None
         run.state = future
-        run.unrouted += 1
-        self._submit("labels", run, future, st.labels_of, future)
         if which == "done":
             run.finished_at = time.time()
+        nxt = run.stage + 1
+        persisted = self.stages[run.stage].persist is not None
+        if nxt == len(self.stages):
+            # Last stage: its records are the job's output, read when they become final.
+            run.outputs.append(_Batch(run, st.ALL_LABELS, future))
+        elif self.groupings[nxt] in (st.GROUP_LABEL, st.GROUP_NODE_LABEL):
+            # Each label goes its own way: learn the labels, then route them one by one.
+            run.unrouted += 1
+            self._submit("labels", run, future, st.labels_of, future)
+        elif persisted:
+            # Only the file paths travel, by value: no lineage back to this step.
+            run.unrouted += 1
+            self._submit("take", run, (st.ALL_LABELS, True), st.outputs_of, future)
+        else:
+            self._route_batch(run, _Batch(run, st.ALL_LABELS, future), future)
+        self._after_routing(run)
 
     def _labels_done(self, run: _Run, future: Future, step: Future) -> None:
         labels = future.result()
@@ -359,20 +402,20 @@ class _Runner:
         if not fetch:
             data: Any = future
         elif persisted:
-            data = future.result()  # a small path: consumers need no lineage back to us
+            data = future.result()  # small paths: consumers need no lineage back to us
         else:
             return  # already routed when submitted
-        worker = ""
-        nxt = run.stage + 1
-        if nxt < len(self.stages) and self.groupings[nxt] in (st.GROUP_NODE, st.GROUP_NODE_LABEL):
-            holders = self.client.who_has([future]).get(future.key) or [""]
-            worker = holders[0]
-        batch = _Batch(run, label, data, worker)
-        run.outputs.append(batch)
         run.unrouted -= 1
-        if nxt < len(self.stages):
-            self._route(nxt, self._consumer_group(nxt, batch), batch)
+        self._route_batch(run, _Batch(run, label, data), future)
         self._after_routing(run)
+
+    def _route_batch(self, run: _Run, batch: _Batch, future: Future) -> None:
+        nxt = run.stage + 1
+        if self.groupings[nxt] in (st.GROUP_NODE, st.GROUP_NODE_LABEL):
+            holders = self.client.who_has([future]).get(future.key) or [""]
+            batch.worker = holders[0]
+        run.outputs.append(batch)
+        self._route(nxt, self._consumer_group(nxt, batch), batch)
 
     def _after_routing(self, run: _Run) -> None:
         if run.unrouted == 0 and run.in_flight is None:
@@ -420,9 +463,8 @@ class _Runner:
                 records: list[Record] = []
                 for batch in run.outputs:
                     value = batch.data.result() if isinstance(batch.data, Future) else batch.data
-                    if isinstance(value, st.PersistedBatch):
-                        value = value.load()
-                    records.extend(value)
+                    for _, part in st.unpack_input(batch.label, value):
+                        records.extend(part)
                 self.results.put(records)
 
     def _stable(self, run: _Run) -> bool:

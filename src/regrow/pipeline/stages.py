@@ -178,16 +178,33 @@ def init_step(stage: Stage) -> StepResult:
     return _finish(stage, state, interface)
 
 
-def process_step(stage: Stage, prev: StepResult, label: Hashable, inp: Any) -> StepResult:
-    # A copy: if process() mutates the state and then fails (or its worker dies), running
-    # the step again must start from the state as it was, not a half-updated one.
-    state = copy.deepcopy(prev.state)
-    interface = Interface(stage.params)
+ALL_LABELS = "__all_labels__"
+
+
+def unpack_input(label: Hashable, inp: Any) -> Iterator[tuple[Hashable, Any]]:
+    """One routed input as (label, records) pairs: a whole step's outputs hold several."""
+    if isinstance(inp, StepResult):
+        inp = inp.outputs
+    if label == ALL_LABELS:
+        for lab, records in inp.items():
+            yield from unpack_input(lab, records)
+        return
     if isinstance(inp, PersistedBatch):
         inp = inp.load()
     elif isinstance(inp, str) and inp.startswith("file://"):
         inp = FileInput(inp[len("file://") :])
-    stage.process(interface, state, label, inp)
+    yield label, inp
+
+
+def process_step(stage: Stage, prev: StepResult, inputs: list[tuple[Hashable, Any]]) -> StepResult:
+    """``process`` once for each input, in order, in one task (fewer round trips)."""
+    # A copy: if process() mutates the state and then fails (or its worker dies), running
+    # the step again must start from the state as it was, not a half-updated one.
+    state = copy.deepcopy(prev.state)
+    interface = Interface(stage.params)
+    for label, inp in inputs:
+        for lab, records in unpack_input(label, inp):
+            stage.process(interface, state, lab, records)
     return _finish(stage, state, interface)
 
 
@@ -208,6 +225,10 @@ def _finish(stage: Stage, state: Any, interface: Interface) -> StepResult:
 
 def labels_of(step: StepResult) -> list[Hashable]:
     return list(step.outputs)
+
+
+def outputs_of(step: StepResult) -> dict[Hashable, Any]:
+    return step.outputs
 
 
 def take(step: StepResult, label: Hashable) -> Any:
