@@ -642,6 +642,10 @@ class Scheduler:
             pending.cancel()  # it came back in time: its futures' results are kept
         self.client_comms[client] = comm
         self.handle(ev.ClientConnected(client=client, stimulus_id=self._sid("client")))
+        if msg.get("reattach") and "keys" in msg:
+            # Back after losing us: what it no longer holds, it released (perhaps in a
+            # message that died with the previous scheduler, before the journal had it).
+            self._release_stale(client, set(get_str_list(msg, "keys")))
         comm.send(
             {
                 "op": "registered",
@@ -675,6 +679,15 @@ class Scheduler:
                     self._client_goodbye[client] = asyncio.get_running_loop().call_later(
                         self.settings.client_grace, self._client_gone, client
                     )
+
+    def _release_stale(self, client: str, held: set[str]) -> None:
+        cs = self.state.clients.get(client)
+        stale = [ts.key for ts in cs.wants if ts.key not in held] if cs is not None else []
+        if stale:
+            logger.info("client %s no longer holds %d key(s); releasing them", client, len(stale))
+            self.handle(
+                ev.KeysReleased(client=client, keys=tuple(stale), stimulus_id=self._sid("stale"))
+            )
 
     def _client_gone(self, client: str) -> None:
         self._client_goodbye.pop(client, None)

@@ -258,6 +258,8 @@ class SimCluster:
                 w.acquire.update(c.who_has)
             case cmd.ReportEvent():
                 pass
+            case cmd.ReportInterrupted():
+                assert c.key in self.wants.get(c.client, set()), f"{c} for a key it let go"
             case cmd.Steal():
                 w = self.workers.get(c.worker)
                 assert w is not None and c.key in w.running, f"{c} for a task it does not run"

@@ -93,7 +93,12 @@ class _Session:
         comm = await connect(
             c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout
         )
-        comm.send({"op": "register-client", "client": c.id, "reattach": reattach})
+        msg: Msg = {"op": "register-client", "client": c.id, "reattach": reattach}
+        if reattach:
+            # The keys we still hold: a scheduler back from its journal lets go of any
+            # other it has us want (a release it lost with its death).
+            msg["keys"] = self._held_keys()
+        comm.send(msg)
         reply, _ = await comm.recv()
         if reply["op"] != "registered":
             await comm.close()
@@ -119,11 +124,16 @@ class _Session:
                 f"within {timeout} s: {exc or type(exc).__name__}"
             ) from None
 
+    def _held_keys(self) -> list[str]:
+        """Keys of our futures, but for cancelled ones (the scheduler let those go)."""
+        client = self.client
+        with client._lock:
+            return [k for k, st in client._states.items() if st.status != CANCELLED]
+
     def _reattach(self, same: bool) -> None:
         """Back on a scheduler after losing it: pick our futures up where they were."""
         client = self.client
-        with client._lock:
-            keys = list(client._states)
+        keys = self._held_keys()
         if same:
             # It rebuilt its state from its journal: resend what it may not have written,
             # and ask where each of our keys stands (the answers settle waiting futures).

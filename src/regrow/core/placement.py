@@ -4,42 +4,56 @@ The rule: go where most of the task's input bytes already are, unless the
 worker there is so busy that moving the inputs is cheaper than waiting; break
 ties by load. Only workers with a free slot are considered; a task with none
 stays queued at the scheduler.
+
+Cost per decision does not grow with the number of workers: the candidates are
+the free workers that hold an input, plus the few free workers that were given
+work least recently (``free`` is kept in that order by the scheduler state).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
+from itertools import islice
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from regrow.core.scheduler_state import TaskState, WorkerState
 
 
+# How many of the least recently used free workers are weighed for each task.
+_LRU_CANDIDATES = 4
+
+
 def _allowed(ts: TaskState, ws: WorkerState) -> bool:
     r = ts.restrictions
-    return r is None or ws.address in r or ws.name in r
+    return r is None or ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
 
 
 def decide_worker(
     ts: TaskState,
-    free: Iterable[WorkerState],
+    free: Mapping[WorkerState, None],
     bandwidth: float,
     avg_duration: float,
 ) -> WorkerState | None:
+    if not free:
+        return None
+    if ts.restrictions is not None:
+        candidates = [ws for ws in free if _allowed(ts, ws)]
+    else:
+        candidates = list(islice(free, _LRU_CANDIDATES))
+        for dep in ts.dependencies:
+            for ws in dep.who_has:
+                if ws in free and ws not in candidates:
+                    candidates.append(ws)
     best: WorkerState | None = None
     best_cost = 0.0
-    deps = ts.dependencies
-    for ws in free:
-        if ts.restrictions is not None and not _allowed(ts, ws):
-            continue
-        load = len(ws.processing) / ws.nthreads
-        cost = load * avg_duration
-        if deps:
-            missing = 0
-            for dep in deps:
-                if ws not in dep.who_has:
-                    missing += dep.nbytes
-            cost += missing / bandwidth
+    for ws in candidates:
+        cost = len(ws.processing) / ws.nthreads * avg_duration
+        missing = 0
+        for dep in ts.dependencies:
+            if ws not in dep.who_has:
+                missing += dep.nbytes
+        cost += missing / bandwidth
         if best is None or cost < best_cost:
             best, best_cost = ws, cost
     return best

@@ -464,6 +464,9 @@ class SchedulerState:
             and not ws.draining
             and ws.address in self.workers
         ):
+            # Re-inserting moves it to the end: ``free`` stays ordered from the worker given
+            # work least recently to the one given work last (placement relies on it).
+            self.free.pop(ws, None)
             self.free[ws] = None
         else:
             self.free.pop(ws, None)
