@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import heapq
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
@@ -169,7 +168,17 @@ class Worker:
         self._scheduler_closing = False
         self.tasks: dict[str, _Task] = {}
         self.address = ""
-        self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="regrow-task")
+        # Task threads take tasks from _work and hand outcomes back through _outcomes:
+        # one wake-up of the event loop per batch of outcomes, not one per task.
+        self._work: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._outcomes: list[tuple[_Task, tuple[bool, Any, float]]] = []
+        self._outcomes_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads = [
+            threading.Thread(target=self._task_thread, name=f"regrow-task-{i}", daemon=True)
+            for i in range(nthreads)
+        ]
         self.listener = Listener(self._handle_peer, token=token, settings=self.settings)
         self.scheduler: Connection | None = None
         self.peers = ConnectionPool(token=token, settings=self.settings, hello={"op": "hello-peer"})
@@ -239,7 +248,8 @@ class Worker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.listener.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._work.put(None)
         self.data.close()
 
     async def _scheduler_loop(self, comm: Connection) -> None:
@@ -513,8 +523,32 @@ class Worker:
         return got, None
 
     # ------------------------------------------------------------ execution
+    def _task_thread(self) -> None:
+        while True:
+            t = self._work.get()
+            if t is None:
+                return
+            outcome = self._execute(t)
+            with self._outcomes_lock:
+                self._outcomes.append((t, outcome))
+                wake = not self._drain_scheduled
+                self._drain_scheduled = True
+            if wake and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
+                    self._loop.call_soon_threadsafe(self._drain_outcomes)
+
+    def _drain_outcomes(self) -> None:
+        with self._outcomes_lock:
+            outcomes, self._outcomes = self._outcomes, []
+            self._drain_scheduled = False
+        for t, outcome in outcomes:
+            self._task_done(t, outcome)
+
     def _run_ready(self) -> None:
-        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            for thread in self._threads:
+                thread.start()
         while self._executing < self.nthreads and self._ready and not self.paused:
             _, _, key = heapq.heappop(self._ready)
             t = self.tasks.get(key)
@@ -523,8 +557,7 @@ class Worker:
             t.state = EXECUTING
             t.started = time.time()
             self._executing += 1
-            fut = loop.run_in_executor(self.executor, self._execute, t)
-            fut.add_done_callback(functools.partial(self._task_done, t))
+            self._work.put(t)
 
     def _execute(self, t: _Task) -> tuple[bool, Any, float]:
         start = time.perf_counter()
@@ -586,12 +619,10 @@ class Worker:
                 await self.scheduler.drain()
         os._exit(75)
 
-    def _task_done(self, t: _Task, fut: asyncio.Future[tuple[bool, Any, float]]) -> None:
+    def _task_done(self, t: _Task, outcome: tuple[bool, Any, float]) -> None:
         self._executing -= 1
         self.executed += 1
-        if fut.cancelled():
-            return
-        ok, value, duration = fut.result()
+        ok, value, duration = outcome
         if t.state == CANCELLED and t.rerun is not None and ok:
             t.state = EXECUTING  # wanted again while it ran: its result counts after all
         if t.state == CANCELLED:

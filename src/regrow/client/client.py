@@ -137,8 +137,13 @@ class _Session:
         if same:
             # It rebuilt its state from its journal: resend what it may not have written,
             # and ask where each of our keys stands (the answers settle waiting futures).
+            held = set(keys)
             for seq in sorted(self.unacked):
                 msg, frames = self.unacked[seq]
+                wanted = get_str_list(msg, "wanted")
+                if any(k not in held for k in wanted):
+                    # Released or cancelled since: send the tasks, but want only the rest.
+                    msg = {**msg, "wanted": [k for k in wanted if k in held]}
                 assert self.comm is not None
                 self.comm.send(msg, frames)
             if keys:
@@ -385,6 +390,13 @@ class Client:
         self.settings = settings or getattr(address, "settings", None) or Settings.from_env()
         self.id = name or f"client-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
+        self._outbox_lock = threading.Lock()
+        self._outbox: list[tuple[list[Msg], list[Buffer], list[str]]] = []
+        self._outbox_scheduled = False
+        self._releases: list[str] = []
+        self._releases_scheduled = False
+        self._unique = itertools.count()
+        self._uid = uuid.uuid4().hex[:16]
         self._refcount: dict[str, int] = {}
         self._states: dict[str, FutureState] = {}
         self._fn_cache: dict[Any, list[Buffer]] = {}
@@ -426,7 +438,19 @@ class Client:
         if self.status in ("running", "reconnecting"):
             # While reconnecting the release waits in the session for the scheduler to
             # be back (dropping it would leave the key wanted for good).
-            self._loop.call_soon(self._session.release, key)
+            with self._outbox_lock:
+                self._releases.append(key)
+                if self._releases_scheduled:
+                    return
+                self._releases_scheduled = True
+            self._loop.call_soon(self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        with self._outbox_lock:
+            keys, self._releases = self._releases, []
+            self._releases_scheduled = False
+        for key in keys:
+            self._session.release(key)
 
     def _desire(self, keys: list[str]) -> None:
         self._loop.call_soon(self._session.send, {"op": "desire-keys", "keys": keys})
@@ -528,7 +552,9 @@ class Client:
             if pure:
                 key = f"{_funcname(fn)}-{digest([*fn_frames, *arg_frames])}"
             else:
-                key = f"{_funcname(fn)}-{uuid.uuid4().hex}"
+                # Unique without a uuid4 per task (os.urandom is a syscall): this client's
+                # id is random, a counter numbers its tasks.
+                key = f"{_funcname(fn)}-{self._uid}{next(self._unique):x}"
         elif not isinstance(key, str):
             raise TypeError(f"key must be a string, got {type(key).__name__}")
         frames = [*fn_frames, *arg_frames]
@@ -544,9 +570,30 @@ class Client:
         return entry, frames
 
     def _send_tasks(self, entries: list[Msg], frames: list[Buffer], wanted: list[str]) -> None:
-        self._loop.call_soon(
-            self._session.submit, {"op": "submit", "tasks": entries, "wanted": wanted}, frames
-        )
+        # Waking the IO thread costs a syscall: submissions made before it runs share one.
+        with self._outbox_lock:
+            self._outbox.append((entries, frames, wanted))
+            if self._outbox_scheduled:
+                return
+            self._outbox_scheduled = True
+        self._loop.call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        with self._outbox_lock:
+            batch, self._outbox = self._outbox, []
+            self._outbox_scheduled = False
+        entries: list[Msg] = []
+        frames: list[Buffer] = []
+        wanted: list[str] = []
+        for e, f, w in batch:
+            entries.extend(e)
+            frames.extend(f)
+            wanted.extend(w)
+            if len(entries) >= _MAP_BATCH:
+                self._session.submit({"op": "submit", "tasks": entries, "wanted": wanted}, frames)
+                entries, frames, wanted = [], [], []
+        if entries:
+            self._session.submit({"op": "submit", "tasks": entries, "wanted": wanted}, frames)
 
     def submit(
         self,
