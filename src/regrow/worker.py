@@ -28,6 +28,7 @@ import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError, RemoteError
+from regrow.protocol import shm
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -502,7 +503,7 @@ class Worker:
         deserialize it). Not being able to talk to ``holder`` is no such error."""
         try:
             comm = await self.peers.get(holder)
-            reply, frames = await comm.request({"op": "get-data", "keys": keys})
+            reply, frames = await comm.request({"op": "get-data", "keys": keys, "host": shm.HOST})
         except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
             logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
             return [], None
@@ -510,11 +511,9 @@ class Worker:
             logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
             return [], exc
         got: list[str] = []
-        pos = 0
         try:
-            for key, nf in zip(get_str_list(reply, "keys"), get(reply, "nf", list), strict=True):
-                value = _loads(frames[pos : pos + nf])
-                pos += nf
+            for key, parts in shm.values_of_reply(reply, frames):
+                value = _loads(parts)
                 self.data.set(key, value, sizeof(value))
                 got.append(key)
         except Exception as exc:
@@ -670,15 +669,20 @@ class Worker:
         op = msg["op"]
         if op == "get-data":
             keys: list[str] = []
-            counts: list[int] = []
-            out: list[Buffer] = []
+            groups: list[list[Buffer]] = []
             for key in get_str_list(msg, "keys"):
                 if key in self.data:
-                    parts = dumps(self.data[key])
+                    groups.append(dumps(self.data[key]))
                     keys.append(key)
-                    counts.append(len(parts))
-                    out.extend(parts)
-            comm.reply(msg, {"keys": keys, "nf": counts}, out)
+            info = None
+            if shm.HOST and msg.get("host") == shm.HOST:
+                # Same host: large buffers go through /dev/shm, one memcpy, no socket.
+                groups, info = shm.export(groups)
+                if info is not None:
+                    # Should the requester never map it, the file must not outlive us long.
+                    asyncio.get_running_loop().call_later(60, shm.discard, info)
+            out = [frame for group in groups for frame in group]
+            comm.reply(msg, {"keys": keys, "nf": [len(g) for g in groups], "shm": info}, out)
             await comm.drain()
         elif op == "put-data":
             keys = get_str_list(msg, "keys")

@@ -31,6 +31,7 @@ from regrow.client.futures import (
 from regrow.client.loop import LoopThread, shared_loop
 from regrow.config import Settings
 from regrow.errors import CommClosedError, SchedulerLostError
+from regrow.protocol import shm
 from regrow.protocol.comm import Connection, ConnectionPool, connect, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
@@ -281,14 +282,12 @@ class _Session:
         async def fetch(worker: str, ks: list[str]) -> None:
             try:
                 comm = await self.pool.get(worker)
-                rep, frames = await comm.request({"op": "get-data", "keys": ks})
+                rep, frames = await comm.request({"op": "get-data", "keys": ks, "host": shm.HOST})
             except (OSError, CommClosedError, TimeoutError) as exc:
                 logger.info("could not fetch from %s: %s", worker, exc)
                 return
-            pos = 0
-            for key, nf in zip(get_str_list(rep, "keys"), get(rep, "nf", list), strict=True):
-                results[key] = loads(frames[pos : pos + nf])
-                pos += nf
+            for key, parts in shm.values_of_reply(rep, frames):
+                results[key] = loads(parts)
 
         await asyncio.gather(*(fetch(w, ks) for w, ks in by_worker.items()))
         return results

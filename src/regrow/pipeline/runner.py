@@ -225,11 +225,7 @@ class _Runner:
             self._start()
             while not self.finished.is_set():
                 self._step()
-                keys = set()
-                while not self.interrupted.empty():
-                    keys.add(self.interrupted.get())
-                if keys:
-                    self.worker_lost(keys)
+                self._take_interrupts()
         except BaseException as exc:
             self.error = exc
             self.note(f"job {self.job} failed: {type(exc).__name__}: {exc}")
@@ -268,6 +264,10 @@ class _Runner:
                     + f" watch={self.watch.count()}"
                 ) from None
             return
+        # The scheduler reports a step interrupted by a worker's death before the step's
+        # rerun elsewhere finishes: act on that first, or the rerun's result would hide
+        # that the task failed (and whether it restarts would depend on timing).
+        self._take_interrupts()
         action = self.actions.pop(future.key, None)
         if action is None:
             return
@@ -378,7 +378,7 @@ class _Runner:
         elif persisted:
             # Only the file paths travel, by value: no lineage back to this step.
             run.unrouted += 1
-            self._submit("take", run, (st.ALL_LABELS, True), st.outputs_of, future)
+            self._submit("take", run, (st.ALL_LABELS, True, future), st.outputs_of, future)
         else:
             self._route_batch(run, _Batch(run, st.ALL_LABELS, future), future)
         self._after_routing(run)
@@ -388,17 +388,17 @@ class _Runner:
         persisted = self.stages[run.stage].persist is not None
         for label in labels:
             run.unrouted += 1
-            take = self._submit("take", run, (label, persisted), st.take, step, label)
+            take = self._submit("take", run, (label, persisted, step), st.take, step, label)
             if not persisted:
                 # The records stay on the worker; consumers get them by Future.
-                self._take_done(run, take, (label, False), fetch=False)
+                self._take_done(run, take, (label, False, step), fetch=False)
         run.unrouted -= 1
         self._after_routing(run)
 
     def _take_done(
-        self, run: _Run, future: Future, extra: tuple[Hashable, bool], fetch: bool = True
+        self, run: _Run, future: Future, extra: tuple[Hashable, bool, Future], fetch: bool = True
     ) -> None:
-        label, persisted = extra
+        label, persisted, step = extra
         if not fetch:
             data: Any = future
         elif persisted:
@@ -406,13 +406,15 @@ class _Runner:
         else:
             return  # already routed when submitted
         run.unrouted -= 1
-        self._route_batch(run, _Batch(run, label, data), future)
+        self._route_batch(run, _Batch(run, label, data), step)
         self._after_routing(run)
 
-    def _route_batch(self, run: _Run, batch: _Batch, future: Future) -> None:
+    def _route_batch(self, run: _Run, batch: _Batch, step: Future) -> None:
         nxt = run.stage + 1
         if self.groupings[nxt] in (st.GROUP_NODE, st.GROUP_NODE_LABEL):
-            holders = self.client.who_has([future]).get(future.key) or [""]
+            # Where the (finished) step that wrote the records is held; not where the take
+            # future is: it may not have run yet, and then nobody holds it.
+            holders = self.client.who_has([step]).get(step.key) or [""]
             batch.worker = holders[0]
         run.outputs.append(batch)
         self._route(nxt, self._consumer_group(nxt, batch), batch)
@@ -560,6 +562,13 @@ class _Runner:
                 self.stage_complete[i] = False
                 self.progress[i].finished = False
         self._advance(fresh)
+
+    def _take_interrupts(self) -> None:
+        keys = set()
+        while not self.interrupted.empty():
+            keys.add(self.interrupted.get())
+        if keys:
+            self.worker_lost(keys)
 
     def worker_lost(self, keys: set[str]) -> None:
         """Steps that were running on a dead worker: their tasks fail (the seed's rule)."""
