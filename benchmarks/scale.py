@@ -1,0 +1,140 @@
+"""Scale by simulation: the pure scheduler core with 1,000 simulated workers.
+
+No sockets and no processes: the benchmark plays the workers itself, feeding the
+core ``TaskFinished`` for every ``Compute`` it emits. Two figures:
+
+- cost per task (µs) from 10,000 to 1,000,000 independent tasks, submitted in
+  batches of 1,000, each run to completion and released: it must stay flat;
+- scheduler memory per task: resident bytes of a fresh process holding a
+  submitted, not yet run, 1,000,000-task graph (a chain of pairs: each task depends
+  on the one before), with payloads of the size regrow's client sends, divided by
+  the number of tasks; and the same after the graph completed and was released.
+
+Run: ``python -m benchmarks.scale [--max-tasks N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import subprocess
+import sys
+import time
+
+import psutil
+
+from regrow.core import commands as cmd
+from regrow.core import events as ev
+from regrow.core.scheduler_state import SchedulerState
+
+# What a trivial task's payload looks like on the wire: the pickled function (shared
+# by all tasks of a map, as the client shares it) and ~40 bytes of pickled arguments.
+FN = b"\x80\x05\x95" + b"f" * 57
+
+
+def _payload(i: int) -> tuple[int, list[bytes]]:
+    return (1, [FN, b"\x80\x05\x95" + str(i).encode().ljust(37, b" ")])
+
+
+def cost_per_task(n: int, n_workers: int = 1000, batch: int = 1000) -> float:
+    """Microseconds of core time per task, for ``n`` independent tasks."""
+    s = SchedulerState()
+    for i in range(n_workers):
+        s.handle(ev.WorkerAdded(worker=f"w{i}", nthreads=1))
+    gc.collect()
+    start = time.perf_counter()
+    for b in range(0, n, batch):
+        specs = tuple(
+            ev.TaskSpec(key=f"t{i}", run_spec=_payload(i)) for i in range(b, min(n, b + batch))
+        )
+        out = s.handle(
+            ev.TasksSubmitted(client="c", tasks=specs, wanted=tuple(x.key for x in specs))
+        )
+        while True:
+            computes = [c for c in out if isinstance(c, cmd.Compute)]
+            if not computes:
+                break
+            out = []
+            for c in computes:
+                out += s.handle(ev.TaskFinished(worker=c.worker, key=c.key, nbytes=28))
+        s.handle(ev.KeysReleased(client="c", keys=tuple(x.key for x in specs)))
+    elapsed = time.perf_counter() - start
+    assert not s.tasks, "every task should be forgotten"
+    return elapsed / n * 1e6
+
+
+def _memory_child(n: int) -> None:
+    """Run in a fresh process: print bytes/task with the graph held, then after it ran."""
+    proc = psutil.Process()
+    s = SchedulerState()
+    s.handle(ev.WorkerAdded(worker="w0", nthreads=1), ev.WorkerAdded(worker="w1", nthreads=1))
+    gc.collect()
+    base = proc.memory_info().rss
+    batch = 10_000
+    for b in range(0, n, batch):
+        specs = tuple(
+            ev.TaskSpec(
+                key=f"inc-{i:032x}",
+                dependencies=(f"inc-{i - 1:032x}",) if i % 2 else (),
+                run_spec=_payload(i),
+            )
+            for i in range(b, min(n, b + batch))
+        )
+        s.handle(ev.TasksSubmitted(client="c", tasks=specs, wanted=tuple(x.key for x in specs)))
+    gc.collect()
+    held = proc.memory_info().rss - base
+    # Run everything, then release it all.
+    pending = [c for c in s.handle(ev.Ticked()) if isinstance(c, cmd.Compute)]
+    for ws in s.workers.values():
+        pending += [
+            cmd.Compute(
+                worker=ws.address, key=t.key, run_spec=None, who_has={}, nbytes={}, priority=(0, 0)
+            )
+            for t in ws.processing
+        ]
+    while pending:
+        c = pending.pop()
+        out = s.handle(ev.TaskFinished(worker=c.worker, key=c.key, nbytes=28))
+        pending += [x for x in out if isinstance(x, cmd.Compute)]
+    s.handle(ev.KeysReleased(client="c", keys=tuple(s.tasks)))
+    gc.collect()
+    after = proc.memory_info().rss - base
+    print(f"{held / n:.0f} {after / n:.0f} {len(s.tasks)}")
+
+
+def memory_per_task(n: int) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--memory-child", str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    ).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tasks", type=int, default=1_000_000)
+    parser.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child)
+        return
+    sizes = [n for n in (10_000, 30_000, 100_000, 300_000, 1_000_000) if n <= args.max_tasks]
+    print("scheduler core, 1,000 simulated workers, independent tasks (submit, run, release)")
+    print("| tasks | µs per task |")
+    print("|---:|---:|")
+    for n in sizes:
+        print(f"| {n:,} | {cost_per_task(n):.1f} |", flush=True)
+    n = args.max_tasks
+    held, after = memory_per_task(n)
+    print()
+    print(f"scheduler memory, {n:,}-task graph (pairs of dependent tasks), 2 workers")
+    print("| while held (bytes/task) | after it ran and was released (bytes/task) | target |")
+    print("|---:|---:|---:|")
+    print(f"| {held:,.0f} | {after:,.0f} | <= 1,024 |")
+
+
+if __name__ == "__main__":
+    main()
