@@ -138,7 +138,12 @@ def scheduler(
 
     _logging(log_level)
     token = _token(token_file)
-    settings = Settings.from_env(worker_saturation=worker_saturation, steal_interval=steal_interval)
+    settings = Settings.from_env(
+        worker_saturation=worker_saturation,
+        steal_interval=steal_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        allowed_failures=allowed_failures,
+    )
 
     async def go(stop: asyncio.Event) -> None:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()

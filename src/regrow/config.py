@@ -38,7 +38,7 @@ class Settings:
     allowed_failures: int = 3
     # When a worker's connection closes, wait this long (s) for its nanny to say why it
     # died, so errors name the real cause (signal, exit code, memory limit).
-    death_report_wait: float = 0.3
+    death_report_wait: float = 1.0
     # Above this fraction of its memory limit a worker spills results to disk...
     memory_target_fraction: float = 0.6
     # ...above this one it takes no new tasks until memory falls...

@@ -192,7 +192,7 @@ class Journal:
                 f"{self.path} is an incomplete regrow journal (tables {sorted(tables)}, "
                 f"meta {sorted(rows)}); it was left untouched"
             )
-        problems = [r for (r,) in self.db.execute("PRAGMA quick_check(5)")]
+        problems = [" ".join(r.split()) for (r,) in self.db.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             raise JournalError(
                 f"{self.path} is a damaged regrow journal ({'; '.join(problems)}); "

@@ -580,6 +580,14 @@ class Scheduler:
                     now=now,
                 )
             )
+        elif op == "started":
+            self.handle(
+                ev.TasksStarted(
+                    worker=worker,
+                    keys=tuple(get_str_list(msg, "keys")),
+                    stimulus_id=self._sid("started"),
+                )
+            )
         elif op == "steal-response":
             self.handle(
                 ev.StealAnswered(

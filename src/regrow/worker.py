@@ -175,6 +175,8 @@ class Worker:
         self._outcomes: list[tuple[_Task, tuple[bool, Any, float]]] = []
         self._outcomes_lock = threading.Lock()
         self._drain_scheduled = False
+        self._started: list[str] = []
+        self._started_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads = [
             threading.Thread(target=self._task_thread, name=f"regrow-task-{i}", daemon=True)
@@ -229,6 +231,8 @@ class Worker:
             )
             for key in list(self.data):
                 del self.data[key]
+            for t in self.tasks.values():
+                t.orphaned = False  # what still runs from before is stale too
         self.scheduler = comm
         if self.paused:
             comm.send({"op": "paused", "paused": True})
@@ -503,7 +507,10 @@ class Worker:
         deserialize it). Not being able to talk to ``holder`` is no such error."""
         try:
             comm = await self.peers.get(holder)
-            reply, frames = await comm.request({"op": "get-data", "keys": keys, "host": shm.HOST})
+            reply, frames = await comm.request(
+                {"op": "get-data", "keys": keys, "host": shm.HOST},
+                idle_timeout=self.settings.heartbeat_timeout + 2,
+            )
         except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
             logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
             return [], None
@@ -557,6 +564,17 @@ class Worker:
             t.started = time.time()
             self._executing += 1
             self._work.put(t)
+            self._started.append(t.key)
+        if self._started and not self._started_scheduled:
+            self._started_scheduled = True
+            asyncio.get_running_loop().call_soon(self._report_started)
+
+    def _report_started(self) -> None:
+        # One message per loop turn: the scheduler only blames tasks that really ran.
+        self._started_scheduled = False
+        keys, self._started = self._started, []
+        if keys:
+            self._send({"op": "started", "keys": keys})
 
     def _execute(self, t: _Task) -> tuple[bool, Any, float]:
         start = time.perf_counter()

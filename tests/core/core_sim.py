@@ -89,7 +89,14 @@ class Harness:
             ev.WorkerAdded(worker=address, nthreads=nthreads, name=name, stimulus_id=self.sid())
         )
 
-    def remove_worker(self, address: str, graceful: bool = False) -> list[cmd.Command]:
+    def remove_worker(
+        self, address: str, graceful: bool = False, started: bool = True
+    ) -> list[cmd.Command]:
+        """Remove a worker; with ``started`` its tasks had begun running (as with real
+        threads free), so a death counts against them."""
+        ws = self.state.workers.get(address)
+        if started and ws is not None and ws.processing:
+            self.handle(ev.TasksStarted(worker=address, keys=tuple(t.key for t in ws.processing)))
         return self.handle(
             ev.WorkerRemoved(
                 worker=address, graceful=graceful, reason="test", stimulus_id=self.sid()
@@ -293,6 +300,9 @@ class SimCluster:
 
     def remove_worker(self, address: str, graceful: bool = False) -> None:
         del self.workers[address]
+        ws = self.state.workers.get(address)
+        if ws is not None and ws.processing:
+            self.handle(ev.TasksStarted(worker=address, keys=tuple(t.key for t in ws.processing)))
         self.handle(ev.WorkerRemoved(worker=address, graceful=graceful, reason="sim"))
 
     def submit(self, client: str, tasks: Sequence[ev.TaskSpec], wanted: Sequence[str]) -> None:

@@ -275,3 +275,15 @@ def test_results_lost_together_are_recomputed_without_naming_the_dead_worker() -
     assert h.state.info()["counts"]["recomputed"] == n
     h.run_to_completion()
     assert {h.task_state(k) for k in keys} == {"memory"}
+
+
+def test_a_task_that_only_waited_in_the_dead_workers_queue_is_not_blamed() -> None:
+    h = Harness(allowed_failures=1)
+    h.add_worker("a", nthreads=1)
+    h.submit("c", [spec("run"), spec("queued")], wanted=["run", "queued"])
+    h.handle(ev.TasksStarted(worker="a", keys=("run",)))  # only one thread: one began
+    h.add_worker("b")
+    out = h.remove_worker("a", started=False)
+    erred = {c.key for c in out if isinstance(c, cmd.ReportErred)}
+    assert erred == {"run"}  # the poison suspect, at its first death
+    assert h.state.tasks["queued"].suspicious == 0

@@ -282,7 +282,11 @@ class _Session:
         async def fetch(worker: str, ks: list[str]) -> None:
             try:
                 comm = await self.pool.get(worker)
-                rep, frames = await comm.request({"op": "get-data", "keys": ks, "host": shm.HOST})
+                # A frozen holder must not hold us up: its keys get recomputed elsewhere.
+                rep, frames = await comm.request(
+                    {"op": "get-data", "keys": ks, "host": shm.HOST},
+                    idle_timeout=self.client.settings.heartbeat_timeout + 2,
+                )
             except (OSError, CommClosedError, TimeoutError) as exc:
                 logger.info("could not fetch from %s: %s", worker, exc)
                 return

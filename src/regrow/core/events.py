@@ -137,6 +137,14 @@ class DependencyMissing(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TasksStarted(Event):
+    """``worker`` began running ``keys`` (handed them to a task thread)."""
+
+    worker: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StealAnswered(Event):
     """The victim of a steal request says whether it gave the task up."""
 

@@ -56,6 +56,7 @@ class TaskState:
         "restrictions",
         "retries",
         "run_spec",
+        "started",
         "state",
         "steal_pending",
         "suspicious",
@@ -84,6 +85,8 @@ class TaskState:
         self.restrictions: frozenset[str] | None = None
         self.pure = True
         self.suspicious = 0
+        # Its worker said it began running it (not merely holding it in a queue).
+        self.started = False
         self.steal_pending = False
         self.error: TaskError | None = None
 
@@ -257,6 +260,12 @@ class SchedulerState:
                     self._steal_answered(event)
                 case ev.ReplicasAdded():
                     self._replicas_added(event)
+                case ev.TasksStarted():
+                    ws = self.workers.get(event.worker)
+                    for key in event.keys:
+                        ts = self.tasks.get(key)
+                        if ts is not None and ts.processing_on is ws and ws is not None:
+                            ts.started = True
                 case ev.ClientConnected():
                     self.clients.setdefault(event.client, ClientState(event.client))
                 case ev.ClientDisconnected():
@@ -492,6 +501,7 @@ class SchedulerState:
         ws = ts.processing_on
         ts.processing_on = None
         ts.steal_pending = False
+        ts.started = False
         if ws is not None:
             ws.processing.pop(ts, None)
             if ws.isolated is ts:
@@ -1027,9 +1037,12 @@ class SchedulerState:
         # data it held, then reschedule: so a rescheduled task never points at it.
         interrupted = list(ws.processing)
         for ts in interrupted:
+            # Only a task that had begun running can have killed its worker; one that
+            # waited in its queue is simply rescheduled.
+            ran = ts.started
             self._stop_processing(ts)
             self._set_state(ts, RELEASED)
-            if not event.graceful:
+            if not event.graceful and ran:
                 ts.suspicious += 1
                 self.deaths.setdefault(ts.key, []).append((ws.address, event.reason))
                 for client in ts.who_wants:

@@ -423,6 +423,12 @@ class _Runner:
         if run.unrouted == 0 and run.in_flight is None:
             if run.done_submitted and not run.finished:
                 run.finished = True
+                if self.stages[run.stage].persist is not None and run.stage + 1 < len(self.stages):
+                    # Its outputs went on as file paths: let go of its steps, or the
+                    # scheduler recomputes them (rewriting the files) when a worker
+                    # holding them dies, though nothing needs them any more.
+                    run.steps = []
+                    run.state = None
                 progress = self.progress[run.stage]
                 progress.running -= 1
                 progress.done += 1
@@ -543,11 +549,10 @@ class _Runner:
         if live:
             self.client.cancel(live)
         progress = self.progress[run.stage]
-        if run.state is not None or run.in_flight is not None:
-            if not run.finished:
-                progress.running -= 1
-            else:
-                progress.done -= 1
+        if run.finished:
+            progress.done -= 1
+        elif run.state is not None or run.in_flight is not None:
+            progress.running -= 1
         if not failed:
             progress.restarted += 1
         fresh = self._new_run(run.stage, run.group, run.attempt + 1)
@@ -611,6 +616,9 @@ def run_pipeline(
         pipeline = Pipeline(list(pipeline))
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    if not isinstance(input_batch, int) or input_batch < 1:
+        # A negative one would cut the records into no inputs at all: an empty result.
+        raise ValueError(f"input_batch must be a positive int, got {input_batch!r}")
     runner = _Runner(client, pipeline, inputs, retries, input_batch)
     thread = threading.Thread(target=runner.run, name=f"regrow-pipeline-{runner.job}", daemon=True)
     thread.start()

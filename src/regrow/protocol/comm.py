@@ -102,6 +102,7 @@ class Connection:
         self.close_reason: BaseException | None = None
         self.closed_event = asyncio.Event()
         self.authenticated = False
+        self.bytes_received = 0
 
     # -- called by the protocol -------------------------------------------------
     def _on_packet(self, packet: list[Buffer]) -> None:
@@ -171,8 +172,17 @@ class Connection:
         self.send(msg, frames)
 
     async def request(
-        self, msg: Msg, frames: Sequence[Buffer] = (), timeout: float | None = None
+        self,
+        msg: Msg,
+        frames: Sequence[Buffer] = (),
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> tuple[Msg, list[Buffer]]:
+        """Send ``msg`` and wait for its reply.
+
+        ``idle_timeout``: give up when the peer sends no byte at all for that long (a
+        frozen or cut-off peer), however long a reply that keeps arriving takes.
+        """
         rid = next(self._rids)
         msg["rid"] = rid
         fut: asyncio.Future[tuple[Msg, list[Buffer]]] = asyncio.get_running_loop().create_future()
@@ -180,9 +190,21 @@ class Connection:
         try:
             self.send(msg, frames)
             async with asyncio.timeout(timeout):
-                reply, rframes = await fut
+                while True:
+                    seen = self.bytes_received
+                    try:
+                        async with asyncio.timeout(idle_timeout):
+                            reply, rframes = await asyncio.shield(fut)
+                        break
+                    except TimeoutError:
+                        if self.bytes_received == seen:
+                            raise TimeoutError(
+                                f"{self.peer} sent nothing for {idle_timeout} s"
+                            ) from None
         finally:
             self._pending.pop(rid, None)
+            if not fut.done():
+                fut.cancel()
         if "error" in reply:
             etype = _ERROR_TYPES.get(str(reply.get("etype")), RemoteCallError)
             raise etype(f"{self.peer} could not do {msg['op']!r}: {reply['error']}")
@@ -260,6 +282,7 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
         assert conn is not None
+        conn.bytes_received += nbytes
         try:
             conn.decoder.buffer_updated(nbytes)
             while conn.decoder.packets:
