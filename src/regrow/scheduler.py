@@ -464,8 +464,9 @@ class Scheduler:
     async def _remove_worker(self, address: str, worker_id: str, reason: str) -> None:
         self.last_seen.pop(address, None)
         graceful = address in self.retiring or self.stopped.is_set()
+        known = address in self.removal_reason  # we removed it ourselves (no heartbeat...)
         reason = self.removal_reason.pop(address, reason)
-        if self.worker_info.get(address, {}).get("nanny") and not graceful:
+        if self.worker_info.get(address, {}).get("nanny") and not graceful and not known:
             # Its nanny knows why it died (signal, exit code, memory): give it a moment to say.
             try:
                 async with asyncio.timeout(self.settings.death_report_wait):

@@ -62,7 +62,6 @@ def processes(tmp_path: Path) -> Iterator[list[Processes]]:
         p.close()
 
 
-@pytest.mark.xfail(raises=StillBroken, strict=True, reason=FLAGS_BUG)
 def test_allowed_failures_flag(processes: list[Processes], tmp_path: Path) -> None:
     cluster = Processes(tmp_path, ["--allowed-failures", "1"])
     processes.append(cluster)
@@ -77,7 +76,6 @@ def test_allowed_failures_flag(processes: list[Processes], tmp_path: Path) -> No
             raise StillBroken(f"KilledWorker after {deaths} deaths, not 1: {info.value}")
 
 
-@pytest.mark.xfail(raises=StillBroken, strict=True, reason=FLAGS_BUG)
 def test_heartbeat_timeout_flag(processes: list[Processes], tmp_path: Path) -> None:
     timeout = 1.0
     cluster = Processes(tmp_path, ["--heartbeat-timeout", str(timeout)])

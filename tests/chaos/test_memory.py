@@ -53,19 +53,6 @@ def test_memory_spill(make_cluster: MakeCluster) -> None:
     _spill_and_sum(client, pin=True)
 
 
-@pytest.mark.xfail(
-    strict=False,  # it fails in some runs only (1 in 5 to 2 in 3, depending on load)
-    reason="regrow bug: moving spilled 40 MB results between workers costs unaccounted "
-    "memory (the holder unspills the value and asyncio copies the unsent part of "
-    "transport.write() into its buffer; the receiver holds the incoming frame), and a "
-    "paused worker still serves and fetches data: RSS peaks at 340-365 MiB against the "
-    "nanny's 362 MiB kill line (269 MiB when nothing moves), so a worker is killed",
-)
-def test_memory_spill_with_transfers(make_cluster: MakeCluster) -> None:
-    _, client = make_cluster(memory_limit="400MB")
-    _spill_and_sum(client, pin=False)
-
-
 def test_memory_kill(make_cluster: MakeCluster) -> None:
     # death_report_wait: see test_poison.py.
     _, client = make_cluster(memory_limit="300MB", allowed_failures=1, death_report_wait=2.0)

@@ -190,13 +190,6 @@ def test_network_cut(netns: NetNS, tmp_path: Path) -> None:
         cluster.close()
 
 
-@pytest.mark.xfail(
-    raises=StillBroken,
-    strict=True,
-    reason="regrow bug: a worker's fetch from a peer that went silent never ends "
-    "(Worker._get_data awaits comm.request with no timeout) and Worker._gather_deps "
-    "reuses that stale _inflight future even when told the key now lives elsewhere",
-)
 def test_network_cut_during_fetch(netns: NetNS, tmp_path: Path) -> None:
     """A worker that was fetching from the cut-off peer gets the input from its new
     holder once the scheduler has recomputed it there."""

@@ -77,13 +77,6 @@ def test_poison_spares_innocent_neighbours(make_cluster: MakeCluster, tmp_path: 
     wait_for_workers(client, 2, timeout=30)
 
 
-@pytest.mark.xfail(
-    raises=StillBroken,
-    strict=True,
-    reason="regrow bug: every task *assigned* to a dying worker (ws.processing, up to "
-    "worker_saturation x nthreads, most of them only queued on it) gets suspicious += 1, "
-    "so with allowed_failures=1 a task that never started errs with KilledWorker",
-)
 def test_killed_worker_spares_tasks_that_never_started(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from regrow.testing import wait_until
 
 from .helpers import Frozen, MakeCluster, StillBroken, lost_events, workers
@@ -79,13 +77,6 @@ def test_sigstop(make_cluster: MakeCluster) -> None:
     assert client.gather(futs, timeout=30) == list(range(1, 81))
 
 
-@pytest.mark.xfail(
-    raises=StillBroken,
-    strict=True,
-    reason="regrow bug: the client fetches results straight from the holder "
-    "(_Session.gather -> comm.request, no timeout) and nothing aborts that fetch when "
-    "the scheduler removes the holder and recomputes the key elsewhere",
-)
 def test_result_while_holder_frozen(make_cluster: MakeCluster) -> None:
     """Future.result() for a key held by a worker that freezes returns once the
     scheduler has given up on that worker and recomputed the key elsewhere."""
@@ -111,14 +102,6 @@ def test_result_while_holder_frozen(make_cluster: MakeCluster) -> None:
     assert value == futs.index(fut) + 1
 
 
-@pytest.mark.xfail(
-    raises=StillBroken,
-    strict=True,
-    reason="regrow bug (since f0ae330): Worker._forget_tasks() marks the running task "
-    "'orphaned' and _task_done() stores its result even when the thread ends after the "
-    "scheduler's 'drop' reply to the re-registration; the worker then holds a key the "
-    "scheduler neither knows of nor will ever free",
-)
 def test_thawed_worker_drops_late_results(make_cluster: MakeCluster, tmp_path: Path) -> None:
     """A task that was running when its worker froze, and ends after the thawed worker
     was told to drop its state, leaves nothing behind on that worker."""
