@@ -21,9 +21,7 @@ def client(cluster: LocalCluster) -> Iterator[Client]:
     with Client(cluster) as c:
         yield c
         # Every test leaves the cluster as it found it: its keys freed everywhere.
-    wait_until(
-        lambda: _cluster_empty(cluster), timeout=10, what="cluster forgets the test's keys"
-    )
+    wait_until(lambda: _cluster_empty(cluster), timeout=10, what="cluster forgets the test's keys")
 
 
 def _cluster_empty(cluster: LocalCluster) -> bool:
