@@ -175,8 +175,6 @@ class Worker:
         self._outcomes: list[tuple[_Task, tuple[bool, Any, float]]] = []
         self._outcomes_lock = threading.Lock()
         self._drain_scheduled = False
-        self._started: list[str] = []
-        self._started_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads = [
             threading.Thread(target=self._task_thread, name=f"regrow-task-{i}", daemon=True)
@@ -555,6 +553,7 @@ class Worker:
             self._loop = asyncio.get_running_loop()
             for thread in self._threads:
                 thread.start()
+        starting: list[_Task] = []
         while self._executing < self.nthreads and self._ready and not self.paused:
             _, _, key = heapq.heappop(self._ready)
             t = self.tasks.get(key)
@@ -563,18 +562,16 @@ class Worker:
             t.state = EXECUTING
             t.started = time.time()
             self._executing += 1
+            starting.append(t)
+        if not starting:
+            return
+        # The scheduler blames only tasks that really ran for a worker's death, so it must
+        # hear of the start before the task can kill us: out on the socket first, then run.
+        self._send({"op": "started", "keys": [t.key for t in starting]})
+        if self.scheduler is not None:
+            self.scheduler.flush()
+        for t in starting:
             self._work.put(t)
-            self._started.append(t.key)
-        if self._started and not self._started_scheduled:
-            self._started_scheduled = True
-            asyncio.get_running_loop().call_soon(self._report_started)
-
-    def _report_started(self) -> None:
-        # One message per loop turn: the scheduler only blames tasks that really ran.
-        self._started_scheduled = False
-        keys, self._started = self._started, []
-        if keys:
-            self._send({"op": "started", "keys": keys})
 
     def _execute(self, t: _Task) -> tuple[bool, Any, float]:
         start = time.perf_counter()

@@ -219,6 +219,11 @@ class Connection:
         if self._closed:
             raise CommClosedError(f"connection to {self.peer} closed")
 
+    def flush(self) -> None:
+        """Write what is queued now, instead of when the loop next turns."""
+        if self._flush_scheduled:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._out or self._closed or self.transport is None:
