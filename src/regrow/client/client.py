@@ -42,6 +42,9 @@ logger = logging.getLogger("regrow.client")
 _clients: weakref.WeakValueDictionary[str, Client] = weakref.WeakValueDictionary()
 _default: list[Client] = []
 _MAP_BATCH = 1000
+# Requests that may be sent again after the scheduler was lost (they change nothing,
+# or nothing more the second time).
+_REPEATABLE = frozenset({"who-has", "scheduler-info", "ping", "cancel"})
 
 
 def default_client_for(scheduler_address: str) -> Client:
@@ -261,12 +264,23 @@ class _Session:
         if not self.connected.is_set() and self.client.status == "reconnecting":
             async with asyncio.timeout(self.client.settings.reconnect_timeout):
                 await self.connected.wait()
-        if self.comm is None or self.comm.closed:
-            raise SchedulerLostError("not connected to the scheduler")
+        comm = self.comm
         try:
-            return await self.comm.request(msg, timeout=timeout)
+            if comm is None or comm.closed:
+                raise CommClosedError("not connected to the scheduler")
+            return await comm.request(msg, timeout=timeout)
         except CommClosedError as exc:
-            raise SchedulerLostError(str(exc)) from None
+            if not (self.journaled and msg.get("op") in _REPEATABLE):
+                raise SchedulerLostError(str(exc)) from None
+            lost = exc
+        # A journaled scheduler comes back: wait for it (the connection's loss may not
+        # have been noticed yet) and ask again, as the request can be repeated.
+        deadline = time.monotonic() + self.client.settings.reconnect_timeout
+        while not (self.connected.is_set() and self.comm is not comm):
+            if self.client.status in ("lost", "closing", "closed") or time.monotonic() > deadline:
+                raise SchedulerLostError(str(lost))
+            await asyncio.sleep(0.01)
+        return await self.request(msg, timeout)
 
     async def gather(self, keys: list[str]) -> dict[str, Any]:
         """Fetch results straight from the workers that hold them."""
@@ -392,8 +406,10 @@ class Client:
         # A LocalCluster's settings (reconnect timeout...) apply to its clients too.
         self.settings = settings or getattr(address, "settings", None) or Settings.from_env()
         self.id = name or f"client-{uuid.uuid4().hex[:12]}"
-        self._lock = threading.Lock()
-        self._outbox_lock = threading.Lock()
+        # Re-entrant: a Future garbage-collected while this thread holds the lock releases
+        # its key from inside the critical section (Future.__del__ -> _release).
+        self._lock = threading.RLock()
+        self._outbox_lock = threading.RLock()
         self._outbox: list[tuple[list[Msg], list[Buffer], list[str]]] = []
         self._outbox_scheduled = False
         self._releases: list[str] = []

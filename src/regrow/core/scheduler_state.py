@@ -1265,8 +1265,8 @@ class SchedulerState:
                 for ts in reversed(list(victim.processing)):
                     if surplus <= 0 or want <= 0:
                         break
-                    if ts.steal_pending or not self._allowed(ts, thief):
-                        continue
+                    if ts.steal_pending or ts.started or not self._allowed(ts, thief):
+                        continue  # a running task cannot be stolen: do not ask again
                     if self._transfer_bytes(ts, thief) > self.bandwidth * self.avg_duration * 10:
                         continue
                     ts.steal_pending = True
@@ -1287,6 +1287,7 @@ class SchedulerState:
             return
         ts.steal_pending = False
         if not event.stolen:
+            ts.started = True  # the victim refused: it is running it
             return
         self.counts["stolen"] += 1
         self._stop_processing(ts)

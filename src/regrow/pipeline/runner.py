@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
@@ -181,6 +182,7 @@ class _Runner:
         self.retries = retries
         self.job = uuid.uuid4().hex[:8]
         self.runs: list[dict[Hashable, _Run]] = [{} for _ in self.stages]
+        self.all_runs: list[_Run] = []  # every attempt, restarted ones too
         self.failures: dict[tuple[int, Hashable], int] = {}
         self.progress = [StageProgress(s.name) for s in self.stages]
         self.history: list[tuple[float, str]] = []
@@ -230,10 +232,28 @@ class _Runner:
             self.error = exc
             self.note(f"job {self.job} failed: {type(exc).__name__}: {exc}")
             self._cancel_everything()
+            # The driver's frames in its traceback hold Futures: keep the lines, not them.
+            traceback.clear_frames(exc.__traceback__)
         finally:
             self.client._interrupt_listeners.remove(self._on_interrupt)
+            self._let_go()
             self.results.put(_DONE)
             self.finished.set()
+
+    def _let_go(self) -> None:
+        """The job is over: drop every Future it holds, so that the cluster frees its
+        results now, not whenever the PipelineResult and the cycles between tasks and
+        their batches are garbage-collected (the records handed out are plain values)."""
+        for run in self.all_runs:
+            run.inputs.clear()
+            run.pending.clear()
+            run.outputs.clear()
+            run.steps.clear()
+            run.state = run.in_flight = None
+        self.all_runs.clear()
+        self.actions.clear()
+        self.job_inputs = []
+        self.watch = as_completed()
 
     def _start(self) -> None:
         grouping = self.groupings[0]
@@ -315,6 +335,7 @@ class _Runner:
     def _new_run(self, stage: int, group: Hashable, attempt: int) -> _Run:
         run = _Run(stage, group, attempt)
         self.runs[stage][group] = run
+        self.all_runs.append(run)
         self.progress[stage].total += attempt == 0
         return run
 
