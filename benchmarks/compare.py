@@ -4,7 +4,9 @@
 
 Each workload module starts its own pair of clusters (regrow's, then dask's),
 so the modules do not disturb one another; within a module the clusters are
-shared by its workloads.
+shared by its workloads. ``journal`` runs on regrow only (a plain and a
+journaled cluster), and so does ``pipeline`` (dask has no pipelines): their rows
+have no dask figures.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from benchmarks import chain, recovery, throughput, transfer, tree
+from benchmarks import chain, journal, pipeline, recovery, throughput, transfer, tree
 from benchmarks.common import Report, main
 
-MODULES = (throughput, chain, tree, transfer, recovery)
+MODULES = (throughput, chain, tree, transfer, recovery, journal, pipeline)
 
 
 def run(systems: Sequence[str], reps: int) -> Report:

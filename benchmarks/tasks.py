@@ -45,3 +45,46 @@ def slow_inc(x: int, seconds: float) -> int:
 
     time.sleep(seconds)
     return x + 1
+
+
+def gated_inc(x: int, gate: str, timeout: float = 120.0) -> int:
+    """``x + 1`` once the file ``gate`` exists (polled every millisecond)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} not opened within {timeout} s")
+        time.sleep(0.001)
+    return x + 1
+
+
+# Stage functions of the pipeline benchmark (regrow.pipeline; benchmarks/pipeline.py).
+def skewed_emit(interface: Any, state: Any, label: Any, inp: Any) -> None:
+    """For each input record ``(i, n)``: sleep (long if ``i`` is one of the slow inputs),
+    then write ``n`` records ``(i, j)``, under label ``j % labels``."""
+    import time
+
+    params = interface.params
+    for i, n in inp:
+        time.sleep(params["slow"] if i in params["slow_inputs"] else params["fast"])
+        for j in range(n):
+            interface.output(j % params["labels"]).add(i, j)
+
+
+def batch_work_init(interface: Any, params: Any) -> dict[tuple[Any, int], int]:
+    return {}
+
+
+def batch_work(interface: Any, state: Any, label: Any, inp: Any) -> None:
+    """Sleep ``per_batch`` seconds for each batch, then count its records by (label, key)."""
+    import time
+
+    time.sleep(interface.params["per_batch"])
+    for i, _ in inp:
+        state[label, i] = state.get((label, i), 0) + 1
+
+
+def batch_work_done(interface: Any, state: Any) -> None:
+    for key, n in state.items():
+        interface.output(0).add(key, n)
