@@ -124,7 +124,7 @@ class Nanny:
                     ) from None
                 logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 1.5, 0.5)  # a restarted scheduler is found fast
 
     async def _scheduler_loop(self, comm: Connection) -> None:
         try:

@@ -281,7 +281,7 @@ class Worker:
             except (OSError, TimeoutError, CommClosedError, ProtocolError) as exc:
                 logger.info("scheduler still unreachable (%s); next try in %.2f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 1.5, 0.5)  # a restarted scheduler is found fast
 
     def _forget_tasks(self) -> None:
         """Without a scheduler our assignments are void (they were given to others); data stays."""

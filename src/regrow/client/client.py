@@ -176,7 +176,7 @@ class _Session:
             except (OSError, TimeoutError, CommClosedError) as exc:
                 logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 1.5, 0.5)
         if client.status == "reconnecting":
             client._scheduler_gone(
                 f"{reason}, and no scheduler came back within {client.settings.reconnect_timeout} s"
