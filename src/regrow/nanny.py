@@ -22,8 +22,8 @@ from typing import Any
 import psutil
 
 from regrow.config import Settings
-from regrow.errors import AuthenticationError, CommClosedError, ProtocolError
-from regrow.protocol.comm import Connection, Listener, connect, error_reply, spawn
+from regrow.errors import CommClosedError, ProtocolError
+from regrow.protocol.comm import Connection, Listener, connect, error_reply, serve, spawn
 from regrow.protocol.messages import Msg
 
 logger = logging.getLogger("regrow.nanny")
@@ -306,19 +306,4 @@ async def run_nanny(
         settings=settings,
         log_level=log_level,
     )
-    try:
-        address = await nanny.start()
-    except (OSError, AuthenticationError, ProtocolError):
-        await nanny.close()
-        raise
-    if ready is not None:
-        ready.set_result(address)
-    waiters = [asyncio.ensure_future(nanny.stopped.wait())]
-    if stop is not None:
-        waiters.append(asyncio.ensure_future(stop.wait()))
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await nanny.close()
+    await serve(nanny, ready, stop)

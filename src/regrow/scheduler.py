@@ -23,7 +23,7 @@ from regrow.core import events as ev
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, SchedulerState, TaskState
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.journal import Journal
-from regrow.protocol.comm import Connection, Listener, error_reply, spawn
+from regrow.protocol.comm import Connection, Listener, error_reply, serve, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 
@@ -859,15 +859,4 @@ async def run_scheduler(
 ) -> None:
     """Run a scheduler until ``stop`` is set or a client asks it to shut down."""
     scheduler = Scheduler(host=host, port=port, token=token, settings=settings, journal=journal)
-    address = await scheduler.start()
-    if ready is not None:
-        ready.set_result(address)
-    waiters = [asyncio.ensure_future(scheduler.stopped.wait())]
-    if stop is not None:
-        waiters.append(asyncio.ensure_future(stop.wait()))
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await scheduler.close()
+    await serve(scheduler, ready, stop)

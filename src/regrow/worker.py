@@ -35,6 +35,7 @@ from regrow.protocol.comm import (
     Listener,
     connect,
     error_reply,
+    serve,
     spawn,
 )
 from regrow.protocol.framing import Buffer
@@ -765,19 +766,4 @@ async def run_worker(
         settings=settings,
         nanny=nanny,
     )
-    try:
-        address = await worker.start()
-    except BaseException:
-        await worker.close()
-        raise
-    if ready is not None:
-        ready.set_result(address)
-    waiters = [asyncio.ensure_future(worker.stopped.wait())]
-    if stop is not None:
-        waiters.append(asyncio.ensure_future(stop.wait()))
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await worker.close()
+    await serve(worker, ready, stop)

@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from regrow.config import Settings
 from regrow.errors import (
@@ -510,3 +511,38 @@ def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -
 
     task.add_done_callback(done)
     return task
+
+
+class Service(TypingProtocol):
+    """A scheduler, worker or nanny: something that starts, runs, and closes."""
+
+    stopped: asyncio.Event
+
+    async def start(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+async def serve(
+    service: Service,
+    ready: asyncio.Future[str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Start ``service``, report its address on ``ready``, run until it stops by itself or
+    ``stop`` is set, then close it (also when starting fails)."""
+    try:
+        address = await service.start()
+    except BaseException:
+        await service.close()
+        raise
+    if ready is not None:
+        ready.set_result(address)
+    waiters = [asyncio.ensure_future(service.stopped.wait())]
+    if stop is not None:
+        waiters.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await service.close()
