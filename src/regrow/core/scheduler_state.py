@@ -616,17 +616,7 @@ class SchedulerState:
         ts.who_has.add(ws)
         ws.has_what.add(ts)
         ws.nbytes += ts.nbytes
-        for client in ts.who_wants:
-            self._emit(
-                cmd.ReportInMemory(
-                    client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
-                )
-            )
-        for dep in ts.waiters.copy():
-            if dep.state == WAITING:
-                dep.waiting_on.discard(ts)
-                if not dep.waiting_on:
-                    self._ready(dep)
+        self._arrived(ts)
         for dep in ts.dependencies:
             dep.waiters.discard(ts)
             self._check_release(dep)
@@ -903,11 +893,7 @@ class SchedulerState:
                     ws.has_what.add(ts)
                     ws.nbytes += ts.nbytes
             self._want(client, ts)
-            for dep in ts.waiters.copy():
-                if dep.state == WAITING:
-                    dep.waiting_on.discard(ts)
-                    if not dep.waiting_on:
-                        self._ready(dep)
+            self._wake_dependents(ts)
 
     # --------------------------------------------------------------- workers
     def _worker_added(self, event: ev.WorkerAdded) -> None:
@@ -961,6 +947,9 @@ class SchedulerState:
                     client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
                 )
             )
+        self._wake_dependents(ts)
+
+    def _wake_dependents(self, ts: TaskState) -> None:
         for dep in ts.waiters.copy():
             if dep.state == WAITING:
                 dep.waiting_on.discard(ts)
