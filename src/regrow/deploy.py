@@ -329,8 +329,8 @@ class LocalCluster:
             self._loop.stop()
         # The scheduler first: it tells its workers to close, so none is "lost".
         if self.scheduler_proc is not None:
-            _stop_processes([self.scheduler_proc], timeout)
-        _stop_processes([wp.proc for wp in self.workers], timeout)
+            stop_processes([self.scheduler_proc], timeout)
+        stop_processes([wp.proc for wp in self.workers], timeout)
         self._tmp.cleanup()
         _live.discard(self)
 
@@ -351,7 +351,7 @@ class LocalCluster:
         )
 
 
-def _stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
     """SIGTERM, wait, then SIGKILL what is left; always reap."""
     for p in procs:
         if p.poll() is None:

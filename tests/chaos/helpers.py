@@ -6,16 +6,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Collection
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from regrow import Client, LocalCluster
+
+# Re-exported for the tests of this folder (they live in regrow.testing).
+from regrow.testing import child_env as child_env
+from regrow.testing import regrow_cli as regrow_cli
+from regrow.testing import stop as stop
+from regrow.testing import wait_ready as wait_ready
 from regrow.testing import wait_until
 
 # make_cluster(**LocalCluster keywords) -> (cluster, client)
@@ -100,65 +103,3 @@ def sigkill(pid: int) -> None:
     """SIGKILL a worker whose pid the scheduler reported (it may have died already)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-
-
-def child_env(token: str, **settings: object) -> dict[str, str]:
-    """Environment for regrow processes this test starts itself: the token, settings as
-    REGROW_* variables, and our sys.path (so they import the task modules as we do)."""
-    env = dict(os.environ)
-    env["REGROW_TOKEN"] = token
-    for name, value in settings.items():
-        env[f"REGROW_{name.upper()}"] = str(value)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
-    return env
-
-
-def regrow_cli(
-    args: list[str], env: dict[str, str], ready_file: Path, prefix: list[str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``python -m regrow.cli ARGS`` (after ``prefix``, e.g. ``ip netns exec NS``);
-    it watches this process and exits if we die."""
-    cmd = [
-        *(prefix or []),
-        sys.executable,
-        "-m",
-        "regrow.cli",
-        *args,
-        "--ready-file",
-        str(ready_file),
-        "--parent-pid",
-        str(os.getpid()),
-        "--log-level",
-        "ERROR",
-    ]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], ready_file: Path, timeout: float = 30.0) -> str:
-    """The address a process wrote to its ready file; fails early if it exits instead."""
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with code {proc.returncode}")
-        return ready_file.exists()
-
-    wait_until(ready, timeout=timeout, what=f"{ready_file.name} written")
-    return ready_file.read_text().strip()
-
-
-def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
-    """SIGTERM the processes we started, SIGKILL those still there after ``timeout``; reap."""
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            p.wait()

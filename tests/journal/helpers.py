@@ -4,64 +4,16 @@ signalling only the PIDs we started, waiting with deadlines."""
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from regrow.testing import wait_until
-
-
-def child_env(token: str, **settings: object) -> dict[str, str]:
-    """The token, settings as REGROW_* variables, and our sys.path (so the workers
-    import ``journal.tasks`` as we do)."""
-    env = dict(os.environ)
-    env["REGROW_TOKEN"] = token
-    for name, value in settings.items():
-        env[f"REGROW_{name.upper()}"] = str(value)
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
-    return env
-
-
-def regrow_cli(args: list[str], env: dict[str, str], ready_file: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m regrow.cli ARGS``; it writes its address to ``ready_file`` once
-    it serves, and exits by itself if this process dies."""
-    cmd = [sys.executable, "-m", "regrow.cli", *args, "--ready-file", str(ready_file)]
-    cmd += ["--parent-pid", str(os.getpid()), "--log-level", "ERROR"]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], ready_file: Path, timeout: float = 30.0) -> str:
-    """The address a process wrote to its ready file; fails at once if it exits instead."""
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with code {proc.returncode}")
-        return ready_file.exists()
-
-    wait_until(ready, timeout=timeout, what=f"{ready_file.name} written")
-    return ready_file.read_text().strip()
-
-
-def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
-    """SIGTERM the processes we started, SIGKILL those left after ``timeout``; reap all."""
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(max(0.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            p.wait()
+# Re-exported for the tests of this folder (they live in regrow.testing).
+from regrow.testing import child_env as child_env
+from regrow.testing import regrow_cli as regrow_cli
+from regrow.testing import stop as stop
+from regrow.testing import wait_ready as wait_ready
 
 
 class CliCluster:
