@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from regrow import Client, LocalCluster
-from regrow.testing import children_of, wait_until
+from regrow.testing import MakeCluster, children_of, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +41,30 @@ def _no_orphans() -> Iterator[None]:
         timeout=15,
         what="every process the tests started has exited",
     )
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[MakeCluster]:
+    """``make_cluster(**LocalCluster keywords) -> (cluster, client)``, for tests that kill,
+    freeze or starve their cluster: each test gets its own, both closed at teardown whatever
+    happened. Defaults: 2 workers of 1 thread, quiet logs; the client is not the default."""
+    made: list[tuple[LocalCluster, Client]] = []
+
+    def make(**kwargs: Any) -> tuple[LocalCluster, Client]:
+        kwargs.setdefault("n_workers", 2)
+        kwargs.setdefault("threads_per_worker", 1)
+        kwargs.setdefault("log_level", "ERROR")
+        cluster = LocalCluster(**kwargs)
+        try:
+            client = Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+        made.append((cluster, client))
+        return cluster, client
+
+    yield make
+    for cluster, client in reversed(made):
+        with contextlib.suppress(Exception):
+            client.close()
+        cluster.close()

@@ -19,6 +19,7 @@ import click
 
 from regrow.config import Settings
 from regrow.errors import RegrowError
+from regrow.protocol.comm import Service, serve
 
 
 def _token(token_file: str | None) -> str | None:
@@ -86,6 +87,26 @@ def _serve(
     os._exit(0)
 
 
+def _run_service(
+    make: Callable[[], Service], parent_pid: int | None, ready_file: str | None, announce: str = ""
+) -> None:
+    """Run a scheduler, worker or nanny in this process until it stops or is signalled;
+    once it serves, write its address to ``ready_file`` (how LocalCluster learns it)."""
+
+    async def go(stop: asyncio.Event) -> None:
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(serve(make(), ready, stop))
+        both: list[asyncio.Future[Any]] = [task, ready]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            if announce:
+                logging.getLogger("regrow").info(announce, ready.result())
+            _write_ready(ready_file, ready.result())
+        await task
+
+    _serve(go, parent_pid)
+
+
 _common = [
     click.option("--ready-file", hidden=True, default=None),
     click.option("--parent-pid", hidden=True, type=int, default=None),
@@ -134,7 +155,7 @@ def scheduler(
     log_level: str,
 ) -> None:
     """Run a scheduler."""
-    from regrow.scheduler import run_scheduler
+    from regrow.scheduler import Scheduler
 
     _logging(log_level)
     token = _token(token_file)
@@ -145,27 +166,12 @@ def scheduler(
         allowed_failures=allowed_failures,
     )
 
-    async def go(stop: asyncio.Event) -> None:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(
-            run_scheduler(
-                host=host,
-                port=port,
-                token=token,
-                settings=settings,
-                ready=ready,
-                stop=stop,
-                journal=journal,
-            )
-        )
-        both: list[asyncio.Future[Any]] = [task, ready]
-        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            logging.getLogger("regrow.scheduler").info("regrow scheduler at %s", ready.result())
-            _write_ready(ready_file, ready.result())
-        await task
-
-    _serve(go, parent_pid)
+    _run_service(
+        lambda: Scheduler(host=host, port=port, token=token, settings=settings, journal=journal),
+        parent_pid,
+        ready_file,
+        announce="regrow scheduler at %s",
+    )
 
 
 @main.command()
@@ -198,9 +204,9 @@ def worker(
 ) -> None:
     """Run a worker (under a nanny) for the scheduler at SCHEDULER_ADDRESS."""
     from regrow.deploy import parse_bytes
-    from regrow.nanny import run_nanny
+    from regrow.nanny import Nanny
     from regrow.protocol.comm import parse_address
-    from regrow.worker import run_worker
+    from regrow.worker import Worker
 
     _logging(log_level)
     try:
@@ -211,9 +217,8 @@ def worker(
     token = _token(token_file)
     settings = Settings.from_env()
 
-    async def go(stop: asyncio.Event) -> None:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        common = dict(
+    def make() -> Service:
+        common: dict[str, Any] = dict(
             nthreads=nthreads,
             name=name,
             token=token,
@@ -221,21 +226,12 @@ def worker(
             port=port,
             memory_limit=limit,
             settings=settings,
-            ready=ready,
-            stop=stop,
         )
         if nanny:
-            coro = run_nanny(scheduler_address, log_level=log_level, **common)  # type: ignore[arg-type]
-        else:
-            coro = run_worker(scheduler_address, nanny=nanny_address, **common)  # type: ignore[arg-type]
-        task = asyncio.ensure_future(coro)
-        both: list[asyncio.Future[Any]] = [task, ready]
-        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            _write_ready(ready_file, ready.result())
-        await task
+            return Nanny(scheduler_address, log_level=log_level, **common)
+        return Worker(scheduler_address, nanny=nanny_address, **common)
 
-    _serve(go, parent_pid)
+    _run_service(make, parent_pid, ready_file)
 
 
 @main.group()

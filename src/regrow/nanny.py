@@ -23,7 +23,7 @@ import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError
-from regrow.protocol.comm import Connection, Listener, connect, error_reply, serve, spawn
+from regrow.protocol.comm import Connection, Listener, connect, error_reply, spawn
 from regrow.protocol.messages import Msg
 
 logger = logging.getLogger("regrow.nanny")
@@ -279,31 +279,3 @@ class Nanny:
                     f"memory limit: {rss / 2**20:.0f} MiB used, above {fraction:.0%} "
                     f"of its {self.memory_limit / 2**20:.0f} MiB"
                 )
-
-
-async def run_nanny(
-    scheduler_address: str,
-    *,
-    nthreads: int,
-    name: str | None,
-    token: str | None,
-    host: str,
-    port: int,
-    memory_limit: int,
-    settings: Settings,
-    log_level: str,
-    ready: asyncio.Future[str] | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    nanny = Nanny(
-        scheduler_address,
-        nthreads=nthreads,
-        name=name,
-        token=token,
-        host=host,
-        port=port,
-        memory_limit=memory_limit,
-        settings=settings,
-        log_level=log_level,
-    )
-    await serve(nanny, ready, stop)

@@ -23,7 +23,7 @@ from regrow.core import events as ev
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, SchedulerState, TaskState
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.journal import Journal
-from regrow.protocol.comm import Connection, Listener, error_reply, serve, spawn
+from regrow.protocol.comm import Connection, Listener, error_reply, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 
@@ -845,18 +845,3 @@ def _task_specs(msg: Msg, frames: list[Buffer]) -> list[ev.TaskSpec]:
     if pos != len(frames):
         raise ProtocolError("submit: frames left over")
     return specs
-
-
-async def run_scheduler(
-    *,
-    host: str,
-    port: int,
-    token: str | None,
-    settings: Settings,
-    ready: asyncio.Future[str] | None = None,
-    stop: asyncio.Event | None = None,
-    journal: str | None = None,
-) -> None:
-    """Run a scheduler until ``stop`` is set or a client asks it to shut down."""
-    scheduler = Scheduler(host=host, port=port, token=token, settings=settings, journal=journal)
-    await serve(scheduler, ready, stop)

@@ -14,10 +14,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from regrow.deploy import stop_processes as stop
+
+if TYPE_CHECKING:
+    from regrow.client.client import Client
+    from regrow.deploy import LocalCluster
+
+# ``make_cluster(**LocalCluster keywords) -> (cluster, client)``: the tests' cluster factory.
+MakeCluster = Callable[..., "tuple[LocalCluster, Client]"]
 
 
 def wait_until(
@@ -74,4 +82,12 @@ def wait_ready(proc: subprocess.Popen[bytes], ready_file: Path, timeout: float =
     return ready_file.read_text().strip()
 
 
-__all__ = ["child_env", "children_of", "regrow_cli", "stop", "wait_ready", "wait_until"]
+__all__ = [
+    "MakeCluster",
+    "child_env",
+    "children_of",
+    "regrow_cli",
+    "stop",
+    "wait_ready",
+    "wait_until",
+]

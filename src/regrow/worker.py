@@ -35,7 +35,6 @@ from regrow.protocol.comm import (
     Listener,
     connect,
     error_reply,
-    serve,
     spawn,
 )
 from regrow.protocol.framing import Buffer
@@ -739,31 +738,3 @@ def _run_function(frames: list[Buffer], worker: Worker) -> tuple[bool, list[Buff
         return False, [blob]
     finally:
         _thread_state.worker = None
-
-
-async def run_worker(
-    scheduler_address: str,
-    *,
-    nthreads: int,
-    name: str | None,
-    token: str | None,
-    host: str,
-    port: int,
-    memory_limit: int,
-    settings: Settings,
-    nanny: str = "",
-    ready: asyncio.Future[str] | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    worker = Worker(
-        scheduler_address,
-        nthreads=nthreads,
-        name=name,
-        token=token,
-        host=host,
-        port=port,
-        memory_limit=memory_limit,
-        settings=settings,
-        nanny=nanny,
-    )
-    await serve(worker, ready, stop)

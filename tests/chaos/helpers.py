@@ -7,12 +7,13 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import psutil
 
-from regrow import Client, LocalCluster
+from regrow import Client
+from regrow.testing import MakeCluster as MakeCluster
 
 # Re-exported for the tests of this folder (they live in regrow.testing).
 from regrow.testing import child_env as child_env
@@ -21,13 +22,10 @@ from regrow.testing import stop as stop
 from regrow.testing import wait_ready as wait_ready
 from regrow.testing import wait_until
 
-# make_cluster(**LocalCluster keywords) -> (cluster, client)
-MakeCluster = Callable[..., tuple[LocalCluster, Client]]
-
 
 class StillBroken(AssertionError):
-    """Raised at the one step where a known regrow bug shows, so that
-    ``xfail(raises=StillBroken, strict=True)`` cannot hide any other failure."""
+    """Raised at the one step where a bug the chaos tests once found would show again:
+    the failure names the bug instead of a bare assertion."""
 
 
 def workers(client: Client) -> dict[str, dict[str, Any]]:

@@ -305,6 +305,22 @@ class SimCluster:
             self.handle(ev.TasksStarted(worker=address, keys=tuple(t.key for t in ws.processing)))
         self.handle(ev.WorkerRemoved(worker=address, graceful=graceful, reason="sim"))
 
+    def closure(self, key: str) -> list[ev.TaskSpec]:
+        """``key``'s spec after those of its (submitted, not scattered) inputs."""
+        out: list[ev.TaskSpec] = []
+        seen: set[str] = set()
+
+        def visit(k: str) -> None:
+            if k in seen or k not in self.specs:
+                return
+            seen.add(k)
+            for d in self.specs[k].dependencies:
+                visit(d)
+            out.append(self.specs[k])
+
+        visit(key)
+        return out
+
     def submit(self, client: str, tasks: Sequence[ev.TaskSpec], wanted: Sequence[str]) -> None:
         for t in tasks:
             self.specs.setdefault(t.key, t)

@@ -114,18 +114,7 @@ class Walk:
             return
         client = self.rng.choice(CLIENTS)
         key = self.rng.choice(sorted(self.sim.specs))
-        order: list[ev.TaskSpec] = []
-        seen: set[str] = set()
-
-        def visit(k: str) -> None:
-            if k in seen or k not in self.sim.specs:
-                return
-            seen.add(k)
-            for d in self.sim.specs[k].dependencies:
-                visit(d)
-            order.append(self.sim.specs[k])
-
-        visit(key)
+        order = self.sim.closure(key)
         self.log(f"resubmit({client!r}, {key!r})")
         self.sim.submit(client, order, [key])
 

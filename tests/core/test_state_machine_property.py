@@ -44,20 +44,7 @@ class CoreMachine(RuleBasedStateMachine):
         return {w.name for w in self.sim.workers.values()}
 
     def _closure(self, key: str) -> list[ev.TaskSpec]:
-        """``key``'s spec after those of its (submitted, not scattered) inputs."""
-        out: list[ev.TaskSpec] = []
-        seen: set[str] = set()
-
-        def visit(k: str) -> None:
-            if k in seen or k not in self.sim.specs:
-                return
-            seen.add(k)
-            for d in self.sim.specs[k].dependencies:
-                visit(d)
-            out.append(self.sim.specs[k])
-
-        visit(key)
-        return out
+        return self.sim.closure(key)
 
     # --------------------------------------------------------------- setup
     @initialize(

@@ -9,9 +9,8 @@ import signal
 from pathlib import Path
 
 from regrow import Client
-from regrow.testing import wait_until
+from regrow.testing import MakeCluster, wait_until
 
-from .conftest import MakeCluster
 from .tasks import inc, slow_inc
 
 

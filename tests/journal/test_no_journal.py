@@ -12,9 +12,8 @@ import psutil
 import pytest
 
 from regrow import SchedulerLostError
-from regrow.testing import wait_until
+from regrow.testing import MakeCluster, wait_until
 
-from .conftest import MakeCluster
 from .tasks import inc, slow_inc
 
 RECONNECT_TIMEOUT = 2.0

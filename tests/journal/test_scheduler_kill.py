@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from regrow import Client, Future
-from regrow.testing import wait_until
+from regrow.testing import MakeCluster, wait_until
 
-from .conftest import MakeCluster
 from .tasks import add, leaf, runs, weighted
 
 N_LEAVES = 1_000
