@@ -191,17 +191,7 @@ class Connection:
         try:
             self.send(msg, frames)
             async with asyncio.timeout(timeout):
-                while True:
-                    seen = self.bytes_received
-                    try:
-                        async with asyncio.timeout(idle_timeout):
-                            reply, rframes = await asyncio.shield(fut)
-                        break
-                    except TimeoutError:
-                        if self.bytes_received == seen:
-                            raise TimeoutError(
-                                f"{self.peer} sent nothing for {idle_timeout} s"
-                            ) from None
+                reply, rframes = await self._reply(fut, idle_timeout)
         finally:
             self._pending.pop(rid, None)
             if not fut.done():
@@ -210,6 +200,20 @@ class Connection:
             etype = _ERROR_TYPES.get(str(reply.get("etype")), RemoteCallError)
             raise etype(f"{self.peer} could not do {msg['op']!r}: {reply['error']}")
         return reply, rframes
+
+    async def _reply(
+        self, fut: asyncio.Future[tuple[Msg, list[Buffer]]], idle_timeout: float | None
+    ) -> tuple[Msg, list[Buffer]]:
+        if idle_timeout is None:
+            return await fut
+        while True:
+            seen = self.bytes_received
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    return await asyncio.shield(fut)
+            except TimeoutError:
+                if self.bytes_received == seen:
+                    raise TimeoutError(f"{self.peer} sent nothing for {idle_timeout} s") from None
 
     async def drain(self) -> None:
         """Wait until the kernel has taken what we wrote (backpressure)."""
