@@ -56,7 +56,9 @@ def cost_per_task(n: int, n_workers: int = 1000, batch: int = 1000) -> float:
                 break
             out = []
             for c in computes:
-                out += s.handle(ev.TaskFinished(worker=c.worker, key=c.key, nbytes=28))
+                out += s.handle(
+                    ev.TaskFinished(worker=c.worker, key=c.key, run_id=c.run_id, nbytes=28)
+                )
         s.handle(ev.KeysReleased(client="c", keys=tuple(x.key for x in specs)))
     elapsed = time.perf_counter() - start
     assert not s.tasks, "every task should be forgotten"
@@ -94,7 +96,7 @@ def _memory_child(n: int) -> None:
         ]
     while pending:
         c = pending.pop()
-        out = s.handle(ev.TaskFinished(worker=c.worker, key=c.key, nbytes=28))
+        out = s.handle(ev.TaskFinished(worker=c.worker, key=c.key, run_id=c.run_id, nbytes=28))
         pending += [x for x in out if isinstance(x, cmd.Compute)]
     s.handle(ev.KeysReleased(client="c", keys=tuple(s.tasks)))
     gc.collect()

@@ -50,6 +50,8 @@ class Scheduler:
             default_task_duration=self.settings.default_task_duration,
             bandwidth=self.settings.bandwidth,
             allowed_failures=self.settings.allowed_failures,
+            # Microseconds since the epoch: above every run id a predecessor gave out.
+            first_run_id=time.time_ns() // 1000,
             validate=validate,
         )
         self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
@@ -336,6 +338,7 @@ class Scheduler:
                     {
                         "op": "compute",
                         "key": command.key,
+                        "run": command.run_id,
                         "who_has": command.who_has,
                         "nbytes": command.nbytes,
                         "priority": list(command.priority),
@@ -559,6 +562,7 @@ class Scheduler:
                 ev.TaskFinished(
                     worker=worker,
                     key=get(msg, "key", str),
+                    run_id=get(msg, "run", int),
                     nbytes=get(msg, "nbytes", int),
                     type_name=str(msg.get("type", "")),
                     duration=float(msg.get("duration", 0.0)),
@@ -573,6 +577,7 @@ class Scheduler:
                 ev.TaskErred(
                     worker=worker,
                     key=get(msg, "key", str),
+                    run_id=get(msg, "run", int),
                     exception=bytes(frames[0]),
                     traceback=bytes(frames[1]),
                     text=str(msg.get("text", "")),
@@ -737,6 +742,16 @@ class Scheduler:
                     keys=tuple(get_str_list(msg, "keys")),
                     stimulus_id=self._sid("desire"),
                 )
+            )
+        elif op == "missing-data":
+            missing: dict[str, Any] = get(msg, "missing", dict)
+            holders: list[tuple[str, tuple[str, ...]]] = []
+            for key, ws in missing.items():
+                if not (isinstance(ws, list) and all(isinstance(w, str) for w in ws)):
+                    raise ProtocolError("missing-data: each key maps to a list of addresses")
+                holders.append((str(key), tuple(ws)))
+            self.handle(
+                ev.ReplicasMissing(holders=tuple(holders), stimulus_id=self._sid("missing-data"))
             )
         elif op == "cancel":
             self.handle(

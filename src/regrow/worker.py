@@ -92,6 +92,7 @@ class _Task:
         "orphaned",
         "priority",
         "rerun",
+        "run_id",
         "started",
         "state",
         "thread",
@@ -105,8 +106,10 @@ class _Task:
         fnf: int,
         frames: list[Buffer],
         who_has: dict[str, list[str]],
+        run_id: int,
     ) -> None:
         self.key = key
+        self.run_id = run_id
         self.priority = priority
         self.fnf = fnf
         self.frames = frames
@@ -382,25 +385,32 @@ class Worker:
 
     def _compute(self, msg: Msg, frames: list[Buffer]) -> None:
         key = get(msg, "key", str)
+        run_id = get(msg, "run", int)
         old = self.tasks.get(key)
         if old is not None:
             if old.state == CANCELLED:
                 # Freed while its thread still runs (that cannot be stopped): once it is
                 # done, this order is carried out, or else it would be lost.
                 old.rerun = (msg, frames)
+            else:
+                # Sent again (a restarted scheduler): the run under way serves the new order.
+                old.run_id = run_id
             return
         if key in self.data:
             self._send(
                 {
                     "op": "task-finished",
                     "key": key,
+                    "run": run_id,
                     "nbytes": self.data.size_of(key),
                     "type": type(self.data[key]).__name__,
                 }
             )
             return
         who_has = get(msg, "who_has", dict)
-        t = _Task(key, tuple(get(msg, "priority", list)), get(msg, "fnf", int), frames, who_has)
+        t = _Task(
+            key, tuple(get(msg, "priority", list)), get(msg, "fnf", int), frames, who_has, run_id
+        )
         self.tasks[key] = t
         missing = [d for d in who_has if d not in self.data]
         if missing:
@@ -453,7 +463,9 @@ class Worker:
             del self.tasks[t.key]
             t.state = CANCELLED
             blob, tb, text = _serialize_error(refusal)
-            self._send({"op": "task-erred", "key": t.key, "text": text}, [blob, tb])
+            self._send(
+                {"op": "task-erred", "key": t.key, "run": t.run_id, "text": text}, [blob, tb]
+            )
             return
         if failed:
             del self.tasks[t.key]
@@ -639,6 +651,7 @@ class Worker:
         ok, value, duration = outcome
         if t.state == CANCELLED and t.rerun is not None and ok:
             t.state = EXECUTING  # wanted again while it ran: its result counts after all
+            t.run_id = get(t.rerun[0], "run", int)
         if t.state == CANCELLED:
             if self.tasks.get(t.key) is t:
                 del self.tasks[t.key]
@@ -655,6 +668,7 @@ class Worker:
                     {
                         "op": "task-finished",
                         "key": t.key,
+                        "run": t.run_id,
                         "nbytes": nbytes,
                         "type": type(value).__name__,
                         "duration": duration,
@@ -663,7 +677,13 @@ class Worker:
             else:
                 blob, tb, text = _serialize_error(value)
                 self._send(
-                    {"op": "task-erred", "key": t.key, "text": text, "duration": duration},
+                    {
+                        "op": "task-erred",
+                        "key": t.key,
+                        "run": t.run_id,
+                        "text": text,
+                        "duration": duration,
+                    },
                     [blob, tb],
                 )
         if not self.stopped.is_set():

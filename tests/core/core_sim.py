@@ -114,8 +114,18 @@ class Harness:
             )
         )
 
+    def run_id(self, key: str) -> int:
+        """The run the scheduler counts for ``key`` now (what its worker would echo)."""
+        ts = self.state.tasks.get(key)
+        return 0 if ts is None else ts.run_id
+
     def finish(
-        self, key: str, nbytes: int = 8, worker: str | None = None, duration: float = 0.0
+        self,
+        key: str,
+        nbytes: int = 8,
+        worker: str | None = None,
+        duration: float = 0.0,
+        run_id: int | None = None,
     ) -> list[cmd.Command]:
         if worker is None:
             worker = self.processing_on(key)
@@ -123,6 +133,7 @@ class Harness:
             ev.TaskFinished(
                 worker=worker,
                 key=key,
+                run_id=self.run_id(key) if run_id is None else run_id,
                 nbytes=nbytes,
                 type_name="int",
                 duration=duration,
@@ -131,7 +142,11 @@ class Harness:
         )
 
     def err(
-        self, key: str, exception: bytes = b"exc", worker: str | None = None
+        self,
+        key: str,
+        exception: bytes = b"exc",
+        worker: str | None = None,
+        run_id: int | None = None,
     ) -> list[cmd.Command]:
         if worker is None:
             worker = self.processing_on(key)
@@ -139,6 +154,7 @@ class Harness:
             ev.TaskErred(
                 worker=worker,
                 key=key,
+                run_id=self.run_id(key) if run_id is None else run_id,
                 exception=exception,
                 traceback=b"tb-" + key.encode(),
                 text=f"{key} failed",
@@ -450,18 +466,27 @@ class SimCluster:
             return
         if key not in w.running:  # the replicas report made the scheduler drop it
             return
-        del w.running[key]
+        compute = w.running.pop(key)
         w.steals.discard(key)
         w.data[key] = nbytes
-        self.handle(ev.TaskFinished(worker=worker, key=key, nbytes=nbytes, type_name="int"))
+        self.handle(
+            ev.TaskFinished(
+                worker=worker, key=key, run_id=compute.run_id, nbytes=nbytes, type_name="int"
+            )
+        )
 
     def err(self, worker: str, key: str) -> None:
         w = self.workers[worker]
-        del w.running[key]
+        compute = w.running.pop(key)
         w.steals.discard(key)
         self.handle(
             ev.TaskErred(
-                worker=worker, key=key, exception=b"E:" + key.encode(), traceback=b"", text=key
+                worker=worker,
+                key=key,
+                run_id=compute.run_id,
+                exception=b"E:" + key.encode(),
+                traceback=b"",
+                text=key,
             )
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from regrow.core import commands as cmd
 
 from .core_sim import Harness, chain, computes, freed, of_type, reported_keys, reports, spec
@@ -18,6 +20,36 @@ def test_cancel_processing_task() -> None:
     # the late result is thrown away on the worker
     out = h.finish("x", worker="w1")
     assert freed(out) == {("w1", "x")}
+
+
+@pytest.mark.parametrize("rerun_on", ["w1", "w2"])
+def test_late_report_of_a_cancelled_run_is_not_taken_for_the_resubmitted_one(
+    rerun_on: str,
+) -> None:
+    # The worker finishes x just as the cancel frees it; the key is submitted again and
+    # runs elsewhere. The first run's report, crossing the free on the wire, must not
+    # make w1 a holder: w1 drops the value when the free arrives.
+    h = Harness()
+    h.add_worker("w1")
+    h.submit("cl", [spec("x")])
+    old_run = h.run_id("x")
+    h.cancel("cl", "x")
+    h.add_worker("w2")
+    h.submit("cl", [spec("x", workers=(rerun_on,))])
+    assert h.run_id("x") != old_run
+    new_worker = h.processing_on("x")
+    assert new_worker == rerun_on
+    for late in ("finish", "err"):
+        out = getattr(h, late)("x", worker="w1", run_id=old_run)
+        assert h.task_state("x") == "processing"
+        assert not reports(out, cmd.ReportInMemory) and not reports(out, cmd.ReportErred)
+        if new_worker != "w1":
+            assert freed(out) == {("w1", "x")}
+        else:
+            assert not freed(out)  # that would stop the run that counts
+    out = h.finish("x")
+    assert reported_keys(out, cmd.ReportInMemory, "cl") == {"x"}
+    assert h.state.who_has(["x"]) == {"x": [new_worker]}
 
 
 def test_cancel_cancels_dependents() -> None:

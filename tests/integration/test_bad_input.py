@@ -307,6 +307,8 @@ def test_bad_messages_after_auth(server: Server, good: Client) -> None:
             }
         )
         assert "frame counts" in peer.recv()["error"]
+        peer.send({"op": "missing-data", "missing": {"x": "not a list"}, "rid": 11})
+        assert "missing-data" in peer.recv()["error"]
         peer.send({"op": "ping", "rid": 10})
         assert peer.recv() == {"op": "reply", "rid": 10}
     server.wait_for_log("bad message from client raw-nonsense", "no-such-op")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from regrow import Client, Future
+from regrow.testing import wait_until
 
 from .tasks import MyError, add, fail, inc
 
@@ -141,3 +142,36 @@ def test_gather_large_results(client: Client) -> None:
     assert [len(a) for a in out] == [1, 1_000, 2_000_000]
     assert int(out[2][-1]) == 2_000_000
     out[2][0] = 0  # results arrive writeable
+
+
+def _forget_behind_the_schedulers_back(key: str) -> bool:
+    from regrow import get_worker
+
+    data = get_worker().data
+    if key in data:
+        del data[key]
+        return True
+    return False
+
+
+def test_gather_tries_the_other_holder_and_reports_the_one_without_it(
+    client: Client, workers: list[str]
+) -> None:
+    [f] = client.scatter([41], broadcast=True, hash=False)
+    first, second = client.who_has(f)[f.key]
+    assert {first, second} == set(workers)
+    # The holder the client asks first (the first listed) lost the value silently.
+    client.run(_forget_behind_the_schedulers_back, f.key, workers=[first])
+    assert client.gather(f, timeout=30) == 41
+    wait_until(lambda: client.who_has(f)[f.key] == [second], timeout=10)
+    assert client.gather(f, timeout=30) == 41
+
+
+def test_result_lost_behind_the_schedulers_back_is_recomputed(client: Client) -> None:
+    f = client.submit(inc, 1, pure=False)
+    assert f.result(timeout=30) == 2
+    [holder] = client.who_has(f)[f.key]
+    assert client.run(_forget_behind_the_schedulers_back, f.key, workers=[holder]) == {holder: True}
+    # No holder has it: the scheduler hears so and recomputes it from its lineage.
+    assert f.result(timeout=30) == 2
+    assert client.who_has(f)[f.key]

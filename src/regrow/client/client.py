@@ -286,12 +286,15 @@ class _Session:
         """Fetch results straight from the workers that hold them."""
         reply, _ = await self.request({"op": "who-has", "keys": keys})
         who_has: dict[str, list[str]] = get(reply, "who_has", dict)
-        by_worker: dict[str, list[str]] = {}
+        # Each key's holders, starting at a different one per key to spread the load.
+        untried: dict[str, list[str]] = {}
         for i, key in enumerate(keys):
-            holders = who_has.get(key) or []
+            holders = list(who_has.get(key) or [])
             if holders:
-                by_worker.setdefault(holders[i % len(holders)], []).append(key)
+                untried[key] = holders[i % len(holders) :] + holders[: i % len(holders)]
         results: dict[str, Any] = {}
+        # Holders that answered without a key the scheduler says they have.
+        missing: dict[str, list[str]] = {}
 
         async def fetch(worker: str, ks: list[str]) -> None:
             try:
@@ -306,8 +309,19 @@ class _Session:
                 return
             for key, parts in shm.values_of_reply(rep, frames):
                 results[key] = loads(parts)
+            for key in ks:
+                if key not in results:
+                    missing.setdefault(key, []).append(worker)
 
-        await asyncio.gather(*(fetch(w, ks) for w, ks in by_worker.items()))
+        while untried:
+            by_worker: dict[str, list[str]] = {}
+            for key, holders in untried.items():
+                by_worker.setdefault(holders.pop(0), []).append(key)
+            await asyncio.gather(*(fetch(w, ks) for w, ks in by_worker.items()))
+            untried = {k: hs for k, hs in untried.items() if hs and k not in results}
+        if missing:
+            # Tell the scheduler, or it would keep naming them and we would keep asking.
+            self.send({"op": "missing-data", "missing": missing})
         return results
 
     async def scatter(

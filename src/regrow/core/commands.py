@@ -14,6 +14,7 @@ class Command:
 class Compute(Command):
     worker: str
     key: str
+    run_id: int
     run_spec: object
     who_has: dict[str, list[str]]
     nbytes: dict[str, int]

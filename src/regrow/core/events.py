@@ -111,6 +111,7 @@ class WorkerRemoved(Event):
 class TaskFinished(Event):
     worker: str
     key: str
+    run_id: int
     nbytes: int
     type_name: str = ""
     duration: float = 0.0
@@ -120,6 +121,7 @@ class TaskFinished(Event):
 class TaskErred(Event):
     worker: str
     key: str
+    run_id: int
     exception: bytes
     traceback: bytes
     text: str
@@ -134,6 +136,13 @@ class DependencyMissing(Event):
     key: str
     dependency: str
     holders: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicasMissing(Event):
+    """A client asked these holders for these keys and they answered without them."""
+
+    holders: tuple[tuple[str, tuple[str, ...]], ...]  # (key, workers)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

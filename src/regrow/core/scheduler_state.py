@@ -55,6 +55,7 @@ class TaskState:
         "pure",
         "restrictions",
         "retries",
+        "run_id",
         "run_spec",
         "started",
         "state",
@@ -79,6 +80,8 @@ class TaskState:
         self.who_wants: set[ClientState] = set()
         self.who_has: set[WorkerState] = set()
         self.processing_on: WorkerState | None = None
+        # Which dispatch of this key counts: a report naming another run is stale.
+        self.run_id = 0
         self.nbytes = 0
         self.type_name = ""
         self.retries = 0
@@ -191,6 +194,7 @@ class SchedulerState:
         default_task_duration: float = 0.001,
         bandwidth: float = 500e6,
         allowed_failures: int = 3,
+        first_run_id: int = 1,
         validate: bool = False,
     ) -> None:
         self.worker_saturation = worker_saturation
@@ -217,6 +221,9 @@ class SchedulerState:
         self._undrain_pending = False
         self._queued_count = 0
         self._seq = itertools.count()
+        # A restarted scheduler starts above any run id its predecessor handed out (the
+        # shell passes a clock reading), so no report from before a crash matches a run.
+        self._run_ids = itertools.count(first_run_id)
         self._out: list[cmd.Command] = []
         self._stimulus = ""
         # Bounded story of transitions: (key, start, finish, stimulus_id).
@@ -260,6 +267,11 @@ class SchedulerState:
                     self._steal_answered(event)
                 case ev.ReplicasAdded():
                     self._replicas_added(event)
+                case ev.ReplicasMissing():
+                    for key, holders in event.holders:
+                        dep = self.tasks.get(key)
+                        if dep is not None:
+                            self._drop_holders(dep, holders)
                 case ev.TasksStarted():
                     ws = self.workers.get(event.worker)
                     for key in event.keys:
@@ -483,6 +495,7 @@ class SchedulerState:
     def _send_to(self, ts: TaskState, ws: WorkerState) -> None:
         self._set_state(ts, PROCESSING)
         ts.processing_on = ws
+        ts.run_id = next(self._run_ids)
         ws.processing[ts] = None
         self._update_free(ws)
         self._emit(
@@ -490,6 +503,7 @@ class SchedulerState:
                 stimulus_id=self._stimulus,
                 worker=ws.address,
                 key=ts.key,
+                run_id=ts.run_id,
                 run_spec=ts.run_spec,
                 who_has={d.key: [w.address for w in d.who_has] for d in ts.dependencies},
                 nbytes={d.key: d.nbytes for d in ts.dependencies},
@@ -597,8 +611,10 @@ class SchedulerState:
         if ts is None or ts.state not in (PROCESSING, MEMORY):
             self._emit(cmd.FreeKeys(worker=ws.address, keys=(event.key,)))
             return
+        if self._stale(ts, ws, event.run_id):
+            return
         if ts.state == MEMORY:
-            if ws not in ts.who_has:  # a duplicate run (steal race): keep as a replica
+            if ws not in ts.who_has:  # the worker already held it when sent the run
                 ts.who_has.add(ws)
                 ws.has_what.add(ts)
                 ws.nbytes += ts.nbytes
@@ -627,12 +643,27 @@ class SchedulerState:
             self._fill(owner)
         self._fill(ws)
 
+    def _stale(self, ts: TaskState, ws: WorkerState, run_id: int) -> bool:
+        """Is this report from a run that no longer counts (freed, moved, pre-crash)?
+
+        The classic race: a worker finishes a run just as the scheduler frees it (cancel,
+        release) and the key is submitted again. The late report must not be taken for
+        the new run, or the scheduler would list a holder that has dropped the data.
+        """
+        if run_id == ts.run_id:
+            return False
+        if ws is not ts.processing_on and ws not in ts.who_has:
+            # What the worker still holds or runs of that old run is garbage now; a later
+            # order for the key reaches it after this one, on the same stream.
+            self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
+        return True
+
     def _task_erred(self, event: ev.TaskErred) -> None:
         ws = self.workers.get(event.worker)
         if ws is None:
             return
         ts = self.tasks.get(event.key)
-        if ts is None or ts.state != PROCESSING:
+        if ts is None or ts.state != PROCESSING or self._stale(ts, ws, event.run_id):
             return
         owner = self._stop_processing(ts)
         if ts.retries > 0:
@@ -1206,19 +1237,25 @@ class SchedulerState:
         if stale:
             self._emit(cmd.FreeKeys(worker=ws.address, keys=tuple(stale)))
 
+    def _drop_holders(self, dep: TaskState, holders: Iterable[str]) -> None:
+        """These workers do not have ``dep`` after all; recompute it if nobody does."""
+        if dep.state != MEMORY:
+            return
+        for holder in holders:
+            hs = self.workers.get(holder)
+            if hs is not None and hs in dep.who_has:
+                dep.who_has.discard(hs)
+                hs.has_what.discard(dep)
+                hs.nbytes -= dep.nbytes
+        if not dep.who_has:
+            self._lost(dep)
+
     def _dependency_missing(self, event: ev.DependencyMissing) -> None:
         ws = self.workers.get(event.worker)
         ts = self.tasks.get(event.key)
         dep = self.tasks.get(event.dependency)
-        if dep is not None and dep.state == MEMORY:
-            for holder in event.holders:
-                hs = self.workers.get(holder)
-                if hs is not None and hs in dep.who_has:
-                    dep.who_has.discard(hs)
-                    hs.has_what.discard(dep)
-                    hs.nbytes -= dep.nbytes
-            if not dep.who_has:
-                self._lost(dep)
+        if dep is not None:
+            self._drop_holders(dep, event.holders)
         if ts is None or ws is None or ts.state != PROCESSING or ts.processing_on is not ws:
             return
         self._stop_processing(ts)
