@@ -10,22 +10,32 @@ core ``TaskFinished`` for every ``Compute`` it emits. Two figures:
   on the one before), with payloads of the size regrow's client sends, divided by
   the number of tasks; and the same after the graph completed and was released.
 
-Run: ``python -m benchmarks.scale [--max-tasks N]``.
+And one figure from a real cluster (processes, sockets): the resident memory of a
+``regrow scheduler`` process while a client's ``map`` of 1,000,000 trivial tasks is
+submitted and runs on 2 workers (its peak, and once all are done with the results
+still held), above what it used before, divided by the number of tasks.
+
+Run: ``python -m benchmarks.scale [--max-tasks N] [--no-cluster]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import secrets
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import psutil
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.scheduler_state import SchedulerState
+from regrow.testing import child_env, regrow_cli, stop, wait_ready
 
 # What a trivial task's payload looks like on the wire: the pickled function (shared
 # by all tasks of a map, as the client shares it) and ~40 bytes of pickled arguments.
@@ -90,7 +100,13 @@ def _memory_child(n: int) -> None:
     for ws in s.workers.values():
         pending += [
             cmd.Compute(
-                worker=ws.address, key=t.key, run_spec=None, who_has={}, nbytes={}, priority=(0, 0)
+                worker=ws.address,
+                key=t.key,
+                run_id=t.run_id,
+                run_spec=None,
+                who_has={},
+                nbytes={},
+                priority=(0, 0),
             )
             for t in ws.processing
         ]
@@ -115,10 +131,60 @@ def memory_per_task(n: int) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
+def cluster_scheduler_memory(n: int) -> tuple[float, float, float]:
+    """(peak, all done) bytes per task of a real scheduler process running a map of ``n``;
+    and the seconds the map took."""
+    import regrow
+    from benchmarks.tasks import inc
+
+    token = secrets.token_hex(16)
+    env = child_env(token)
+    with tempfile.TemporaryDirectory() as tmp:
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            ready = Path(tmp) / "scheduler"
+            procs.append(regrow_cli(["scheduler", "--port", "0"], env, ready))
+            address = wait_ready(procs[0], ready)
+            for i in range(2):
+                ready = Path(tmp) / f"worker-{i}"
+                procs.append(regrow_cli(["worker", address, "--no-nanny"], env, ready))
+                wait_ready(procs[-1], ready)
+            sched = psutil.Process(procs[0].pid)
+            with regrow.Client(address, token=token) as client:
+                client.wait_for_workers(2, timeout=60)
+                client.gather(client.map(inc, range(100), pure=False))  # warm up
+                base = sched.memory_info().rss
+                peak = base
+                done = threading.Event()
+
+                def sample() -> None:
+                    nonlocal peak
+                    while not done.wait(0.05):
+                        peak = max(peak, sched.memory_info().rss)
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                start = time.perf_counter()
+                futures = client.map(inc, range(n), pure=False)
+                regrow.wait(futures, timeout=3600)
+                elapsed = time.perf_counter() - start
+                held = sched.memory_info().rss
+                done.set()
+                sampler.join()
+                assert all(f.status == "finished" for f in futures)
+                del futures
+        finally:
+            stop(procs)
+    return (max(peak, held) - base) / n, (held - base) / n, elapsed
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tasks", type=int, default=1_000_000)
     parser.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-cluster", action="store_true", help="skip the real scheduler's memory (~4 min)"
+    )
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args.memory_child)
@@ -136,6 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     print("| while held (bytes/task) | after it ran and was released (bytes/task) | target |")
     print("|---:|---:|---:|")
     print(f"| {held:,.0f} | {after:,.0f} | <= 1,024 |")
+    if args.no_cluster:
+        return
+    peak, done, elapsed = cluster_scheduler_memory(n)
+    print()
+    print(f"real `regrow scheduler` process, map of {n:,} trivial tasks on 2 workers")
+    print("| peak (bytes/task) | all done, results held (bytes/task) | map took | target |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {peak:,.0f} | {done:,.0f} | {elapsed:.0f} s | <= 1,024 |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ class Scheduler:
         self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
         self.worker_comms: dict[str, Connection] = {}
         self.client_comms: dict[str, Connection] = {}
+        self._interned: dict[bytes, bytes] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
         self.nanny_comms: dict[str, Connection] = {}
         # Liveness: when we last heard from each worker (monotonic seconds).
@@ -564,7 +566,7 @@ class Scheduler:
                     key=get(msg, "key", str),
                     run_id=get(msg, "run", int),
                     nbytes=get(msg, "nbytes", int),
-                    type_name=str(msg.get("type", "")),
+                    type_name=sys.intern(str(msg.get("type", ""))),
                     duration=float(msg.get("duration", 0.0)),
                     stimulus_id=self._sid("task-finished"),
                     now=now,
@@ -716,7 +718,7 @@ class Scheduler:
             self.handle(
                 ev.TasksSubmitted(
                     client=client,
-                    tasks=tuple(_task_specs(msg, frames)),
+                    tasks=tuple(_task_specs(msg, frames, self._interned)),
                     wanted=tuple(get_str_list(msg, "wanted")),
                     stimulus_id=self._sid("submit"),
                 )
@@ -830,7 +832,26 @@ def _held_keys(msg: Msg) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def _task_specs(msg: Msg, frames: list[Buffer]) -> list[ev.TaskSpec]:
+# Identical function frames (every task of a map carries the same pickled function) are
+# kept once: a bounded table from the bytes to one copy of them.
+_INTERN_MAX_BYTES = 64 * 1024
+_INTERN_MAX_ENTRIES = 1024
+
+
+def _intern(frame: Buffer, table: dict[bytes, bytes]) -> Buffer:
+    if type(frame) is not bytes or len(frame) > _INTERN_MAX_BYTES:
+        return frame
+    kept = table.get(frame)
+    if kept is None:
+        if len(table) >= _INTERN_MAX_ENTRIES:
+            table.clear()
+        table[frame] = kept = frame
+    return kept
+
+
+def _task_specs(
+    msg: Msg, frames: list[Buffer], interned: dict[bytes, bytes] | None = None
+) -> list[ev.TaskSpec]:
     specs: list[ev.TaskSpec] = []
     pos = 0
     for t in get(msg, "tasks", list):
@@ -845,11 +866,15 @@ def _task_specs(msg: Msg, frames: list[Buffer]) -> list[ev.TaskSpec]:
             isinstance(workers, list) and all(isinstance(w, str) for w in workers)
         ):
             raise ProtocolError("submit: 'w' must be a list of worker addresses or names")
+        run_frames = frames[pos : pos + nf]
+        if interned is not None:
+            for i in range(fnf):
+                run_frames[i] = _intern(run_frames[i], interned)
         specs.append(
             ev.TaskSpec(
                 key=get(t, "k", str),
                 dependencies=tuple(get_str_list(t, "d")),
-                run_spec=(fnf, frames[pos : pos + nf]),
+                run_spec=(fnf, run_frames),
                 priority=int(t.get("p", 0)),
                 retries=int(t.get("r", 0)),
                 workers=tuple(workers) if workers else None,

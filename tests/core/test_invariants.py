@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from regrow.core.invariants import InvariantError, validate_state
-from regrow.core.scheduler_state import MEMORY, SchedulerState
+from regrow.core.scheduler_state import EMPTY, MEMORY, SchedulerState
 
 from .core_sim import Harness, spec
 
@@ -25,7 +25,7 @@ def corrupt_memory_without_holder(st: SchedulerState) -> None:
     ts = st.tasks["a"]
     for ws in ts.who_has:
         ws.has_what.discard(ts)
-    ts.who_has.clear()
+    ts.who_has = EMPTY
 
 
 def corrupt_processing_nowhere(st: SchedulerState) -> None:
@@ -35,7 +35,7 @@ def corrupt_processing_nowhere(st: SchedulerState) -> None:
 
 
 def corrupt_leak(st: SchedulerState) -> None:
-    st.tasks["a"].waiters.clear()
+    st.tasks["a"].waiters = EMPTY
 
 
 def corrupt_forgotten_client_want(st: SchedulerState) -> None:

@@ -24,7 +24,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
@@ -37,6 +37,41 @@ PROCESSING = "processing"
 MEMORY = "memory"
 ERRED = "erred"
 FORGOTTEN = "forgotten"
+
+
+T = TypeVar("T")
+
+# A task's six collections (dependencies, dependents, waiting_on, waiters, who_wants,
+# who_has) are empty or tiny almost always: one client wants it, one worker holds it.
+# A set costs 216 bytes even with one element, a 1-tuple 48, so each starts as the empty
+# tuple and stays a tuple (insertion-ordered, compared by identity) up to SMALL items;
+# past that it becomes a set. Six sets per task were 1.3 KB of the ~2.1 KB a held task
+# took; see benchmarks/scale.py.
+SMALL = 8
+EMPTY: tuple[Any, ...] = ()
+Bag: TypeAlias = tuple[T, ...] | set[T]
+
+
+def added(bag: Bag[T], item: T) -> Bag[T]:
+    """``bag`` with ``item`` in it (the same set, or a new tuple or set)."""
+    if isinstance(bag, set):
+        bag.add(item)
+        return bag
+    if item in bag:
+        return bag
+    if len(bag) < SMALL:
+        return (*bag, item)
+    return {*bag, item}
+
+
+def discarded(bag: Bag[T], item: T) -> Bag[T]:
+    """``bag`` without ``item``; EMPTY once nothing is left, so the set can be freed."""
+    if isinstance(bag, set):
+        bag.discard(item)
+        return bag if bag else EMPTY
+    if item in bag:
+        return tuple(x for x in bag if x is not item)
+    return bag
 
 
 class InvalidTransition(RuntimeError):
@@ -73,12 +108,12 @@ class TaskState:
         self.run_spec = run_spec
         self.priority = priority
         self.state = RELEASED
-        self.dependencies: set[TaskState] = set()
-        self.dependents: set[TaskState] = set()
-        self.waiting_on: set[TaskState] = set()
-        self.waiters: set[TaskState] = set()
-        self.who_wants: set[ClientState] = set()
-        self.who_has: set[WorkerState] = set()
+        self.dependencies: Bag[TaskState] = EMPTY
+        self.dependents: Bag[TaskState] = EMPTY
+        self.waiting_on: Bag[TaskState] = EMPTY
+        self.waiters: Bag[TaskState] = EMPTY
+        self.who_wants: Bag[ClientState] = EMPTY
+        self.who_has: Bag[WorkerState] = EMPTY
         self.processing_on: WorkerState | None = None
         # Which dispatch of this key counts: a report naming another run is stale.
         self.run_id = 0
@@ -353,8 +388,8 @@ class SchedulerState:
             for dep_key in spec.dependencies:
                 dep = self.tasks.get(dep_key)
                 if dep is not None:
-                    ts.dependencies.add(dep)
-                    dep.dependents.add(ts)
+                    ts.dependencies = added(ts.dependencies, dep)
+                    dep.dependents = added(dep.dependents, ts)
             self.tasks[spec.key] = ts
             if missing:
                 # Erred in place, not through _err: nobody wants it yet, and _err would
@@ -378,7 +413,7 @@ class SchedulerState:
 
     def _want(self, client: ClientState, ts: TaskState, report: bool = False) -> None:
         new = report or client not in ts.who_wants
-        ts.who_wants.add(client)
+        ts.who_wants = added(ts.who_wants, client)
         client.wants.add(ts)
         if ts.state == RELEASED:
             self._compute(ts)
@@ -439,13 +474,13 @@ class SchedulerState:
             self._set_state(ts, WAITING)
             erred_dep: TaskState | None = None
             for dep in ts.dependencies:
-                dep.waiters.add(ts)
+                dep.waiters = added(dep.waiters, ts)
                 if dep.state == MEMORY:
                     continue
                 if dep.state == ERRED:
                     erred_dep = dep
                     continue
-                ts.waiting_on.add(dep)
+                ts.waiting_on = added(ts.waiting_on, dep)
                 if dep.state == RELEASED:
                     stack.append(dep)
             if erred_dep is not None:
@@ -615,7 +650,7 @@ class SchedulerState:
             return
         if ts.state == MEMORY:
             if ws not in ts.who_has:  # the worker already held it when sent the run
-                ts.who_has.add(ws)
+                ts.who_has = added(ts.who_has, ws)
                 ws.has_what.add(ts)
                 ws.nbytes += ts.nbytes
             return
@@ -629,12 +664,12 @@ class SchedulerState:
         if ts.suspicious:
             ts.suspicious = 0
             self.deaths.pop(ts.key, None)
-        ts.who_has.add(ws)
+        ts.who_has = added(ts.who_has, ws)
         ws.has_what.add(ts)
         ws.nbytes += ts.nbytes
         self._arrived(ts)
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
+            dep.waiters = discarded(dep.waiters, ts)
             self._check_release(dep)
         if not self._needed(ts):
             self._release(ts)
@@ -746,7 +781,7 @@ class SchedulerState:
                 ws.has_what.discard(ts)
                 ws.nbytes -= ts.nbytes
                 self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
-            ts.who_has.clear()
+            ts.who_has = EMPTY
         elif ts.state == PROCESSING:
             owner = self._stop_processing(ts)
             if owner is not None:
@@ -772,10 +807,10 @@ class SchedulerState:
         dropped: list[TaskState] = []
         while stack:
             ts = stack.pop()
-            ts.waiting_on.clear()
+            ts.waiting_on = EMPTY
             for dep in ts.dependencies:
                 if ts in dep.waiters:
-                    dep.waiters.discard(ts)
+                    dep.waiters = discarded(dep.waiters, ts)
                     if dep.state != MEMORY and not self._needed(dep):
                         if self._release_one(dep):
                             stack.append(dep)
@@ -799,8 +834,8 @@ class SchedulerState:
             self.replicas.pop(ts.key, None)
             self._set_state(ts, FORGOTTEN)
             for dep in ts.dependencies:
-                dep.dependents.discard(ts)
-                dep.waiters.discard(ts)
+                dep.dependents = discarded(dep.dependents, ts)
+                dep.waiters = discarded(dep.waiters, ts)
                 if dep.state == MEMORY:
                     self._check_release(dep)
                 else:
@@ -814,7 +849,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None or client not in ts.who_wants:
                 continue
-            ts.who_wants.discard(client)
+            ts.who_wants = discarded(ts.who_wants, client)
             client.wants.discard(ts)
             if not self._needed(ts):
                 self._release(ts)
@@ -835,7 +870,7 @@ class SchedulerState:
             if ts is None:
                 self._emit(cmd.ReportCancelled(client=client.id, key=key))
                 continue
-            others = ts.who_wants - {client}
+            others = any(c is not client for c in ts.who_wants)
             if others and not event.force:
                 if client in ts.who_wants:
                     self._emit(cmd.ReportCancelled(client=client.id, key=key))
@@ -854,7 +889,7 @@ class SchedulerState:
             for c in ts.who_wants:
                 c.wants.discard(ts)
                 self._emit(cmd.ReportCancelled(client=c.id, key=ts.key))
-            ts.who_wants.clear()
+            ts.who_wants = EMPTY
         if event.force:
             for ts in doomed:
                 if ts.state == PROCESSING and ts.processing_on is not None:
@@ -901,7 +936,7 @@ class SchedulerState:
             if ts.state not in (MEMORY, RELEASED):
                 continue
             if not holders:
-                ts.who_wants.add(client)
+                ts.who_wants = added(ts.who_wants, client)
                 client.wants.add(ts)
                 self._err(
                     ts,
@@ -920,7 +955,7 @@ class SchedulerState:
             ts.type_name = item.type_name
             for ws in holders:
                 if ws not in ts.who_has:
-                    ts.who_has.add(ws)
+                    ts.who_has = added(ts.who_has, ws)
                     ws.has_what.add(ts)
                     ws.nbytes += ts.nbytes
             self._want(client, ts)
@@ -962,7 +997,7 @@ class SchedulerState:
                 self._set_state(ts, MEMORY)
                 ts.nbytes = nbytes
             if ws not in ts.who_has:
-                ts.who_has.add(ws)
+                ts.who_has = added(ts.who_has, ws)
                 ws.has_what.add(ts)
                 ws.nbytes += ts.nbytes
             if not self.recovering:
@@ -981,9 +1016,9 @@ class SchedulerState:
         self._wake_dependents(ts)
 
     def _wake_dependents(self, ts: TaskState) -> None:
-        for dep in ts.waiters.copy():
+        for dep in tuple(ts.waiters):
             if dep.state == WAITING:
-                dep.waiting_on.discard(ts)
+                dep.waiting_on = discarded(dep.waiting_on, ts)
                 if not dep.waiting_on:
                     self._ready(dep)
 
@@ -1002,8 +1037,8 @@ class SchedulerState:
             for dep_key in row.dependencies:
                 dep = self.tasks.get(dep_key)
                 if dep is not None:
-                    ts.dependencies.add(dep)
-                    dep.dependents.add(ts)
+                    ts.dependencies = added(ts.dependencies, dep)
+                    dep.dependents = added(dep.dependents, ts)
             if row.error is not None:
                 e = row.error
                 ts.state = ERRED
@@ -1020,7 +1055,7 @@ class SchedulerState:
             wanted = self.tasks.get(key)
             if wanted is not None:
                 client = self._client(client_id)
-                wanted.who_wants.add(client)
+                wanted.who_wants = added(wanted.who_wants, client)
                 client.wants.add(wanted)
 
     def _recovery_finished(self) -> None:
@@ -1073,7 +1108,7 @@ class SchedulerState:
         under_replicated: list[str] = []
         gone: list[TaskState] = []
         for ts in list(ws.has_what):
-            ts.who_has.discard(ws)
+            ts.who_has = discarded(ts.who_has, ws)
             ws.has_what.discard(ts)
             if not ts.who_has:
                 gone.append(ts)
@@ -1098,7 +1133,7 @@ class SchedulerState:
                     ),
                 )
             elif self._needed(ts):
-                ts.waiting_on.clear()
+                ts.waiting_on = EMPTY
                 rescheduled += 1
                 self._compute(ts)
             else:
@@ -1196,9 +1231,9 @@ class SchedulerState:
                     else:
                         self._unqueue(dependent)
                     self._set_state(dependent, WAITING)
-                    dependent.waiting_on.add(ts)
+                    dependent.waiting_on = added(dependent.waiting_on, ts)
                 elif dependent.state == WAITING:
-                    dependent.waiting_on.add(ts)
+                    dependent.waiting_on = added(dependent.waiting_on, ts)
             self._set_state(ts, RELEASED)
         recomputed = 0
         for ts in gone:
@@ -1218,7 +1253,7 @@ class SchedulerState:
             # _compute re-registered it with its own inputs; the dependents stay waiting on it.
             for dependent in waiters:
                 if dependent.state == WAITING and ts.state != ERRED:
-                    dependent.waiting_on.add(ts)
+                    dependent.waiting_on = added(dependent.waiting_on, ts)
         return recomputed
 
     def _replicas_added(self, event: ev.ReplicasAdded) -> None:
@@ -1231,7 +1266,7 @@ class SchedulerState:
             if ts is None or ts.state != MEMORY:
                 stale.append(key)
             elif ws not in ts.who_has:
-                ts.who_has.add(ws)
+                ts.who_has = added(ts.who_has, ws)
                 ws.has_what.add(ts)
                 ws.nbytes += ts.nbytes
         if stale:
@@ -1244,7 +1279,7 @@ class SchedulerState:
         for holder in holders:
             hs = self.workers.get(holder)
             if hs is not None and hs in dep.who_has:
-                dep.who_has.discard(hs)
+                dep.who_has = discarded(dep.who_has, hs)
                 hs.has_what.discard(dep)
                 hs.nbytes -= dep.nbytes
         if not dep.who_has:
@@ -1260,7 +1295,7 @@ class SchedulerState:
             return
         self._stop_processing(ts)
         self._set_state(ts, WAITING)
-        ts.waiting_on = {d for d in ts.dependencies if d.state != MEMORY}
+        ts.waiting_on = {d for d in ts.dependencies if d.state != MEMORY} or EMPTY
         if not ts.waiting_on:
             self._ready(ts)
         self._fill(ws)
