@@ -61,6 +61,10 @@ class Settings:
     # A force-cancelled task that has not stopped after this many seconds gets its
     # worker restarted by the nanny.
     cancel_grace: float = 2.0
+    # Large results (>= 1 MiB of out-of-band buffers, e.g. numpy arrays) are copied once
+    # into sealed shared memory when their task ends, so that workers and clients on the
+    # same host take them without a copy. Off: they are copied when first fetched.
+    seal_results: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from regrow.protocol import shm
 from regrow.protocol.framing import encode_packet
 from regrow.protocol.serialize import dumps, loads, sizeof
 
@@ -39,6 +40,9 @@ class SpillBuffer(MutableMapping[str, Any]):
         self.unspilled_total = 0
         self._lock = threading.RLock()
         self._files = 0
+        # Results in memory whose large buffers also sit in a sealed memfd (shm.seal):
+        # peers on this host map them from there. Closed when the result leaves memory.
+        self.sealed: dict[str, shm.Sealed] = {}
 
     # -- mapping ---------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -59,11 +63,16 @@ class SpillBuffer(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         self.set(key, value, sizeof(value))
 
-    def set(self, key: str, value: Any, size: int) -> None:
+    def set(self, key: str, value: Any, size: int, sealed: shm.Sealed | None = None) -> None:
         with self._lock:
             self._discard(key)
             self._put_fast(key, value, size)
+            if sealed is not None:
+                self.sealed[key] = sealed
             self._evict(keep=key)
+
+    def sealed_of(self, key: str) -> shm.Sealed | None:
+        return self.sealed.get(key)
 
     def __delitem__(self, key: str) -> None:
         with self._lock:
@@ -99,6 +108,9 @@ class SpillBuffer(MutableMapping[str, Any]):
 
     def close(self) -> None:
         with self._lock:
+            for record in self.sealed.values():
+                record.close()
+            self.sealed.clear()
             self.fast.clear()
             self.fast_sizes.clear()
             self.slow_sizes.clear()
@@ -113,6 +125,9 @@ class SpillBuffer(MutableMapping[str, Any]):
         self.fast_bytes += size
 
     def _discard(self, key: str) -> None:
+        record = self.sealed.pop(key, None)
+        if record is not None:
+            record.close()
         if key in self.fast:
             del self.fast[key]
             self.fast_bytes -= self.fast_sizes.pop(key)
@@ -147,6 +162,9 @@ class SpillBuffer(MutableMapping[str, Any]):
             return 0
         self.slow_sizes[key] = size
         self.spilled_total += 1
+        record = self.sealed.pop(key, None)
+        if record is not None:
+            record.close()  # its memory is what spilling is meant to free
         return size
 
     def _path(self, key: str) -> str:

@@ -21,7 +21,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 import psutil
@@ -89,10 +89,12 @@ class _Task:
         "in_user_code",
         "key",
         "lock",
+        "nbytes",
         "orphaned",
         "priority",
         "rerun",
         "run_id",
+        "sealed",
         "started",
         "state",
         "thread",
@@ -120,9 +122,42 @@ class _Task:
         self.orphaned = False
         self.in_user_code = False
         self.lock = threading.Lock()
+        # Its result's size, and the sealed copy of a large result (shm.seal).
+        self.nbytes = 0
+        self.sealed: shm.Sealed | None = None
         # Cancelled while its thread runs, then asked for again: the compute order to
         # carry out once that thread is done.
         self.rerun: tuple[Msg, list[Buffer]] | None = None
+
+
+def _seal(value: Any) -> tuple[Any, shm.Sealed | None]:
+    """A large result, rebuilt on a sealed shared-memory copy of its buffers (shm.seal).
+
+    The copy is made once, here in the task's thread, so that peers on this host later
+    take the value with no copy. Only kept when the rebuilt value really lives on the
+    shared pages (numpy arrays and the like do; a type that copies its buffers when
+    unpickled would only double its memory): else the value stays as it was.
+    """
+    try:
+        frames = dumps(value)
+        made = shm.seal(frames)
+    except Exception:
+        return value, None  # not picklable: it stays in memory, fetched (or not) as before
+    if made is None:
+        return value, None
+    record, mine = made
+    mapping = cast(memoryview, mine[record.layout[0][0]]).obj
+    try:
+        rebuilt = _loads(mine)
+    except Exception:
+        rebuilt = None
+    del mine
+    try:
+        mapping.close()  # type: ignore[attr-defined]
+    except BufferError:
+        return rebuilt, record  # the rebuilt value holds the mapping: it is zero-copy
+    record.close()
+    return value, None
 
 
 def _serialize_error(exc: BaseException) -> tuple[bytes, bytes, str]:
@@ -168,6 +203,7 @@ class Worker:
         self.data = SpillBuffer(
             target=int(memory_limit * self.settings.memory_target_fraction), directory=spill_dir
         )
+        self.seal_results = self.settings.seal_results
         self.paused = False
         self._scheduler_closing = False
         self.tasks: dict[str, _Task] = {}
@@ -515,27 +551,33 @@ class Worker:
         """Fetch what ``holder`` has of ``keys``: the keys got, and the error if ``holder``
         answered but its data cannot reach us (it failed to serialize it, or we fail to
         deserialize it). Not being able to talk to ``holder`` is no such error."""
-        try:
-            comm = await self.peers.get(holder)
-            reply, frames = await comm.request(
-                {"op": "get-data", "keys": keys, "host": shm.HOST},
-                idle_timeout=self.settings.heartbeat_timeout + 2,
-            )
-        except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
-            logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
-            return [], None
-        except Exception as exc:  # the holder's error reply
-            logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
-            return [], exc
         got: list[str] = []
-        try:
-            for key, parts in shm.values_of_reply(reply, frames):
-                value = _loads(parts)
-                self.data.set(key, value, sizeof(value))
-                got.append(key)
-        except Exception as exc:
-            logger.warning("cannot deserialize data from %s: %r", holder, exc)
-            return got, exc
+        host = shm.HOST
+        while keys:
+            try:
+                comm = await self.peers.get(holder)
+                reply, frames = await comm.request(
+                    {"op": "get-data", "keys": keys, "host": host},
+                    idle_timeout=self.settings.heartbeat_timeout + 2,
+                )
+            except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
+                logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
+                return got, None
+            except Exception as exc:  # the holder's error reply
+                logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
+                return got, exc
+            gone: list[str] = []
+            try:
+                for key, parts in shm.values_of_reply(reply, frames, gone):
+                    value = _loads(parts)
+                    self.data.set(key, value, sizeof(value))
+                    got.append(key)
+            except Exception as exc:
+                logger.warning("cannot deserialize data from %s: %r", holder, exc)
+                return got, exc
+            # Freed by the holder between its reply and our mapping: ask once more, by
+            # socket this time (if it still has them).
+            keys, host = (gone, "") if host else ([], host)
         return got, None
 
     # ------------------------------------------------------------ execution
@@ -607,7 +649,11 @@ class Worker:
                 # An interrupt can only be aimed at this thread while this flag is up.
                 with t.lock:
                     t.in_user_code = False
-            return True, result, time.perf_counter() - start
+            duration = time.perf_counter() - start
+            t.nbytes = sizeof(result)
+            if shm.MEMFD and t.nbytes >= shm.MIN_BYTES and self.seal_results:
+                result, t.sealed = _seal(result)
+            return True, result, duration
         except BaseException as exc:
             return False, exc, time.perf_counter() - start
 
@@ -656,14 +702,16 @@ class Worker:
             if self.tasks.get(t.key) is t:
                 del self.tasks[t.key]
             if t.orphaned and ok and t.key not in self.data:
-                self.data.set(t.key, value, sizeof(value))
+                self.data.set(t.key, value, t.nbytes, t.sealed)
+            elif t.sealed is not None:
+                t.sealed.close()
             if t.rerun is not None and not self.stopped.is_set():
                 self._compute(*t.rerun)  # it failed (or was interrupted): run it anew
         else:
             del self.tasks[t.key]
             if ok:
-                nbytes = sizeof(value)
-                self.data.set(t.key, value, nbytes)
+                nbytes = t.nbytes
+                self.data.set(t.key, value, nbytes, t.sealed)
                 self._send(
                     {
                         "op": "task-finished",
@@ -705,19 +753,31 @@ class Worker:
         if op == "get-data":
             keys: list[str] = []
             groups: list[list[Buffer]] = []
+            sealed: dict[str, Any] = {}
+            same_host = bool(shm.HOST) and msg.get("host") == shm.HOST
             for key in get_str_list(msg, "keys"):
-                if key in self.data:
+                if key not in self.data:
+                    continue
+                record = self.data.sealed_of(key) if same_host else None
+                if record is not None:
+                    # Its large buffers are mapped by the requester: nothing is copied.
+                    sealed[str(len(groups))] = record.describe()
+                    groups.append(list(record.frames))
+                else:
                     groups.append(dumps(self.data[key]))
-                    keys.append(key)
+                keys.append(key)
             info = None
-            if shm.HOST and msg.get("host") == shm.HOST:
-                # Same host: large buffers go through /dev/shm, one memcpy, no socket.
+            if same_host:
+                # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
                 groups, info = shm.export(groups)
                 if info is not None:
                     # Should the requester never map it, the file must not outlive us long.
                     asyncio.get_running_loop().call_later(60, shm.discard, info)
             out = [frame for group in groups for frame in group]
-            comm.reply(msg, {"keys": keys, "nf": [len(g) for g in groups], "shm": info}, out)
+            reply = {"keys": keys, "nf": [len(g) for g in groups], "shm": info}
+            if sealed:
+                reply["sealed"] = sealed
+            comm.reply(msg, reply, out)
             await comm.drain()
         elif op == "put-data":
             keys = get_str_list(msg, "keys")

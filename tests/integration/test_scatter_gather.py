@@ -175,3 +175,44 @@ def test_result_lost_behind_the_schedulers_back_is_recomputed(client: Client) ->
     # No holder has it: the scheduler hears so and recomputes it from its lineage.
     assert f.result(timeout=30) == 2
     assert client.who_has(f)[f.key]
+
+
+def _ones(n: int) -> np.ndarray:
+    return np.ones(n)
+
+
+def _write_first_then_sum(a: np.ndarray) -> float:
+    a[0] = -1.0
+    return float(a.sum())
+
+
+def _first(a: np.ndarray) -> float:
+    return float(a[0])
+
+
+def _sealed_keys() -> list[str]:
+    from regrow import get_worker
+
+    return sorted(get_worker().data.sealed)
+
+
+def test_large_result_is_shared_between_workers_and_writes_stay_private(
+    client: Client, workers: list[str]
+) -> None:
+    n = 1_000_000  # 8 MB: sealed in shared memory when its task ends
+    x = client.submit(_ones, n, workers=[workers[0]], pure=False)
+    x.result(timeout=30)
+    sealed = client.run(_sealed_keys)
+    if not sealed[workers[0]]:
+        pytest.skip("no memfd shared memory on this machine")
+    assert sealed == {workers[0]: [x.key], workers[1]: []}
+    # The consumer on the other worker writes into its input (its own copy-on-write
+    # pages): the producer's value is untouched.
+    assert (
+        client.submit(_write_first_then_sum, x, workers=[workers[1]], pure=False).result(timeout=30)
+        == float(n) - 2
+    )
+    assert client.submit(_first, x, workers=[workers[0]], pure=False).result(timeout=30) == 1.0
+    x.release()
+    # Released: the shared file is closed with it.
+    wait_until(lambda: client.run(_sealed_keys) == {w: [] for w in workers}, timeout=10)

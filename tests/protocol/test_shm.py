@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ def test_large_frames_go_through_shared_memory_and_come_back_mapped() -> None:
     groups, info = shm.export([dumps(big), dumps(small)])
     assert info is not None and os.path.exists(info["path"])
     reply = {"keys": ["big", "small"], "nf": [len(g) for g in groups], "shm": info}
-    values = shm.values_of_reply(reply, [f for g in groups for f in g])
+    gone: list[str] = []
+    values = shm.values_of_reply(reply, [f for g in groups for f in g], gone)
+    assert not gone
     assert not os.path.exists(info["path"])  # unlinked once mapped
     out = {key: loads(frames) for key, frames in values}
     np.testing.assert_array_equal(out["big"], big)
@@ -45,4 +49,78 @@ def test_adopt_refuses_paths_outside_its_directory() -> None:
 
 def test_inconsistent_reply_is_rejected() -> None:
     with pytest.raises(ValueError):
-        shm.values_of_reply({"keys": ["a"], "nf": [2]}, [b"x"])
+        shm.values_of_reply({"keys": ["a"], "nf": [2]}, [b"x"], [])
+
+
+# --------------------------------------------------------------------------- sealing
+needs_memfd = pytest.mark.skipif(not shm.MEMFD, reason="no memfd_create or /proc here")
+
+
+def _sealed_reply(record: shm.Sealed) -> tuple[dict[str, object], list[bytes]]:
+    reply = {
+        "keys": ["k"],
+        "nf": [len(record.frames)],
+        "shm": None,
+        "sealed": {"0": record.describe()},
+    }
+    return reply, [bytes(f) for f in record.frames]
+
+
+@needs_memfd
+def test_sealed_value_is_shared_not_copied_and_writes_stay_private() -> None:
+    big = np.arange(1_000_000, dtype=np.float64)
+    made = shm.seal(dumps(big))
+    assert made is not None
+    record, mine = made
+    try:
+        owner = loads(mine)
+        np.testing.assert_array_equal(owner, big)
+        assert record.frames[1] == b""  # the large buffer is not kept twice
+        # Another process maps it through /proc, and its writes do not reach us.
+        code = (
+            "import sys, json, numpy as np\n"
+            "from regrow.protocol import shm\n"
+            "from regrow.protocol.serialize import loads\n"
+            "reply = json.loads(sys.argv[1]); frames = [bytes.fromhex(h) for h in sys.argv[2:]]\n"
+            "[(key, parts)] = shm.values_of_reply(reply, frames, [])\n"
+            "a = loads(parts); a[:] = -1; print(a.nbytes)\n"
+        )
+        reply, frames = _sealed_reply(record)
+        import json
+
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(reply), *(f.hex() for f in frames)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert out.stdout.strip() == str(big.nbytes)
+        np.testing.assert_array_equal(owner, big)
+        owner[0] = 99  # and ours do not reach the file
+        again = loads(shm.attach(record.describe(), list(record.frames)))
+        assert again[0] == 0.0
+    finally:
+        record.close()
+
+
+@needs_memfd
+def test_a_closed_seal_is_reported_gone_not_misread() -> None:
+    made = shm.seal(dumps(np.zeros(1 << 18)))
+    assert made is not None
+    record, _ = made
+    reply, frames = _sealed_reply(record)
+    record.close()
+    # Another file may now sit at that descriptor number: it must not be taken for it.
+    decoy = os.open(os.devnull, os.O_RDONLY)
+    try:
+        gone: list[str] = []
+        assert shm.values_of_reply(reply, frames, gone) == []
+        assert gone == ["k"]
+    finally:
+        os.close(decoy)
+
+
+def test_small_or_in_band_values_are_not_sealed() -> None:
+    assert shm.seal(dumps(list(range(10)))) is None
+    assert shm.seal([b"x" * (2 << 20)]) is None  # frame 0 is the pickle stream itself

@@ -296,19 +296,24 @@ class _Session:
         # Holders that answered without a key the scheduler says they have.
         missing: dict[str, list[str]] = {}
 
-        async def fetch(worker: str, ks: list[str]) -> None:
+        async def fetch(worker: str, ks: list[str], host: str = shm.HOST) -> None:
             try:
                 comm = await self.pool.get(worker)
                 # A frozen holder must not hold us up: its keys get recomputed elsewhere.
                 rep, frames = await comm.request(
-                    {"op": "get-data", "keys": ks, "host": shm.HOST},
+                    {"op": "get-data", "keys": ks, "host": host},
                     idle_timeout=self.client.settings.heartbeat_timeout + 2,
                 )
             except (OSError, CommClosedError, TimeoutError) as exc:
                 logger.info("could not fetch from %s: %s", worker, exc)
                 return
-            for key, parts in shm.values_of_reply(rep, frames):
+            gone: list[str] = []
+            for key, parts in shm.values_of_reply(rep, frames, gone):
                 results[key] = loads(parts)
+            if gone and host:
+                # Freed between the reply and our mapping: once more, by socket.
+                await fetch(worker, gone, host="")
+                return
             for key in ks:
                 if key not in results:
                     missing.setdefault(key, []).append(worker)

@@ -17,6 +17,7 @@ import contextlib
 import mmap
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -107,6 +108,144 @@ def adopt(groups: list[list[Buffer]], info: dict[str, Any]) -> list[list[Buffer]
     return groups
 
 
+# ------------------------------------------------------------------ sealed values
+# A large result is copied once, when its task finishes, into an anonymous shared-memory
+# file (memfd): the worker keeps the file open and its own copy of the value becomes a
+# private (copy-on-write) mapping of it, so this costs no memory. A peer on the same host
+# then gets the value with no copy at all: it opens the file through /proc/PID/fd/N and
+# maps it privately too. Writes on either side stay on that side. The file has no name,
+# so nothing is left behind when processes die; it is freed with its last mapping.
+MEMFD = HOST != "" and hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+
+_sealed_lock = threading.Lock()  # seal() runs in task threads, close() on the event loop
+_sealed_open = 0
+_sealed_max = -1  # found on first use (see _may_seal)
+
+
+def _may_seal() -> bool:
+    """Is a file descriptor to spare? Each sealed value keeps one open; sockets must not
+    run short because of them, so at most half of the process's limit goes to them."""
+    global _sealed_max
+    if _sealed_max < 0:
+        try:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard == resource.RLIM_INFINITY or hard > soft:
+                want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+                if want > soft:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                    soft = want
+            _sealed_max = max(0, soft // 2)
+        except (ImportError, OSError, ValueError):
+            _sealed_max = 256
+    return _sealed_open < _sealed_max
+
+
+class Gone(Exception):
+    """A sealed value's file was closed by its holder before we could open it."""
+
+
+class Sealed:
+    """A value's pickle frames; the large ones live in a memfd this process keeps open."""
+
+    __slots__ = ("fd", "frames", "ino", "layout", "size")
+
+    def __init__(
+        self, fd: int, ino: int, size: int, frames: list[Buffer], layout: list[list[int]]
+    ) -> None:
+        self.fd = fd
+        self.ino = ino
+        self.size = size
+        self.frames = frames  # the large frames are b"" here; ``layout`` places them
+        self.layout = layout  # [frame index, offset in the file, length]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "fd": self.fd,
+            "ino": self.ino,
+            "size": self.size,
+            "layout": self.layout,
+        }
+
+    def close(self) -> None:
+        global _sealed_open
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with _sealed_lock:
+                _sealed_open -= 1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _private_map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def seal(frames: Sequence[Buffer]) -> tuple[Sealed, list[Buffer]] | None:
+    """Copy the large out-of-band frames of a pickle into a new memfd.
+
+    Returns the record and the frames with each large one replaced by a private mapping
+    of the file (build the value from those), or None when nothing is large enough or
+    the file cannot be made (out of memory or file descriptors: the value stays as is).
+    """
+    layout: list[list[int]] = []
+    total = 0
+    for i, frame in enumerate(frames):
+        n = memoryview(frame).nbytes
+        if i > 0 and n >= MIN_BYTES:  # frame 0 is the pickle stream itself
+            layout.append([i, total, n])
+            total += n
+    if not layout or not MEMFD or not _may_seal():
+        return None
+    try:
+        fd = os.memfd_create("regrow-result", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for i, _, n in layout:
+            view = memoryview(frames[i]).cast("B")
+            done = 0
+            while done < n:
+                done += os.write(fd, view[done:])
+        ino = os.fstat(fd).st_ino
+        mm = _private_map(fd, total)
+    except OSError:
+        os.close(fd)
+        return None
+    global _sealed_open
+    with _sealed_lock:
+        _sealed_open += 1
+    view = memoryview(mm)
+    mine: list[Buffer] = list(frames)
+    kept: list[Buffer] = list(frames)
+    for i, offset, n in layout:
+        mine[i] = view[offset : offset + n]
+        kept[i] = b""
+    return Sealed(fd, ino, total, kept, layout), mine
+
+
+def attach(info: dict[str, Any], frames: list[Buffer]) -> list[Buffer]:
+    """Put a sealed value's large frames, privately mapped, back into ``frames``."""
+    try:
+        fd = os.open(f"/proc/{int(info['pid'])}/fd/{int(info['fd'])}", os.O_RDONLY)
+    except OSError as exc:
+        raise Gone(str(exc)) from None
+    try:
+        if os.fstat(fd).st_ino != int(info["ino"]):
+            raise Gone("the file descriptor now names another file")
+        mm = _private_map(fd, int(info["size"]))
+    finally:
+        os.close(fd)
+    view = memoryview(mm)
+    out = list(frames)
+    for i, offset, n in info["layout"]:
+        out[i] = view[offset : offset + n]
+    return out
+
+
 def discard(info: dict[str, Any] | None) -> None:
     """Remove a file the receiver never adopted (it died, or the request failed)."""
     if info:
@@ -115,9 +254,13 @@ def discard(info: dict[str, Any] | None) -> None:
 
 
 def values_of_reply(
-    reply: dict[str, Any], frames: Sequence[Buffer]
+    reply: dict[str, Any], frames: Sequence[Buffer], gone: list[str]
 ) -> list[tuple[str, list[Buffer]]]:
-    """A ``get-data`` reply as (key, frames of its value) pairs, shared memory adopted."""
+    """A ``get-data`` reply as (key, frames of its value) pairs, shared memory adopted.
+
+    Keys whose sealed file was closed before we opened it go to ``gone``: ask for them
+    again without shared memory.
+    """
     keys = reply.get("keys")
     counts = reply.get("nf")
     if not (isinstance(keys, list) and isinstance(counts, list) and len(keys) == len(counts)):
@@ -132,4 +275,15 @@ def values_of_reply(
     info = reply.get("shm")
     if info:
         groups = adopt(groups, info)
-    return list(zip(keys, groups, strict=True))
+    out: list[tuple[str, list[Buffer]]] = []
+    sealed = reply.get("sealed") or {}
+    for g, (key, group) in enumerate(zip(keys, groups, strict=True)):
+        description = sealed.get(str(g))
+        if description is not None:
+            try:
+                group = attach(description, group)
+            except Gone:
+                gone.append(key)
+                continue
+        out.append((key, group))
+    return out
