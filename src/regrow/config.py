@@ -65,6 +65,10 @@ class Settings:
     # into sealed shared memory when their task ends, so that workers and clients on the
     # same host take them without a copy. Off: they are copied when first fetched.
     seal_results: bool = True
+    # Large values between processes of one host go through shared memory (/dev/shm,
+    # memfd). Turn off where processes share a host name and boot id but not /dev/shm
+    # and /proc (some container setups): everything then goes by socket.
+    shared_memory: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -203,7 +203,8 @@ class Worker:
         self.data = SpillBuffer(
             target=int(memory_limit * self.settings.memory_target_fraction), directory=spill_dir
         )
-        self.seal_results = self.settings.seal_results
+        self.host_id = shm.HOST if self.settings.shared_memory else ""
+        self.seal_results = self.settings.seal_results and bool(self.host_id)
         self.paused = False
         self._scheduler_closing = False
         self.tasks: dict[str, _Task] = {}
@@ -552,7 +553,7 @@ class Worker:
         answered but its data cannot reach us (it failed to serialize it, or we fail to
         deserialize it). Not being able to talk to ``holder`` is no such error."""
         got: list[str] = []
-        host = shm.HOST
+        host = self.host_id
         while keys:
             try:
                 comm = await self.peers.get(holder)
@@ -754,7 +755,7 @@ class Worker:
             keys: list[str] = []
             groups: list[list[Buffer]] = []
             sealed: dict[str, Any] = {}
-            same_host = bool(shm.HOST) and msg.get("host") == shm.HOST
+            same_host = bool(self.host_id) and msg.get("host") == self.host_id
             for key in get_str_list(msg, "keys"):
                 if key not in self.data:
                     continue

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from regrow import Client, Future
-from regrow.testing import wait_until
+from regrow.testing import MakeCluster, wait_until
 
 from .tasks import MyError, add, fail, inc
 
@@ -216,3 +216,15 @@ def test_large_result_is_shared_between_workers_and_writes_stay_private(
     x.release()
     # Released: the shared file is closed with it.
     wait_until(lambda: client.run(_sealed_keys) == {w: [] for w in workers}, timeout=10)
+
+
+def test_without_shared_memory_large_values_go_by_socket(make_cluster: MakeCluster) -> None:
+    _, client = make_cluster(n_workers=2, shared_memory=False)
+    a, b = sorted(client.scheduler_info()["workers"])
+    x = client.submit(_ones, 1_000_000, workers=[a], pure=False)
+    assert client.submit(_write_first_then_sum, x, workers=[b], pure=False).result(
+        timeout=30
+    ) == float(1_000_000 - 2)
+    assert client.run(_sealed_keys) == {a: [], b: []}
+    got = client.gather(x, timeout=30)
+    assert isinstance(got, np.ndarray) and float(got.sum()) == 1_000_000.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import random
 import struct
 from collections.abc import Iterator, Sequence
@@ -124,9 +125,11 @@ def test_large_frames_in_big_chunks_arrive_whole_and_writeable() -> None:
             d.feed(piece)
         got = list(d.packets)
         assert as_bytes(got) == packets
-        # Large frames get a buffer of their own: writeable, never a copy of the stream.
-        assert isinstance(got[0][1], bytearray)
-        assert isinstance(got[1][1], bytearray)
+        # Large frames get a buffer of their own (an anonymous mapping, not zero-filled
+        # first): writeable, never a copy of the stream.
+        for frame in (got[0][1], got[1][1]):
+            assert isinstance(frame, memoryview) and not frame.readonly
+            assert isinstance(frame.obj, mmap.mmap)
         memoryview(got[1][1])[0] = 0
 
 

@@ -296,7 +296,9 @@ class _Session:
         # Holders that answered without a key the scheduler says they have.
         missing: dict[str, list[str]] = {}
 
-        async def fetch(worker: str, ks: list[str], host: str = shm.HOST) -> None:
+        same_host = shm.HOST if self.client.settings.shared_memory else ""
+
+        async def fetch(worker: str, ks: list[str], host: str = same_host) -> None:
             try:
                 comm = await self.pool.get(worker)
                 # A frozen holder must not hold us up: its keys get recomputed elsewhere.

@@ -14,6 +14,8 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -38,6 +40,13 @@ _PREAUTH_BYTES = 4096
 _MAX_FRAMES = 1 << 20
 # Buffers smaller than this are joined before writing: fewer syscalls.
 _JOIN_BELOW = 64 * 1024
+# Larger buffers are sent straight from the caller's memory with send() on a duplicate
+# of the socket's descriptor (see Connection._pump). Given 100 MB, asyncio's transport
+# (3.11) sends what the socket takes, copies the rest into a bytearray and trims that
+# from the front as it drains: two extra passes over the data, the event loop stuck in
+# the first. The kernel needs no help: it takes from our buffer what fits, each time the
+# socket is writable.
+_DIRECT_SEND = 1 << 20
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -97,6 +106,11 @@ class Connection:
         self._pending: dict[int, asyncio.Future[tuple[Msg, list[Buffer]]]] = {}
         self._rids = itertools.count(1)
         self._out: list[tuple[Msg, Sequence[Buffer]]] = []
+        # Bytes to send ourselves, in order, once the transport's buffer is empty.
+        self._sendq: deque[memoryview] = deque()
+        self._sent: asyncio.Future[None] | None = None
+        self._direct: socket.socket | None = None
+        self._direct_armed = False
         self._flush_scheduled = False
         self._paused: asyncio.Future[None] | None = None
         self._closed = False
@@ -132,6 +146,10 @@ class Connection:
             self._waiter.set_result(None)
         if self._paused is not None and not self._paused.done():
             self._paused.set_result(None)
+        self._sendq.clear()
+        self._close_direct()
+        if self._sent is not None and not self._sent.done():
+            self._sent.set_result(None)
         self.closed_event.set()
 
     def _pause(self) -> None:
@@ -141,6 +159,57 @@ class Connection:
     def _resume(self) -> None:
         if self._paused is not None and not self._paused.done():
             self._paused.set_result(None)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send queued buffers from their own memory, without the transport's copies.
+
+        Only while the transport's buffer is empty (its high-water mark is 0, so
+        resume_writing calls us again once it is): the bytes stay in order. Whatever the
+        kernel does not take now waits for the socket to be writable, still uncopied.
+        """
+        transport = self.transport
+        q = self._sendq
+        if transport is None or self._closed or transport.get_write_buffer_size():
+            return
+        try:
+            if self._direct is None:
+                fd = transport.get_extra_info("socket").fileno()
+                self._direct = socket.socket(fileno=os.dup(fd))
+                self._direct.setblocking(False)
+            sock = self._direct
+            while q:
+                head = q[0]
+                try:
+                    n = sock.send(head)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                if n < head.nbytes:
+                    q[0] = head[n:]
+                    if not self._direct_armed:
+                        asyncio.get_running_loop().add_writer(sock.fileno(), self._pump)
+                        self._direct_armed = True
+                    return
+                q.popleft()
+        except OSError as exc:
+            self.abort(exc)
+            return
+        self._disarm()
+        if self._sent is not None and not self._sent.done():
+            self._sent.set_result(None)
+
+    def _disarm(self) -> None:
+        if self._direct_armed and self._direct is not None:
+            self._direct_armed = False
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_writer(self._direct.fileno())
+
+    def _close_direct(self) -> None:
+        # The duplicate keeps the connection open in the kernel: it goes with the transport.
+        if self._direct is not None:
+            self._disarm()
+            self._direct.close()
+            self._direct = None
 
     # -- public ----------------------------------------------------------------
     @property
@@ -219,6 +288,10 @@ class Connection:
         """Wait until the kernel has taken what we wrote (backpressure)."""
         if self._flush_scheduled:
             self._flush()
+        while self._sendq and not self._closed:
+            if self._sent is None or self._sent.done():
+                self._sent = asyncio.get_running_loop().create_future()
+            await self._sent
         if self._paused is not None and not self._paused.done():
             await self._paused
         if self._closed:
@@ -237,21 +310,34 @@ class Connection:
         batch, self._out = self._out, []
         buffers = encode_packet(pack_messages(batch))
         small = bytearray()
+        q = self._sendq
         write = self.transport.write
         for buf in buffers:
-            if memoryview(buf).nbytes < _JOIN_BELOW:
+            n = memoryview(buf).nbytes
+            if n < _JOIN_BELOW:
                 small += buf
-            else:
-                if small:
+                continue
+            if small:
+                if q:
+                    q.append(memoryview(bytes(small)))
+                else:
                     write(bytes(small))
-                    small = bytearray()
+                small = bytearray()
+            if n > _DIRECT_SEND or q:
+                q.append(memoryview(buf).cast("B"))
+                self._pump()
+            else:
                 write(buf)
         if small:
-            write(bytes(small))
+            if q:
+                q.append(memoryview(bytes(small)))
+            else:
+                write(bytes(small))
 
     def abort(self, reason: BaseException | None = None) -> None:
         if reason is not None and self.close_reason is None:
             self.close_reason = reason
+        self._close_direct()
         if self.transport is not None:
             self.transport.abort()
         self._on_lost(reason)
@@ -259,6 +345,11 @@ class Connection:
     async def close(self) -> None:
         if self._flush_scheduled:
             self._flush()
+        if self._sendq:
+            with contextlib.suppress(TimeoutError, CommClosedError):
+                async with asyncio.timeout(10):
+                    await self.drain()
+        self._close_direct()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         if not self.closed_event.is_set():
@@ -282,6 +373,9 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        # Paused as soon as anything is left in its buffer, resumed once it is empty:
+        # Connection._pump sends only when it is (and is called again then).
+        transport.set_write_buffer_limits(high=0)
         self.conn = self._factory(transport)
         self.conn.transport = transport
 

@@ -16,6 +16,8 @@ messages' meaning.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -40,6 +42,24 @@ def encode_packet(frames: Sequence[Buffer]) -> list[Buffer]:
     return [prefix, *frames]
 
 
+# From this size a frame's memory comes from its own private anonymous mapping, in huge
+# pages where the kernel has them: pages it fills as recv_into writes them. bytearray(n)
+# would first write n zero bytes, a whole extra pass over memory (50-75 ms for 100 MB
+# on a 2-core VM); mmap's default (shared) mapping is tmpfs-backed, in 4 KiB pages:
+# receiving 100 MB into it ran at 1.2-1.5 GB/s, into private huge pages at 3.2 GB/s.
+_MAPPED = 1 << 20
+
+
+def _uninitialized(n: int) -> memoryview:
+    if n < _MAPPED:
+        return memoryview(bytearray(n))
+    mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            mm.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(mm)
+
+
 class FrameDecoder:
     """Turns a byte stream into packets (lists of frames), enforcing limits.
 
@@ -55,7 +75,7 @@ class FrameDecoder:
         self._buf = bytearray(_STAGING)
         self._start = 0
         self._end = 0
-        self._direct: bytearray | None = None
+        self._direct: memoryview | None = None
         self._direct_fill = 0
         self._stage = 0  # 0: frame count, 1: lengths, 2: frames
         self._need = _COUNT.size
@@ -111,7 +131,7 @@ class FrameDecoder:
             avail = self._end - self._start
             if need >= _DIRECT:
                 take = min(avail, need)
-                blob = bytearray(need)
+                blob = _uninitialized(need)
                 blob[:take] = self._buf[self._start : self._start + take]
                 self._start += take
                 if self._start == self._end:

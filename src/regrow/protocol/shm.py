@@ -180,8 +180,9 @@ class Sealed:
                 os.close(fd)
 
 
-def _private_map(fd: int, size: int) -> mmap.mmap:
-    return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+def _private_map(fd: int, size: int, populate: bool = False) -> mmap.mmap:
+    flags = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
 
 def seal(frames: Sequence[Buffer]) -> tuple[Sealed, list[Buffer]] | None:
@@ -211,7 +212,9 @@ def seal(frames: Sequence[Buffer]) -> tuple[Sealed, list[Buffer]] | None:
             while done < n:
                 done += os.write(fd, view[done:])
         ino = os.fstat(fd).st_ino
-        mm = _private_map(fd, total)
+        # Populated now, in the task's thread: sending the value by socket (to another
+        # host) must not fault its pages in one by one on the event loop.
+        mm = _private_map(fd, total, populate=True)
     except OSError:
         os.close(fd)
         return None
