@@ -1,11 +1,14 @@
 """Shared benchmark machinery: clusters, timing, repetitions, medians, tables.
 
-Every workload runs on each system (regrow and dask.distributed) with the same
-layout: a scheduler plus ``N_WORKERS`` worker processes of ``THREADS_PER_WORKER``
-thread each, on loopback. Each system's cluster is started once per module run
-(after an untimed warm-up on every worker) and shared by that module's
-workloads; the two systems' repetitions alternate. Every repetition checks its
-result: a wrong one is reported as an error, never timed.
+Every workload runs on each system (regrow, dask.distributed and Ray) with the
+same layout: a scheduler plus ``N_WORKERS`` worker processes of
+``THREADS_PER_WORKER`` thread each, on this machine (Ray: a local instance with
+``num_cpus`` = 2, so 2 worker processes running one task each; see
+``benchmarks/ray_client.py``). Each system's cluster is started once per module
+run (after an untimed warm-up on every worker) and shared by that module's
+workloads; the systems' repetitions alternate. Every repetition checks its
+result: a wrong one is reported as an error, never timed. Each row can carry a
+target for regrow (``Target``), checked against the medians of the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +37,15 @@ N_WORKERS = 2
 THREADS_PER_WORKER = 1
 REPS = 3
 LIMIT_REPS = 5
-# A repetition that takes longer than this is reported as a hang (with the
-# stacks of all threads on stderr) and the system's remaining workloads are skipped.
+# A repetition that takes longer than this (or than its workload's ``timeout``)
+# is reported as a hang (with the stacks of all threads on stderr) and the
+# system's remaining workloads are skipped.
 REP_TIMEOUT = 300.0
-SYSTEMS = ("regrow", "dask")
+SYSTEMS = ("regrow", "dask", "ray")
+PEERS = ("dask", "ray")  # what regrow is compared with
+LABELS = {"regrow": "regrow", "dask": "dask", "ray": "Ray"}
+# What each peer needs, to say why it was skipped.
+REQUIRES = {"dask": "dask.distributed", "ray": "ray"}
 
 
 class WrongResult(Exception):
@@ -60,6 +68,18 @@ def dask_version() -> str | None:
     except ImportError:
         return None
     return str(distributed.__version__)
+
+
+def ray_version() -> str | None:
+    """The installed Ray version, or None if it cannot be imported."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return str(ray.__version__)
+
+
+VERSIONS: dict[str, Callable[[], str | None]] = {"dask": dask_version, "ray": ray_version}
 
 
 # --------------------------------------------------------------------- systems
@@ -99,11 +119,18 @@ def start_system(name: str) -> Iterator[System]:
             distributed.Client(dc) as client,
         ):
             yield _ready(System(name, client, distributed.wait))
+    elif name == "ray":
+        from benchmarks import ray_client
+
+        with ray_client.local_ray(num_cpus=N_WORKERS * THREADS_PER_WORKER) as client:
+            yield _ready(System(name, client, ray_client.wait))
     else:
         raise ValueError(f"unknown system {name!r}; choose from {SYSTEMS}")
 
 
 def _ready(system: System) -> System:
+    if system.name == "ray":
+        return _ready_ray(system)
     system.client.wait_for_workers(N_WORKERS, timeout=60)
     system.workers = sorted(system.client.scheduler_info()["workers"])
     check(
@@ -123,7 +150,81 @@ def _ready(system: System) -> System:
     return system
 
 
+def _ready_ray(system: System) -> System:
+    """Ray: find the worker processes (a task each returning its pid), then warm up.
+
+    Ray has no named workers nor ``client.run``: ``system.workers`` are the
+    worker processes' pids as names (``"pid 1234"``, in pid order), found by
+    ``N_WORKERS`` overlapping tasks that each return ``os.getpid()``. That is
+    also every worker's first task (Ray starts its worker processes in
+    ``ray.init``, but a worker's first task waits for it to be ready). Then
+    (untimed) a few tasks more, without pinning: Ray cannot pin.
+    """
+    system.pids = system.client.worker_pids(N_WORKERS)
+    system.workers = list(system.pids)
+    futures = system.client.map(tasks.inc, range(4 * N_WORKERS), pure=False)
+    check(
+        system.client.gather(futures) == [i + 1 for i in range(len(futures))],
+        f"{system.name}: warm-up tasks returned wrong results",
+    )
+    return system
+
+
 # ------------------------------------------------------------------ workloads
+@dataclass(frozen=True)
+class Target:
+    """A goal for regrow in one row, checked against the medians of the same run.
+
+    ``text`` is shown in the table; ``met(medians, higher_is_better)`` decides
+    it, ``medians`` holding a finite, positive median for each system in
+    ``needs``. When one of them has none (skipped, not run, an error, capped),
+    the row's ``met`` cell is ``-``.
+    """
+
+    text: str
+    needs: tuple[str, ...]
+    met: Callable[[Mapping[str, float], bool], bool]
+
+
+def times_better(text: str | None = None, **at_least: float) -> Target:
+    """regrow at least ``at_least[peer]`` times better than each peer (as in "vs <peer>")."""
+
+    def met(medians: Mapping[str, float], higher_is_better: bool) -> bool:
+        return all(
+            ratio(medians["regrow"], medians[peer], higher_is_better) >= factor
+            for peer, factor in at_least.items()
+        )
+
+    shown = ", ".join(f">= {factor:g}x {LABELS[peer]}" for peer, factor in at_least.items())
+    return Target(text or shown, ("regrow", *at_least), met)
+
+
+def no_worse_than_best_peer(peers: tuple[str, ...] = PEERS) -> Target:
+    """regrow's median at least as good as the best of the peers' medians."""
+
+    def met(medians: Mapping[str, float], higher_is_better: bool) -> bool:
+        best = (max if higher_is_better else min)(medians[p] for p in peers)
+        return medians["regrow"] >= best if higher_is_better else medians["regrow"] <= best
+
+    names = ", ".join(LABELS[p] for p in peers)
+    return Target(f"no worse than best of {names}", ("regrow", *peers), met)
+
+
+def at_least(value: float, text: str | None = None) -> Target:
+    """regrow's own median at least ``value`` (regrow-only rows)."""
+    return Target(text or f">= {fmt(value)}", ("regrow",), lambda m, _h: m["regrow"] >= value)
+
+
+def at_most(value: float, text: str | None = None) -> Target:
+    """regrow's own median at most ``value`` (regrow-only rows)."""
+    return Target(text or f"<= {fmt(value)}", ("regrow",), lambda m, _h: m["regrow"] <= value)
+
+
+def ratio(regrow: float, peer: float, higher_is_better: bool) -> float:
+    """How many times better regrow is than a peer: regrow/peer for rates, peer/regrow for times."""
+    return regrow / peer if higher_is_better else peer / regrow
+
+
 @dataclass(frozen=True)
 class Series:
     """A further row filled by a workload's repetitions (see ``Workload.more``)."""
@@ -131,6 +232,7 @@ class Series:
     name: str
     unit: str
     higher_is_better: bool
+    target: Target | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +246,9 @@ class Workload:
     (in ``unit``); it is shown as ``> cap`` with ``cap_note``, and that system's
     remaining repetitions of the workload are skipped (waiting out the cap again
     would only repeat the same bound).
+
+    ``target``: regrow's goal in this row (``Target``), if any. ``timeout``: a
+    repetition with no result after that many seconds is a hang.
     """
 
     name: str
@@ -153,6 +258,8 @@ class Workload:
     more: tuple[Series, ...] = ()
     cap: float | None = None
     cap_note: str = ""
+    target: Target | None = None
+    timeout: float = REP_TIMEOUT
 
 
 @dataclass
@@ -165,6 +272,7 @@ class Row:
     # A sample of math.inf means "no result within cap" (lower-is-better rows only).
     cap: float | None = None
     cap_note: str = ""
+    target: Target | None = None
 
     def median(self, system: str) -> float | None:
         values = self.samples.get(system)
@@ -180,26 +288,46 @@ class Row:
             return f"> {fmt(self.cap)}{unit}{note}"
         return f"{fmt(value)}{unit}"
 
-    def speedup(self) -> float | None:
-        """How many times better regrow is than dask (>1: regrow is better)."""
-        r, d = self.median("regrow"), self.median("dask")
-        if r is None or d is None or r <= 0 or d <= 0 or math.isinf(r) or math.isinf(d):
-            return None
-        return r / d if self.higher_is_better else d / r
+    def usable(self, system: str) -> float | None:
+        """``system``'s median if it is a finite positive number (else None)."""
+        m = self.median(system)
+        return None if m is None or m <= 0 or math.isinf(m) else m
 
-    def speedup_text(self) -> str:
-        """``speedup()`` as shown; a bound (``> 4.2x``) when one system's median is capped."""
-        speedup = self.speedup()
+    def speedup(self, peer: str = "dask") -> float | None:
+        """How many times better regrow is than ``peer`` (>1: regrow is better)."""
+        r, p = self.usable("regrow"), self.usable(peer)
+        if r is None or p is None:
+            return None
+        return ratio(r, p, self.higher_is_better)
+
+    def speedup_text(self, peer: str = "dask") -> str:
+        """``speedup(peer)`` as shown; a bound (``> 4.2x``) when one system's median is capped."""
+        speedup = self.speedup(peer)
         if speedup is not None:
             return f"{speedup:.2f}x"
-        r, d = self.median("regrow"), self.median("dask")
-        if r is None or d is None or self.cap is None or self.higher_is_better:
+        r, p = self.median("regrow"), self.median(peer)
+        if r is None or p is None or self.cap is None or self.higher_is_better:
             return "-"
-        if math.isinf(d) and not math.isinf(r) and r > 0:
+        if math.isinf(p) and not math.isinf(r) and r > 0:
             return f"> {self.cap / r:.2f}x"
-        if math.isinf(r) and not math.isinf(d) and d > 0:
-            return f"< {d / self.cap:.2f}x"
+        if math.isinf(r) and not math.isinf(p) and p > 0:
+            return f"< {p / self.cap:.2f}x"
         return "-"
+
+    def met(self) -> bool | None:
+        """Whether regrow met the row's target; None without a target or a figure it needs."""
+        if self.target is None:
+            return None
+        medians = {s: self.usable(s) for s in self.target.needs}
+        if any(m is None for m in medians.values()):
+            return None
+        return self.target.met(
+            {s: m for s, m in medians.items() if m is not None}, self.higher_is_better
+        )
+
+    def met_text(self) -> str:
+        met = self.met()
+        return "-" if met is None else "yes" if met else "no"
 
 
 @dataclass
@@ -260,17 +388,24 @@ def run_workloads(
 ) -> list[Row]:
     """Run every workload ``reps`` times on each system; one cluster per system.
 
-    Both systems' clusters are up for the whole module and their repetitions
-    alternate (regrow, dask, then dask, regrow, ...), so a change in the load
-    of the machine during the run falls on both alike. A system that hangs is
-    shut down and skips its remaining workloads; an error skips only that
-    workload.
+    Every system's cluster is up for the whole module and their repetitions
+    alternate (regrow, dask, ray, then ray, dask, regrow, ...), so a change in
+    the load of the machine during the run falls on all alike. A system that
+    hangs (no result within the workload's ``timeout``) is shut down and skips
+    its remaining workloads; an error skips only that workload.
     """
     systems = list(systems)
     groups = [
         [
-            Row(w.name, w.unit, w.higher_is_better, cap=w.cap, cap_note=w.cap_note),
-            *(Row(s.name, s.unit, s.higher_is_better) for s in w.more),
+            Row(
+                w.name,
+                w.unit,
+                w.higher_is_better,
+                cap=w.cap,
+                cap_note=w.cap_note,
+                target=w.target,
+            ),
+            *(Row(s.name, s.unit, s.higher_is_better, target=s.target) for s in w.more),
         ]
         for w in workloads
     ]
@@ -299,7 +434,7 @@ def run_workloads(
                         continue
                     _settle()
                     try:
-                        with time_limit(REP_TIMEOUT, f"{name} / {w.name} rep {rep + 1}"):
+                        with time_limit(w.timeout, f"{name} / {w.name} rep {rep + 1}"):
                             value = w.run(live[name])
                         values = value if isinstance(value, tuple) else (value,)
                         check(
@@ -364,12 +499,15 @@ def machine_summary() -> str:
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    ray = ray_version()
+    ray_layout = f" (Ray: num_cpus={N_WORKERS * THREADS_PER_WORKER}, one node)" if ray else ""
     return (
         f"{now}; nproc={nproc} ({cpu}); Python {platform.python_version()} on "
         f"{platform.system()} {platform.release()}; regrow {regrow.__version__}"
         f"{_regrow_commit()}, distributed {dask_version() or 'not installed'}, "
-        f"numpy {numpy_version}; {N_WORKERS} workers x {THREADS_PER_WORKER} thread, "
-        f"processes, loopback TCP; load average 1/5/15 min at the end: {load}"
+        f"ray {ray or 'not installed'}, numpy {numpy_version}; "
+        f"{N_WORKERS} workers x {THREADS_PER_WORKER} thread, processes, loopback TCP"
+        f"{ray_layout}; load average 1/5/15 min at the end: {load}"
     )
 
 
@@ -404,9 +542,10 @@ def format_report(report: Report, reps: int) -> str:
     header = [
         "workload",
         "unit",
-        "regrow",
-        "dask",
-        "regrow vs dask",
+        *SYSTEMS,
+        *(f"vs {LABELS[p]}" for p in PEERS),
+        "target",
+        "met",
     ]
     body = []
     for row in report.rows:
@@ -414,17 +553,21 @@ def format_report(report: Report, reps: int) -> str:
             [
                 row.workload,
                 f"{row.unit} ({'higher' if row.higher_is_better else 'lower'} is better)",
-                _cell(row, "regrow", report.skipped),
-                _cell(row, "dask", report.skipped),
-                row.speedup_text(),
+                *(_cell(row, s, report.skipped) for s in SYSTEMS),
+                *(row.speedup_text(p) for p in PEERS),
+                row.target.text if row.target else "-",
+                row.met_text(),
             ]
         )
     lines = [f"Medians of {reps} repetitions. {machine_summary()}", ""]
-    lines += _markdown(header, body, right=(2, 3, 4))
+    n = len(SYSTEMS) + len(PEERS)
+    lines += _markdown(header, body, right=tuple(range(2, 2 + n)))
     lines += [
         "",
-        "regrow vs dask = how many times better regrow is than dask (>1: regrow is "
-        "better): regrow/dask for rates, dask/regrow for times.",
+        "vs dask, vs Ray = how many times better regrow is than that system (>1: regrow "
+        "is better): regrow/peer for rates, peer/regrow for times; a capped median gives "
+        "a bound. target = regrow's goal for the row, met = whether the medians of this "
+        "run meet it (- : no target, or a figure it needs is missing).",
     ]
     if report.limits:
         lines += [
@@ -447,7 +590,8 @@ def format_report(report: Report, reps: int) -> str:
     if notes:
         lines += ["", "Problems:", *notes]
     for system in report.skipped:
-        lines += ["", f"{system} was skipped: dask.distributed is not importable "
+        what = REQUIRES.get(system, system)
+        lines += ["", f"{system} was skipped: {what} is not importable "
                   "(install it with: pip install -e \".[bench]\")."]  # fmt: skip
     return "\n".join(lines)
 
@@ -472,7 +616,7 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help="comma-separated systems to run (default: regrow,dask)",
+        help=f"comma-separated systems to run (default: {','.join(SYSTEMS)})",
     )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -484,13 +628,10 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
 
 def available(systems: Sequence[str]) -> tuple[list[str], list[str]]:
     """(systems to run, systems skipped because they cannot be imported)."""
-    if "dask" in systems and dask_version() is None:
-        print(
-            "dask.distributed is not importable: running regrow only (dask skipped).",
-            flush=True,
-        )
-        return [s for s in systems if s != "dask"], ["dask"]
-    return list(systems), []
+    skipped = [s for s in systems if s in VERSIONS and VERSIONS[s]() is None]
+    for system in skipped:
+        print(f"{REQUIRES[system]} is not importable: {system} skipped.", flush=True)
+    return [s for s in systems if s not in skipped], skipped
 
 
 def main(

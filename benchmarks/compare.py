@@ -1,12 +1,16 @@
-"""Run every benchmark on regrow and on dask.distributed; print one table.
+"""Run every benchmark on regrow, dask.distributed and Ray; print one table.
 
-``python -m benchmarks.compare [--reps N] [--systems regrow,dask]``
+``python -m benchmarks.compare [--reps N] [--systems regrow,dask,ray]``
 
-Each workload module starts its own pair of clusters (regrow's, then dask's),
-so the modules do not disturb one another; within a module the clusters are
-shared by its workloads. ``journal`` runs on regrow only (a plain and a
-journaled cluster), and so does ``pipeline`` (dask has no pipelines): their rows
-have no dask figures.
+Each workload module starts its own clusters (regrow's, dask's, then a local
+Ray instance, shut down at the module's end), so the modules do not disturb one
+another; within a module the clusters are shared by its workloads.
+``journal`` runs on regrow only (a plain and a journaled cluster), and so do
+``pipeline`` (neither dask nor Ray has regrow's pipelines) and ``scale`` (the pure
+scheduler core simulated, and the scheduler's memory per task): their rows have no
+dask or Ray figures. ``transfer_hosts`` (two network namespaces joined by a veth
+pair) runs regrow and dask, and needs root; without it its rows say why not.
+The table shows regrow's targets and whether they were met.
 """
 
 from __future__ import annotations
@@ -14,10 +18,30 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from benchmarks import chain, journal, pipeline, recovery, throughput, transfer, tree
+from benchmarks import (
+    chain,
+    journal,
+    pipeline,
+    recovery,
+    scale,
+    throughput,
+    transfer,
+    transfer_hosts,
+    tree,
+)
 from benchmarks.common import Report, main
 
-MODULES = (throughput, chain, tree, transfer, recovery, journal, pipeline)
+MODULES = (
+    throughput,
+    chain,
+    tree,
+    transfer,
+    transfer_hosts,
+    recovery,
+    journal,
+    pipeline,
+    scale,
+)
 
 
 def run(systems: Sequence[str], reps: int) -> Report:
@@ -32,4 +56,4 @@ def run(systems: Sequence[str], reps: int) -> Report:
 
 
 if __name__ == "__main__":
-    main("regrow vs dask.distributed", run)
+    main("regrow vs dask.distributed vs Ray", run)

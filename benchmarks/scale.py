@@ -28,10 +28,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 
+from benchmarks.common import Report, Row, _progress, at_most
 from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.scheduler_state import SchedulerState
@@ -176,6 +178,56 @@ def cluster_scheduler_memory(n: int) -> tuple[float, float, float]:
         finally:
             stop(procs)
     return (max(peak, held) - base) / n, (held - base) / n, elapsed
+
+
+SIM_SIZES = (10_000, 100_000, 1_000_000)
+MEMORY_TASKS = 1_000_000
+
+
+def run(systems: Sequence[str], reps: int) -> Report:
+    """The rows for ``benchmarks.compare`` (regrow alone: dask and Ray have no pure core).
+
+    Each simulation size ``reps`` times; the memory figures once each (a 1,000,000-task
+    graph is minutes of work, and memory does not vary like time does).
+    """
+    if "regrow" not in systems:
+        return Report()
+    sim = {n: Row(f"scale (core, 1,000 simulated workers): {n:,} tasks", "µs/task", False)
+           for n in SIM_SIZES}  # fmt: skip
+    flat = Row(
+        f"scale: cost per task at {SIM_SIZES[-1]:,} / at {SIM_SIZES[0]:,} tasks",
+        "ratio",
+        False,
+        target=at_most(1.5, "<= 1.5 (flat)"),
+    )
+    core = Row(
+        f"scheduler memory (core): {MEMORY_TASKS:,}-task graph held", "bytes/task", False,
+        target=at_most(1024, "<= 1 KB"),
+    )  # fmt: skip
+    real = Row(
+        f"scheduler memory (regrow scheduler process): map of {MEMORY_TASKS:,}, peak",
+        "bytes/task",
+        False,
+        target=at_most(1024, "<= 1 KB"),
+    )
+    rows = [*sim.values(), flat, core, real]
+    for _ in range(reps):
+        for n in SIM_SIZES:
+            sim[n].samples.setdefault("regrow", []).append(cost_per_task(n))
+    small, large = sim[SIM_SIZES[0]].median("regrow"), sim[SIM_SIZES[-1]].median("regrow")
+    if small and large:
+        flat.samples["regrow"] = [large / small]
+    try:
+        core.samples["regrow"] = [memory_per_task(MEMORY_TASKS)[0]]
+    except Exception as exc:
+        core.errors["regrow"] = f"ERROR: {type(exc).__name__}: {exc}"
+    try:
+        real.samples["regrow"] = [cluster_scheduler_memory(MEMORY_TASKS)[0]]
+    except Exception as exc:
+        real.errors["regrow"] = f"ERROR: {type(exc).__name__}: {exc}"
+    for row in rows:
+        _progress("regrow", row)
+    return Report(rows=rows)
 
 
 def main(argv: list[str] | None = None) -> None:

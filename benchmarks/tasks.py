@@ -1,8 +1,9 @@
 """Task functions run by the benchmarks.
 
-They live in an importable module (not ``__main__``) so both regrow and dask
-pickle them by reference: every worker imports this module once, and each task
-carries only the name of its function.
+They live in an importable module (not ``__main__``) so regrow and dask pickle
+them by reference: every worker imports this module once, and each task carries
+only the name of its function. (Ray exports each function once, when its
+``ray.remote`` wrapper is first called, and every worker loads it from there.)
 """
 
 from __future__ import annotations
@@ -37,6 +38,30 @@ def consume(arr: Any) -> tuple[int, int]:
 
 def pid() -> int:
     return os.getpid()
+
+
+def pid_after(seconds: float) -> int:
+    """``os.getpid()`` after sleeping ``seconds``: n of these submitted at once to n
+    single-task worker processes overlap, so each lands in a different process (used to
+    find Ray's worker processes, where there is no ``client.run``)."""
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def make_array_stamped(nbytes: int) -> tuple[Any, tuple[float, int]]:
+    """``(make_array(nbytes), (t, pid))``, ``t`` read from ``CLOCK_MONOTONIC`` (one clock
+    for every process of this machine) once the array is made, as the task returns it.
+
+    Ray runs it with ``num_returns=2``: the array (put into the object store when the
+    task returns) and the stamp are two objects. The transfer benchmark times Ray's
+    handoff from that stamp (benchmarks/transfer.py).
+    """
+    import time
+
+    arr = make_array(nbytes)
+    return arr, (time.clock_gettime(time.CLOCK_MONOTONIC), os.getpid())
 
 
 def slow_inc(x: int, seconds: float) -> int:

@@ -6,6 +6,10 @@ future is left (8,191 tasks in 13 map calls, default ``pure=True``). Reported
 as total seconds from the first map call until the root's result is back. Each
 repetition uses different leaf values so it never reuses the previous one's keys.
 
+On Ray (``ray_client``): each ``map`` is one ``ray.remote(fn).remote(...)``
+call per element, the futures of the level below passed as ObjectRefs. No
+target: the project's issue sets none for this workload.
+
 Run alone: ``python -m benchmarks.tree``.
 """
 

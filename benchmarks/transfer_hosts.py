@@ -1,0 +1,569 @@
+"""Transfer across hosts: a 100 MB array moved from worker A to worker B over a veth pair.
+
+Two Linux network namespaces joined by a veth pair stand in for two hosts: the
+root namespace ("host A": the scheduler, worker A, the benchmark's client) and a
+namespace of our own ("host B": worker B), on a private /30 (A's end .1, B's end
+.2). Each worker also gets a UTS namespace of its own with its own host name
+(``unshare --uts``), so the two workers do not claim to share a host: regrow moves
+values between workers of one host through /dev/shm (``regrow.protocol.shm``; its
+host identity is host name + boot id, and a network namespace changes neither).
+With distinct host names the 100 MB go over TCP across the veth pair, which every
+repetition checks on the veth's own byte counter (its host end sent >= 100 MB).
+
+Per repetition, as in ``benchmarks.transfer``: a task pinned on A makes a fresh
+100 MB float64 array (untimed; checked to be held by A only), then a consumer
+task pinned on B takes it and returns ``(arr.nbytes, pid)``; timed from
+``client.submit`` to ``.result()``, reported as 100 MB / that time (MB = 10**6
+bytes). The same on dask.distributed (``dask scheduler``/``dask worker`` started
+in the same namespaces, on the same addresses).
+
+The limit: a plain TCP socket pair over the same veth pair, the sender in the
+root namespace (this process) and the receiver in B's namespace (a helper
+process): one ``sendall()`` of a 100 MB memoryview, ``recv_into`` a preallocated,
+already written buffer, timed until the receiver's 1-byte acknowledgement; best of
+5. Target: regrow reaches >= 90% of it.
+
+Needs Linux, root, iproute2's ``ip`` and util-linux's ``unshare``; otherwise the
+rows say ``not run`` with the reason. Everything it creates (namespace, veth
+pair, processes) is removed on the way out, also on errors.
+
+Run alone: ``python -m benchmarks.transfer_hosts [--reps N] [--systems regrow,dask]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from benchmarks import tasks
+from benchmarks.common import (
+    LIMIT_REPS,
+    REP_TIMEOUT,
+    Limit,
+    Report,
+    Row,
+    System,
+    Target,
+    WorkloadTimeout,
+    available,
+    check,
+    fmt,
+    format_report,
+    parse_args,
+    time_limit,
+)
+
+NBYTES = 100_000_000
+MB = 1e6
+TIMEOUT = 60.0
+START_TIMEOUT = 60.0
+TARGET = 0.90  # regrow's cross-host transfer / the raw socket over the same path
+ROOT = Path(__file__).resolve().parent.parent
+
+ROW_RATE = "transfer across hosts: 100 MB array A -> B over a veth pair (consumer on B, end to end)"
+ROW_SHARE = "transfer across hosts as % of the raw TCP socket pair over the same veth pair"
+LIMIT_NAME = "TCP socket pair over the veth pair (root ns -> B's ns), 100 MB in one sendall()"
+LIMIT_FRESH = "the same, received into a fresh buffer each time (np.empty: page faults included)"
+
+
+# ------------------------------------------------------------------- network
+@dataclass
+class Link:
+    """A network namespace joined to the root namespace by a veth pair."""
+
+    ip: str  # path of the ip command
+    unshare: str  # path of the unshare command
+    ns: str  # B's network namespace
+    host_if: str  # the root namespace's end of the pair
+    ns_if: str  # B's end
+    host_ip: str  # address of the root end (host A)
+    ns_ip: str  # address of B's end (host B)
+
+    def in_ns(self) -> list[str]:
+        return [self.ip, "netns", "exec", self.ns]
+
+    def host_tx_bytes(self) -> int:
+        """Bytes sent so far by the root end of the pair, i.e. from host A to host B."""
+        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_bytes").read_text())
+
+
+def _ip(ip: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ip, *args], capture_output=True, text=True, timeout=30)
+
+
+def skip_reason() -> str | None:
+    """Why this benchmark cannot run here, or None."""
+    if not sys.platform.startswith("linux"):
+        return "needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "needs root (to create a network namespace and a veth pair)"
+    for tool, package in (("ip", "iproute2"), ("unshare", "util-linux")):
+        if shutil.which(tool) is None:
+            return f"needs the '{tool}' command ({package})"
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return "needs numpy"
+    return None
+
+
+def _free_subnet(ip: str) -> tuple[str, str]:
+    """Two addresses of a /30 under 10.214.0.0/16 that no interface here uses yet."""
+    used = _ip(ip, "-4", "-o", "addr", "show").stdout
+    for _ in range(100):
+        base = secrets.randbelow(64) * 4
+        third = secrets.randbelow(256)
+        prefix = f"10.214.{third}."
+        if not any(f"{prefix}{base + i}/" in used for i in range(4)):
+            return f"{prefix}{base + 1}", f"{prefix}{base + 2}"
+    raise RuntimeError("no free /30 found under 10.214.0.0/16")
+
+
+@contextlib.contextmanager
+def veth_link() -> Iterator[Link]:
+    """Create B's namespace and the veth pair; delete both on exit, whatever happened."""
+    ip, unshare = shutil.which("ip"), shutil.which("unshare")
+    assert ip is not None and unshare is not None
+    tag = secrets.token_hex(3)
+    host_ip, ns_ip = _free_subnet(ip)
+    link = Link(ip, unshare, f"regrow-bench-{tag}", f"rgb{tag}h", f"rgb{tag}n", host_ip, ns_ip)
+    created_ns = created_link = False
+    try:
+        steps: list[list[str]] = [["netns", "add", link.ns]]
+        steps.append(["link", "add", link.host_if, "type", "veth", "peer", "name", link.ns_if])
+        inside = ["netns", "exec", link.ns, ip]
+        steps += [
+            ["link", "set", link.ns_if, "netns", link.ns],
+            ["addr", "add", f"{host_ip}/30", "dev", link.host_if],
+            ["link", "set", link.host_if, "up"],
+            [*inside, "addr", "add", f"{ns_ip}/30", "dev", link.ns_if],
+            [*inside, "link", "set", link.ns_if, "up"],
+            [*inside, "link", "set", "lo", "up"],
+        ]
+        for args in steps:
+            r = _ip(ip, *args)
+            if r.returncode != 0:
+                raise RuntimeError(f"'ip {' '.join(args)}' failed: {r.stderr.strip()}")
+            created_ns = created_ns or args[:2] == ["netns", "add"]
+            created_link = created_link or args[:2] == ["link", "add"]
+        _wait(
+            lambda: Path(f"/sys/class/net/{link.host_if}/operstate").read_text().strip() == "up",
+            10,
+            "the veth pair is up",
+        )
+        yield link
+    finally:
+        # Deleting the namespace deletes its end of the pair, and with it the pair.
+        if created_ns:
+            _ip(ip, "netns", "del", link.ns)
+        if created_link:
+            _ip(ip, "link", "del", link.host_if)  # fails harmlessly if already gone
+        with contextlib.suppress(TimeoutError):
+            _wait(
+                lambda: (
+                    link.host_if not in _ip(ip, "-o", "link", "show").stdout
+                    and link.ns not in _ip(ip, "netns", "list").stdout
+                ),
+                10,
+                "the namespace and the veth pair are gone",
+            )
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    interval = 0.01
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.2)
+
+
+def host_prefix(link: Link, host: str, inside: bool) -> list[str]:
+    """Command prefix that runs a program on "host" ``host``: in B's network namespace
+    if ``inside``, and always in a UTS namespace of its own named ``host``."""
+    uts = [link.unshare, "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', host]
+    return [*(link.in_ns() if inside else []), *uts]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(ROOT), *(p for p in sys.path if p and os.path.isdir(p))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
+    return env
+
+
+def _stop(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    from regrow.testing import stop
+
+    stop(list(procs))
+
+
+# ------------------------------------------------------------ the raw socket
+def _raw_receiver(host: str, nbytes: int, reps: int, fresh: bool) -> None:
+    """Run in B's namespace: accept ``reps`` connections, each bringing ``nbytes``
+    bytes of ones into one preallocated, written buffer (or, if ``fresh``, into a new
+    one each time, whose pages are mapped as the data arrives); answer b"k" (or b"x"
+    if wrong)."""
+    import numpy as np
+
+    buf = np.ones(nbytes, dtype=np.uint8)  # written: its pages are mapped
+    with socket.create_server((host, 0)) as server:
+        server.settimeout(TIMEOUT)
+        print(server.getsockname()[1], flush=True)
+        for _ in range(reps):
+            if fresh:
+                del buf
+                buf = np.empty(nbytes, dtype=np.uint8)  # large: its own untouched mmap
+            else:
+                buf[:] = 0
+            view = memoryview(buf).cast("B")
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                got = 0
+                while got < nbytes:
+                    n = conn.recv_into(view[got:])
+                    if n == 0:
+                        break
+                    got += n
+                ok = got == nbytes and bool(buf[0] == 1) and bool(buf[-1] == 1)
+                conn.sendall(b"k" if ok else b"x")
+
+
+def raw_socket(link: Link, reps: int = LIMIT_REPS, fresh: bool = False) -> Limit:
+    """MB/s of one sendall() of 100 MB from the root namespace to B's, ``reps`` times."""
+    import numpy as np
+
+    name = LIMIT_FRESH if fresh else LIMIT_NAME
+    call = (link.ns_ip, NBYTES, reps, fresh)
+    code = f"from benchmarks.transfer_hosts import _raw_receiver; _raw_receiver(*{call!r})"
+    proc = subprocess.Popen(
+        [*link.in_ns(), sys.executable, "-c", code],
+        env=_env(),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    samples: list[float] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline() or 0)
+        check(port > 0, f"the receiver in {link.ns} did not start (exit code {proc.poll()})")
+        payload = memoryview(np.ones(NBYTES, dtype=np.uint8)).cast("B")
+        for _ in range(reps):
+            with socket.create_connection((link.ns_ip, port), timeout=TIMEOUT) as sock:
+                sent_before = link.host_tx_bytes()
+                start = time.perf_counter()
+                sock.sendall(payload)
+                ack = sock.recv(1)
+                elapsed = time.perf_counter() - start
+            check(ack == b"k", f"raw socket: the receiver answered {ack!r}, not b'k'")
+            crossed = link.host_tx_bytes() - sent_before
+            check(crossed >= NBYTES, f"raw socket: only {crossed} bytes crossed the veth pair")
+            samples.append(NBYTES / MB / elapsed)
+        proc.wait(TIMEOUT)
+    finally:
+        _stop([proc])
+    values = ", ".join(f"{v:,.0f}" for v in samples)
+    print(f"  limit   {name}: best {max(samples):,.0f} MB/s ({values})", flush=True)
+    return Limit(name, "MB/s", samples)
+
+
+# ------------------------------------------------------------------ clusters
+def host_identity() -> str:
+    """Run on a worker: the identity regrow's shared-memory path compares."""
+    from regrow.protocol import shm
+
+    return f"{socket.gethostname()} / shm host {shm.HOST!r}"
+
+
+def _start_logged(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+
+
+def _wait_file(proc: subprocess.Popen[bytes], path: Path, log: Path) -> None:
+    def ready() -> bool:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{proc.args!r} exited with code {proc.returncode}:\n{tail}")
+        return path.exists()
+
+    _wait(ready, START_TIMEOUT, f"{path.name} written")
+
+
+@contextlib.contextmanager
+def regrow_cluster(link: Link, tmp: Path) -> Iterator[System]:
+    """A regrow scheduler and worker A on host A, worker B on host B (no nannies)."""
+    import regrow
+    from regrow.testing import child_env, regrow_cli, wait_ready
+
+    token = secrets.token_hex(16)
+    env = child_env(token)
+    env["PYTHONPATH"] = _env()["PYTHONPATH"]
+    procs: list[subprocess.Popen[bytes]] = []
+    client = None
+    try:
+
+        def start(name: str, args: list[str], prefix: list[str] | None = None) -> str:
+            ready = tmp / f"regrow-{name}.ready"
+            procs.append(regrow_cli(args, env, ready, prefix=prefix))
+            return wait_ready(procs[-1], ready, timeout=START_TIMEOUT)
+
+        address = start("scheduler", ["scheduler", "--host", link.host_ip, "--port", "0"])
+        worker = ["worker", address, "--no-nanny", "--nthreads", "1"]
+        a = start("a", [*worker, "--name", "A", "--host", link.host_ip],
+                  host_prefix(link, "regrow-bench-host-a", inside=False))  # fmt: skip
+        b = start("b", [*worker, "--name", "B", "--host", link.ns_ip],
+                  host_prefix(link, "regrow-bench-host-b", inside=True))  # fmt: skip
+        client = regrow.Client(address, token=token, set_as_default=False)
+        yield _ready(System("regrow", client, regrow.wait, [a, b]), link)
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        _stop(procs[1:])
+        _stop(procs[:1])
+
+
+@contextlib.contextmanager
+def dask_cluster(link: Link, tmp: Path) -> Iterator[System]:
+    """The same layout on dask.distributed: ``dask scheduler``/``dask worker`` processes."""
+    import distributed
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # no noise at close
+    env = _env()
+    procs: list[subprocess.Popen[bytes]] = []
+    client = None
+    log = tmp / "dask.log"
+    try:
+        sched_file = tmp / "dask-scheduler.json"
+        procs.append(
+            _start_logged(
+                [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", link.host_ip,
+                 "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                env, log,
+            )
+        )  # fmt: skip
+        _wait_file(procs[0], sched_file, log)
+        address = json.loads(sched_file.read_text())["address"]
+        for name, host, inside in (("A", link.host_ip, False), ("B", link.ns_ip, True)):
+            prefix = host_prefix(link, f"dask-bench-host-{name.lower()}", inside)
+            cmd = [*prefix, sys.executable, "-m", "distributed.cli.dask_worker", address,
+                   "--host", host, "--name", name, "--nthreads", "1", "--no-nanny",
+                   "--no-dashboard", "--death-timeout", "60"]  # fmt: skip
+            procs.append(_start_logged(cmd, env, log))
+        client = distributed.Client(address, set_as_default=False, timeout=START_TIMEOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(client.scheduler_info()["workers"]) < 2:
+            for p in procs:
+                check(p.poll() is None, f"{p.args!r} exited with code {p.returncode}")
+            check(time.monotonic() < deadline, "dask: fewer than 2 workers after 60 s")
+            time.sleep(0.05)
+        workers = client.scheduler_info()["workers"]
+        by_host = {w["host"]: addr for addr, w in workers.items()}
+        pair = [by_host.get(link.host_ip, ""), by_host.get(link.ns_ip, "")]
+        check(all(pair), f"dask workers at {sorted(workers)}, not on both ends of the link")
+        yield _ready(System("dask", client, partial(_dask_wait, client), pair), link)
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        _stop(procs[1:])
+        _stop(procs[:1])
+
+
+def _dask_wait(client: Any, futures: Any, timeout: float | None = None) -> Any:
+    import distributed
+
+    with client.as_current():  # distributed.wait() looks for the current client
+        return distributed.wait(futures, timeout=timeout)
+
+
+def _ready(system: System, link: Link) -> System:
+    """Check the layout, read the pids, warm up (untimed) each worker and the A -> B path."""
+    client = system.client
+    a, b = system.workers
+    check(f"//{link.host_ip}:" in a and f"//{link.ns_ip}:" in b, f"workers at {a}, {b}")
+    system.pids = dict(client.run(tasks.pid))
+    hosts = client.run(host_identity)
+    check(hosts[a] != hosts[b], f"{system.name}: both workers claim one host: {hosts[a]}")
+    print(f"  {system.name:<6}  A = {a} ({hosts[a]}), B = {b} ({hosts[b]})", flush=True)
+    futures = [
+        client.submit(tasks.inc, i, pure=False, workers=[w]) for i, w in enumerate([a, b] * 4)
+    ]
+    check(client.gather(futures) == [i + 1 for i in range(8)], "warm-up: wrong results")
+    # Open the worker-to-worker connection before the first timed repetition.
+    small = client.submit(tasks.inc, 1, pure=False, workers=[a])
+    check(client.submit(tasks.add, small, 1, workers=[b]).result(TIMEOUT) == 3, "warm-up A->B")
+    return system
+
+
+# ------------------------------------------------------------------ workload
+def transfer(system: System, link: Link) -> float:
+    """One repetition: MB/s of the consumer on B taking a fresh 100 MB array from A."""
+    client = system.client
+    a, b = system.workers
+    array = client.submit(tasks.make_array, NBYTES, pure=False, workers=[a])
+    system.wait([array], timeout=TIMEOUT)
+    check(array.status == "finished", f"producer ended as {array.status!r}")
+    holders = list(client.who_has([array]).get(array.key, ()))
+    check(holders == [a], f"producer pinned on {a} but held by {holders}")
+    sent_before = link.host_tx_bytes()
+    start = time.perf_counter()
+    future = client.submit(tasks.consume, array, pure=False, workers=[b])
+    nbytes, pid = future.result(timeout=TIMEOUT)
+    elapsed = time.perf_counter() - start
+    crossed = link.host_tx_bytes() - sent_before
+    check(nbytes == NBYTES, f"consumer saw {nbytes} bytes, expected {NBYTES}")
+    check(pid == system.pids[b], f"consumer pinned on {b} ran in pid {pid}")
+    check(crossed >= NBYTES, f"only {crossed} bytes crossed the veth pair (not over TCP?)")
+    del array, future
+    return NBYTES / MB / elapsed
+
+
+CLUSTERS = {"regrow": regrow_cluster, "dask": dask_cluster}
+SHARE_TARGET = Target(
+    f">= {TARGET:.0%} of raw socket",
+    ("regrow",),
+    lambda medians, _higher_is_better: medians["regrow"] >= 100 * TARGET,
+)
+
+
+def run(systems: Sequence[str], reps: int) -> Report:
+    rate = Row(ROW_RATE, "MB/s", True)
+    share = Row(ROW_SHARE, "% of raw socket", True, target=SHARE_TARGET)
+    report = Report(rows=[rate, share])
+    for name in [s for s in systems if s not in CLUSTERS]:
+        for row in report.rows:
+            row.errors[name] = f"not run: this module starts {' and '.join(CLUSTERS)} only"
+    systems = [s for s in systems if s in CLUSTERS]
+    reason = skip_reason()
+    if reason is not None:
+        print(f"  transfer_hosts skipped: {reason}", flush=True)
+        for row in report.rows:
+            for name in systems:
+                row.errors[name] = f"not run: {reason}"
+        return report
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regrow-bench-")))
+        try:
+            link = stack.enter_context(veth_link())
+            limit = raw_socket(link)
+            fresh = raw_socket(link, fresh=True)
+        except Exception as exc:
+            for row in report.rows:
+                for name in systems:
+                    row.errors[name] = f"ERROR (link): {type(exc).__name__}: {exc}"
+            print(f"  link failed: {type(exc).__name__}: {exc}", flush=True)
+            return report
+        report.limits += [limit, fresh]
+        best = max(limit.samples)
+        live: dict[str, System] = {}
+        for name in systems:
+            try:
+                live[name] = stack.enter_context(CLUSTERS[name](link, tmp))
+            except Exception as exc:
+                for row in report.rows:
+                    row.errors[name] = f"ERROR (cluster): {type(exc).__name__}: {exc}"
+                print(f"  {name:<6}  cluster failed: {type(exc).__name__}: {exc}", flush=True)
+        for rep in range(reps):
+            order = list(live) if rep % 2 == 0 else list(reversed(live))
+            for name in order:
+                if name in rate.errors:
+                    continue
+                gc.collect()
+                time.sleep(0.25)
+                try:
+                    with time_limit(REP_TIMEOUT, f"{name} / transfer across hosts rep {rep + 1}"):
+                        value = transfer(live[name], link)
+                except Exception as exc:
+                    kind = "HANG" if isinstance(exc, WorkloadTimeout) else "ERROR"
+                    for row in report.rows:
+                        row.errors[name] = f"{kind}: {type(exc).__name__}: {exc}"
+                    continue
+                rate.samples.setdefault(name, []).append(value)
+                share.samples.setdefault(name, []).append(100 * value / best)
+                print(f"  {name:<6}  rep {rep + 1}: {value:,.0f} MB/s", flush=True)
+    return report
+
+
+# ----------------------------------------------------------------------- CLI
+def target_summary(report: Report) -> str:
+    """regrow, dask and the raw socket side by side, and whether regrow meets the target."""
+    rate = report.rows[0]
+    best = {lim.name: max(lim.samples) for lim in report.limits}
+    raw, fresh = best.get(LIMIT_NAME), best.get(LIMIT_FRESH)
+
+    def cell(name: str) -> str:
+        if name in report.skipped:
+            return "skipped"
+        if name in rate.errors:
+            return rate.errors[name].split(":", 1)[0]
+        value = rate.median(name)
+        return "not run" if value is None else fmt(value)
+
+    def percent(value: float | None, of: float | None) -> str:
+        return "-" if value is None or not of else f"{100 * value / of:.0f}%"
+
+    regrow = rate.median("regrow")
+    met = "-" if regrow is None or not raw else ("yes" if regrow >= TARGET * raw else "no")
+    header = ["regrow MB/s", "dask MB/s", "raw socket MB/s", "regrow % of raw", "target", "met"]
+    body = [cell("regrow"), cell("dask"), fmt(raw), percent(regrow, raw), f">= {TARGET:.0%}", met]
+    widths = [max(len(h), len(b)) for h, b in zip(header, body, strict=True)]
+    lines = [
+        "Across hosts (a veth pair between network namespaces), 100 MB A -> B: medians of the "
+        "systems' repetitions, best of the raw socket's:",
+        "",
+        "| " + " | ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|",
+        "| " + " | ".join(b.rjust(w) for b, w in zip(body, widths, strict=True)) + " |",
+    ]
+    if fresh:
+        lines += [
+            "",
+            f"For context: the raw socket into a fresh buffer (page faults included) reached "
+            f"{fmt(fresh)} MB/s; regrow is {percent(regrow, fresh)} of that, dask "
+            f"{percent(rate.median('dask'), fresh)}.",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> Report:
+    # SIGTERM unwinds like Ctrl-C, so the namespace, the veth pair and the processes go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    args = parse_args("transfer across hosts", argv)
+    systems, skipped = available(args.systems)
+    print(f"transfer across hosts: {', '.join(systems)}; {args.reps} repetitions", flush=True)
+    report = run(systems, args.reps)
+    report.skipped.extend(skipped)
+    print()
+    print(format_report(report, args.reps))
+    print()
+    print(target_summary(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
