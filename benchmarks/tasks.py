@@ -64,6 +64,14 @@ def make_array_stamped(nbytes: int) -> tuple[Any, tuple[float, int]]:
     return arr, (time.clock_gettime(time.CLOCK_MONOTONIC), os.getpid())
 
 
+def consume_stamped(made: tuple[Any, tuple[float, int]]) -> tuple[int, int, float, int]:
+    """``consume`` of a ``make_array_stamped`` result taken as one value (regrow, dask):
+    (bytes, this pid, when the array was made, the producer's pid)."""
+    arr, (made_at, producer) = made
+    nbytes, pid = consume(arr)
+    return nbytes, pid, made_at, producer
+
+
 def slow_inc(x: int, seconds: float) -> int:
     """``x + 1`` after sleeping ``seconds`` (a task with a fixed amount of work)."""
     import time

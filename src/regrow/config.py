@@ -61,10 +61,13 @@ class Settings:
     # A force-cancelled task that has not stopped after this many seconds gets its
     # worker restarted by the nanny.
     cancel_grace: float = 2.0
-    # Large results (>= 1 MiB of out-of-band buffers, e.g. numpy arrays) are copied once
-    # into sealed shared memory when their task ends, so that workers and clients on the
-    # same host take them without a copy. Off: they are copied when first fetched.
-    seal_results: bool = True
+    # Large results (>= 1 MiB of out-of-band buffers, e.g. numpy arrays) copied once into
+    # sealed shared memory when their task ends, so that workers and clients on the same
+    # host map them instead of copying (memory shared, copy-on-write). Off by default:
+    # the copy costs about 50-100 ms per 100 MB at every such task's end, while a
+    # same-host transfer without it (protocol.lend: one process_vm_readv) costs ~17 ms.
+    # Worth it when many processes on a host read the same large values.
+    seal_results: bool = False
     # Large values between processes of one host go through shared memory (/dev/shm,
     # memfd). Turn off where processes share a host name and boot id but not /dev/shm
     # and /proc (some container setups): everything then goes by socket.

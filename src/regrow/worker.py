@@ -28,7 +28,7 @@ import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError, RemoteError
-from regrow.protocol import shm
+from regrow.protocol import lend, shm
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -204,6 +204,9 @@ class Worker:
             target=int(memory_limit * self.settings.memory_target_fraction), directory=spill_dir
         )
         self.host_id = shm.HOST if self.settings.shared_memory else ""
+        # Buffers lent to peers (protocol.lend), by connection and lend id.
+        self._lent: dict[Connection, dict[int, list[list[Buffer]]]] = {}
+        self._lend_ids = itertools.count(1)
         self.seal_results = self.settings.seal_results and bool(self.host_id)
         self.paused = False
         self._scheduler_closing = False
@@ -558,7 +561,7 @@ class Worker:
             try:
                 comm = await self.peers.get(holder)
                 reply, frames = await comm.request(
-                    {"op": "get-data", "keys": keys, "host": host},
+                    {"op": "get-data", "keys": keys, "host": host, "vm": lend.usable},
                     idle_timeout=self.settings.heartbeat_timeout + 2,
                 )
             except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
@@ -576,6 +579,9 @@ class Worker:
             except Exception as exc:
                 logger.warning("cannot deserialize data from %s: %r", holder, exc)
                 return got, exc
+            finally:
+                if reply.get("lent"):
+                    comm.send({"op": "lent-done", "id": reply["lent"]["id"]})
             # Freed by the holder between its reply and our mapping: ask once more, by
             # socket this time (if it still has them).
             keys, host = (gone, "") if host else ([], host)
@@ -740,14 +746,39 @@ class Worker:
 
     # ------------------------------------------------------ peers & clients
     async def _handle_peer(self, comm: Connection) -> None:
-        with contextlib.suppress(CommClosedError):
-            while True:
-                msg, frames = await comm.recv()
-                try:
-                    await self._peer_message(comm, msg, frames)
-                except Exception as exc:  # answer it: never leave the peer waiting
-                    logger.warning("bad request from %s: %s", comm.peer, exc)
-                    comm.reply(msg, error_reply(exc))
+        try:
+            with contextlib.suppress(CommClosedError):
+                while True:
+                    msg, frames = await comm.recv()
+                    try:
+                        await self._peer_message(comm, msg, frames)
+                    except Exception as exc:  # answer it: never leave the peer waiting
+                        logger.warning("bad request from %s: %s", comm.peer, exc)
+                        comm.reply(msg, error_reply(exc))
+        finally:
+            # Whatever it borrowed and did not give back, it cannot be reading any more.
+            self._lent.pop(comm, None)
+
+    def _lend(
+        self, comm: Connection, groups: list[list[Buffer]]
+    ) -> tuple[dict[str, Any] | None, list[list[Buffer]]]:
+        """Lend the large buffers of ``groups`` (see protocol.lend): their addresses, and
+        the groups with those frames left empty."""
+        described: list[list[int]] = []
+        out = [list(g) for g in groups]
+        for g, group in enumerate(groups):
+            for f, frame in enumerate(group):
+                if f == 0 or not lend.lendable(frame):
+                    continue
+                address = lend.address_of(frame)
+                if address is not None:
+                    described.append([g, f, address, memoryview(frame).nbytes])
+                    out[g][f] = b""
+        if not described:
+            return None, groups
+        lend_id = next(self._lend_ids)
+        self._lent.setdefault(comm, {})[lend_id] = groups
+        return {"pid": os.getpid(), "id": lend_id, "frames": described}, out
 
     async def _peer_message(self, comm: Connection, msg: Msg, frames: list[Buffer]) -> None:
         op = msg["op"]
@@ -768,6 +799,11 @@ class Worker:
                     groups.append(dumps(self.data[key]))
                 keys.append(key)
             info = None
+            lent: dict[str, Any] | None = None
+            if same_host and msg.get("vm") and lend.usable:
+                # The requester copies large buffers straight out of our memory: keep
+                # them alive until it says it is done (or its connection closes).
+                lent, groups = self._lend(comm, groups)
             if same_host:
                 # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
                 groups, info = shm.export(groups)
@@ -778,8 +814,12 @@ class Worker:
             reply = {"keys": keys, "nf": [len(g) for g in groups], "shm": info}
             if sealed:
                 reply["sealed"] = sealed
+            if lent:
+                reply["lent"] = lent
             comm.reply(msg, reply, out)
             await comm.drain()
+        elif op == "lent-done":
+            self._lent.get(comm, {}).pop(get(msg, "id", int), None)
         elif op == "put-data":
             keys = get_str_list(msg, "keys")
             counts = get(msg, "nf", list)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from regrow import Client, Future
+from regrow.protocol import lend, shm
 from regrow.testing import MakeCluster, wait_until
 
 from .tasks import MyError, add, fail, inc
@@ -197,13 +198,15 @@ def _sealed_keys() -> list[str]:
 
 
 def test_large_result_is_shared_between_workers_and_writes_stay_private(
-    client: Client, workers: list[str]
+    make_cluster: MakeCluster,
 ) -> None:
+    _, client = make_cluster(n_workers=2, seal_results=True)
+    workers = sorted(client.scheduler_info()["workers"])
     n = 1_000_000  # 8 MB: sealed in shared memory when its task ends
     x = client.submit(_ones, n, workers=[workers[0]], pure=False)
     x.result(timeout=30)
     sealed = client.run(_sealed_keys)
-    if not sealed[workers[0]]:
+    if not shm.MEMFD:
         pytest.skip("no memfd shared memory on this machine")
     assert sealed == {workers[0]: [x.key], workers[1]: []}
     # The consumer on the other worker writes into its input (its own copy-on-write
@@ -228,3 +231,27 @@ def test_without_shared_memory_large_values_go_by_socket(make_cluster: MakeClust
     assert client.run(_sealed_keys) == {a: [], b: []}
     got = client.gather(x, timeout=30)
     assert isinstance(got, np.ndarray) and float(got.sum()) == 1_000_000.0
+
+
+def _lent_out() -> int:
+    from regrow import get_worker
+
+    return sum(len(loans) for loans in get_worker()._lent.values())
+
+
+def test_large_result_is_copied_straight_from_the_holders_memory(
+    client: Client, workers: list[str]
+) -> None:
+    if not lend.usable:
+        pytest.skip("process_vm_readv is not allowed here")
+    x = client.submit(_ones, 1_000_000, workers=[workers[0]], pure=False)
+    assert client.submit(_write_first_then_sum, x, workers=[workers[1]], pure=False).result(
+        timeout=30
+    ) == float(1_000_000 - 2)
+    # The borrower wrote into its own copy: the holder's value is as it was made.
+    assert client.submit(_first, x, workers=[workers[0]], pure=False).result(timeout=30) == 1.0
+    # The client borrows too (from either holder: B's copy, written, is a replica now).
+    a = client.gather(x, timeout=30)
+    assert a.shape == (1_000_000,) and float(a[1:].sum()) == 1_000_000.0 - 1
+    # Every loan was given back.
+    wait_until(lambda: client.run(_lent_out) == {w: 0 for w in workers}, timeout=10)

@@ -50,7 +50,8 @@ def encode_packet(frames: Sequence[Buffer]) -> list[Buffer]:
 _MAPPED = 1 << 20
 
 
-def _uninitialized(n: int) -> memoryview:
+def uninitialized(n: int) -> memoryview:
+    """A writable buffer of ``n`` bytes whose contents are not set (see _MAPPED)."""
     if n < _MAPPED:
         return memoryview(bytearray(n))
     mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -131,7 +132,7 @@ class FrameDecoder:
             avail = self._end - self._start
             if need >= _DIRECT:
                 take = min(avail, need)
-                blob = _uninitialized(need)
+                blob = uninitialized(need)
                 blob[:take] = self._buf[self._start : self._start + take]
                 self._start += take
                 if self._start == self._end:

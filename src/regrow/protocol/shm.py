@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from regrow.protocol import lend
 from regrow.protocol.framing import Buffer
 
 SHM_DIR = "/dev/shm"
@@ -261,8 +262,8 @@ def values_of_reply(
 ) -> list[tuple[str, list[Buffer]]]:
     """A ``get-data`` reply as (key, frames of its value) pairs, shared memory adopted.
 
-    Keys whose sealed file was closed before we opened it go to ``gone``: ask for them
-    again without shared memory.
+    Keys whose sealed file was closed before we opened it, or whose lent buffers we
+    could not read, go to ``gone``: ask for them again without shared memory.
     """
     keys = reply.get("keys")
     counts = reply.get("nf")
@@ -278,9 +279,25 @@ def values_of_reply(
     info = reply.get("shm")
     if info:
         groups = adopt(groups, info)
+    refused: set[int] = set()
+    lent = reply.get("lent")
+    if lent:
+        # Copied straight out of the holder's memory (protocol.lend); the caller tells
+        # the holder it is done ("lent-done") whatever happens here.
+        pid = int(lent["pid"])
+        for g, f, address, n in lent["frames"]:
+            if g in refused:
+                continue
+            try:
+                groups[g][f] = lend.read(pid, int(address), int(n))
+            except lend.Refused:
+                refused.add(g)
     out: list[tuple[str, list[Buffer]]] = []
     sealed = reply.get("sealed") or {}
     for g, (key, group) in enumerate(zip(keys, groups, strict=True)):
+        if g in refused:
+            gone.append(key)
+            continue
         description = sealed.get(str(g))
         if description is not None:
             try:

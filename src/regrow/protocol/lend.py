@@ -1,0 +1,132 @@
+"""Same-host transfers by ``process_vm_readv``: one copy, straight between processes.
+
+The holder of a value lends the addresses of its large buffers (it keeps them alive
+until the borrower says it is done, or the connection closes); the borrower copies
+them out of the holder's memory with one system call per buffer, into memory of its
+own. No socket carries the bytes, no file holds them in between, and nothing is paid
+in advance: a 100 MB array moves in about the time of one memcpy.
+
+It needs what ptrace-style access needs (same user; a Yama ``ptrace_scope`` that
+allows it); where the first attempt is refused, the borrower stops trying and values
+go by socket or through /dev/shm as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from typing import Any
+
+from regrow.protocol.framing import Buffer, uninitialized
+
+# Frames smaller than this travel inline.
+MIN_BYTES = 1 << 20
+_CHUNK = 1 << 30
+# From this size a read is split between two threads.
+_SPLIT = 8 << 20
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _load() -> Any:
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_ssize_t
+    fn.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(_IOVec),
+        ctypes.c_ulong,
+        ctypes.POINTER(_IOVec),
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    return fn
+
+
+_readv = _load()
+# Cleared after the first refusal (EPERM): this process may not read others' memory.
+usable = _readv is not None
+
+
+class Refused(Exception):
+    """The lender's memory could not be read (no permission, it died, bad address)."""
+
+
+def address_of(frame: Buffer) -> int | None:
+    """Where a writable, contiguous buffer's bytes start; None for other buffers."""
+    view = memoryview(frame)
+    if view.readonly or not view.c_contiguous:
+        return None
+    holder = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
+    try:
+        return ctypes.addressof(holder)
+    finally:
+        del holder
+
+
+def lendable(frame: Buffer) -> bool:
+    return memoryview(frame).nbytes >= MIN_BYTES
+
+
+def read(pid: int, address: int, nbytes: int) -> memoryview:
+    """Copy ``nbytes`` at ``address`` in process ``pid`` into new memory of ours.
+
+    Large reads are split in two halves read by two threads (the call releases the
+    GIL): page faults on our fresh pages are handled on both cores. 100 MB here:
+    ~22 ms in one call, 12-15 ms in two.
+    """
+    if _readv is None:
+        raise Refused("process_vm_readv is not available here")
+    out = uninitialized(nbytes)
+    target = (ctypes.c_char * nbytes).from_buffer(out)
+    base = ctypes.addressof(target)
+    try:
+        if nbytes >= _SPLIT and (os.cpu_count() or 1) > 1:
+            half = nbytes // 2
+            errors: list[Refused] = []
+
+            def second() -> None:
+                try:
+                    _read_range(pid, base + half, address + half, nbytes - half)
+                except Refused as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=second, name="regrow-lend-read")
+            thread.start()
+            try:
+                _read_range(pid, base, address, half)
+            finally:
+                thread.join()
+            if errors:
+                raise errors[0]
+        else:
+            _read_range(pid, base, address, nbytes)
+    finally:
+        del target
+    return out
+
+
+def _read_range(pid: int, local_base: int, remote_base: int, nbytes: int) -> None:
+    global usable
+    assert _readv is not None
+    done = 0
+    while done < nbytes:
+        n = min(_CHUNK, nbytes - done)
+        local = _IOVec(local_base + done, n)
+        remote = _IOVec(remote_base + done, n)
+        got = _readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if got <= 0:
+            err = ctypes.get_errno()
+            if err == 1:  # EPERM: not allowed at all, do not try again
+                usable = False
+            raise Refused(f"process_vm_readv from pid {pid}: {os.strerror(err)}")
+        done += got

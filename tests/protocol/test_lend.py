@@ -1,0 +1,52 @@
+"""process_vm_readv transfers: copied out of another process's memory, refused cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from regrow.protocol import lend
+
+needs_lend = pytest.mark.skipif(not lend.usable, reason="process_vm_readv is not available")
+
+HOLDER = """
+import ctypes, sys
+buf = bytearray(bytes(range(256)) * 8192)  # 2 MiB
+addr = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+print(addr, len(buf), flush=True)
+sys.stdin.read()  # hold it until told to go
+"""
+
+
+@needs_lend
+def test_read_copies_another_processes_buffer() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            address, n = map(int, proc.stdout.readline().split())
+            got = lend.read(proc.pid, address, n)
+            assert bytes(got) == bytes(range(256)) * 8192
+            assert not got.readonly
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+
+@needs_lend
+def test_a_gone_lender_is_refused_not_misread() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    with pytest.raises(lend.Refused):
+        lend.read(proc.pid, 4096, 1 << 20)  # the process is gone (reaped)
+    assert lend.usable  # a dead lender is no reason to give up on lending
+
+
+def test_only_writable_contiguous_buffers_are_lent() -> None:
+    assert lend.address_of(b"x" * 10) is None
+    assert lend.address_of(memoryview(bytearray(10))[::2]) is None
+    assert lend.address_of(bytearray(10)) is not None
+    assert not lend.lendable(bytearray(100)) and lend.lendable(bytearray(lend.MIN_BYTES))
