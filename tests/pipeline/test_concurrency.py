@@ -15,7 +15,7 @@ from . import tasks
 from .helpers import TIMEOUT, Gate
 
 # A task held at a gate occupies its worker's only thread. With the default
-# worker_saturation (4 tasks per thread) the scheduler also hands that worker tasks
+# worker_saturation (8 tasks per thread) the scheduler also hands that worker tasks
 # that then wait behind the gate, and work stealing does not always move them to the
 # idle worker: it asks for the most recently assigned task, which can be the one
 # running (the worker runs its tasks by priority), is refused, and asks again for the
