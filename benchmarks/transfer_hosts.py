@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from benchmarks.common import (
     parse_args,
     time_limit,
 )
+from regrow.testing import VethLink, veth_link, wait_until
 
 NBYTES = 100_000_000
 MB = 1e6
@@ -83,30 +83,6 @@ LIMIT_FRESH = "the same, received into a fresh buffer each time (np.empty: page 
 
 
 # ------------------------------------------------------------------- network
-@dataclass
-class Link:
-    """A network namespace joined to the root namespace by a veth pair."""
-
-    ip: str  # path of the ip command
-    unshare: str  # path of the unshare command
-    ns: str  # B's network namespace
-    host_if: str  # the root namespace's end of the pair
-    ns_if: str  # B's end
-    host_ip: str  # address of the root end (host A)
-    ns_ip: str  # address of B's end (host B)
-
-    def in_ns(self) -> list[str]:
-        return [self.ip, "netns", "exec", self.ns]
-
-    def host_tx_bytes(self) -> int:
-        """Bytes sent so far by the root end of the pair, i.e. from host A to host B."""
-        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_bytes").read_text())
-
-
-def _ip(ip: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ip, *args], capture_output=True, text=True, timeout=30)
-
-
 def skip_reason() -> str | None:
     """Why this benchmark cannot run here, or None."""
     if not sys.platform.startswith("linux"):
@@ -123,82 +99,16 @@ def skip_reason() -> str | None:
     return None
 
 
-def _free_subnet(ip: str) -> tuple[str, str]:
-    """Two addresses of a /30 under 10.214.0.0/16 that no interface here uses yet."""
-    used = _ip(ip, "-4", "-o", "addr", "show").stdout
-    for _ in range(100):
-        base = secrets.randbelow(64) * 4
-        third = secrets.randbelow(256)
-        prefix = f"10.214.{third}."
-        if not any(f"{prefix}{base + i}/" in used for i in range(4)):
-            return f"{prefix}{base + 1}", f"{prefix}{base + 2}"
-    raise RuntimeError("no free /30 found under 10.214.0.0/16")
-
-
-@contextlib.contextmanager
-def veth_link() -> Iterator[Link]:
-    """Create B's namespace and the veth pair; delete both on exit, whatever happened."""
-    ip, unshare = shutil.which("ip"), shutil.which("unshare")
-    assert ip is not None and unshare is not None
-    tag = secrets.token_hex(3)
-    host_ip, ns_ip = _free_subnet(ip)
-    link = Link(ip, unshare, f"regrow-bench-{tag}", f"rgb{tag}h", f"rgb{tag}n", host_ip, ns_ip)
-    created_ns = created_link = False
-    try:
-        steps: list[list[str]] = [["netns", "add", link.ns]]
-        steps.append(["link", "add", link.host_if, "type", "veth", "peer", "name", link.ns_if])
-        inside = ["netns", "exec", link.ns, ip]
-        steps += [
-            ["link", "set", link.ns_if, "netns", link.ns],
-            ["addr", "add", f"{host_ip}/30", "dev", link.host_if],
-            ["link", "set", link.host_if, "up"],
-            [*inside, "addr", "add", f"{ns_ip}/30", "dev", link.ns_if],
-            [*inside, "link", "set", link.ns_if, "up"],
-            [*inside, "link", "set", "lo", "up"],
-        ]
-        for args in steps:
-            r = _ip(ip, *args)
-            if r.returncode != 0:
-                raise RuntimeError(f"'ip {' '.join(args)}' failed: {r.stderr.strip()}")
-            created_ns = created_ns or args[:2] == ["netns", "add"]
-            created_link = created_link or args[:2] == ["link", "add"]
-        _wait(
-            lambda: Path(f"/sys/class/net/{link.host_if}/operstate").read_text().strip() == "up",
-            10,
-            "the veth pair is up",
-        )
-        yield link
-    finally:
-        # Deleting the namespace deletes its end of the pair, and with it the pair.
-        if created_ns:
-            _ip(ip, "netns", "del", link.ns)
-        if created_link:
-            _ip(ip, "link", "del", link.host_if)  # fails harmlessly if already gone
-        with contextlib.suppress(TimeoutError):
-            _wait(
-                lambda: (
-                    link.host_if not in _ip(ip, "-o", "link", "show").stdout
-                    and link.ns not in _ip(ip, "netns", "list").stdout
-                ),
-                10,
-                "the namespace and the veth pair are gone",
-            )
-
-
 def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    interval = 0.01
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.2)
+    wait_until(predicate, timeout=timeout, what=what)
 
 
-def host_prefix(link: Link, host: str, inside: bool) -> list[str]:
+def host_prefix(link: VethLink, host: str, inside: bool) -> list[str]:
     """Command prefix that runs a program on "host" ``host``: in B's network namespace
     if ``inside``, and always in a UTS namespace of its own named ``host``."""
-    uts = [link.unshare, "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', host]
+    unshare = shutil.which("unshare")
+    assert unshare is not None  # skip_reason() checked
+    uts = [unshare, "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', host]
     return [*(link.in_ns() if inside else []), *uts]
 
 
@@ -248,7 +158,7 @@ def _raw_receiver(host: str, nbytes: int, reps: int, fresh: bool) -> None:
                 conn.sendall(b"k" if ok else b"x")
 
 
-def raw_socket(link: Link, reps: int = LIMIT_REPS, fresh: bool = False) -> Limit:
+def raw_socket(link: VethLink, reps: int = LIMIT_REPS, fresh: bool = False) -> Limit:
     """MB/s of one sendall() of 100 MB from the root namespace to B's, ``reps`` times."""
     import numpy as np
 
@@ -314,7 +224,7 @@ def _wait_file(proc: subprocess.Popen[bytes], path: Path, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def regrow_cluster(link: Link, tmp: Path) -> Iterator[System]:
+def regrow_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
     """A regrow scheduler and worker A on host A, worker B on host B (no nannies)."""
     import regrow
     from regrow.testing import child_env, regrow_cli, wait_ready
@@ -348,7 +258,7 @@ def regrow_cluster(link: Link, tmp: Path) -> Iterator[System]:
 
 
 @contextlib.contextmanager
-def dask_cluster(link: Link, tmp: Path) -> Iterator[System]:
+def dask_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
     """The same layout on dask.distributed: ``dask scheduler``/``dask worker`` processes."""
     import distributed
 
@@ -401,7 +311,7 @@ def _dask_wait(client: Any, futures: Any, timeout: float | None = None) -> Any:
         return distributed.wait(futures, timeout=timeout)
 
 
-def _ready(system: System, link: Link) -> System:
+def _ready(system: System, link: VethLink) -> System:
     """Check the layout, read the pids, warm up (untimed) each worker and the A -> B path."""
     client = system.client
     a, b = system.workers
@@ -421,7 +331,7 @@ def _ready(system: System, link: Link) -> System:
 
 
 # ------------------------------------------------------------------ workload
-def transfer(system: System, link: Link) -> float:
+def transfer(system: System, link: VethLink) -> float:
     """One repetition: MB/s of the consumer on B taking a fresh 100 MB array from A."""
     client = system.client
     a, b = system.workers
@@ -469,7 +379,7 @@ def run(systems: Sequence[str], reps: int) -> Report:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regrow-bench-")))
         try:
-            link = stack.enter_context(veth_link())
+            link = stack.enter_context(veth_link("regrow-bench", "rgb"))
             limit = raw_socket(link)
             fresh = raw_socket(link, fresh=True)
         except Exception as exc:

@@ -4,15 +4,21 @@
 - ``children_of(pid)``: the live processes a process started (to check nothing leaks).
 - ``child_env``, ``regrow_cli``, ``wait_ready``, ``stop``: start ``regrow`` processes from
   a test exactly as an operator would, and stop only those, by PID.
+- ``veth_link(name)``: a second "host" on Linux: a network namespace joined to this one by
+  a veth pair on a free /30, removed on exit (root and iproute2's ``ip`` needed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,12 +88,113 @@ def wait_ready(proc: subprocess.Popen[bytes], ready_file: Path, timeout: float =
     return ready_file.read_text().strip()
 
 
+class VethUnavailable(RuntimeError):
+    """This machine cannot give us a network namespace and a veth pair (why: the message)."""
+
+
+@dataclass
+class VethLink:
+    """A network namespace joined to the root namespace by a veth pair: a second host."""
+
+    ip: str  # path of the ip command
+    ns: str  # the namespace
+    host_if: str  # the root namespace's end of the pair
+    ns_if: str  # the namespace's end
+    host_ip: str  # address of the root end
+    ns_ip: str  # address of the namespace's end
+
+    def in_ns(self) -> list[str]:
+        """Command prefix that runs a program inside the namespace."""
+        return [self.ip, "netns", "exec", self.ns]
+
+    def cut(self) -> None:
+        """Take the root end down: the far side goes silent, no FIN, no RST."""
+        r = _ip(self.ip, "link", "set", self.host_if, "down")
+        if r.returncode != 0:
+            raise RuntimeError(f"ip link set {self.host_if} down failed: {r.stderr.strip()}")
+
+    def host_tx_bytes(self) -> int:
+        """Bytes sent so far by the root end of the pair, into the namespace."""
+        return int(Path(f"/sys/class/net/{self.host_if}/statistics/tx_bytes").read_text())
+
+
+def _ip(ip: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ip, *args], capture_output=True, text=True, timeout=30)
+
+
+def _free_subnet(ip: str, net: str) -> tuple[str, str]:
+    """Two addresses of a /30 under ``net``.0.0/16 that no interface here uses yet."""
+    used = _ip(ip, "-4", "-o", "addr", "show").stdout
+    for _ in range(100):
+        base = secrets.randbelow(64) * 4
+        prefix = f"{net}.{secrets.randbelow(256)}."
+        if not any(f"{prefix}{base + i}/" in used for i in range(4)):
+            return f"{prefix}{base + 1}", f"{prefix}{base + 2}"
+    raise VethUnavailable(f"no free /30 found under {net}.0.0/16")
+
+
+@contextlib.contextmanager
+def veth_link(name: str, short: str, net: str = "10.214") -> Iterator[VethLink]:
+    """A namespace ``name-<tag>`` and a veth pair ``<short><tag>h``/``<short><tag>n`` on a
+    free /30 under ``net``; both deleted on exit, whatever happened (VethUnavailable if
+    they cannot be made: not Linux, no ``ip``, no permission)."""
+    if not sys.platform.startswith("linux"):
+        raise VethUnavailable("network namespaces are a Linux feature")
+    ip = shutil.which("ip")
+    if ip is None:
+        raise VethUnavailable("iproute2's 'ip' command is not installed")
+    tag = secrets.token_hex(3)
+    host_ip, ns_ip = _free_subnet(ip, net)
+    link = VethLink(ip, f"{name}-{tag}", f"{short}{tag}h", f"{short}{tag}n", host_ip, ns_ip)
+    created_ns = created_link = False
+    try:
+        inside = ["netns", "exec", link.ns, ip]
+        for args in (
+            ["netns", "add", link.ns],
+            ["link", "add", link.host_if, "type", "veth", "peer", "name", link.ns_if],
+            ["link", "set", link.ns_if, "netns", link.ns],
+            ["addr", "add", f"{host_ip}/30", "dev", link.host_if],
+            ["link", "set", link.host_if, "up"],
+            [*inside, "addr", "add", f"{ns_ip}/30", "dev", link.ns_if],
+            [*inside, "link", "set", link.ns_if, "up"],
+            [*inside, "link", "set", "lo", "up"],
+        ):
+            r = _ip(ip, *args)
+            if r.returncode != 0:
+                raise VethUnavailable(f"'ip {' '.join(args)}' failed: {r.stderr.strip()}")
+            created_ns = created_ns or args[:2] == ["netns", "add"]
+            created_link = created_link or args[:2] == ["link", "add"]
+        wait_until(
+            lambda: Path(f"/sys/class/net/{link.host_if}/operstate").read_text().strip() == "up",
+            timeout=10,
+            what="the veth pair is up",
+        )
+        yield link
+    finally:
+        # Deleting the namespace deletes its end of the pair, and with it the pair.
+        if created_ns:
+            _ip(ip, "netns", "del", link.ns)
+        if created_link:
+            _ip(ip, "link", "del", link.host_if)  # fails harmlessly if already gone
+        wait_until(
+            lambda: (
+                link.host_if not in _ip(ip, "-o", "link", "show").stdout
+                and link.ns not in _ip(ip, "netns", "list").stdout
+            ),
+            timeout=10,
+            what="the namespace and the veth pair are gone",
+        )
+
+
 __all__ = [
     "MakeCluster",
+    "VethLink",
+    "VethUnavailable",
     "child_env",
     "children_of",
     "regrow_cli",
     "stop",
+    "veth_link",
     "wait_ready",
     "wait_until",
 ]

@@ -4,20 +4,17 @@ RST), so only the heartbeat timeout can tell the scheduler it is gone."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from regrow import Client
-from regrow.testing import wait_until
+from regrow.testing import VethLink, VethUnavailable, veth_link, wait_until
 
 from .helpers import (
     StillBroken,
@@ -30,98 +27,37 @@ from .helpers import (
 )
 from .tasks import add, slow_inc
 
-# This test's own private /30: host side .1, namespace side .2.
-HOST_IP = "10.213.7.1"
-NS_IP = "10.213.7.2"
-PREFIX = 30
 HEARTBEAT_TIMEOUT = 3.0
 
 
-@dataclass
-class NetNS:
-    ip: str  # path of the ip command
-    name: str  # the namespace
-    host_if: str  # host end of the veth pair
-    ns_if: str  # namespace end
-
-    def cut(self) -> None:
-        _ip(self.ip, "link", "set", self.host_if, "down", check=True)
-
-
-def _ip(ip: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([ip, *args], capture_output=True, text=True, timeout=30)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc
-
-
 @pytest.fixture
-def netns() -> Iterator[NetNS]:
-    if not sys.platform.startswith("linux"):
-        pytest.skip("network namespaces are a Linux feature")
-    ip = shutil.which("ip")
-    if ip is None:
-        pytest.skip("iproute2's 'ip' command is not installed")
-    used = _ip(ip, "-4", "-o", "addr", "show", "to", f"{HOST_IP}/{PREFIX}")
-    if used.returncode == 0 and used.stdout.strip():
-        pytest.skip(f"{HOST_IP}/{PREFIX} is already in use here: {used.stdout.strip()}")
-    tag = f"{os.getpid() % 100_000}"
-    ns = NetNS(ip=ip, name=f"regrow-chaos-{tag}", host_if=f"rgc{tag}h", ns_if=f"rgc{tag}n")
-    created_ns = created_link = False
-    try:
-        r = _ip(ip, "netns", "add", ns.name)
-        if r.returncode != 0:
-            pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-        created_ns = True
-        r = _ip(ip, "link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if)
-        if r.returncode != 0:
-            pytest.skip(f"cannot create a veth pair: {r.stderr.strip()}")
-        created_link = True
-        inside = ["netns", "exec", ns.name, ip]
-        for args in (
-            ["link", "set", ns.ns_if, "netns", ns.name],
-            ["addr", "add", f"{HOST_IP}/{PREFIX}", "dev", ns.host_if],
-            ["link", "set", ns.host_if, "up"],
-            [*inside, "addr", "add", f"{NS_IP}/{PREFIX}", "dev", ns.ns_if],
-            [*inside, "link", "set", ns.ns_if, "up"],
-            [*inside, "link", "set", "lo", "up"],
-        ):
-            r = _ip(ip, *args)
-            if r.returncode != 0:
-                pytest.skip(f"'ip {' '.join(args)}' failed: {r.stderr.strip()}")
-        yield ns
-    finally:
-        # Deleting the namespace deletes its end of the pair, and with it the pair.
-        if created_ns:
-            _ip(ip, "netns", "del", ns.name)
-        if created_link:
-            _ip(ip, "link", "del", ns.host_if)  # fails harmlessly if already gone
-        wait_until(
-            lambda: (
-                ns.host_if not in _ip(ip, "-o", "link", "show").stdout
-                and ns.name not in _ip(ip, "netns", "list").stdout
-            ),
-            timeout=10,
-            what="the namespace and the veth pair are gone",
-        )
+def netns() -> Iterator[VethLink]:
+    with contextlib.ExitStack() as stack:
+        try:
+            link = stack.enter_context(veth_link("regrow-chaos", "rgc"))
+        except VethUnavailable as exc:
+            pytest.skip(str(exc))
+        yield link
 
 
 class Processes:
     """A scheduler on the host side of the link and workers on either side, all started
     by this test (``python -m regrow.cli``); ``close()`` stops every one of them."""
 
-    def __init__(self, netns: NetNS, tmp_path: Path, **settings: object) -> None:
+    def __init__(self, netns: VethLink, tmp_path: Path, **settings: object) -> None:
         self.netns = netns
         self.tmp = tmp_path
         self.token = secrets.token_hex(16)
         self.env = child_env(self.token, heartbeat_timeout=HEARTBEAT_TIMEOUT, **settings)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            self.address = self._start("scheduler", ["scheduler", "--host", HOST_IP, "--port", "0"])
+            self.address = self._start(
+                "scheduler", ["scheduler", "--host", netns.host_ip, "--port", "0"]
+            )
         except BaseException:
             self.close()
             raise
-        assert self.address.startswith(f"tcp://{HOST_IP}:")
+        assert self.address.startswith(f"tcp://{netns.host_ip}:")
 
     def _start(self, name: str, args: list[str], prefix: list[str] | None = None) -> str:
         ready = self.tmp / f"{name}.ready"
@@ -132,11 +68,11 @@ class Processes:
         """Start a worker (no nanny) named ``name``, in the namespace or on the host."""
         args = ["worker", self.address, "--no-nanny", "--nthreads", "1", "--name", name]
         if inside:
-            prefix = [self.netns.ip, "netns", "exec", self.netns.name]
-            address = self._start(name, [*args, "--host", NS_IP], prefix=prefix)
-            assert address.startswith(f"tcp://{NS_IP}:")
+            ns_ip = self.netns.ns_ip
+            address = self._start(name, [*args, "--host", ns_ip], prefix=self.netns.in_ns())
+            assert address.startswith(f"tcp://{ns_ip}:")
             return address
-        return self._start(name, [*args, "--host", HOST_IP])
+        return self._start(name, [*args, "--host", self.netns.host_ip])
 
     def client(self) -> Client:
         return Client(self.address, token=self.token, set_as_default=False)
@@ -157,7 +93,7 @@ def wait_removed(client: Client, worker: str, since: float) -> float:
     return time.monotonic() - since
 
 
-def test_network_cut(netns: NetNS, tmp_path: Path) -> None:
+def test_network_cut(netns: VethLink, tmp_path: Path) -> None:
     cluster = Processes(netns, tmp_path)
     try:
         inside = cluster.worker("inside", inside=True)
@@ -190,7 +126,7 @@ def test_network_cut(netns: NetNS, tmp_path: Path) -> None:
         cluster.close()
 
 
-def test_network_cut_during_fetch(netns: NetNS, tmp_path: Path) -> None:
+def test_network_cut_during_fetch(netns: VethLink, tmp_path: Path) -> None:
     """A worker that was fetching from the cut-off peer gets the input from its new
     holder once the scheduler has recomputed it there."""
     # One task per worker at a time, so placement follows restrictions and free slots.
