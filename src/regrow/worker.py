@@ -204,6 +204,8 @@ class Worker:
             target=int(memory_limit * self.settings.memory_target_fraction), directory=spill_dir
         )
         self.host_id = shm.HOST if self.settings.shared_memory else ""
+        # Files exported to /dev/shm for a requester to map (shm.export), by path.
+        self._exported: dict[str, dict[str, Any]] = {}
         # Buffers lent to peers (protocol.lend), by connection and lend id.
         self._lent: dict[Connection, dict[int, list[list[Buffer]]]] = {}
         self._lend_ids = itertools.count(1)
@@ -297,6 +299,9 @@ class Worker:
         for _ in self._threads:
             self._work.put(None)
         self.data.close()
+        # Files in /dev/shm that no requester mapped yet: their timers die with us.
+        for info in list(self._exported.values()):
+            self._discard_export(info)
 
     async def _scheduler_loop(self, comm: Connection) -> None:
         try:
@@ -759,6 +764,10 @@ class Worker:
             # Whatever it borrowed and did not give back, it cannot be reading any more.
             self._lent.pop(comm, None)
 
+    def _discard_export(self, info: dict[str, Any]) -> None:
+        self._exported.pop(str(info["path"]), None)
+        shm.discard(info)
+
     def _lend(
         self, comm: Connection, groups: list[list[Buffer]]
     ) -> tuple[dict[str, Any] | None, list[list[Buffer]]]:
@@ -809,7 +818,8 @@ class Worker:
                 groups, info = shm.export(groups)
                 if info is not None:
                     # Should the requester never map it, the file must not outlive us long.
-                    asyncio.get_running_loop().call_later(60, shm.discard, info)
+                    self._exported[str(info["path"])] = info
+                    asyncio.get_running_loop().call_later(60, self._discard_export, info)
             out = [frame for group in groups for frame in group]
             reply = {"keys": keys, "nf": [len(g) for g in groups], "shm": info}
             if sealed:

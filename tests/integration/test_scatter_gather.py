@@ -255,3 +255,42 @@ def test_large_result_is_copied_straight_from_the_holders_memory(
     assert a.shape == (1_000_000,) and float(a[1:].sum()) == 1_000_000.0 - 1
     # Every loan was given back.
     wait_until(lambda: client.run(_lent_out) == {w: 0 for w in workers}, timeout=10)
+
+
+def _big_bytes(n: int) -> bytes:
+    return b"x" * n  # read-only: it cannot be lent, so a same-host peer gets a /dev/shm file
+
+
+def test_a_shared_memory_file_nobody_mapped_goes_with_its_worker(
+    make_cluster: MakeCluster,
+) -> None:
+    import asyncio
+    import os
+
+    from regrow.config import Settings
+    from regrow.protocol.comm import connect
+
+    if not shm.HOST:
+        pytest.skip("no writable /dev/shm here")
+    cluster, client = make_cluster(n_workers=1)
+    [worker] = client.scheduler_info()["workers"]
+    x = client.submit(_big_bytes, 4 << 20, pure=False)
+    x.result(timeout=30)
+    key = x.key
+
+    async def ask_and_walk_away() -> str:
+        comm = await connect(worker, token=cluster.token, settings=Settings())
+        try:
+            reply, _ = await comm.request(
+                {"op": "get-data", "keys": [key], "host": shm.HOST, "vm": False}
+            )
+        finally:
+            await comm.close()
+        return str(reply["shm"]["path"])
+
+    path = asyncio.run(ask_and_walk_away())
+    assert os.path.exists(path)  # exported, never mapped: kept for up to 60 s
+    del x
+    client.close()
+    cluster.close()  # the worker closes before that timer fires: the file goes with it
+    assert not os.path.exists(path)
