@@ -108,9 +108,8 @@ class SpillBuffer(MutableMapping[str, Any]):
 
     def close(self) -> None:
         with self._lock:
-            for record in self.sealed.values():
-                record.close()
-            self.sealed.clear()
+            for key in list(self.sealed):
+                self._unseal(key)
             self.fast.clear()
             self.fast_sizes.clear()
             self.slow_sizes.clear()
@@ -124,10 +123,13 @@ class SpillBuffer(MutableMapping[str, Any]):
         self.fast_sizes[key] = size
         self.fast_bytes += size
 
-    def _discard(self, key: str) -> None:
+    def _unseal(self, key: str) -> None:
         record = self.sealed.pop(key, None)
         if record is not None:
             record.close()
+
+    def _discard(self, key: str) -> None:
+        self._unseal(key)
         if key in self.fast:
             del self.fast[key]
             self.fast_bytes -= self.fast_sizes.pop(key)
@@ -162,9 +164,7 @@ class SpillBuffer(MutableMapping[str, Any]):
             return 0
         self.slow_sizes[key] = size
         self.spilled_total += 1
-        record = self.sealed.pop(key, None)
-        if record is not None:
-            record.close()  # its memory is what spilling is meant to free
+        self._unseal(key)  # its memory is what spilling is meant to free
         return size
 
     def _path(self, key: str) -> str:

@@ -560,36 +560,26 @@ class Worker:
         """Fetch what ``holder`` has of ``keys``: the keys got, and the error if ``holder``
         answered but its data cannot reach us (it failed to serialize it, or we fail to
         deserialize it). Not being able to talk to ``holder`` is no such error."""
+        try:
+            comm = await self.peers.get(holder)
+            values = await shm.get_data(
+                comm, keys, self.host_id, idle_timeout=self.settings.heartbeat_timeout + 2
+            )
+        except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
+            logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
+            return [], None
+        except Exception as exc:  # the holder's error reply, or one we cannot read
+            logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
+            return [], exc
         got: list[str] = []
-        host = self.host_id
-        while keys:
-            try:
-                comm = await self.peers.get(holder)
-                reply, frames = await comm.request(
-                    {"op": "get-data", "keys": keys, "host": host, "vm": lend.usable},
-                    idle_timeout=self.settings.heartbeat_timeout + 2,
-                )
-            except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
-                logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
-                return got, None
-            except Exception as exc:  # the holder's error reply
-                logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
-                return got, exc
-            gone: list[str] = []
-            try:
-                for key, parts in shm.values_of_reply(reply, frames, gone):
-                    value = _loads(parts)
-                    self.data.set(key, value, sizeof(value))
-                    got.append(key)
-            except Exception as exc:
-                logger.warning("cannot deserialize data from %s: %r", holder, exc)
-                return got, exc
-            finally:
-                if reply.get("lent"):
-                    comm.send({"op": "lent-done", "id": reply["lent"]["id"]})
-            # Freed by the holder between its reply and our mapping: ask once more, by
-            # socket this time (if it still has them).
-            keys, host = (gone, "") if host else ([], host)
+        try:
+            for key, parts in values:
+                value = _loads(parts)
+                self.data.set(key, value, sizeof(value))
+                got.append(key)
+        except Exception as exc:
+            logger.warning("cannot deserialize data from %s: %r", holder, exc)
+            return got, exc
         return got, None
 
     # ------------------------------------------------------------ execution

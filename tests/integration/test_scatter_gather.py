@@ -191,6 +191,12 @@ def _first(a: np.ndarray) -> float:
     return float(a[0])
 
 
+def _host_id() -> str:
+    from regrow import get_worker
+
+    return get_worker().host_id
+
+
 def _sealed_keys() -> list[str]:
     from regrow import get_worker
 
@@ -222,8 +228,10 @@ def test_large_result_is_shared_between_workers_and_writes_stay_private(
 
 
 def test_without_shared_memory_large_values_go_by_socket(make_cluster: MakeCluster) -> None:
-    _, client = make_cluster(n_workers=2, shared_memory=False)
+    # seal_results asked for too: without shared memory it must not happen.
+    _, client = make_cluster(n_workers=2, shared_memory=False, seal_results=True)
     a, b = sorted(client.scheduler_info()["workers"])
+    assert client.run(_host_id) == {a: "", b: ""}  # so no peer offers or asks for shm
     x = client.submit(_ones, 1_000_000, workers=[a], pure=False)
     assert client.submit(_write_first_then_sum, x, workers=[b], pure=False).result(
         timeout=30

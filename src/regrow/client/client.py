@@ -31,7 +31,7 @@ from regrow.client.futures import (
 from regrow.client.loop import LoopThread, shared_loop
 from regrow.config import Settings
 from regrow.errors import CommClosedError, SchedulerLostError
-from regrow.protocol import lend, shm
+from regrow.protocol import shm
 from regrow.protocol.comm import Connection, ConnectionPool, connect, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
@@ -298,28 +298,18 @@ class _Session:
 
         same_host = shm.HOST if self.client.settings.shared_memory else ""
 
-        async def fetch(worker: str, ks: list[str], host: str = same_host) -> None:
+        async def fetch(worker: str, ks: list[str]) -> None:
             try:
                 comm = await self.pool.get(worker)
                 # A frozen holder must not hold us up: its keys get recomputed elsewhere.
-                rep, frames = await comm.request(
-                    {"op": "get-data", "keys": ks, "host": host, "vm": lend.usable},
-                    idle_timeout=self.client.settings.heartbeat_timeout + 2,
+                values = await shm.get_data(
+                    comm, ks, same_host, idle_timeout=self.client.settings.heartbeat_timeout + 2
                 )
             except (OSError, CommClosedError, TimeoutError) as exc:
                 logger.info("could not fetch from %s: %s", worker, exc)
                 return
-            gone: list[str] = []
-            try:
-                for key, parts in shm.values_of_reply(rep, frames, gone):
-                    results[key] = loads(parts)
-            finally:
-                if rep.get("lent"):
-                    comm.send({"op": "lent-done", "id": rep["lent"]["id"]})
-            if gone and host:
-                # Freed between the reply and our mapping: once more, by socket.
-                await fetch(worker, gone, host="")
-                return
+            for key, parts in values:
+                results[key] = loads(parts)
             for key in ks:
                 if key not in results:
                     missing.setdefault(key, []).append(worker)

@@ -29,7 +29,7 @@ from regrow.errors import (
     RegrowError,
 )
 from regrow.protocol import handshake
-from regrow.protocol.framing import Buffer, FrameDecoder, encode_packet
+from regrow.protocol.framing import LARGE, Buffer, FrameDecoder, encode_packet
 from regrow.protocol.messages import Msg, get, pack_messages, unpack_messages
 
 logger = logging.getLogger("regrow.comm")
@@ -46,7 +46,7 @@ _JOIN_BELOW = 64 * 1024
 # from the front as it drains: two extra passes over the data, the event loop stuck in
 # the first. The kernel needs no help: it takes from our buffer what fits, each time the
 # socket is writable.
-_DIRECT_SEND = 1 << 20
+_DIRECT_SEND = LARGE
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -312,27 +312,26 @@ class Connection:
         small = bytearray()
         q = self._sendq
         write = self.transport.write
+
+        def emit(buf: Buffer, large: bool) -> None:
+            # Once anything waits in our queue, everything after it must wait too.
+            if large or q:
+                q.append(memoryview(buf).cast("B"))
+                self._pump()
+            else:
+                write(buf)
+
         for buf in buffers:
             n = memoryview(buf).nbytes
             if n < _JOIN_BELOW:
                 small += buf
                 continue
             if small:
-                if q:
-                    q.append(memoryview(bytes(small)))
-                else:
-                    write(bytes(small))
+                emit(bytes(small), False)
                 small = bytearray()
-            if n > _DIRECT_SEND or q:
-                q.append(memoryview(buf).cast("B"))
-                self._pump()
-            else:
-                write(buf)
+            emit(buf, n > _DIRECT_SEND)
         if small:
-            if q:
-                q.append(memoryview(bytes(small)))
-            else:
-                write(bytes(small))
+            emit(bytes(small), False)
 
     def abort(self, reason: BaseException | None = None) -> None:
         if reason is not None and self.close_reason is None:

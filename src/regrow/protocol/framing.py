@@ -42,17 +42,20 @@ def encode_packet(frames: Sequence[Buffer]) -> list[Buffer]:
     return [prefix, *frames]
 
 
+# A "large" frame, for every path that treats large frames apart: received into its own
+# mapping (here), sent from its own memory (comm), lent or put in shared memory (lend,
+# shm). Below it, copying is cheaper than any of those.
+LARGE = 1 << 20
+
+
 # From this size a frame's memory comes from its own private anonymous mapping, in huge
 # pages where the kernel has them: pages it fills as recv_into writes them. bytearray(n)
 # would first write n zero bytes, a whole extra pass over memory (50-75 ms for 100 MB
 # on a 2-core VM); mmap's default (shared) mapping is tmpfs-backed, in 4 KiB pages:
 # receiving 100 MB into it ran at 1.2-1.5 GB/s, into private huge pages at 3.2 GB/s.
-_MAPPED = 1 << 20
-
-
 def uninitialized(n: int) -> memoryview:
-    """A writable buffer of ``n`` bytes whose contents are not set (see _MAPPED)."""
-    if n < _MAPPED:
+    """A writable buffer of ``n`` bytes whose contents are not set (see LARGE)."""
+    if n < LARGE:
         return memoryview(bytearray(n))
     mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):

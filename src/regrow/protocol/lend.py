@@ -19,10 +19,10 @@ import sys
 import threading
 from typing import Any
 
-from regrow.protocol.framing import Buffer, uninitialized
+from regrow.protocol.framing import LARGE, Buffer, uninitialized
 
 # Frames smaller than this travel inline.
-MIN_BYTES = 1 << 20
+MIN_BYTES = LARGE
 _CHUNK = 1 << 30
 # From this size a read is split between two threads.
 _SPLIT = 8 << 20

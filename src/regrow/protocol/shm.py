@@ -20,14 +20,17 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regrow.protocol import lend
-from regrow.protocol.framing import Buffer
+from regrow.protocol.framing import LARGE, Buffer
+
+if TYPE_CHECKING:
+    from regrow.protocol.comm import Connection
 
 SHM_DIR = "/dev/shm"
 # Frames smaller than this travel inline: mapping a file costs more than copying them.
-MIN_BYTES = 1 << 20
+MIN_BYTES = LARGE
 
 
 def _boot_id() -> str:
@@ -306,4 +309,30 @@ def values_of_reply(
                 gone.append(key)
                 continue
         out.append((key, group))
+    return out
+
+
+async def get_data(
+    comm: Connection, keys: list[str], host: str, idle_timeout: float
+) -> list[tuple[str, list[Buffer]]]:
+    """Ask a holder for ``keys``: (key, frames of its value) for those it has.
+
+    ``host`` is our host identity (or "" for sockets only). Lent buffers are given back
+    ("lent-done") whatever happens; keys whose shared memory vanished before we could
+    map or read it are asked for once more, by socket. Errors of the request (the
+    connection, the holder's error reply, a malformed reply) are the caller's.
+    """
+    out: list[tuple[str, list[Buffer]]] = []
+    while keys:
+        reply, frames = await comm.request(
+            {"op": "get-data", "keys": keys, "host": host, "vm": bool(host) and lend.usable},
+            idle_timeout=idle_timeout,
+        )
+        gone: list[str] = []
+        try:
+            out += values_of_reply(reply, frames, gone)
+        finally:
+            if reply.get("lent"):
+                comm.send({"op": "lent-done", "id": reply["lent"]["id"]})
+        keys, host = (gone, "") if host else ([], "")
     return out
