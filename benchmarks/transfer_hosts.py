@@ -67,7 +67,7 @@ from benchmarks.common import (
     parse_args,
     time_limit,
 )
-from regrow.testing import VethLink, veth_link, wait_until
+from regrow.testing import VethLink, stop, veth_link, wait_until
 
 NBYTES = 100_000_000
 MB = 1e6
@@ -120,10 +120,13 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _stop(procs: Sequence[subprocess.Popen[Any]]) -> None:
-    from regrow.testing import stop
-
-    stop(list(procs))
+def _close(client: Any, procs: list[subprocess.Popen[Any]]) -> None:
+    """Close the client, then the workers, then the scheduler (``procs[0]``)."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.close()
+    stop(procs[1:])
+    stop(procs[:1])
 
 
 # ------------------------------------------------------------ the raw socket
@@ -192,7 +195,7 @@ def raw_socket(link: VethLink, reps: int = LIMIT_REPS, fresh: bool = False) -> L
             samples.append(NBYTES / MB / elapsed)
         proc.wait(TIMEOUT)
     finally:
-        _stop([proc])
+        stop([proc])
     values = ", ".join(f"{v:,.0f}" for v in samples)
     print(f"  limit   {name}: best {max(samples):,.0f} MB/s ({values})", flush=True)
     return Limit(name, "MB/s", samples)
@@ -250,11 +253,7 @@ def regrow_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
         client = regrow.Client(address, token=token, set_as_default=False)
         yield _ready(System("regrow", client, regrow.wait, [a, b]), link)
     finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        _stop(procs[1:])
-        _stop(procs[:1])
+        _close(client, procs)
 
 
 @contextlib.contextmanager
@@ -297,11 +296,7 @@ def dask_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
         check(all(pair), f"dask workers at {sorted(workers)}, not on both ends of the link")
         yield _ready(System("dask", client, partial(_dask_wait, client), pair), link)
     finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        _stop(procs[1:])
-        _stop(procs[:1])
+        _close(client, procs)
 
 
 def _dask_wait(client: Any, futures: Any, timeout: float | None = None) -> Any:
