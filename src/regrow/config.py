@@ -73,6 +73,14 @@ class Settings:
     # memfd). Turn off where processes share a host name and boot id but not /dev/shm
     # and /proc (some container setups): everything then goes by socket.
     shared_memory: bool = True
+    # A result that pickles to at most this many bytes goes to the scheduler with the
+    # news that its task finished, and on to the clients that want it (as Ray keeps small
+    # results with their owner). Losing its worker then loses nothing, gathering it takes
+    # no fetch, and a dependent's worker gets it with its task. 0 turns this off.
+    inline_result_bytes: int = 16384
+    # The scheduler keeps at most this many bytes of such results in all; past it, new
+    # ones live on their workers only.
+    inline_total_bytes: int = 256 * 2**20
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -53,6 +53,7 @@ class Scheduler:
             allowed_failures=self.settings.allowed_failures,
             # Microseconds since the epoch: above every run id a predecessor gave out.
             first_run_id=time.time_ns() // 1000,
+            inline_limit=self.settings.inline_total_bytes,
             validate=validate,
         )
         self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
@@ -345,6 +346,7 @@ class Scheduler:
                         "nbytes": command.nbytes,
                         "priority": list(command.priority),
                         "fnf": fnf,
+                        **({"inline": command.inline} if command.inline else {}),
                     },
                     frames,
                 )
@@ -360,6 +362,7 @@ class Scheduler:
                         "key": command.key,
                         "type": command.type_name,
                         "nbytes": command.nbytes,
+                        **({} if command.inline is None else {"inline": command.inline}),
                     },
                 )
             case cmd.ReportErred():
@@ -568,6 +571,7 @@ class Scheduler:
                     nbytes=get(msg, "nbytes", int),
                     type_name=sys.intern(str(msg.get("type", ""))),
                     duration=float(msg.get("duration", 0.0)),
+                    inline=_inline(msg),
                     stimulus_id=self._sid("task-finished"),
                     now=now,
                 )
@@ -630,6 +634,8 @@ class Scheduler:
                     rss=int(msg.get("memory", 0)),
                     managed=int(msg.get("managed", 0)),
                     spilled=int(msg.get("spilled", 0)),
+                    # Tasks handed to its threads: running, or queued for them.
+                    executing=int(msg.get("executing", 0)),
                 )
         elif op == "paused":
             self.handle(
@@ -789,7 +795,13 @@ class Scheduler:
             )
             comm.reply(msg, {})
         elif op == "who-has":
-            comm.reply(msg, {"who_has": self.state.who_has(get_str_list(msg, "keys"))})
+            keys = get_str_list(msg, "keys")
+            kept: dict[str, bytes] = {}
+            for key in keys:
+                ts = self.state.tasks.get(key)
+                if ts is not None and ts.inline is not None:
+                    kept[key] = ts.inline
+            comm.reply(msg, {"who_has": self.state.who_has(keys), "inline": kept})
         elif op == "scheduler-info":
             info = self.state.info()
             for address, winfo in info["workers"].items():
@@ -821,6 +833,14 @@ class Scheduler:
             )
             return
         comm.reply(msg, {"workers": len(self.worker_comms)})
+
+
+def _inline(msg: Msg) -> bytes | None:
+    """A task-finished message's small result, if it carries one."""
+    inline = msg.get("inline")
+    if inline is None or isinstance(inline, bytes):
+        return inline
+    raise ProtocolError(f"'inline' must be bytes, got {type(inline).__name__}")
 
 
 def _held_keys(msg: Msg) -> tuple[tuple[str, int], ...]:

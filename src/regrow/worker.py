@@ -20,7 +20,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import cloudpickle
@@ -58,6 +59,16 @@ _thread_state = threading.local()
 _unpickle_lock = threading.RLock()
 
 
+def _inputs(msg: Msg) -> dict[str, bytes]:
+    """The serialized inputs a compute order carries (see SchedulerState._send_to)."""
+    inputs = msg.get("inline") or {}
+    if not isinstance(inputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, bytes) for k, v in inputs.items()
+    ):
+        raise ProtocolError("'inline' must map keys to bytes")
+    return inputs
+
+
 def _loads(frames: Sequence[Buffer]) -> Any:
     with _unpickle_lock:
         return loads(frames)
@@ -87,6 +98,8 @@ class _Task:
         "fnf",
         "frames",
         "in_user_code",
+        "inline",
+        "inputs",
         "key",
         "lock",
         "nbytes",
@@ -109,6 +122,7 @@ class _Task:
         frames: list[Buffer],
         who_has: dict[str, list[str]],
         run_id: int,
+        inputs: dict[str, bytes] | None = None,
     ) -> None:
         self.key = key
         self.run_id = run_id
@@ -125,6 +139,10 @@ class _Task:
         # Its result's size, and the sealed copy of a large result (shm.seal).
         self.nbytes = 0
         self.sealed: shm.Sealed | None = None
+        # Inputs that came with the order (small results the scheduler keeps), serialized.
+        self.inputs = inputs or {}
+        # Its result serialized, when small enough to go to the scheduler with the news.
+        self.inline: bytes | None = None
         # Cancelled while its thread runs, then asked for again: the compute order to
         # carry out once that thread is done.
         self.rerun: tuple[Msg, list[Buffer]] | None = None
@@ -286,6 +304,10 @@ class Worker:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        # Files in /dev/shm that no requester mapped yet: their timers die with us. First
+        # of all, before anything awaited: a nanny out of patience may kill us any time now.
+        for info in list(self._exported.values()):
+            self._discard_export(info)
         if self.scheduler is not None:
             await self.scheduler.close()
         self.peers.close()
@@ -299,9 +321,6 @@ class Worker:
         for _ in self._threads:
             self._work.put(None)
         self.data.close()
-        # Files in /dev/shm that no requester mapped yet: their timers die with us.
-        for info in list(self._exported.values()):
-            self._discard_export(info)
 
     async def _scheduler_loop(self, comm: Connection) -> None:
         try:
@@ -453,11 +472,18 @@ class Worker:
             )
             return
         who_has = get(msg, "who_has", dict)
+        inputs = _inputs(msg)
         t = _Task(
-            key, tuple(get(msg, "priority", list)), get(msg, "fnf", int), frames, who_has, run_id
+            key,
+            tuple(get(msg, "priority", list)),
+            get(msg, "fnf", int),
+            frames,
+            who_has,
+            run_id,
+            inputs,
         )
         self.tasks[key] = t
-        missing = [d for d in who_has if d not in self.data]
+        missing = [d for d in who_has if d not in self.data and d not in inputs]
         if missing:
             spawn(self._gather_deps(t, missing), self.tasks_bg, f"fetch-{key}")
         else:
@@ -641,7 +667,11 @@ class Worker:
                     fn = loads(fn_frames)
                     if fn_bytes and len(self._fn_cache) < 256:
                         self._fn_cache[fn_bytes] = fn
-                args, kwargs = loads_with_refs(t.frames[t.fnf :], self.data)
+                data: Mapping[str, Any] = self.data
+                if t.inputs:
+                    given = {k: _loads([v]) for k, v in t.inputs.items() if k not in self.data}
+                    data = ChainMap(given, self.data)
+                args, kwargs = loads_with_refs(t.frames[t.fnf :], data)
             with t.lock:
                 t.thread = threading.get_ident()
                 t.in_user_code = True
@@ -653,11 +683,27 @@ class Worker:
                     t.in_user_code = False
             duration = time.perf_counter() - start
             t.nbytes = sizeof(result)
+            t.inline = self._inline(result, t.nbytes)
             if shm.MEMFD and t.nbytes >= shm.MIN_BYTES and self.seal_results:
                 result, t.sealed = _seal(result)
             return True, result, duration
         except BaseException as exc:
             return False, exc, time.perf_counter() - start
+
+    def _inline(self, result: object, estimate: int) -> bytes | None:
+        """``result`` serialized, if it is small enough to travel with its task's news."""
+        limit = self.settings.inline_result_bytes
+        if estimate > limit:
+            return None
+        try:
+            frames = dumps(result)
+        except Exception:
+            # It stays here alone, as large results do; whoever fetches it gets the
+            # pickling error then, with the holder named.
+            return None
+        if len(frames) != 1 or len(frames[0]) > limit:
+            return None
+        return bytes(frames[0])
 
     def _interrupt(self, key: str) -> None:
         """Stop a running task by raising TaskInterrupted in its thread."""
@@ -722,6 +768,7 @@ class Worker:
                         "nbytes": nbytes,
                         "type": type(value).__name__,
                         "duration": duration,
+                        **({} if t.inline is None else {"inline": t.inline}),
                     }
                 )
             else:

@@ -94,7 +94,8 @@ def wait_removed(client: Client, worker: str, since: float) -> float:
 
 
 def test_network_cut(netns: VethLink, tmp_path: Path) -> None:
-    cluster = Processes(netns, tmp_path)
+    # Results stay with their workers only: those held inside are lost with the link.
+    cluster = Processes(netns, tmp_path, inline_result_bytes=0)
     try:
         inside = cluster.worker("inside", inside=True)
         outside = cluster.worker("outside", inside=False)
@@ -130,7 +131,8 @@ def test_network_cut_during_fetch(netns: VethLink, tmp_path: Path) -> None:
     """A worker that was fetching from the cut-off peer gets the input from its new
     holder once the scheduler has recomputed it there."""
     # One task per worker at a time, so placement follows restrictions and free slots.
-    cluster = Processes(netns, tmp_path, worker_saturation=1.0)
+    # Results stay with their workers only, so the dependent must fetch its input.
+    cluster = Processes(netns, tmp_path, worker_saturation=1.0, inline_result_bytes=0)
     try:
         inside = cluster.worker("inside", inside=True)
         fetcher = cluster.worker("fetcher", inside=False)

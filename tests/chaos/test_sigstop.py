@@ -15,7 +15,9 @@ HEARTBEAT_TIMEOUT = 3.0
 
 
 def test_sigstop(make_cluster: MakeCluster) -> None:
-    _, client = make_cluster(heartbeat_timeout=HEARTBEAT_TIMEOUT)
+    # Results stay with their workers only (none kept by the scheduler), so that the
+    # frozen worker's held results are lost and must be recomputed.
+    _, client = make_cluster(heartbeat_timeout=HEARTBEAT_TIMEOUT, inline_result_bytes=0)
     info = workers(client)
     victim, other = sorted(info)
     victim_pid = info[victim]["pid"]

@@ -126,7 +126,9 @@ class Harness:
         worker: str | None = None,
         duration: float = 0.0,
         run_id: int | None = None,
+        inline: bytes | None = None,
     ) -> list[cmd.Command]:
+        """``inline``: the result itself, as a worker sends a small one."""
         if worker is None:
             worker = self.processing_on(key)
         return self.handle(
@@ -137,6 +139,7 @@ class Harness:
                 nbytes=nbytes,
                 type_name="int",
                 duration=duration,
+                inline=inline,
                 stimulus_id=self.sid(),
             )
         )
@@ -229,9 +232,12 @@ class SimCluster:
     last report about each key they hold a future for.
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, inline_upto: int = 0, **settings: Any) -> None:
+        """Results of at most ``inline_upto`` bytes go to the scheduler with their news,
+        as a real worker sends small ones (``Settings.inline_result_bytes``)."""
         settings.setdefault("validate", True)
         self.state = SchedulerState(**settings)
+        self.inline_upto = inline_upto
         self.workers: dict[str, SimWorker] = {}
         # client -> keys it holds futures for
         self.wants: dict[str, set[str]] = {}
@@ -255,7 +261,7 @@ class SimCluster:
                 assert w is not None, f"{c} sent to a worker that is gone"
                 assert c.key not in w.data, f"{c} for a key the worker holds"
                 for dep, holders in c.who_has.items():
-                    assert holders, f"{c}: input {dep!r} is held by nobody"
+                    assert holders or dep in (c.inline or {}), f"{c}: nobody has input {dep!r}"
                     for h in holders:
                         assert h in self.workers, f"{c}: {dep!r} said to be on dead {h}"
                 others = [o.address for o in self.workers.values() if c.key in o.running]
@@ -429,7 +435,7 @@ class SimCluster:
         """Gather the task's inputs onto ``w``; False (and the event sent) if one is missing."""
         fetched: list[str] = []
         for dep in sorted(compute.who_has):
-            if dep in w.data:
+            if dep in w.data or dep in (compute.inline or {}):
                 continue
             source = next((o for o in self.workers.values() if o is not w and dep in o.data), None)
             if source is None:
@@ -471,7 +477,12 @@ class SimCluster:
         w.data[key] = nbytes
         self.handle(
             ev.TaskFinished(
-                worker=worker, key=key, run_id=compute.run_id, nbytes=nbytes, type_name="int"
+                worker=worker,
+                key=key,
+                run_id=compute.run_id,
+                nbytes=nbytes,
+                type_name="int",
+                inline=f"v:{key}".encode() if nbytes <= self.inline_upto else None,
             )
         )
 

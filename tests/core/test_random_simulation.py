@@ -28,6 +28,10 @@ class Walk:
         self.sim = SimCluster(
             worker_saturation=self.rng.choice([0.5, 1.0, 2.0, 4.0]),
             allowed_failures=self.rng.randint(1, 4),
+            # Small results kept by the scheduler: none, all the small ones, or a few
+            # (a total that fills up after a handful).
+            inline_upto=self.rng.choice([0, 1000]),
+            inline_limit=self.rng.choice([2**20, 24]),
         )
         self.generation = 0
         self.counter = 0

@@ -51,9 +51,23 @@ class CoreMachine(RuleBasedStateMachine):
         saturation=st.sampled_from([4.0, 1.0, 0.5]),
         allowed_failures=st.integers(1, 3),
         nworkers=st.integers(1, 2),
+        inline_upto=st.sampled_from([0, 1000]),
+        inline_limit=st.sampled_from([2**20, 24]),
     )
-    def setup(self, saturation: float, allowed_failures: int, nworkers: int) -> None:
-        self.sim = SimCluster(worker_saturation=saturation, allowed_failures=allowed_failures)
+    def setup(
+        self,
+        saturation: float,
+        allowed_failures: int,
+        nworkers: int,
+        inline_upto: int,
+        inline_limit: int,
+    ) -> None:
+        self.sim = SimCluster(
+            worker_saturation=saturation,
+            allowed_failures=allowed_failures,
+            inline_upto=inline_upto,
+            inline_limit=inline_limit,
+        )
         for name in NAMES[:nworkers]:
             self.add_worker(name, 1)
 

@@ -315,6 +315,20 @@ def test_bad_messages_after_auth(server: Server, good: Client) -> None:
     still_serving(good)
 
 
+def test_bad_task_report_from_a_worker(server: Server, good: Client) -> None:
+    """A worker's report whose small result is not bytes: logged, and nothing else changes."""
+    with RawPeer(server.address) as peer:
+        assert peer.handshake(TOKEN)["op"] == "welcome"
+        peer.send({"op": "register-worker", "address": "tcp://127.0.0.1:9", "nthreads": 1})
+        assert peer.recv()["op"] == "registered"
+        peer.send({"op": "task-finished", "key": "k", "run": 1, "nbytes": 8, "inline": "not bytes"})
+        server.wait_for_log("bad message from worker tcp://127.0.0.1:9", "'inline' must be bytes")
+    wait_until(
+        lambda: len(good.scheduler_info()["workers"]) == 1, timeout=10, what="the raw worker gone"
+    )
+    still_serving(good)
+
+
 def test_connection_closed_in_the_middle_of_a_message(server: Server, good: Client) -> None:
     # Before authentication: a packet prefix announcing a frame, then nothing.
     with RawPeer(server.address) as peer:

@@ -66,7 +66,8 @@ def test_cancelled_stay_cancelled(make_cluster: MakeCluster, tmp_path: Path) -> 
 
 
 def test_requests_in_flight_at_kill(make_cluster: MakeCluster, tmp_path: Path) -> None:
-    cluster, client = make_cluster(journal=tmp_path / "j.db")
+    # Results stay with their workers only: the client must ask the scheduler for them.
+    cluster, client = make_cluster(journal=tmp_path / "j.db", inline_result_bytes=0)
     futures = client.map(inc, range(100))
     assert client.gather(futures, timeout=60) == list(range(1, 101))
     for _ in range(2):

@@ -27,6 +27,7 @@ from regrow.client.futures import (
     FINISHED,
     Future,
     FutureState,
+    settle_all,
 )
 from regrow.client.loop import LoopThread, shared_loop
 from regrow.config import Settings
@@ -191,7 +192,12 @@ class _Session:
                 st = states.get(msg.get("key", ""))
                 if op == "key-in-memory":
                     if st is not None:
-                        st.finish(str(msg.get("type", "")), int(msg.get("nbytes", 0)))
+                        inline = msg.get("inline")
+                        st.finish(
+                            str(msg.get("type", "")),
+                            int(msg.get("nbytes", 0)),
+                            inline if isinstance(inline, bytes) else None,
+                        )
                 elif op == "key-erred":
                     if st is not None:
                         st.set_error(
@@ -286,13 +292,16 @@ class _Session:
         """Fetch results straight from the workers that hold them."""
         reply, _ = await self.request({"op": "who-has", "keys": keys})
         who_has: dict[str, list[str]] = get(reply, "who_has", dict)
+        results: dict[str, Any] = {}
+        # Small results the scheduler keeps (the news of them may not have reached us).
+        for key, blob in (reply.get("inline") or {}).items():
+            results[key] = loads([blob])
         # Each key's holders, starting at a different one per key to spread the load.
         untried: dict[str, list[str]] = {}
         for i, key in enumerate(keys):
             holders = list(who_has.get(key) or [])
-            if holders:
+            if holders and key not in results:
                 untried[key] = holders[i % len(holders) :] + holders[: i % len(holders)]
-        results: dict[str, Any] = {}
         # Holders that answered without a key the scheduler says they have.
         missing: dict[str, list[str]] = {}
 
@@ -730,7 +739,15 @@ class Client:
     # ------------------------------------------------------------- results
     def _fetch(self, futures: list[Future], timeout: float | None = None) -> dict[str, Any]:
         keys = list(dict.fromkeys(f.key for f in futures))
-        values = self._loop.run(self._session.gather(keys), timeout=timeout)
+        values: dict[str, Any] = {}
+        for f in futures:
+            blob = f._state.inline
+            if blob is not None and f.key not in values:
+                # Each call unpickles anew: like a fetch, it hands out a fresh object.
+                values[f.key] = loads([blob])
+        keys = [k for k in keys if k not in values]
+        if keys:
+            values.update(self._loop.run(self._session.gather(keys), timeout=timeout))
         missing = [k for k in keys if k not in values]
         for key in missing:
             # Held nowhere although reported finished: it was lost; ask where it stands.
@@ -759,13 +776,14 @@ class Client:
         values: dict[str, Any] = {}
         todo = list({f.key: f for f in flat}.values())
         while todo:
-            remaining = None if deadline is None else deadline - _time.monotonic()
+            left = None if deadline is None else max(0.0, deadline - _time.monotonic())
+            settled = settle_all([f._state for f in todo], left, stop_on_error=errors == "raise")
             for f in todo:
-                left = None if deadline is None else max(0.0, deadline - _time.monotonic())
-                if not f._state.event.wait(left):
-                    raise TimeoutError(f"gather: {f.key!r} not done within {timeout} s")
                 if f.status in (ERROR, CANCELLED) and errors == "raise":
                     f.result()  # raises the right exception
+            if not settled:
+                late = next(f.key for f in todo if not f.done())
+                raise TimeoutError(f"gather: {late!r} not done within {timeout} s")
             ready = [f for f in todo if f.status == FINISHED]
             remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
             if ready:

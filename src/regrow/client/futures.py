@@ -40,15 +40,46 @@ FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
 
 
+def settle_all(
+    states: list[FutureState], timeout: float | None, stop_on_error: bool = False
+) -> bool:
+    """Wait until every state is settled (or, with ``stop_on_error``, one errs or is
+    cancelled): whether that happened within ``timeout`` s.
+
+    One wake-up for the lot: waiting on each state in turn would wake this thread once
+    per result, each time taking the GIL from the thread that delivers them.
+    """
+    failed = (ERROR, CANCELLED)
+    waiting = [s for s in states if not s.done()]
+    if not waiting or (stop_on_error and any(s.done() and s.status in failed for s in states)):
+        return True
+    lock = threading.Lock()
+    pending = len(waiting)
+    done = threading.Event()
+
+    def one(state: FutureState) -> None:
+        nonlocal pending
+        with lock:
+            pending -= 1
+            if pending == 0 or (stop_on_error and state.status in failed):
+                done.set()
+
+    for state in waiting:
+        state.add_listener(one)  # called at once if it settled meanwhile
+    return done.wait(timeout)
+
+
 class FutureState:
     """What the client knows of one key; shared by all Futures for that key."""
 
     __slots__ = (
+        "_done",
+        "_event",
         "_exception",
         "_lock",
         "blame",
-        "event",
         "exception_blob",
+        "inline",
         "kind",
         "listeners",
         "nbytes",
@@ -61,7 +92,10 @@ class FutureState:
 
     def __init__(self) -> None:
         self.status = PENDING
-        self.event = threading.Event()
+        self._done = False
+        # Made only when somebody waits on an unsettled state: a map of 100,000 tasks
+        # whose results are gathered once done should not build 100,000 Conditions.
+        self._event: threading.Event | None = None
         self._lock = threading.Lock()
         self.listeners: list[Callable[[FutureState], None]] = []
         self.type_name = ""
@@ -73,21 +107,44 @@ class FutureState:
         self.blame = ""
         self.workers: tuple[str, ...] = ()
         self._exception: BaseException | None = None
+        # A small result, serialized, as the scheduler sent it with the news.
+        self.inline: bytes | None = None
 
     def done(self) -> bool:
-        return self.event.is_set()
+        return self._done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until settled or ``timeout`` s passed; whether it is settled."""
+        with self._lock:
+            if self._done:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+    def _unsettle(self, status: str) -> None:
+        with self._lock:
+            self.status = status
+            self.inline = None
+            self._done = False
+            if self._event is not None:
+                self._event.clear()
 
     def _settle(self, status: str) -> None:
         with self._lock:
             self.status = status
-            self.event.set()
+            self._done = True
+            if self._event is not None:
+                self._event.set()
             listeners, self.listeners = self.listeners, []
         for fn in listeners:
             fn(self)
 
-    def finish(self, type_name: str = "", nbytes: int = 0) -> None:
+    def finish(self, type_name: str = "", nbytes: int = 0, inline: bytes | None = None) -> None:
         self.type_name = type_name
         self.nbytes = nbytes
+        self.inline = inline
         self._exception = None
         self._settle(FINISHED)
 
@@ -120,19 +177,15 @@ class FutureState:
         self._settle(CANCELLED)
 
     def lost(self) -> None:
-        with self._lock:
-            self.status = LOST
-            self.event.clear()
+        self._unsettle(LOST)
 
     def reset(self) -> None:
-        with self._lock:
-            self.status = PENDING
-            self.event.clear()
+        self._unsettle(PENDING)
 
     def add_listener(self, fn: Callable[[FutureState], None]) -> None:
         """Call ``fn(state)`` once the state settles (now, if it has)."""
         with self._lock:
-            if not self.event.is_set():
+            if not self._done:
                 self.listeners.append(fn)
                 return
         fn(self)
@@ -193,7 +246,7 @@ class Future:
         return self._state.status == CANCELLED
 
     def _wait(self, timeout: float | None) -> None:
-        if not self._state.event.wait(timeout):
+        if not self._state.wait(timeout):
             raise TimeoutError(f"future {self.key!r} not done within {timeout} s")
 
     def result(self, timeout: float | None = None) -> Any:

@@ -19,6 +19,8 @@ class Compute(Command):
     who_has: dict[str, list[str]]
     nbytes: dict[str, int]
     priority: tuple[int, int]
+    # Inputs kept by the scheduler (small results), serialized: no fetch needed.
+    inline: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +45,8 @@ class ReportInMemory(Command):
     key: str
     type_name: str
     nbytes: int
+    # The result itself, serialized, when it is small.
+    inline: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -115,6 +115,8 @@ class TaskFinished(Event):
     nbytes: int
     type_name: str = ""
     duration: float = 0.0
+    # A small result, serialized by the worker (opaque to the scheduler).
+    inline: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

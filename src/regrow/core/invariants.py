@@ -33,13 +33,15 @@ def validate_state(state: SchedulerState) -> None:
         if ts.key != key:
             _fail(f"{ts!r} filed under {key!r}")
         if ts.state == MEMORY:
-            if not ts.who_has:
-                _fail(f"{ts!r} in memory but held by no worker")
+            if not ts.who_has and ts.inline is None:
+                _fail(f"{ts!r} in memory but held by no worker, nor kept by the scheduler")
             if not (ts.who_wants or ts.waiters or state.recovering):
                 _fail(f"{ts!r} in memory but nobody needs it (leak)")
         else:
             if ts.who_has:
                 _fail(f"{ts!r} not in memory but held by {ts.who_has}")
+            if ts.inline is not None:
+                _fail(f"{ts!r} not in memory but its result is kept")
         if ts.state == PROCESSING:
             ws = ts.processing_on
             if ws is None or ts not in ws.processing:
@@ -86,6 +88,9 @@ def validate_state(state: SchedulerState) -> None:
             _fail(f"{ts!r} released but waiting")
     if queued != state._queued_count:
         _fail(f"queued count {state._queued_count} != {queued}")
+    kept = sum(len(ts.inline) for ts in state.tasks.values() if ts.inline is not None)
+    if kept != state.inline_bytes:
+        _fail(f"kept result bytes {state.inline_bytes} != {kept}")
     for ws in state.workers.values():
         for ts in ws.processing:
             if ts.processing_on is not ws:

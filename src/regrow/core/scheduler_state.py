@@ -83,6 +83,7 @@ class TaskState:
         "dependencies",
         "dependents",
         "error",
+        "inline",
         "key",
         "nbytes",
         "priority",
@@ -127,6 +128,9 @@ class TaskState:
         self.started = False
         self.steal_pending = False
         self.error: TaskError | None = None
+        # A small result's serialized bytes, kept here (opaque) so that losing the
+        # workers that hold it loses nothing; None when only workers have it.
+        self.inline: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -230,12 +234,17 @@ class SchedulerState:
         bandwidth: float = 500e6,
         allowed_failures: int = 3,
         first_run_id: int = 1,
+        inline_limit: int = 256 * 2**20,
         validate: bool = False,
     ) -> None:
         self.worker_saturation = worker_saturation
         self.bandwidth = bandwidth
         self.allowed_failures = allowed_failures
         self.validate = validate
+        # Small results kept here stop at this many bytes in all: past it, new ones stay
+        # with their workers only (as large ones always do).
+        self.inline_limit = inline_limit
+        self.inline_bytes = 0
         # Called as (task, start, finish) on every transition; the journal listens here.
         self.on_transition: Callable[[TaskState, str, str], None] | None = None
         # Between StateRestored and RecoveryFinished: held results are collected, nothing runs.
@@ -420,7 +429,11 @@ class SchedulerState:
         elif new and ts.state == MEMORY:
             self._emit(
                 cmd.ReportInMemory(
-                    client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
+                    client=client.id,
+                    key=ts.key,
+                    type_name=ts.type_name,
+                    nbytes=ts.nbytes,
+                    inline=ts.inline,
                 )
             )
         elif new and ts.state == ERRED:
@@ -543,6 +556,7 @@ class SchedulerState:
                 who_has={d.key: [w.address for w in d.who_has] for d in ts.dependencies},
                 nbytes={d.key: d.nbytes for d in ts.dependencies},
                 priority=ts.priority,
+                inline={d.key: d.inline for d in ts.dependencies if d.inline is not None},
             )
         )
 
@@ -661,13 +675,14 @@ class SchedulerState:
         self._set_state(ts, MEMORY)
         ts.nbytes = event.nbytes
         ts.type_name = event.type_name
+        self._keep_inline(ts, event.inline)
         if ts.suspicious:
             ts.suspicious = 0
             self.deaths.pop(ts.key, None)
         ts.who_has = added(ts.who_has, ws)
         ws.has_what.add(ts)
         ws.nbytes += ts.nbytes
-        self._arrived(ts)
+        self._arrived(ts, event.inline)
         for dep in ts.dependencies:
             dep.waiters = discarded(dep.waiters, ts)
             self._check_release(dep)
@@ -677,6 +692,16 @@ class SchedulerState:
         if owner is not None and owner is not ws and owner.address in self.workers:
             self._fill(owner)
         self._fill(ws)
+
+    def _keep_inline(self, ts: TaskState, inline: bytes | None) -> None:
+        if inline is not None and self.inline_bytes + len(inline) <= self.inline_limit:
+            ts.inline = inline
+            self.inline_bytes += len(inline)
+
+    def _drop_inline(self, ts: TaskState) -> None:
+        if ts.inline is not None:
+            self.inline_bytes -= len(ts.inline)
+            ts.inline = None
 
     def _stale(self, ts: TaskState, ws: WorkerState, run_id: int) -> bool:
         """Is this report from a run that no longer counts (freed, moved, pre-crash)?
@@ -782,6 +807,7 @@ class SchedulerState:
                 ws.nbytes -= ts.nbytes
                 self._emit(cmd.FreeKeys(worker=ws.address, keys=(ts.key,)))
             ts.who_has = EMPTY
+            self._drop_inline(ts)
         elif ts.state == PROCESSING:
             owner = self._stop_processing(ts)
             if owner is not None:
@@ -1005,12 +1031,20 @@ class SchedulerState:
         if stale:
             self._emit(cmd.FreeKeys(worker=ws.address, keys=tuple(stale)))
 
-    def _arrived(self, ts: TaskState) -> None:
-        """``ts`` is in memory: tell its clients, and wake dependents waiting on it."""
+    def _arrived(self, ts: TaskState, inline: bytes | None = None) -> None:
+        """``ts`` is in memory: tell its clients, and wake dependents waiting on it.
+
+        A small result travels with the news (even one not kept here for want of room),
+        so that its clients need not fetch it from a worker.
+        """
         for client in ts.who_wants:
             self._emit(
                 cmd.ReportInMemory(
-                    client=client.id, key=ts.key, type_name=ts.type_name, nbytes=ts.nbytes
+                    client=client.id,
+                    key=ts.key,
+                    type_name=ts.type_name,
+                    nbytes=ts.nbytes,
+                    inline=inline,
                 )
             )
         self._wake_dependents(ts)
@@ -1110,7 +1144,7 @@ class SchedulerState:
         for ts in list(ws.has_what):
             ts.who_has = discarded(ts.who_has, ws)
             ws.has_what.discard(ts)
-            if not ts.who_has:
+            if not ts.who_has and ts.inline is None:
                 gone.append(ts)
             elif ts.key in self.replicas:
                 under_replicated.append(ts.key)
@@ -1200,6 +1234,7 @@ class SchedulerState:
         self.suspects.clear()
         self.deaths.clear()
         self.replicas.clear()
+        self.inline_bytes = 0
         for ws in self.workers.values():
             ws.processing.clear()
             ws.has_what.clear()
@@ -1282,7 +1317,7 @@ class SchedulerState:
                 dep.who_has = discarded(dep.who_has, hs)
                 hs.has_what.discard(dep)
                 hs.nbytes -= dep.nbytes
-        if not dep.who_has:
+        if not dep.who_has and dep.inline is None:
             self._lost(dep)
 
     def _dependency_missing(self, event: ev.DependencyMissing) -> None:
