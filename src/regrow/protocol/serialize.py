@@ -12,7 +12,7 @@ import io
 import pickle
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -49,6 +49,24 @@ class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
         return key
 
 
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+
+
+def _plain(obj: object, depth: int) -> bool:
+    """Built of builtin atoms only, a few levels deep: no Future can hide inside, and
+    the standard pickler writes it exactly as cloudpickle would."""
+    kind = type(obj)
+    if kind in _ATOMS:
+        return True
+    if depth and (kind is tuple or kind is list):
+        items = cast(Sequence[object], obj)
+        return len(items) <= 32 and all(_plain(x, depth - 1) for x in items)
+    if depth and kind is dict:
+        d = cast(dict[object, object], obj)
+        return len(d) <= 32 and all(type(k) is str and _plain(v, depth - 1) for k, v in d.items())
+    return False
+
+
 def dumps_with_refs(
     obj: object, ref_of: Callable[[object], str | None]
 ) -> tuple[list[Buffer], list[str]]:
@@ -57,6 +75,10 @@ def dumps_with_refs(
     Returns the frames and the referenced keys (in first-seen order, no repeats).
     The worker resolves the references with ``loads_with_refs``.
     """
+    if _plain(obj, 3):
+        # Most task arguments (a map over numbers or names): a new cloudpickle Pickler
+        # per task cost the client ~25 us of its ~75 us per task.
+        return [pickle.dumps(obj, protocol=_PROTOCOL)], []
     file = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
     pickler = _RefPickler(file, ref_of, buffers)
