@@ -91,6 +91,40 @@ def test_dumps_with_refs_without_refs() -> None:
     assert loads(frames) == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "obj",
+    [
+        ((1,), {}),
+        ((1.5, "a", b"b", None, True), {"k": -(10**30)}),
+        (([1, 2], (3,)), {"d": {"x": 1}}),
+        # Deeper than the atoms-only shortcut looks, or too long: the general path.
+        ((((((1,),),),),), {}),
+        (tuple(range(100)), {}),
+    ],
+)
+def test_builtin_arguments_round_trip_as_cloudpickle_writes_them(obj: Any) -> None:
+    frames, refs = dumps_with_refs(obj, ref_of)
+    assert refs == [] and len(frames) == 1
+    assert loads_with_refs(frames, {}) == obj
+    assert bytes(frames[0]) == dumps(obj)[0]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        ((Ref("x"),), {}),
+        ((1, [Ref("x")]), {}),
+        ((1,), {"k": Ref("x")}),
+        (((((Ref("x"),),),),), {}),
+        ((1,), {1: Ref("x")}),  # a non-str dict key
+    ],
+)
+def test_a_reference_is_found_wherever_it_is(obj: Any) -> None:
+    frames, refs = dumps_with_refs(obj, ref_of)
+    assert refs == ["x"]
+    assert "'x'" not in repr(loads_with_refs(frames, {"x": "X"}))
+
+
 def test_loads_with_missing_ref_fails() -> None:
     frames, _ = dumps_with_refs([Ref("gone")], ref_of)
     with pytest.raises(KeyError):
