@@ -29,7 +29,7 @@ import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError, RemoteError
-from regrow.protocol import lend, shm
+from regrow.protocol import framing, lend, shm
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -265,6 +265,10 @@ class Worker:
 
     # ------------------------------------------------------------------ life
     async def start(self) -> str:
+        pool = self.settings.receive_pool_bytes
+        if self.memory_limit:
+            pool = min(pool, self.memory_limit // 8)
+        framing.POOL.limit = pool
         self.address = await self.listener.start(self.host, self.port)
         await self._register()
         spawn(self._heartbeats(), self.tasks_bg, "worker-heartbeat")
@@ -394,6 +398,8 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.memory_monitor_interval)
             rss = proc.memory_info().rss
+            if rss > target and framing.POOL.trim():
+                rss = proc.memory_info().rss  # kept receive buffers go before any data
             if rss > target and self.data.fast:
                 # Spill in a thread: writing files must not stall the event loop.
                 await asyncio.to_thread(self.data.spill, int(rss - target))

@@ -197,3 +197,50 @@ def test_garbage_is_refused() -> None:
     d = decoder(max_frames=1, max_frame_bytes=4096)
     with pytest.raises(ProtocolError):
         d.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_receive_pool_reuses_a_mapping_only_once_nothing_views_it() -> None:
+    import numpy as np
+
+    from regrow.protocol.framing import ReceivePool
+
+    pool = ReceivePool(limit=64 << 20)
+    a = pool.take(3 << 20)
+    b = pool.take(3 << 20)  # a is still in use: a mapping of its own
+    assert pool.bytes == 8 << 20 and pool.reused == 0
+    a[:4] = b"aaaa"
+    arr = np.frombuffer(a, dtype=np.uint8)  # an array built on it, as unpickling does
+    del a
+    c = pool.take(3 << 20)
+    assert pool.reused == 0  # the array still views a's mapping
+    del arr
+    d = pool.take(3 << 20)
+    assert pool.reused == 1 and bytes(d[:4]) == b"aaaa"  # a's mapping, contents not reset
+    assert len({id(memoryview(x).obj) for x in (b, c, d)}) == 3
+    del b, c, d
+    assert pool.trim() == 12 << 20
+    assert pool.bytes == 0
+
+
+def test_receive_pool_limit() -> None:
+    from regrow.protocol.framing import ReceivePool
+
+    off = ReceivePool()
+    x = off.take(4 << 20)
+    assert off.bytes == 0 and len(x) == 4 << 20  # not kept
+    pool = ReceivePool(limit=8 << 20)
+    big = pool.take(6 << 20)
+    other = pool.take(6 << 20)  # no room: a mapping of its own, not kept
+    assert pool.bytes == 6 << 20
+    del big
+    small = pool.take(2 << 20)  # the free 6 MiB one is too large for it: a new one fits
+    assert pool.bytes == 8 << 20 and pool.reused == 0
+    # A free mapping up to twice the size asked for is reused.
+    reuse = pool.take(4 << 20)
+    assert pool.reused == 1 and len(memoryview(reuse).obj) == 6 << 20  # type: ignore[arg-type]
+    del reuse
+    # No room for 7 MiB (8 once aligned): the free mapping is given back, and as that is
+    # still not enough, the new one is not kept.
+    more = pool.take(7 << 20)
+    assert pool.bytes == 2 << 20
+    assert [len(m) for m in (small, more, other)] == [2 << 20, 7 << 20, 6 << 20]

@@ -32,6 +32,10 @@ from regrow.protocol import handshake
 from regrow.protocol.framing import LARGE, Buffer, FrameDecoder, encode_packet
 from regrow.protocol.messages import Msg, get, pack_messages, unpack_messages
 
+# While a large frame is received, the socket wakes us once this much of it is in.
+_LOWAT = 1 << 20
+_SNDBUF = 4 << 20
+
 logger = logging.getLogger("regrow.comm")
 
 # Before authentication a peer may send only one small frame per packet.
@@ -177,6 +181,12 @@ class Connection:
                 fd = transport.get_extra_info("socket").fileno()
                 self._direct = socket.socket(fileno=os.dup(fd))
                 self._direct.setblocking(False)
+                # A connection that carries large frames gets a large send buffer: each
+                # wake-up then hands the kernel more (capped by net.core.wmem_max). Over
+                # a veth pair, 100 MB went at a median ~1.8 GB/s with autotuning, ~1.94
+                # with this (7 repetitions each, a noisy path).
+                with contextlib.suppress(OSError):
+                    self._direct.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
             sock = self._direct
             while q:
                 head = q[0]
@@ -369,6 +379,8 @@ class _Protocol(asyncio.BufferedProtocol):
     def __init__(self, conn_factory: Callable[[asyncio.Transport], Connection]) -> None:
         self._factory = conn_factory
         self.conn: Connection | None = None
+        self._sock: Any = None
+        self._lowat = 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -377,6 +389,8 @@ class _Protocol(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=0)
         self.conn = self._factory(transport)
         self.conn.transport = transport
+        sock = transport.get_extra_info("socket")
+        self._sock = sock if sock is not None and sock.family != socket.AF_UNIX else None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         assert self.conn is not None
@@ -393,6 +407,24 @@ class _Protocol(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             logger.warning("dropping connection from %s: %s", conn.peer, exc)
             conn.abort(exc)
+            return
+        self._set_lowat(conn.decoder.direct_remaining)
+
+    def _set_lowat(self, remaining: int) -> None:
+        """While a large frame comes in, wake up only once a good part of it is here.
+
+        Each wake-up costs an epoll round and a recv_into; with the default (1 byte),
+        100 MB over a veth pair came in many small reads. Never above what is still to
+        come: the socket would not turn readable for the last bytes.
+        """
+        want = max(1, min(remaining, _LOWAT))
+        if want == self._lowat or self._sock is None:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            self._lowat = want
+        except OSError:
+            self._sock = None  # not a socket that has it: leave it as it is
 
     def eof_received(self) -> bool:
         return False
