@@ -186,6 +186,8 @@ def scheduler(
 @click.option("--nanny/--no-nanny", default=True, show_default=True,
               help="Run the worker under a nanny that restarts it when it dies.")  # fmt: skip
 @click.option("--nanny-address", default="", hidden=True)
+@click.option("--standby", is_flag=True, hidden=True,
+              help="Wait for 'go READY_FILE' on stdin before starting.")  # fmt: skip
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 @common
 def worker(
@@ -197,6 +199,7 @@ def worker(
     memory_limit: str,
     nanny: bool,
     nanny_address: str,
+    standby: bool,
     token_file: str | None,
     ready_file: str | None,
     parent_pid: int | None,
@@ -216,6 +219,12 @@ def worker(
         raise click.UsageError(str(exc)) from None
     token = _token(token_file)
     settings = Settings.from_env()
+    if standby:
+        # Everything is imported: wait for the nanny's word (end-of-file: not needed).
+        line = sys.stdin.readline().split(maxsplit=1)
+        if len(line) != 2 or line[0] != "go":
+            sys.exit(0)
+        ready_file = line[1].strip()
 
     def make() -> Service:
         common: dict[str, Any] = dict(

@@ -67,6 +67,10 @@ class Nanny:
         self.address = ""
         self.name = name
         self.proc: asyncio.subprocess.Process | None = None
+        # A worker process started ahead, its imports done, waiting on its stdin for the
+        # word to start: when the worker dies, it takes over in milliseconds instead of a
+        # fresh interpreter's ~200 ms (Settings.standby_worker).
+        self.standby: asyncio.subprocess.Process | None = None
         self.worker_address = ""
         self.restarts = 0
         self.deaths: list[tuple[float, str]] = []
@@ -75,6 +79,7 @@ class Nanny:
         self.scheduler: Connection | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
+        self.closed = asyncio.Event()
         self._worker_up = asyncio.Event()
 
     # ------------------------------------------------------------------ life
@@ -91,12 +96,25 @@ class Nanny:
 
     async def close(self) -> None:
         if self.stopped.is_set():
+            # Another call is closing it: return once that one is done (serve() relies on
+            # it; the process would otherwise exit halfway through the shutdown).
+            await self.closed.wait()
             return
         self.stopped.set()
+        try:
+            await self._shutdown()
+        finally:
+            self.closed.set()
+
+    async def _shutdown(self) -> None:
         await self._stop_worker()
-        for task in [t for t in self.tasks if t is not asyncio.current_task()]:
+        await self._drop_standby()
+        # Not the task running this (a close ordered by the scheduler runs in one of them):
+        # gathering it would wait for itself.
+        pending = [t for t in self.tasks if t is not asyncio.current_task()]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         if self.scheduler is not None:
             await self.scheduler.close()
         await self.listener.close()
@@ -168,8 +186,8 @@ class Nanny:
                     comm.reply(msg, error_reply(exc))
 
     # ---------------------------------------------------------------- worker
-    async def _start_worker(self) -> None:
-        ready = os.path.join(self._tmp.name, f"worker-{self.restarts}.ready")
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """A worker process, imported and waiting for ``go READY_FILE`` on its stdin."""
         cmd = [
             sys.executable,
             "-m",
@@ -177,6 +195,7 @@ class Nanny:
             "worker",
             self.scheduler_address,
             "--no-nanny",
+            "--standby",
             "--nanny-address",
             self.address,
             "--name",
@@ -187,8 +206,6 @@ class Nanny:
             self.host,
             "--memory-limit",
             str(self.memory_limit),
-            "--ready-file",
-            ready,
             "--parent-pid",
             str(os.getpid()),
             "--log-level",
@@ -197,19 +214,43 @@ class Nanny:
         env = dict(os.environ)
         if self.token:
             env["REGROW_TOKEN"] = self.token
+        return await asyncio.create_subprocess_exec(*cmd, env=env, stdin=asyncio.subprocess.PIPE)
+
+    async def _start_worker(self) -> None:
+        ready = os.path.join(self._tmp.name, f"worker-{self.restarts}.ready")
         self._worker_up.clear()
         self._kill_reason = ""
-        self.proc = await asyncio.create_subprocess_exec(
-            *cmd, env=env, stdin=asyncio.subprocess.DEVNULL
-        )
+        proc, self.standby = self.standby, None
+        if proc is None or proc.returncode is not None:
+            proc = await self._spawn()
+        self.proc = proc
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(f"go {ready}\n".encode())
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return  # it died waiting: _supervise sees the exit and tries again
+        if self.settings.standby_worker and not self.stopped.is_set():
+            # The next one starts now, in the background, while this one registers.
+            self.standby = await self._spawn()
         deadline = time.monotonic() + 60
         while not os.path.exists(ready):
-            if self.proc.returncode is not None or time.monotonic() > deadline:
+            if proc.returncode is not None or time.monotonic() > deadline:
                 return  # _supervise sees the exit and tries again
             await asyncio.sleep(0.01)
         with open(ready) as f:
             self.worker_address = f.read().strip()
         self._worker_up.set()
+
+    async def _drop_standby(self) -> None:
+        """Kill the waiting process (it holds nothing) and reap it."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return
+        if standby.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                standby.kill()
+        await standby.wait()
 
     async def _supervise(self) -> None:
         while not self.stopped.is_set():

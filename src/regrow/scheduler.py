@@ -88,6 +88,7 @@ class Scheduler:
         self.address = ""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
+        self.closed = asyncio.Event()
         self._stimuli = itertools.count()
         self.started_at = time.time()
 
@@ -104,8 +105,17 @@ class Scheduler:
 
     async def close(self) -> None:
         if self.stopped.is_set():
+            # Another call is closing it: return once that one is done (serve() relies on
+            # it; the process would otherwise exit halfway through the shutdown).
+            await self.closed.wait()
             return
         self.stopped.set()
+        try:
+            await self._shutdown()
+        finally:
+            self.closed.set()
+
+    async def _shutdown(self) -> None:
         if self.journal is not None:
             # What happened up to now is kept; the stop itself is not a release of anything.
             self.state.on_transition = None
@@ -124,10 +134,12 @@ class Scheduler:
         for handle in self._client_goodbye.values():
             handle.cancel()
         await asyncio.sleep(0)  # let the batched sends flush
-        for task in list(self.tasks):
+        # Not the task running this (a shutdown request runs in one of them).
+        pending = [t for t in self.tasks if t is not asyncio.current_task()]
+        for task in pending:
             task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         await self.listener.close()
         if self.journal is not None:
             journal, self.journal = self.journal, None

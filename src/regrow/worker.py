@@ -261,6 +261,7 @@ class Worker:
         self._fn_cache: dict[bytes, Any] = {}
         self.tasks_bg: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
+        self.closed = asyncio.Event()
         self.executed = 0
 
     # ------------------------------------------------------------------ life
@@ -313,8 +314,17 @@ class Worker:
 
     async def close(self) -> None:
         if self.stopped.is_set():
+            # Another call is closing it: return once that one is done (serve() relies on
+            # it; the process would otherwise exit halfway through the shutdown).
+            await self.closed.wait()
             return
         self.stopped.set()
+        try:
+            await self._shutdown()
+        finally:
+            self.closed.set()
+
+    async def _shutdown(self) -> None:
         # Files in /dev/shm that no requester mapped yet: their timers die with us. First
         # of all, before anything awaited: a nanny out of patience may kill us any time now.
         for info in list(self._exported.values()):

@@ -645,7 +645,8 @@ def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -
 class Service(TypingProtocol):
     """A scheduler, worker or nanny: something that starts, runs, and closes."""
 
-    stopped: asyncio.Event
+    stopped: asyncio.Event  # set when it begins to close
+    closed: asyncio.Event  # set when it has closed
 
     async def start(self) -> str: ...
 
