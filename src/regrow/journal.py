@@ -15,6 +15,8 @@ This module knows nothing of scheduling: it stores and returns rows.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import os
 import sqlite3
 import threading
@@ -48,6 +50,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS wants (
     client TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (client, key)
 ) WITHOUT ROWID;
+-- A forgotten task's wants are deleted by key: without this, a scan of the whole table.
+CREATE INDEX IF NOT EXISTS wants_by_key ON wants (key);
 """
 
 
@@ -284,8 +288,11 @@ class Journal:
         with self._lock:
             self.db.execute("BEGIN")
             try:
-                for sql, args in batch:
-                    self.db.execute(sql, args)
+                # Runs of the same statement in one executemany: the order is kept, and a
+                # 10,000-task run's ~50,000 statements cost a few hundred Python calls
+                # (one execute() per statement was 30% of the journaled scheduler's CPU).
+                for sql, run in itertools.groupby(batch, key=operator.itemgetter(0)):
+                    self.db.executemany(sql, [args for _, args in run])
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
