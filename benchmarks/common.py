@@ -248,7 +248,8 @@ class Workload:
     would only repeat the same bound).
 
     ``target``: regrow's goal in this row (``Target``), if any. ``timeout``: a
-    repetition with no result after that many seconds is a hang.
+    repetition with no result after that many seconds is a hang. ``warmups``: that
+    many untimed repetitions per system first, their values printed and dropped.
     """
 
     name: str
@@ -260,6 +261,7 @@ class Workload:
     cap_note: str = ""
     target: Target | None = None
     timeout: float = REP_TIMEOUT
+    warmups: int = 0
 
 
 @dataclass
@@ -424,7 +426,7 @@ def run_workloads(
         hung: dict[str, str] = {}
         for w, group in zip(workloads, groups, strict=True):
             row = group[0]
-            for rep in range(reps):
+            for rep in range(-w.warmups, reps):
                 order = list(live) if rep % 2 == 0 else list(reversed(live))
                 for name in order:
                     if name in hung:
@@ -449,6 +451,9 @@ def run_workloads(
                         for r in group:
                             r.errors[name] = f"ERROR: {type(exc).__name__}: {exc}"
                     else:
+                        if rep < 0:
+                            print(f"  {name:<6}  {w.name}: warm-up {fmt(values[0])}", flush=True)
+                            continue
                         for r, v in zip(group, values, strict=True):
                             r.samples.setdefault(name, []).append(v)
             for r in group:
