@@ -68,13 +68,11 @@ from benchmarks.common import (
     System,
     Target,
     WorkloadTimeout,
-    available,
     check,
     fmt,
-    format_report,
-    parse_args,
     time_limit,
 )
+from benchmarks.common import main as common_main
 from regrow.testing import VethLink, stop, veth_link, wait_until
 
 NBYTES = 100_000_000
@@ -385,7 +383,7 @@ def run(systems: Sequence[str], reps: int) -> Report:
     reps = max(reps, MIN_REPS)
     rate = Row(ROW_RATE, "MB/s", True)
     share = Row(ROW_SHARE, "% of raw socket", True, target=SHARE_TARGET)
-    report = Report(rows=[rate, share])
+    report = Report(rows=[rate, share], reps=reps)
     for name in [s for s in systems if s not in CLUSTERS]:
         for row in report.rows:
             row.errors[name] = f"not run: this module starts {' and '.join(CLUSTERS)} only"
@@ -523,13 +521,7 @@ def target_summary(report: Report) -> str:
 def main(argv: Sequence[str] | None = None) -> Report:
     # SIGTERM unwinds like Ctrl-C, so the namespace, the veth pair and the processes go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    args = parse_args("transfer across hosts", argv)
-    systems, skipped = available(args.systems)
-    print(f"transfer across hosts: {', '.join(systems)}; {args.reps} repetitions", flush=True)
-    report = run(systems, args.reps)
-    report.skipped.extend(skipped)
-    print()
-    print(format_report(report, args.reps))
+    report = common_main("transfer across hosts", run, argv)
     print()
     print(target_summary(report))
     return report

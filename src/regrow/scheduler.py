@@ -807,13 +807,7 @@ class Scheduler:
             )
             comm.reply(msg, {})
         elif op == "who-has":
-            keys = get_str_list(msg, "keys")
-            kept: dict[str, bytes] = {}
-            for key in keys:
-                ts = self.state.tasks.get(key)
-                if ts is not None and ts.inline is not None:
-                    kept[key] = ts.inline
-            comm.reply(msg, {"who_has": self.state.who_has(keys), "inline": kept})
+            comm.reply(msg, {"who_has": self.state.who_has(get_str_list(msg, "keys"))})
         elif op == "scheduler-info":
             info = self.state.info()
             for address, winfo in info["workers"].items():

@@ -293,14 +293,11 @@ class _Session:
         reply, _ = await self.request({"op": "who-has", "keys": keys})
         who_has: dict[str, list[str]] = get(reply, "who_has", dict)
         results: dict[str, Any] = {}
-        # Small results the scheduler keeps (the news of them may not have reached us).
-        for key, blob in (reply.get("inline") or {}).items():
-            results[key] = loads([blob])
         # Each key's holders, starting at a different one per key to spread the load.
         untried: dict[str, list[str]] = {}
         for i, key in enumerate(keys):
             holders = list(who_has.get(key) or [])
-            if holders and key not in results:
+            if holders:
                 untried[key] = holders[i % len(holders) :] + holders[: i % len(holders)]
         # Holders that answered without a key the scheduler says they have.
         missing: dict[str, list[str]] = {}
