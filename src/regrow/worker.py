@@ -703,7 +703,7 @@ class Worker:
                         self._fn_cache[fn_bytes] = fn
                 data: Mapping[str, Any] = self.data
                 if t.inputs:
-                    given = {k: _loads([v]) for k, v in t.inputs.items() if k not in self.data}
+                    given = {k: loads([v]) for k, v in t.inputs.items() if k not in self.data}
                     data = ChainMap(given, self.data)
                 args, kwargs = loads_with_refs(t.frames[t.fnf :], data)
             with t.lock:
