@@ -19,16 +19,17 @@ in the same namespaces, on the same addresses).
 
 The limit: a plain TCP socket pair over the same veth pair, the sender in the
 root namespace (this process) and the receiver in B's namespace (a helper
-process): one ``sendall()`` of a 100 MB memoryview, ``recv_into`` a preallocated,
-already written buffer, timed until the receiver's 1-byte acknowledgement; best of
-5 (the limits table). This path's speed drifts by up to 2x from minute to minute on
-the VM it was written on (the raw socket's own 5 tries spread from 1.3 to 2.8 GB/s),
-so the raw socket is also measured once at the start of every repetition, just
-before the systems' transfers, and each system's transfer is expressed as a
-percentage of that paired raw figure, over at least ``MIN_REPS`` (7) repetitions
-whatever ``--reps`` says. Target: the median of regrow's paired
-percentages is >= 90%, as every figure here is a median of repetitions. The summary
-also shows regrow's median against the best raw try, the stricter reading.
+process): one ``sendall()`` of a 100 MB memoryview on a new connection, ``recv_into``
+a preallocated, already written buffer, timed until the receiver's 1-byte
+acknowledgement; best of 5 (the limits table). This path's speed drifts by up to 2x
+within seconds on the VM it was written on (the raw socket's own 5 tries spread from
+1.3 to 2.8 GB/s), so in every repetition the raw socket is also measured just before
+and just after each system's transfer (one receiver kept running for all of them),
+and the transfer is expressed as a percentage of the raw figure around it (100 MB
+over the mean of those two times), over at least ``MIN_REPS`` (7) repetitions whatever
+``--reps`` says. Target: the median of regrow's percentages is >= 90%, as every
+figure here is a median of repetitions. The summary also shows regrow's median
+against the best raw try, the stricter reading.
 
 Needs Linux, root, iproute2's ``ip`` and util-linux's ``unshare``; otherwise the
 rows say ``not run`` with the reason. Everything it creates (namespace, veth
@@ -85,9 +86,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ROW_RATE = "transfer across hosts: 100 MB array A -> B over a veth pair (consumer on B, end to end)"
 ROW_SHARE = (
     "transfer across hosts as % of the raw TCP socket pair over the same veth pair, "
-    "measured just before it in the same repetition"
+    "measured just before and after it"
 )
-LIMIT_PAIRED = "the same, once per repetition just before the systems' (the pairs' raw figures)"
+LIMIT_PAIRED = (
+    "the same, around each system's transfer in each repetition (mean of before and after)"
+)
 LIMIT_NAME = "TCP socket pair over the veth pair (root ns -> B's ns), 100 MB in one sendall()"
 LIMIT_FRESH = "the same, received into a fresh buffer each time (np.empty: page faults included)"
 
@@ -140,18 +143,17 @@ def _close(client: Any, procs: list[subprocess.Popen[Any]]) -> None:
 
 
 # ------------------------------------------------------------ the raw socket
-def _raw_receiver(host: str, nbytes: int, reps: int, fresh: bool) -> None:
-    """Run in B's namespace: accept ``reps`` connections, each bringing ``nbytes``
-    bytes of ones into one preallocated, written buffer (or, if ``fresh``, into a new
-    one each time, whose pages are mapped as the data arrives); answer b"k" (or b"x"
-    if wrong)."""
+def _raw_receiver(host: str, nbytes: int, fresh: bool) -> None:
+    """Run in B's namespace until stopped: accept connections, each bringing ``nbytes``
+    bytes of ones into one preallocated, written buffer (or, if ``fresh``, into a new one
+    each time, whose pages are mapped as the data arrives); answer b"k" (or b"x" if
+    wrong)."""
     import numpy as np
 
     buf = np.ones(nbytes, dtype=np.uint8)  # written: its pages are mapped
     with socket.create_server((host, 0)) as server:
-        server.settimeout(TIMEOUT)
         print(server.getsockname()[1], flush=True)
-        for _ in range(reps):
+        while True:
             if fresh:
                 del buf
                 buf = np.empty(nbytes, dtype=np.uint8)  # large: its own untouched mmap
@@ -171,46 +173,65 @@ def _raw_receiver(host: str, nbytes: int, reps: int, fresh: bool) -> None:
                 conn.sendall(b"k" if ok else b"x")
 
 
-def raw_socket(
-    link: VethLink, reps: int = LIMIT_REPS, fresh: bool = False, quiet: bool = False
-) -> Limit:
-    """MB/s of one sendall() of 100 MB from the root namespace to B's, ``reps`` times."""
-    import numpy as np
+class RawPath:
+    """A plain TCP socket pair over the veth pair: the receiver (``_raw_receiver``) runs
+    in B's namespace for as long as this is open, the sender is this process;
+    ``measure()`` is the MB/s of one ``sendall()`` of 100 MB, timed until the receiver's
+    1-byte acknowledgement, on a new connection each time."""
 
+    def __init__(self, link: VethLink, fresh: bool = False) -> None:
+        import numpy as np
+
+        self.link = link
+        call = (link.ns_ip, NBYTES, fresh)
+        code = f"from benchmarks.transfer_hosts import _raw_receiver; _raw_receiver(*{call!r})"
+        self.proc = subprocess.Popen(
+            [*link.in_ns(), sys.executable, "-c", code],
+            env=_env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert self.proc.stdout is not None
+            self.port = int(self.proc.stdout.readline() or 0)
+            check(
+                self.port > 0,
+                f"the receiver in {link.ns} did not start (exit code {self.proc.poll()})",
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.payload = memoryview(np.ones(NBYTES, dtype=np.uint8)).cast("B")
+
+    def measure(self) -> float:
+        link = self.link
+        with socket.create_connection((link.ns_ip, self.port), timeout=TIMEOUT) as sock:
+            sent_before = link.host_tx_bytes()
+            start = time.perf_counter()
+            sock.sendall(self.payload)
+            ack = sock.recv(1)
+            elapsed = time.perf_counter() - start
+        check(ack == b"k", f"raw socket: the receiver answered {ack!r}, not b'k'")
+        crossed = link.host_tx_bytes() - sent_before
+        check(crossed >= NBYTES, f"raw socket: only {crossed} bytes crossed the veth pair")
+        return NBYTES / MB / elapsed
+
+    def close(self) -> None:
+        stop([self.proc])
+
+
+def raw_socket(link: VethLink, reps: int = LIMIT_REPS, fresh: bool = False) -> Limit:
+    """The limit: ``reps`` tries of the raw socket (see RawPath)."""
     name = LIMIT_FRESH if fresh else LIMIT_NAME
-    call = (link.ns_ip, NBYTES, reps, fresh)
-    code = f"from benchmarks.transfer_hosts import _raw_receiver; _raw_receiver(*{call!r})"
-    proc = subprocess.Popen(
-        [*link.in_ns(), sys.executable, "-c", code],
-        env=_env(),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    samples: list[float] = []
+    path = RawPath(link, fresh)
     try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline() or 0)
-        check(port > 0, f"the receiver in {link.ns} did not start (exit code {proc.poll()})")
-        payload = memoryview(np.ones(NBYTES, dtype=np.uint8)).cast("B")
-        for _ in range(reps):
-            with socket.create_connection((link.ns_ip, port), timeout=TIMEOUT) as sock:
-                sent_before = link.host_tx_bytes()
-                start = time.perf_counter()
-                sock.sendall(payload)
-                ack = sock.recv(1)
-                elapsed = time.perf_counter() - start
-            check(ack == b"k", f"raw socket: the receiver answered {ack!r}, not b'k'")
-            crossed = link.host_tx_bytes() - sent_before
-            check(crossed >= NBYTES, f"raw socket: only {crossed} bytes crossed the veth pair")
-            samples.append(NBYTES / MB / elapsed)
-        proc.wait(TIMEOUT)
+        samples = [path.measure() for _ in range(reps)]
     finally:
-        stop([proc])
-    if not quiet:
-        values = ", ".join(f"{v:,.0f}" for v in samples)
-        print(f"  limit   {name}: best {max(samples):,.0f} MB/s ({values})", flush=True)
+        path.close()
+    values = ", ".join(f"{v:,.0f}" for v in samples)
+    print(f"  limit   {name}: best {max(samples):,.0f} MB/s ({values})", flush=True)
     return Limit(name, "MB/s", samples)
 
 
@@ -344,15 +365,22 @@ def _ready(system: System, link: VethLink) -> System:
 
 
 # ------------------------------------------------------------------ workload
-def transfer(system: System, link: VethLink) -> float:
-    """One repetition: MB/s of the consumer on B taking a fresh 100 MB array from A."""
+def produce(system: System) -> Any:
+    """A fresh 100 MB array made on A (untimed), checked to be held by A only."""
     client = system.client
-    a, b = system.workers
+    a, _ = system.workers
     array = client.submit(tasks.make_array, NBYTES, pure=False, workers=[a])
     system.wait([array], timeout=TIMEOUT)
     check(array.status == "finished", f"producer ended as {array.status!r}")
     holders = list(client.who_has([array]).get(array.key, ()))
     check(holders == [a], f"producer pinned on {a} but held by {holders}")
+    return array
+
+
+def consume(system: System, link: VethLink, array: Any) -> float:
+    """MB/s of the consumer on B taking ``array`` (held by A), from submit to result."""
+    client = system.client
+    _, b = system.workers
     sent_before = link.host_tx_bytes()
     start = time.perf_counter()
     future = client.submit(tasks.consume, array, pure=False, workers=[b])
@@ -362,8 +390,37 @@ def transfer(system: System, link: VethLink) -> float:
     check(nbytes == NBYTES, f"consumer saw {nbytes} bytes, expected {NBYTES}")
     check(pid == system.pids[b], f"consumer pinned on {b} ran in pid {pid}")
     check(crossed >= NBYTES, f"only {crossed} bytes crossed the veth pair (not over TCP?)")
-    del array, future
     return NBYTES / MB / elapsed
+
+
+def transfer(system: System, link: VethLink) -> float:
+    """One repetition without the raw socket around it (the warm-up)."""
+    array = produce(system)
+    try:
+        return consume(system, link, array)
+    finally:
+        del array
+
+
+def bracketed(system: System, link: VethLink, raw: RawPath) -> tuple[float, float]:
+    """One repetition: (the system's MB/s, the raw socket's MB/s around it).
+
+    The raw socket is measured just before and just after the timed transfer; its
+    figure is 100 MB over the mean of those two times. The path's speed drifts within
+    seconds, and a drift during the repetition moves both of its raw figures: their
+    mean is the raw path's speed while the system ran, where one figure taken before
+    (as this benchmark did until 2026-11-22) was up to a drift away from it.
+    """
+    array = produce(system)
+    try:
+        gc.collect()
+        time.sleep(0.25)
+        before = raw.measure()
+        value = consume(system, link, array)
+        after = raw.measure()
+    finally:
+        del array
+    return value, NBYTES / MB / ((NBYTES / MB / before + NBYTES / MB / after) / 2)
 
 
 CLUSTERS = {"regrow": regrow_cluster, "dask": dask_cluster}
@@ -418,37 +475,32 @@ def run(systems: Sequence[str], reps: int) -> Report:
                 print(f"  {name:<6}  cluster failed: {type(exc).__name__}: {exc}", flush=True)
         paired = Limit(LIMIT_PAIRED, "MB/s", [])
         report.limits.append(paired)
+        try:
+            raw = stack.enter_context(contextlib.closing(RawPath(link)))
+        except Exception as exc:
+            for row in report.rows:
+                for name in live:
+                    row.errors[name] = f"ERROR (raw socket): {type(exc).__name__}: {exc}"
+            return report
         for rep in range(reps):
-            # This path's speed drifts by 2x from one minute to the next (the raw socket's
-            # own tries above spread as much): each repetition's systems are compared
-            # with the raw socket measured right before them, under the same conditions.
-            try:
-                raw = raw_socket(link, reps=1, quiet=True).samples[0]
-            except Exception as exc:
-                for row in report.rows:
-                    for name in live:
-                        row.errors[name] = f"ERROR (raw socket): {type(exc).__name__}: {exc}"
-                break
-            paired.samples.append(raw)
             order = list(live) if rep % 2 == 0 else list(reversed(live))
             for name in order:
                 if name in rate.errors:
                     continue
-                gc.collect()
-                time.sleep(0.25)
                 try:
                     with time_limit(REP_TIMEOUT, f"{name} / transfer across hosts rep {rep + 1}"):
-                        value = transfer(live[name], link)
+                        value, around = bracketed(live[name], link, raw)
                 except Exception as exc:
                     kind = "HANG" if isinstance(exc, WorkloadTimeout) else "ERROR"
                     for row in report.rows:
                         row.errors[name] = f"{kind}: {type(exc).__name__}: {exc}"
                     continue
+                paired.samples.append(around)
                 rate.samples.setdefault(name, []).append(value)
-                share.samples.setdefault(name, []).append(100 * value / raw)
+                share.samples.setdefault(name, []).append(100 * value / around)
                 print(
-                    f"  {name:<6}  rep {rep + 1}: {value:,.0f} MB/s "
-                    f"({100 * value / raw:.0f}% of the raw socket's {raw:,.0f} just before)",
+                    f"  {name:<6}  rep {rep + 1}: {value:,.0f} MB/s ({100 * value / around:.0f}% "
+                    f"of the raw socket's {around:,.0f} around it)",
                     flush=True,
                 )
     return report
@@ -501,8 +553,8 @@ def target_summary(report: Report) -> str:
     lines = [
         "Across hosts (a veth pair between network namespaces), 100 MB A -> B: medians of the "
         "systems' repetitions; 'paired': each repetition against the raw socket measured just "
-        "before it (the median of those ratios); 'best': the best of the raw socket's 5 tries "
-        "at the start:",
+        "before and after it (the median of those ratios); 'best': the best of the raw "
+        "socket's 5 tries at the start:",
         "",
         "| " + " | ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|",
