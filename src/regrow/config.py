@@ -86,6 +86,12 @@ class Settings:
     # before takes data ~1.9x as fast as fresh memory, which the kernel must fault in
     # and zero (framing.ReceivePool). They are given back first when memory runs high.
     receive_pool_bytes: int = 256 * 2**20
+    # A large value fetched from a worker on another host comes over this many TCP
+    # connections at once, each frame of at least ``stripe_bytes`` cut into one range
+    # per connection (protocol.stripe): one connection leaves both ends waiting on each
+    # other most of the time. 1 turns this off.
+    transfer_streams: int = 4
+    stripe_bytes: int = 8 * 2**20
     # A nanny keeps a second worker process started, its imports done, idle, to take
     # over the moment its worker dies: a fresh worker registers ~20 ms after a SIGKILL
     # instead of ~200 ms. Costs one idle process per nanny (~30 MB resident, 18 MB of it its own).

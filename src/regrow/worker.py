@@ -29,7 +29,7 @@ import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError, RemoteError
-from regrow.protocol import framing, lend, shm
+from regrow.protocol import framing, lend, shm, stripe
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -230,6 +230,8 @@ class Worker:
         self._exported: dict[str, dict[str, Any]] = {}
         # Buffers lent to peers (protocol.lend), by connection and lend id.
         self._lent: dict[Connection, dict[int, list[list[Buffer]]]] = {}
+        # Large frames kept for requesters on other hosts to fetch in parts.
+        self.striped = stripe.Holdings()
         self._lend_ids = itertools.count(1)
         self.seal_results = self.settings.seal_results and bool(self.host_id)
         self.paused = False
@@ -609,11 +611,26 @@ class Worker:
         """Fetch what ``holder`` has of ``keys``: the keys got, and the error if ``holder``
         answered but its data cannot reach us (it failed to serialize it, or we fail to
         deserialize it). Not being able to talk to ``holder`` is no such error."""
+        idle_timeout = self.settings.heartbeat_timeout + 2
+        streams = self.settings.transfer_streams
+
+        async def striped(description: Any, frames: list[Buffer]) -> list[Buffer]:
+            return await stripe.receive(
+                self.peers, holder, description, frames, streams, idle_timeout
+            )
+
         try:
             comm = await self.peers.get(holder)
-            values = await shm.get_data(
-                comm, keys, self.host_id, idle_timeout=self.settings.heartbeat_timeout + 2
-            )
+            try:
+                values = await shm.get_data(
+                    comm, keys, self.host_id, idle_timeout, striped=striped, streams=streams
+                )
+            except stripe.PartsFailed as exc:
+                if comm.closed or isinstance(exc.__cause__, TimeoutError):
+                    raise  # the holder is gone, or not answering: asking again won't help
+                # The holder is there but its parts did not come: once more, whole.
+                logger.warning("fetching parts from %s failed (%s); fetching whole", holder, exc)
+                values = await shm.get_data(comm, keys, self.host_id, idle_timeout)
         except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
             logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
             return [], None
@@ -837,6 +854,7 @@ class Worker:
         finally:
             # Whatever it borrowed and did not give back, it cannot be reading any more.
             self._lent.pop(comm, None)
+            self.striped.forget(comm)
 
     def _discard_export(self, info: dict[str, Any]) -> None:
         self._exported.pop(str(info["path"]), None)
@@ -896,12 +914,23 @@ class Worker:
                     asyncio.get_running_loop().call_later(60, self._discard_export, info)
             out = [frame for group in groups for frame in group]
             reply = {"keys": keys, "nf": [len(g) for g in groups], "shm": info}
+            streams = msg.get("streams")
+            if not same_host and isinstance(streams, int) and streams > 1:
+                # Its large frames go by several connections: see protocol.stripe.
+                out, kept = stripe.split(out, self.settings.stripe_bytes)
+                if kept:
+                    reply["striped"] = stripe.describe(self.striped.keep(comm, kept), kept)
             if sealed:
                 reply["sealed"] = sealed
             if lent:
                 reply["lent"] = lent
             comm.reply(msg, reply, out)
             await comm.drain()
+        elif op == "get-part":
+            comm.reply(msg, {}, [self.striped.part(msg)])
+            await comm.drain()
+        elif op == "parts-done":
+            self.striped.done(get(msg, "id", int))
         elif op == "lent-done":
             self._lent.get(comm, {}).pop(get(msg, "id", int), None)
         elif op == "put-data":

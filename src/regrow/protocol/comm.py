@@ -304,6 +304,11 @@ class Connection:
         if self._closed:
             raise CommClosedError(f"connection to {self.peer} closed")
 
+    def expect(self, target: memoryview | None) -> None:
+        """Receive the next large frame of ``target``'s size straight into ``target``
+        (FrameDecoder.expect): only on a connection used for one request at a time."""
+        self.decoder.expect(target)
+
     def flush(self) -> None:
         """Write what is queued now, instead of when the loop next turns."""
         if self._flush_scheduled:
@@ -594,8 +599,13 @@ async def connect(
     return conn
 
 
+# Spare connections kept per peer address (several fetches at once lease more).
+_SPARE_MAX = 8
+
+
 class ConnectionPool:
-    """One authenticated connection per peer address, opened on first use, shared."""
+    """One authenticated connection per peer address, opened on first use, shared; and
+    spare connections per address, leased for one caller's exclusive use at a time."""
 
     def __init__(self, *, token: str | None, settings: Settings, hello: Msg | None = None) -> None:
         self.token = token
@@ -603,6 +613,13 @@ class ConnectionPool:
         self.hello = hello
         self.comms: dict[str, Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._spare: dict[str, list[Connection]] = {}
+
+    async def _open(self, address: str) -> Connection:
+        comm = await connect(address, token=self.token, settings=self.settings)
+        if self.hello is not None:
+            comm.send(dict(self.hello))
+        return comm
 
     async def get(self, address: str) -> Connection:
         comm = self.comms.get(address)
@@ -611,16 +628,49 @@ class ConnectionPool:
         async with self._locks.setdefault(address, asyncio.Lock()):
             comm = self.comms.get(address)
             if comm is None or comm.closed:
-                comm = await connect(address, token=self.token, settings=self.settings)
-                if self.hello is not None:
-                    comm.send(dict(self.hello))
+                comm = await self._open(address)
                 self.comms[address] = comm
         return comm
+
+    async def lease(self, address: str, n: int) -> list[Connection]:
+        """``n`` connections to ``address`` that nobody else uses until ``release``."""
+        # Forget closed spares everywhere, the connections of peers gone among them.
+        for addr in list(self._spare):
+            self._spare[addr] = [c for c in self._spare[addr] if not c.closed]
+            if not self._spare[addr]:
+                del self._spare[addr]
+        spare = self._spare.pop(address, [])
+        leased, rest = spare[:n], spare[n:]
+        if rest:
+            self._spare[address] = rest
+        opened = await asyncio.gather(
+            *(self._open(address) for _ in range(n - len(leased))), return_exceptions=True
+        )
+        failed = [c for c in opened if isinstance(c, BaseException)]
+        leased += [c for c in opened if isinstance(c, Connection)]
+        if failed:
+            self.release(address, leased)
+            raise failed[0]
+        return leased
+
+    def release(self, address: str, comms: list[Connection], reusable: bool = True) -> None:
+        """Give back leased connections; those not ``reusable`` (a request on them failed
+        half-way: a frame may still be on its way into a caller's buffer) are closed."""
+        for comm in comms:
+            if reusable and not comm.closed and len(self._spare.get(address, ())) < _SPARE_MAX:
+                comm.expect(None)
+                self._spare.setdefault(address, []).append(comm)
+            else:
+                comm.abort()
 
     def close(self) -> None:
         for comm in self.comms.values():
             comm.abort()
         self.comms.clear()
+        for spare in self._spare.values():
+            for comm in spare:
+                comm.abort()
+        self._spare.clear()
 
 
 def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -> asyncio.Task[Any]:

@@ -170,6 +170,7 @@ class FrameDecoder:
         self._need = _COUNT.size
         self._lengths: tuple[int, ...] = ()
         self._frames: list[Buffer] = []
+        self._target: memoryview | None = None
 
     def set_limits(self, *, max_frames: int, max_frame_bytes: int) -> None:
         self.max_frames = max_frames
@@ -184,6 +185,19 @@ class FrameDecoder:
     def direct_remaining(self) -> int:
         """Bytes still to come of the large frame being received straight into its buffer."""
         return 0 if self._direct is None else len(self._direct) - self._direct_fill
+
+    def expect(self, target: memoryview | None) -> None:
+        """Receive the next large frame of exactly ``target.nbytes`` bytes into ``target``
+        (the frame delivered is ``target`` itself); a frame of another size is received
+        as usual. For a connection that one caller uses for one request at a time."""
+        self._target = target
+
+    def _frame_buffer(self, n: int) -> memoryview:
+        target = self._target
+        if target is not None and target.nbytes == n:
+            self._target = None
+            return target
+        return uninitialized(n)
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         if self._direct is not None:
@@ -225,7 +239,7 @@ class FrameDecoder:
             avail = self._end - self._start
             if need >= _DIRECT:
                 take = min(avail, need)
-                blob = uninitialized(need)
+                blob = self._frame_buffer(need)
                 blob[:take] = self._buf[self._start : self._start + take]
                 self._start += take
                 if self._start == self._end:

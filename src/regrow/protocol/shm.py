@@ -19,11 +19,13 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from regrow.errors import ProtocolError
 from regrow.protocol import lend
 from regrow.protocol.framing import LARGE, Buffer
+from regrow.protocol.messages import Msg
 
 if TYPE_CHECKING:
     from regrow.protocol.comm import Connection
@@ -313,26 +315,45 @@ def values_of_reply(
 
 
 async def get_data(
-    comm: Connection, keys: list[str], host: str, idle_timeout: float
+    comm: Connection,
+    keys: list[str],
+    host: str,
+    idle_timeout: float,
+    striped: Callable[[Any, list[Buffer]], Awaitable[list[Buffer]]] | None = None,
+    streams: int = 1,
 ) -> list[tuple[str, list[Buffer]]]:
     """Ask a holder for ``keys``: (key, frames of its value) for those it has.
 
     ``host`` is our host identity (or "" for sockets only). Lent buffers are given back
     ("lent-done") whatever happens; keys whose shared memory vanished before we could
-    map or read it are asked for once more, by socket. Errors of the request (the
-    connection, the holder's error reply, a malformed reply) are the caller's.
+    map or read it are asked for once more, by socket. With ``striped`` (and ``streams``
+    > 1), a holder on another host may leave large frames out of its reply, for
+    ``striped(description, frames)`` to fetch over several connections
+    (protocol.stripe); the holder is told "parts-done" whatever happens. Errors of the
+    request (the connection, the holder's error reply, a malformed reply) are the
+    caller's.
     """
     out: list[tuple[str, list[Buffer]]] = []
+    request: Msg = {"op": "get-data", "host": host, "vm": bool(host) and lend.usable}
+    if striped is not None and streams > 1:
+        request["streams"] = streams
     while keys:
-        reply, frames = await comm.request(
-            {"op": "get-data", "keys": keys, "host": host, "vm": bool(host) and lend.usable},
-            idle_timeout=idle_timeout,
-        )
+        reply, frames = await comm.request({**request, "keys": keys}, idle_timeout=idle_timeout)
         gone: list[str] = []
         try:
+            description = reply.get("striped")
+            if description:
+                try:
+                    if striped is None:
+                        raise ProtocolError("the holder striped a value nobody asked it to")
+                    frames = await striped(description, frames)
+                finally:
+                    if isinstance(description, dict) and not comm.closed:
+                        comm.send({"op": "parts-done", "id": description.get("id")})
             out += values_of_reply(reply, frames, gone)
         finally:
             if reply.get("lent"):
                 comm.send({"op": "lent-done", "id": reply["lent"]["id"]})
-        keys, host = (gone, "") if host else ([], "")
+        keys = gone if request["host"] else []
+        request.update(host="", vm=False)
     return out
