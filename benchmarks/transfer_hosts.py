@@ -17,6 +17,11 @@ task pinned on B takes it and returns ``(arr.nbytes, pid)``; timed from
 bytes). The same on dask.distributed (``dask scheduler``/``dask worker`` started
 in the same namespaces, on the same addresses).
 
+Regrow moves a large value between hosts over ``transfer_streams`` (4) connections at
+once (``regrow.protocol.stripe``); a third row shows it over one connection
+(``transfer_streams=1``, a cluster of its own measured in the same repetitions), as the
+raw socket uses.
+
 The limit: a plain TCP socket pair over the same veth pair, the sender in the
 root namespace (this process) and the receiver in B's namespace (a helper
 process): one ``sendall()`` of a 100 MB memoryview on a new connection, ``recv_into``
@@ -84,6 +89,7 @@ TARGET = 0.90  # regrow's cross-host transfer / the raw socket over the same pat
 ROOT = Path(__file__).resolve().parent.parent
 
 ROW_RATE = "transfer across hosts: 100 MB array A -> B over a veth pair (consumer on B, end to end)"
+ROW_ONE = "the same % for regrow over one connection (transfer_streams=1), as the raw socket uses"
 ROW_SHARE = (
     "transfer across hosts as % of the raw TCP socket pair over the same veth pair, "
     "measured just before and after it"
@@ -261,13 +267,14 @@ def _wait_file(proc: subprocess.Popen[bytes], path: Path, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def regrow_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
-    """A regrow scheduler and worker A on host A, worker B on host B (no nannies)."""
+def regrow_cluster(link: VethLink, tmp: Path, streams: int | None = None) -> Iterator[System]:
+    """A regrow scheduler and worker A on host A, worker B on host B (no nannies); with
+    ``streams``, that ``transfer_streams`` setting instead of the default."""
     import regrow
     from regrow.testing import child_env, regrow_cli, wait_ready
 
     token = secrets.token_hex(16)
-    env = child_env(token)
+    env = child_env(token) if streams is None else child_env(token, transfer_streams=streams)
     env["PYTHONPATH"] = _env()["PYTHONPATH"]
     procs: list[subprocess.Popen[bytes]] = []
     client = None
@@ -440,7 +447,8 @@ def run(systems: Sequence[str], reps: int) -> Report:
     reps = max(reps, MIN_REPS)
     rate = Row(ROW_RATE, "MB/s", True)
     share = Row(ROW_SHARE, "% of raw socket", True, target=SHARE_TARGET)
-    report = Report(rows=[rate, share], reps=reps)
+    one = Row(ROW_ONE, "% of raw socket", True)
+    report = Report(rows=[rate, share, one], reps=reps)
     for name in [s for s in systems if s not in CLUSTERS]:
         for row in report.rows:
             row.errors[name] = f"not run: this module starts {' and '.join(CLUSTERS)} only"
@@ -473,6 +481,15 @@ def run(systems: Sequence[str], reps: int) -> Report:
                 for row in report.rows:
                     row.errors[name] = f"ERROR (cluster): {type(exc).__name__}: {exc}"
                 print(f"  {name:<6}  cluster failed: {type(exc).__name__}: {exc}", flush=True)
+        single: System | None = None
+        if "regrow" in live:
+            # Regrow striped over one connection only: what its transfer costs by itself,
+            # next to what several connections add (protocol.stripe).
+            try:
+                (tmp / "one").mkdir()
+                single = stack.enter_context(regrow_cluster(link, tmp / "one", streams=1))
+            except Exception as exc:
+                one.errors["regrow"] = f"ERROR (cluster): {type(exc).__name__}: {exc}"
         paired = Limit(LIMIT_PAIRED, "MB/s", [])
         report.limits.append(paired)
         try:
@@ -503,13 +520,27 @@ def run(systems: Sequence[str], reps: int) -> Report:
                     f"of the raw socket's {around:,.0f} around it)",
                     flush=True,
                 )
+            if single is not None and "regrow" not in one.errors:
+                try:
+                    with time_limit(REP_TIMEOUT, f"regrow, 1 stream / rep {rep + 1}"):
+                        value, around = bracketed(single, link, raw)
+                except Exception as exc:
+                    kind = "HANG" if isinstance(exc, WorkloadTimeout) else "ERROR"
+                    one.errors["regrow"] = f"{kind}: {type(exc).__name__}: {exc}"
+                    continue
+                one.samples.setdefault("regrow", []).append(100 * value / around)
+                print(
+                    f"  regrow  rep {rep + 1}, one connection: {value:,.0f} MB/s "
+                    f"({100 * value / around:.0f}% of the raw socket's {around:,.0f} around it)",
+                    flush=True,
+                )
     return report
 
 
 # ----------------------------------------------------------------------- CLI
 def target_summary(report: Report) -> str:
     """regrow, dask and the raw socket side by side, and whether regrow meets the target."""
-    rate, share = report.rows[0], report.rows[1]
+    rate, share, one = report.rows[0], report.rows[1], report.rows[2]
     best = {lim.name: max(lim.samples) for lim in report.limits if lim.samples}
     raw, fresh = best.get(LIMIT_NAME), best.get(LIMIT_FRESH)
     pairs = next((lim.samples for lim in report.limits if lim.name == LIMIT_PAIRED), [])
@@ -534,6 +565,7 @@ def target_summary(report: Report) -> str:
         "dask MB/s",
         "raw socket MB/s (paired, median)",
         "regrow % of raw (paired, median)",
+        "regrow, 1 connection, % of raw",
         "raw socket MB/s (best)",
         "regrow % of raw best",
         "target",
@@ -544,6 +576,7 @@ def target_summary(report: Report) -> str:
         cell("dask"),
         fmt(raw_median),
         "-" if ratio is None else f"{ratio:.0f}%",
+        "-" if one.median("regrow") is None else f"{one.median('regrow'):.0f}%",
         fmt(raw),
         percent(regrow, raw),
         f">= {TARGET:.0%} (paired)",
