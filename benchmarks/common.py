@@ -250,6 +250,8 @@ class Workload:
     ``target``: regrow's goal in this row (``Target``), if any. ``timeout``: a
     repetition with no result after that many seconds is a hang. ``warmups``: that
     many untimed repetitions per system first, their values printed and dropped.
+    ``min_reps``: at least that many repetitions, whatever the run asks for (rows whose
+    figures swing so much that 3 give a median that is mostly luck).
     """
 
     name: str
@@ -262,6 +264,7 @@ class Workload:
     target: Target | None = None
     timeout: float = REP_TIMEOUT
     warmups: int = 0
+    min_reps: int = 0
 
 
 @dataclass
@@ -428,7 +431,7 @@ def run_workloads(
         hung: dict[str, str] = {}
         for w, group in zip(workloads, groups, strict=True):
             row = group[0]
-            for rep in range(-w.warmups, reps):
+            for rep in range(-w.warmups, max(reps, w.min_reps)):
                 order = list(live) if rep % 2 == 0 else list(reversed(live))
                 for name in order:
                     if name in hung:
@@ -566,7 +569,11 @@ def format_report(report: Report, reps: int) -> str:
                 row.met_text(),
             ]
         )
-    lines = [f"Medians of {reps} repetitions. {machine_summary()}", ""]
+    more = sorted({n for r in report.rows for n in map(len, r.samples.values()) if n > reps})
+    counts = f"{reps} repetitions" + (
+        f" ({', '.join(map(str, more))} in some rows)" if more else ""
+    )
+    lines = [f"Medians of {counts}. {machine_summary()}", ""]
     n = len(SYSTEMS) + len(PEERS)
     lines += _markdown(header, body, right=tuple(range(2, 2 + n)))
     lines += [
