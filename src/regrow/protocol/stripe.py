@@ -12,7 +12,7 @@ How a value travels striped (peers on different hosts, the requester asking for
 ``streams`` > 1):
 
 1. the requester's ``get-data`` says how many streams it will use; the holder answers
-   as usual, except that each frame of at least ``min_bytes`` is left out (an empty
+   as usual, except that each frame of at least ``stripe_bytes`` is left out (an empty
    frame), described in ``striped`` (an id, and the frame's index and size) and kept
    by the holder (``Holdings``) until the requester is done;
 2. the requester allocates each such frame's buffer whole, cuts it into one range
@@ -21,9 +21,10 @@ How a value travels striped (peers on different hosts, the requester asking for
    in the buffer (``Connection.expect``): nothing is copied after the kernel;
 3. it says ``parts-done`` on the first connection, whatever happened.
 
-A failed part fails the fetch from that holder like any lost connection (the worker
-then asks another holder, or the scheduler); the holder forgets what it kept when told
-so, when that first connection closes, or after ``KEEP_SECONDS``.
+A failed part raises PartsFailed: the worker then fetches the value whole over the
+first connection if the holder is still there and answering, else treats it like any
+lost connection (it asks another holder, or the scheduler). The holder forgets what it
+kept when told so, when that first connection closes, or after ``KEEP_SECONDS``.
 """
 
 from __future__ import annotations
