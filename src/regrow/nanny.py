@@ -23,7 +23,15 @@ import psutil
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError
-from regrow.protocol.comm import Connection, Listener, connect, error_reply, spawn
+from regrow.protocol.comm import (
+    Connection,
+    Listener,
+    cancel_others,
+    close_once,
+    connect,
+    error_reply,
+    spawn,
+)
 from regrow.protocol.messages import Msg
 
 logger = logging.getLogger("regrow.nanny")
@@ -95,26 +103,12 @@ class Nanny:
         return self.address
 
     async def close(self) -> None:
-        if self.stopped.is_set():
-            # Another call is closing it: return once that one is done (serve() relies on
-            # it; the process would otherwise exit halfway through the shutdown).
-            await self.closed.wait()
-            return
-        self.stopped.set()
-        try:
-            await self._shutdown()
-        finally:
-            self.closed.set()
+        await close_once(self.stopped, self.closed, self._shutdown)
 
     async def _shutdown(self) -> None:
         await self._stop_worker()
         await self._drop_standby()
-        # Not the task running this (a close ordered by the scheduler runs in one of them):
-        # gathering it would wait for itself.
-        pending = [t for t in self.tasks if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_others(self.tasks)  # a close ordered by the scheduler runs in one
         if self.scheduler is not None:
             await self.scheduler.close()
         await self.listener.close()

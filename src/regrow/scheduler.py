@@ -24,7 +24,14 @@ from regrow.core import events as ev
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, SchedulerState, TaskState
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.journal import Journal
-from regrow.protocol.comm import Connection, Listener, error_reply, spawn
+from regrow.protocol.comm import (
+    Connection,
+    Listener,
+    cancel_others,
+    close_once,
+    error_reply,
+    spawn,
+)
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 
@@ -104,16 +111,7 @@ class Scheduler:
         return self.address
 
     async def close(self) -> None:
-        if self.stopped.is_set():
-            # Another call is closing it: return once that one is done (serve() relies on
-            # it; the process would otherwise exit halfway through the shutdown).
-            await self.closed.wait()
-            return
-        self.stopped.set()
-        try:
-            await self._shutdown()
-        finally:
-            self.closed.set()
+        await close_once(self.stopped, self.closed, self._shutdown)
 
     async def _shutdown(self) -> None:
         if self.journal is not None:
@@ -134,12 +132,7 @@ class Scheduler:
         for handle in self._client_goodbye.values():
             handle.cancel()
         await asyncio.sleep(0)  # let the batched sends flush
-        # Not the task running this (a shutdown request runs in one of them).
-        pending = [t for t in self.tasks if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_others(self.tasks)  # a shutdown request runs in one of them
         await self.listener.close()
         if self.journal is not None:
             journal, self.journal = self.journal, None

@@ -34,6 +34,8 @@ from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
     Listener,
+    cancel_others,
+    close_once,
     connect,
     error_reply,
     spawn,
@@ -315,16 +317,7 @@ class Worker:
         logger.info("worker %s registered with %s", self.address, self.scheduler_address)
 
     async def close(self) -> None:
-        if self.stopped.is_set():
-            # Another call is closing it: return once that one is done (serve() relies on
-            # it; the process would otherwise exit halfway through the shutdown).
-            await self.closed.wait()
-            return
-        self.stopped.set()
-        try:
-            await self._shutdown()
-        finally:
-            self.closed.set()
+        await close_once(self.stopped, self.closed, self._shutdown)
 
     async def _shutdown(self) -> None:
         # Files in /dev/shm that no requester mapped yet: their timers die with us. First
@@ -334,12 +327,7 @@ class Worker:
         if self.scheduler is not None:
             await self.scheduler.close()
         self.peers.close()
-        current = asyncio.current_task()
-        pending = [t for t in self.tasks_bg if t is not current]
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_others(self.tasks_bg)
         await self.listener.close()
         for _ in self._threads:
             self._work.put(None)

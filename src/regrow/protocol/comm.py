@@ -673,6 +673,33 @@ class ConnectionPool:
         self._spare.clear()
 
 
+async def cancel_others(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them to end, all but the one running this: a
+    shutdown often runs in one of its service's own tasks, and waiting for itself would
+    never end."""
+    pending = [t for t in tasks if t is not asyncio.current_task()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def close_once(
+    stopped: asyncio.Event, closed: asyncio.Event, shutdown: Callable[[], Awaitable[None]]
+) -> None:
+    """A service's ``close()``: the first call runs ``shutdown``; a later one returns once
+    that is done (serve() relies on it: the process would otherwise exit halfway through
+    the shutdown)."""
+    if stopped.is_set():
+        await closed.wait()
+        return
+    stopped.set()
+    try:
+        await shutdown()
+    finally:
+        closed.set()
+
+
 def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -> asyncio.Task[Any]:
     """Start a task owned by ``tasks`` (which forgets it when it ends); log a crash."""
     task: asyncio.Task[Any] = asyncio.ensure_future(coro)
