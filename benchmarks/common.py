@@ -349,8 +349,6 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     limits: list[Limit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    # Repetitions run, where a module runs more than asked (transfer_hosts.MIN_REPS).
-    reps: int = 0
 
     def extend(self, other: Report) -> None:
         self.rows.extend(other.rows)
@@ -660,5 +658,5 @@ def main(
     report = run(systems, args.reps)
     report.skipped.extend(skipped)
     print()
-    print(format_report(report, report.reps or args.reps))
+    print(format_report(report, args.reps))
     return report

@@ -402,11 +402,7 @@ def consume(system: System, link: VethLink, array: Any) -> float:
 
 def transfer(system: System, link: VethLink) -> float:
     """One repetition without the raw socket around it (the warm-up)."""
-    array = produce(system)
-    try:
-        return consume(system, link, array)
-    finally:
-        del array
+    return consume(system, link, produce(system))
 
 
 def bracketed(system: System, link: VethLink, raw: RawPath) -> tuple[float, float]:
@@ -419,14 +415,11 @@ def bracketed(system: System, link: VethLink, raw: RawPath) -> tuple[float, floa
     (as this benchmark did until 2026-11-22) was up to a drift away from it.
     """
     array = produce(system)
-    try:
-        gc.collect()
-        time.sleep(0.25)
-        before = raw.measure()
-        value = consume(system, link, array)
-        after = raw.measure()
-    finally:
-        del array
+    gc.collect()
+    time.sleep(0.25)
+    before = raw.measure()
+    value = consume(system, link, array)
+    after = raw.measure()
     return value, NBYTES / MB / ((NBYTES / MB / before + NBYTES / MB / after) / 2)
 
 
@@ -448,7 +441,7 @@ def run(systems: Sequence[str], reps: int) -> Report:
     rate = Row(ROW_RATE, "MB/s", True)
     share = Row(ROW_SHARE, "% of raw socket", True, target=SHARE_TARGET)
     one = Row(ROW_ONE, "% of raw socket", True)
-    report = Report(rows=[rate, share, one], reps=reps)
+    report = Report(rows=[rate, share, one])
     for name in [s for s in systems if s not in CLUSTERS]:
         for row in report.rows:
             row.errors[name] = f"not run: this module starts {' and '.join(CLUSTERS)} only"
@@ -499,39 +492,30 @@ def run(systems: Sequence[str], reps: int) -> Report:
                 for name in live:
                     row.errors[name] = f"ERROR (raw socket): {type(exc).__name__}: {exc}"
             return report
+        # (label, system, rows its failure marks, rate row or None, percentage row)
+        runs = [(name, live[name], report.rows, rate, share) for name in live]
+        if single is not None:
+            runs.append(("regrow, one connection", single, [one], None, one))
         for rep in range(reps):
-            order = list(live) if rep % 2 == 0 else list(reversed(live))
-            for name in order:
-                if name in rate.errors:
+            order = runs if rep % 2 == 0 else [*reversed(runs[: len(live)]), *runs[len(live) :]]
+            for label, system, marks, rate_row, pct_row in order:
+                if system.name in pct_row.errors:
                     continue
                 try:
-                    with time_limit(REP_TIMEOUT, f"{name} / transfer across hosts rep {rep + 1}"):
-                        value, around = bracketed(live[name], link, raw)
+                    with time_limit(REP_TIMEOUT, f"{label} / transfer across hosts rep {rep + 1}"):
+                        value, around = bracketed(system, link, raw)
                 except Exception as exc:
                     kind = "HANG" if isinstance(exc, WorkloadTimeout) else "ERROR"
-                    for row in report.rows:
-                        row.errors[name] = f"{kind}: {type(exc).__name__}: {exc}"
+                    for row in marks:
+                        row.errors[system.name] = f"{kind}: {type(exc).__name__}: {exc}"
                     continue
-                paired.samples.append(around)
-                rate.samples.setdefault(name, []).append(value)
-                share.samples.setdefault(name, []).append(100 * value / around)
+                pct_row.samples.setdefault(system.name, []).append(100 * value / around)
+                if rate_row is not None:
+                    paired.samples.append(around)
+                    rate_row.samples.setdefault(system.name, []).append(value)
                 print(
-                    f"  {name:<6}  rep {rep + 1}: {value:,.0f} MB/s ({100 * value / around:.0f}% "
+                    f"  {label:<6}  rep {rep + 1}: {value:,.0f} MB/s ({100 * value / around:.0f}% "
                     f"of the raw socket's {around:,.0f} around it)",
-                    flush=True,
-                )
-            if single is not None and "regrow" not in one.errors:
-                try:
-                    with time_limit(REP_TIMEOUT, f"regrow, 1 stream / rep {rep + 1}"):
-                        value, around = bracketed(single, link, raw)
-                except Exception as exc:
-                    kind = "HANG" if isinstance(exc, WorkloadTimeout) else "ERROR"
-                    one.errors["regrow"] = f"{kind}: {type(exc).__name__}: {exc}"
-                    continue
-                one.samples.setdefault("regrow", []).append(100 * value / around)
-                print(
-                    f"  regrow  rep {rep + 1}, one connection: {value:,.0f} MB/s "
-                    f"({100 * value / around:.0f}% of the raw socket's {around:,.0f} around it)",
                     flush=True,
                 )
     return report
