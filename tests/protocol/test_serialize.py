@@ -158,3 +158,38 @@ def test_sizeof_estimates() -> None:
     assert sizeof([b"x" * 1000] * 100) >= 100_000
     assert sizeof({i: b"x" * 100 for i in range(100)}) >= 10_000
     assert sizeof(object()) > 0
+
+
+def test_standard_pickler_where_it_writes_what_cloudpickle_would() -> None:
+    import sys
+
+    from regrow.protocol.serialize import standard_dumps
+
+    buffers: list[pickle.PickleBuffer] = []
+    value = {"a": np.float64(2.5), "b": np.arange(3)}
+    data = standard_dumps(value, buffers)
+    assert data is not None and len(buffers) == 1  # the array's buffer, out of band
+    assert pickle.loads(data, buffers=buffers)["a"] == 2.5
+    buffers.clear()
+    assert loads(dumps(value))["a"] == 2.5
+    # Lambdas and local functions: the standard pickler refuses, cloudpickle does it.
+    assert standard_dumps(lambda x: x + 1, buffers) is None and not buffers
+    assert loads(dumps(lambda x: x + 1))(1) == 2
+    # A function of __main__: the standard pickler would write a name only this
+    # process knows; cloudpickle writes it by value.
+    main = sys.modules["__main__"]
+
+    def twice(x: int) -> int:
+        return 2 * x
+
+    twice.__module__ = "__main__"
+    twice.__qualname__ = "regrow_test_twice"
+    main.regrow_test_twice = twice  # type: ignore[attr-defined]
+    try:
+        assert standard_dumps(twice, buffers) is None
+        frames = dumps(twice)
+        del main.regrow_test_twice  # type: ignore[attr-defined]
+        assert loads(frames)(4) == 8  # by value: needs no __main__.regrow_test_twice
+    finally:
+        if hasattr(main, "regrow_test_twice"):
+            del main.regrow_test_twice

@@ -46,8 +46,33 @@ def dumps(obj: object) -> list[Buffer]:
         # (~25 us to build) writes nothing the standard one would not.
         return [pickle.dumps(obj, protocol=_PROTOCOL)]
     buffers: list[pickle.PickleBuffer] = []
-    data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
+    data = standard_dumps(obj, buffers)
+    if data is None:
+        data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
     return [data, *(b.raw() for b in buffers)]
+
+
+def standard_dumps(obj: object, buffers: list[pickle.PickleBuffer]) -> bytes | None:
+    """``obj`` pickled by the standard (C) pickler, where that writes what cloudpickle
+    would, else None (and ``buffers`` left empty).
+
+    The standard pickler is 2-3x as fast (a numpy scalar: ~20 against ~50 us). It
+    differs from cloudpickle only for what cloudpickle writes by value: lambdas, local
+    and dynamic functions and classes (the standard one raises), those of ``__main__``
+    (it writes them by a name no other process knows: the bytes show it), and modules
+    registered with cloudpickle to go by value.
+    """
+    if cloudpickle.list_registry_pickle_by_value():
+        return None
+    try:
+        data = pickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
+    except Exception:
+        buffers.clear()
+        return None
+    if b"__main__" in data:
+        buffers.clear()
+        return None
+    return data
 
 
 def loads(frames: Sequence[Buffer]) -> Any:
