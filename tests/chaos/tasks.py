@@ -112,3 +112,12 @@ def worker_state() -> dict[str, int]:
 
     w = get_worker()
     return {"data": len(w.data), "tasks": len(w.tasks), "pid": os.getpid()}
+
+
+def noted_block(block: Any, directory: str, seconds: float = 0.005) -> Any:
+    """A dask block passed through unchanged, after a short sleep; leaves a file per call
+    in ``directory`` so a test can tell how far a computation has got."""
+    time.sleep(seconds)
+    fd, _ = __import__("tempfile").mkstemp(dir=directory)
+    os.close(fd)
+    return block

@@ -77,6 +77,12 @@ class NeedsTwoArgsError(Exception):
     def __init__(self, a: str, b: str) -> None:
         super().__init__(f"{a}/{b}")
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        # Said outright (BaseException's own reduction says the same): with tblib's
+        # pickling support installed, as importing dask does in a worker, the default
+        # one would be replaced by one that rebuilds the exception without __init__.
+        return (type(self), (str(self),))
+
 
 def fail_unloadable(a: str, b: str) -> None:
     raise NeedsTwoArgsError(a, b)

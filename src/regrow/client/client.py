@@ -1,8 +1,11 @@
 """The client: submit functions, hold futures, gather results.
 
-``Client`` is synchronous; its IO happens in a shared loop thread (``loop.py``)
-inside ``_Session``, which owns the scheduler connection and the connections to
-workers (results are fetched from workers directly, never through the scheduler).
+``Client`` is one async session with a sync facade. Its IO happens inside ``_Session``,
+which owns the scheduler connection and the connections to workers (results are
+fetched from workers directly, never through the scheduler). The session runs in a
+shared loop thread (``loop.py``), whose blocking methods wait on its coroutines; or,
+with ``asynchronous=True``, in the caller's running event loop, where the same methods
+return those coroutines to await.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from regrow.client.futures import (
     CANCELLED,
@@ -27,9 +30,11 @@ from regrow.client.futures import (
     FINISHED,
     Future,
     FutureState,
+    _left,
     settle_all,
+    settle_all_async,
 )
-from regrow.client.loop import LoopThread, shared_loop
+from regrow.client.loop import CallerLoop, ClientLoop, deferred, shared_loop
 from regrow.config import Settings
 from regrow.errors import CommClosedError, SchedulerLostError
 from regrow.protocol import shm
@@ -43,6 +48,9 @@ logger = logging.getLogger("regrow.client")
 _clients: weakref.WeakValueDictionary[str, Client] = weakref.WeakValueDictionary()
 _default: list[Client] = []
 _MAP_BATCH = 1000
+T = TypeVar("T")
+# Sessions of asynchronous clients closing after their client was garbage-collected.
+_closing_sessions: set[asyncio.Task[Any]] = set()
 # Requests that may be sent again after the scheduler was lost (they change nothing,
 # or nothing more the second time).
 _REPEATABLE = frozenset({"who-has", "scheduler-info", "ping", "cancel"})
@@ -391,6 +399,13 @@ class Client:
 
     ``Client(address_or_cluster)`` takes a scheduler address ('tcp://host:port')
     or a ``LocalCluster``; with no argument it starts a LocalCluster of its own.
+
+    ``Client(..., asynchronous=True)``, as dask.distributed's, is for code running in
+    an event loop: it connects when awaited (``await Client(...)`` or ``async with``),
+    its session runs in that loop (no thread), and its blocking methods (``gather``,
+    ``scatter``, ``cancel``, ``run``, ``scheduler_info``, ``close``... and its futures'
+    ``result``) return awaitables. ``submit`` and ``map`` return Futures at once in
+    both modes, and ``await future`` gives a result in both.
     """
 
     def __init__(
@@ -402,30 +417,13 @@ class Client:
         name: str | None = None,
         set_as_default: bool = True,
         settings: Settings | None = None,
+        asynchronous: bool = False,
     ) -> None:
         self.status = "connecting"
+        self.asynchronous = asynchronous
         self._own_cluster: Any = None
-        if address is None:
-            from regrow.deploy import LocalCluster
-
-            address = self._own_cluster = LocalCluster()
-        scheduler_address = getattr(address, "scheduler_address", address)
-        if not isinstance(scheduler_address, str):
-            raise TypeError(
-                "Client() takes a scheduler address like 'tcp://127.0.0.1:8786' or a "
-                f"LocalCluster, got {type(address).__name__}"
-            )
-        if token is None:
-            token = getattr(address, "token", None) or os.environ.get("REGROW_TOKEN") or None
-        self.scheduler_address = (
-            scheduler_address
-            if scheduler_address.startswith("tcp://")
-            else f"tcp://{scheduler_address}"
-        )
-        self.cluster = address if not isinstance(address, str) else None
-        self.token = token
-        # A LocalCluster's settings (reconnect timeout...) apply to its clients too.
-        self.settings = settings or getattr(address, "settings", None) or Settings.from_env()
+        self._timeout = timeout
+        self._set_as_default = set_as_default
         self.id = name or f"client-{uuid.uuid4().hex[:12]}"
         # Re-entrant: a Future garbage-collected while this thread holds the lock releases
         # its key from inside the critical section (Future.__del__ -> _release).
@@ -444,19 +442,113 @@ class Client:
         # Called (key, worker) from the IO thread when a running task's worker died.
         self._interrupt_listeners: list[Callable[[str, str], None]] = []
         self._events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=10_000)
-        self._loop: LoopThread = shared_loop()
-        self._session = _Session(self)
+        # The loop the session runs in: set here, or when an asynchronous client starts.
+        self._loop: ClientLoop
+        self._session: _Session
+        # Known once there is an address: an asynchronous client with none starts its own
+        # cluster when awaited, and uses these arguments then.
+        self.scheduler_address = ""
+        self.cluster: Any = None
+        self.token = token
+        self._address_args = (token, settings)
+        self._starting: asyncio.Future[Client] | None = None
+        if address is None and not asynchronous:
+            from regrow.deploy import LocalCluster
+
+            address = self._own_cluster = LocalCluster()
+        if address is not None:
+            self._use_address(address, token, settings)
+        else:
+            self.settings = settings or Settings.from_env()
+        if asynchronous:
+            return  # it connects when awaited (_start)
+        self._loop = shared_loop()
         try:
-            self._loop.run(self._session.start(timeout), timeout=timeout + 5)
+            self._loop.run(self._connect(), timeout=timeout + 10)
         except BaseException:
-            self._loop.run(self._session.close())
             if self._own_cluster is not None:
                 self._own_cluster.close()
             raise
+        self._started()
+
+    def _use_address(self, address: Any, token: str | None, settings: Settings | None) -> None:
+        scheduler_address = getattr(address, "scheduler_address", address)
+        if not isinstance(scheduler_address, str):
+            raise TypeError(
+                "Client() takes a scheduler address like 'tcp://127.0.0.1:8786' or a "
+                f"LocalCluster, got {type(address).__name__}"
+            )
+        if token is None:
+            token = getattr(address, "token", None) or os.environ.get("REGROW_TOKEN") or None
+        self.scheduler_address = (
+            scheduler_address
+            if scheduler_address.startswith("tcp://")
+            else f"tcp://{scheduler_address}"
+        )
+        self.cluster = address if not isinstance(address, str) else None
+        self.token = token
+        # A LocalCluster's settings (reconnect timeout...) apply to its clients too.
+        self.settings = settings or getattr(address, "settings", None) or Settings.from_env()
+        self._session = _Session(self)
+
+    async def _connect(self) -> None:
+        """Register with the scheduler (in the session's loop); on failure close the session."""
+        try:
+            async with asyncio.timeout(self._timeout + 5):
+                await self._session.start(self._timeout)
+        except BaseException:
+            await self._session.close()
+            raise
+
+    def _started(self) -> None:
         self.status = "running"
         _clients[self.id] = self
-        if set_as_default:
+        if self._set_as_default:
             _default.append(self)
+            _set_ecosystem_defaults(self)
+
+    async def _start(self) -> Client:
+        """Connect an asynchronous client, in the running loop: once, however many await
+        it at the same time; then a no-op."""
+        if self.status == "closed":
+            raise RuntimeError("this client is closed")
+        if self.status != "connecting":
+            return self
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_once())
+        return await self._starting
+
+    async def _start_once(self) -> Client:
+        try:
+            if self._own_cluster is None and not self.scheduler_address:
+                from regrow.deploy import LocalCluster
+
+                # Starting processes blocks: not in the loop (a short-lived helper thread).
+                self._own_cluster = await asyncio.to_thread(LocalCluster)
+                self._use_address(self._own_cluster, *self._address_args)
+            self._loop = CallerLoop()
+            await self._connect()
+        except BaseException:
+            self.status = "closed"
+            if self._own_cluster is not None:
+                await asyncio.to_thread(self._own_cluster.close)
+            raise
+        self._started()
+        return self
+
+    def _sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """A blocking method's work: on a synchronous client, run in the IO thread and
+        waited for; on an asynchronous one, the coroutine itself, for the caller to await
+        (typed as its result, see ``deferred``)."""
+        if not self.asynchronous:
+            return self._loop.run(coro, timeout=timeout)
+        if self.status == "connecting":
+            coro.close()
+            raise RuntimeError(
+                "an asynchronous Client must be started first: 'await Client(...)' "
+                "or 'async with Client(...)'"
+            )
+        return deferred(self._loop.arun(_within(coro, timeout)))
 
     # ------------------------------------------------------------ refcounts
     def _acquire(self, key: str) -> FutureState:
@@ -734,17 +826,27 @@ class Client:
         return futures
 
     # ------------------------------------------------------------- results
+    # Waiting and fetching are written twice, the one place they are: a synchronous
+    # client waits on all its futures with one thread wake-up and fetches nothing for
+    # small results (7,000 tasks/s submit+gather); an asynchronous client awaits the same
+    # (see futures.settle_all_async). What they decide from what they got is shared.
     def _fetch(self, futures: list[Future], timeout: float | None = None) -> dict[str, Any]:
-        keys = list(dict.fromkeys(f.key for f in futures))
-        values: dict[str, Any] = {}
-        for f in futures:
-            blob = f._state.inline
-            if blob is not None and f.key not in values:
-                # Each call unpickles anew: like a fetch, it hands out a fresh object.
-                values[f.key] = loads([blob])
-        keys = [k for k in keys if k not in values]
+        values, keys = _inline_values(futures)
         if keys:
             values.update(self._loop.run(self._session.gather(keys), timeout=timeout))
+        self._fetched(keys, values)
+        return values
+
+    async def _fetch_async(
+        self, futures: list[Future], timeout: float | None = None
+    ) -> dict[str, Any]:
+        values, keys = _inline_values(futures)
+        if keys:
+            values.update(await _within(self._loop.arun(self._session.gather(keys)), timeout))
+        self._fetched(keys, values)
+        return values
+
+    def _fetched(self, keys: list[str], values: dict[str, Any]) -> None:
         missing = [k for k in keys if k not in values]
         for key in missing:
             # Held nowhere although reported finished: it was lost; ask where it stands.
@@ -753,7 +855,6 @@ class Client:
                 st.reset()
         if missing:
             self._desire(missing)
-        return values
 
     def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
         """Results of futures in any nested list/tuple/set/dict structure, same shape.
@@ -765,31 +866,38 @@ class Client:
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         if isinstance(futures, Iterator):
             futures = list(futures)
+        if self.asynchronous:
+            return self._sync(self._gather_async(futures, errors, timeout))
         flat: list[Future] = []
         _collect(futures, flat)
-        import time as _time
-
-        deadline = None if timeout is None else _time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         values: dict[str, Any] = {}
         todo = list({f.key: f for f in flat}.values())
         while todo:
-            left = None if deadline is None else max(0.0, deadline - _time.monotonic())
-            settled = settle_all([f._state for f in todo], left, stop_on_error=errors == "raise")
-            for f in todo:
-                if f.status in (ERROR, CANCELLED) and errors == "raise":
-                    f.result()  # raises the right exception
-            if not settled:
-                late = next(f.key for f in todo if not f.done())
-                raise TimeoutError(f"gather: {late!r} not done within {timeout} s")
-            ready = [f for f in todo if f.status == FINISHED]
-            remaining = None if deadline is None else max(0.0, deadline - _time.monotonic())
+            settled = settle_all(
+                [f._state for f in todo], _left(deadline), stop_on_error=errors == "raise"
+            )
+            ready = _settled(todo, settled, errors, timeout)
             if ready:
-                values.update(self._fetch(ready, timeout=remaining))
-            todo = [f for f in todo if f.status == FINISHED and f.key not in values] + [
-                f for f in todo if f.status not in (FINISHED, ERROR, CANCELLED)
-            ]
-        skip = {f.key for f in flat if f.status in (ERROR, CANCELLED)}
-        return _substitute(futures, values, skip)
+                values.update(self._fetch(ready, timeout=_left(deadline)))
+            todo = _still_todo(todo, values)
+        return _gathered(futures, flat, values)
+
+    async def _gather_async(self, futures: Any, errors: str, timeout: float | None) -> Any:
+        flat: list[Future] = []
+        _collect(futures, flat)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values: dict[str, Any] = {}
+        todo = list({f.key: f for f in flat}.values())
+        while todo:
+            settled = await settle_all_async(
+                [f._state for f in todo], _left(deadline), stop_on_error=errors == "raise"
+            )
+            ready = _settled(todo, settled, errors, timeout)
+            if ready:
+                values.update(await self._fetch_async(ready, timeout=_left(deadline)))
+            todo = _still_todo(todo, values)
+        return _gathered(futures, flat, values)
 
     # -------------------------------------------------------------- scatter
     def scatter(
@@ -823,21 +931,9 @@ class Client:
         else:
             names = None
             values = [data]
-        info = self.scheduler_info()
-        all_workers = info["workers"]
         wanted = self._check_workers(workers)
-        if wanted is not None:
-            by_name = {w["name"]: a for a, w in all_workers.items()}
-            targets = [by_name.get(w, w) for w in wanted]
-            unknown = [t for t in targets if t not in all_workers]
-            if unknown:
-                raise ValueError(f"scatter: no such worker(s): {unknown}")
-        else:
-            targets = sorted(all_workers, key=lambda a: all_workers[a]["memory"])
-        if not targets:
-            raise RuntimeError("scatter: the cluster has no workers")
+        # Pickled here, in the caller's thread: not in the IO thread.
         items: list[tuple[str, list[Buffer], int, str]] = []
-        placement: list[list[str]] = []
         for i, value in enumerate(values):
             frames = dumps(value)
             tname = type(value).__name__
@@ -848,18 +944,38 @@ class Client:
             else:
                 key = f"{tname}-{uuid.uuid4().hex}"
             items.append((key, frames, sizeof(value), tname))
-            if broadcast:
-                placement.append(list(targets))
-            else:
-                k = min(replicas, len(targets))
-                placement.append([targets[(i + j) % len(targets)] for j in range(k)])
-        futures = [self._new_future(key) for key, _, _, _ in items]
-        self._loop.run(
-            self._session.scatter(
-                items, placement, replicas=len(targets) if broadcast else replicas
-            ),
-            timeout=timeout,
+        return self._sync(
+            self._scatter(data, names, items, wanted, broadcast, replicas), timeout=timeout
         )
+
+    async def _scatter(
+        self,
+        data: Any,
+        names: list[Any] | None,
+        items: list[tuple[str, list[Buffer], int, str]],
+        wanted: list[str] | None,
+        broadcast: bool,
+        replicas: int,
+    ) -> Any:
+        all_workers = (await self._scheduler_info())["workers"]
+        if wanted is not None:
+            by_name = {w["name"]: a for a, w in all_workers.items()}
+            targets = [by_name.get(w, w) for w in wanted]
+            unknown = [t for t in targets if t not in all_workers]
+            if unknown:
+                raise ValueError(f"scatter: no such worker(s): {unknown}")
+        else:
+            targets = sorted(all_workers, key=lambda a: all_workers[a]["memory"])
+        if not targets:
+            raise RuntimeError("scatter: the cluster has no workers")
+        n, k = len(targets), min(replicas, len(targets))
+        placement = [
+            list(targets) if broadcast else [targets[(i + j) % n] for j in range(k)]
+            for i in range(len(items))
+        ]
+        futures = [self._new_future(key) for key, _, _, _ in items]
+        await self._session.scatter(items, placement, replicas=n if broadcast else replicas)
+        # Shaped like the data: a dict of futures, a list, or one.
         if isinstance(data, dict):
             return dict(zip(names or [], futures, strict=True))
         if isinstance(data, list | tuple | set | frozenset):
@@ -867,13 +983,18 @@ class Client:
         return futures[0]
 
     # ------------------------------------------------------------- control
+    # Each blocking method checks its arguments, then hands its work, a coroutine, to
+    # _sync: waited for on a synchronous client, returned on an asynchronous one.
     def cancel(self, futures: Future | Iterable[Future], force: bool = False) -> None:
         """Cancel futures: not-started work is dropped, finished results are freed."""
         fs = [futures] if isinstance(futures, Future) else list(futures)
+        return self._sync(self._cancel(fs, force))
+
+    async def _cancel(self, fs: list[Future], force: bool) -> None:
         keys = [f.key for f in fs]
         if not keys:
             return
-        self._loop.run(self._session.request({"op": "cancel", "keys": keys, "force": force}))
+        await self._session.request({"op": "cancel", "keys": keys, "force": force})
         for f in fs:
             if f.key in self._states and not f.done():
                 f._state.cancel()
@@ -888,14 +1009,17 @@ class Client:
         """Run ``function(*args, **kwargs)`` once on each worker: ``{address: result}``."""
         if not callable(function):
             raise TypeError(f"run() needs a callable, got {type(function).__name__}")
-        info = self.scheduler_info()["workers"]
         wanted = self._check_workers(workers)
+        return self._sync(self._run(dumps((function, args, kwargs)), wanted))
+
+    async def _run(self, frames: list[Buffer], wanted: list[str] | None) -> dict[str, Any]:
+        info = (await self._scheduler_info())["workers"]
         if wanted is None:
             targets = list(info)
         else:
             by_name = {w["name"]: a for a, w in info.items()}
             targets = [by_name.get(w, w) for w in wanted]
-        results = self._loop.run(self._session.run(dumps((function, args, kwargs)), targets))
+        results = await self._session.run(frames, targets)
         out: dict[str, Any] = {}
         for worker, (ok, value) in results.items():
             if not ok:
@@ -910,26 +1034,158 @@ class Client:
             keys = [futures.key]
         else:
             keys = [f.key for f in futures]
-        reply, _ = self._loop.run(self._session.request({"op": "who-has", "keys": keys}))
+        return self._sync(self._who_has(keys))
+
+    async def _who_has(self, keys: list[str]) -> dict[str, list[str]]:
+        reply, _ = await self._session.request({"op": "who-has", "keys": keys})
         return dict(reply["who_has"])
 
     def scheduler_info(self) -> dict[str, Any]:
-        reply, _ = self._loop.run(self._session.request({"op": "scheduler-info"}))
+        return self._sync(self._scheduler_info())
+
+    async def _scheduler_info(self) -> dict[str, Any]:
+        reply, _ = await self._session.request({"op": "scheduler-info"})
         reply.pop("rid", None)
         reply.pop("op", None)
         return reply
 
     def nthreads(self) -> dict[str, int]:
-        return {a: w["nthreads"] for a, w in self.scheduler_info()["workers"].items()}
+        return self._sync(self._nthreads())
+
+    async def _nthreads(self) -> dict[str, int]:
+        return {a: w["nthreads"] for a, w in (await self._scheduler_info())["workers"].items()}
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        import time as _time
+        return self._sync(self._wait_for_workers(n_workers, timeout))
 
-        deadline = None if timeout is None else _time.monotonic() + timeout
-        while len(self.scheduler_info()["workers"]) < n_workers:
-            if deadline is not None and _time.monotonic() > deadline:
+    async def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len((await self._scheduler_info())["workers"]) < n_workers:
+            if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
-            _time.sleep(0.05)
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ dask
+    def get(
+        self,
+        dsk: Any,
+        keys: Any,
+        *,
+        workers: str | Iterable[str] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        resources: Any = None,
+        sync: bool = True,
+        allow_other_workers: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """dask's scheduler interface: run the graph ``dsk``, return the values of ``keys``
+        (nested in lists as given). ``sync=False`` returns Futures instead.
+
+        dask's annotations ``retries``, ``priority`` and ``workers`` are honoured, and so
+        are the same keywords here (an annotation wins for its keys). ``resources`` and
+        other keywords dask passes to every scheduler are accepted and ignored.
+        """
+        from regrow.client import dask_graph
+
+        if getattr(self, "asynchronous", False):
+            raise RuntimeError(
+                "an asynchronous Client cannot run dask's synchronous compute(); "
+                "use 'await client.compute(collection)' instead"
+            )
+        futures = dask_graph.submit_graph(
+            self, dsk, keys, retries=retries, priority=priority, workers=workers
+        )
+        packed = dask_graph.to_values(keys, futures)
+        if not sync:
+            return packed
+        try:
+            return self.gather(packed)
+        finally:
+            for f in futures.values():
+                f.release()
+
+    def compute(
+        self,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        workers: str | Iterable[str] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        resources: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections: a Future for each (its finished value),
+        or a list of Futures for a list; ``sync=True`` returns the values."""
+        return self._dask_call(
+            "compute", collections, sync, optimize_graph, workers, retries, priority
+        )
+
+    def persist(
+        self,
+        collections: Any,
+        optimize_graph: bool = True,
+        workers: str | Iterable[str] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        resources: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections and return the same collections, each
+        backed by Futures of its pieces on the cluster (a list for a list)."""
+        return self._dask_call(
+            "persist", collections, False, optimize_graph, workers, retries, priority
+        )
+
+    def _dask_call(
+        self,
+        what: str,
+        collections: Any,
+        sync: bool,
+        optimize_graph: bool,
+        workers: str | Iterable[str] | None,
+        retries: int | None,
+        priority: int,
+    ) -> Any:
+        try:
+            import dask.config
+            from dask.base import compute, persist
+        except ImportError:
+            raise ImportError(
+                f"Client.{what} of dask collections needs dask: pip install 'regrow[dask]'"
+            ) from None
+        from regrow.client import dask_graph
+
+        self._check_running()
+        single = not isinstance(collections, list | tuple | set | frozenset)
+        items = [collections] if single else list(collections)
+        schedule = dask_graph.futures_scheduler(
+            self, retries=retries, priority=priority, workers=workers
+        )
+        run: Callable[..., tuple[Any, ...]] = compute if what == "compute" else persist
+        with dask.config.set(dask_graph.cluster_methods()):
+            results = list(run(*items, scheduler=schedule, optimize_graph=optimize_graph))
+        if sync and self.asynchronous:
+            return self._unpacked(self.gather(results), single)
+        if sync:
+            results = self.gather(results)
+        return results[0] if single else results
+
+    @staticmethod
+    async def _unpacked(values: Any, single: bool) -> Any:
+        got = await values
+        return got[0] if single else got
+
+    def _release_unheld(self, keys: list[str]) -> None:
+        """Tell the scheduler this client no longer wants ``keys`` (ones it asked for in
+        a submission without making Futures for them)."""
+
+        def release() -> None:
+            for key in keys:
+                self._session.release(key)
+
+        self._loop.call_soon(release)
 
     def get_executor(self, **kwargs: Any) -> concurrent.futures.Executor:
         """A ``concurrent.futures.Executor`` that runs on this cluster."""
@@ -945,10 +1201,10 @@ class Client:
         returns once the fresh workers have registered.
         """
         self._check_running()
-        self._loop.run(
-            self._session.request({"op": "restart", "timeout": timeout}, timeout=timeout + 5),
-            timeout=timeout + 10,
-        )
+        return self._sync(self._restart(timeout), timeout=timeout + 10)
+
+    async def _restart(self, timeout: float) -> None:
+        await self._session.request({"op": "restart", "timeout": timeout}, timeout=timeout + 5)
         with self._lock:
             states = list(self._states.values())
         for st in states:
@@ -957,23 +1213,65 @@ class Client:
 
     def nannies(self) -> dict[str, str]:
         """``{nanny address: its current worker's address}``: stable names across restarts."""
-        return {
-            w["nanny"]: a for a, w in self.scheduler_info()["workers"].items() if w.get("nanny")
-        }
+        return self._sync(self._nannies())
+
+    async def _nannies(self) -> dict[str, str]:
+        workers = (await self._scheduler_info())["workers"]
+        return {w["nanny"]: a for a, w in workers.items() if w.get("nanny")}
 
     def shutdown(self) -> None:
         """Stop the whole cluster (scheduler and workers), then close this client."""
+        if self.asynchronous:
+            return self._sync(self._shutdown())
         with contextlib.suppress(Exception):
             self._loop.run(self._session.request({"op": "shutdown"}), timeout=10)
         self.close()
 
-    def close(self, timeout: float | None = 10.0) -> None:
-        if self.status in ("closing", "closed"):
-            return
-        self.status = "closing"
+    async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
-            self._loop.call_soon(self._session.send, {"op": "close-client"})
-            self._loop.run(self._session.close(), timeout=timeout)
+            await _within(self._session.request({"op": "shutdown"}), 10)
+        await self._close()
+
+    # Closing is the other thing written for each mode: a synchronous client's session is
+    # closed from outside its loop, and so is its cluster; an asynchronous one's from
+    # inside, without blocking on the cluster's processes. The steps are shared.
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Disconnect and cancel this client's pending futures (and stop the cluster it
+        started itself); awaitable on an asynchronous client."""
+        if self.asynchronous:
+            return deferred(self._close(timeout))
+        if not self._closing():
+            return
+        with contextlib.suppress(Exception):
+            self._loop.run(self._disconnect(), timeout=timeout)
+        self._closed()
+        if self._own_cluster is not None:
+            self._own_cluster.close()
+
+    async def _close(self, timeout: float | None = 10.0) -> None:
+        if not self._closing():
+            return
+        with contextlib.suppress(Exception):
+            await _within(self._loop.arun(self._disconnect()), timeout)
+        self._closed()
+        if self._own_cluster is not None:
+            await asyncio.to_thread(self._own_cluster.close)
+
+    def _closing(self) -> bool:
+        """Mark the client closing: whether there is anything to close."""
+        if self.status in ("closing", "closed"):
+            return False
+        if self.status == "connecting":  # an asynchronous client never started
+            self.status = "closed"
+            return False
+        self.status = "closing"
+        return True
+
+    async def _disconnect(self) -> None:
+        self._session.send({"op": "close-client"})
+        await self._session.close()
+
+    def _closed(self) -> None:
         with self._lock:
             states = list(self._states.values())
         for st in states:
@@ -983,23 +1281,130 @@ class Client:
             self._callbacks.shutdown(wait=False)
         if self in _default:
             _default.remove(self)
+        _unset_ecosystem_defaults(self)
         self.status = "closed"
-        if self._own_cluster is not None:
-            self._own_cluster.close()
+
+    def _close_soon(self) -> None:
+        """Close without waiting (an asynchronous client being garbage-collected, in any
+        thread): its session closes in its loop, if that still runs."""
+        if not self._closing():
+            return
+        self._loop.call_soon(self._spawn_disconnect)
+        self._closed()
+        # Its own cluster, if any, is closed by its own finalizer (LocalCluster.__del__).
+
+    def _spawn_disconnect(self) -> None:
+        spawn(self._disconnect(), _closing_sessions, "client-close")
 
     def __enter__(self) -> Client:
+        if self.asynchronous:
+            raise RuntimeError("an asynchronous Client is used with 'async with'")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __await__(self) -> Generator[Any, None, Client]:
+        """``await Client(..., asynchronous=True)``: the connected client."""
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Client:
+        return await self._start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.asynchronous:
+            await self._close()
+        else:
+            self.close()
+
     def __del__(self) -> None:
         if getattr(self, "status", "closed") == "running":
             with contextlib.suppress(Exception):
-                self.close(timeout=2)
+                if self.asynchronous:
+                    self._close_soon()  # it must not block, maybe in its own loop
+                else:
+                    self.close(timeout=2)
 
     def __repr__(self) -> str:
         return f"<Client {self.id} scheduler={self.scheduler_address!r} status={self.status}>"
+
+
+async def _within(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    """Await ``coro``, cancelling it after ``timeout`` s (raising TimeoutError, as
+    ``LoopThread.run`` does for a synchronous client)."""
+    if timeout is None:
+        return await coro
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            return await coro
+    except TimeoutError:
+        if scope.expired():
+            raise TimeoutError(f"operation did not finish within {timeout} s") from None
+        raise
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def _set_ecosystem_defaults(client: Client) -> None:
+    """As dask.distributed's Client does: while this client is open it is dask's
+    scheduler, and joblib knows the "regrow" backend (each only if installed)."""
+    if _installed("dask"):
+        from regrow.client import dask_graph
+
+        dask_graph.set_default(client)
+    if _installed("joblib"):
+        from regrow.client import joblib_backend
+
+        joblib_backend.register()
+
+
+def _unset_ecosystem_defaults(client: Client) -> None:
+    import sys
+
+    if "regrow.client.dask_graph" in sys.modules:
+        sys.modules["regrow.client.dask_graph"].unset_default(client)
+
+
+def _inline_values(futures: list[Future]) -> tuple[dict[str, Any], list[str]]:
+    """The values of futures whose (small) result came with the news that they finished,
+    and the keys of the others, to fetch from the workers."""
+    keys = list(dict.fromkeys(f.key for f in futures))
+    values: dict[str, Any] = {}
+    for f in futures:
+        blob = f._state.inline
+        if blob is not None and f.key not in values:
+            # Each call unpickles anew: like a fetch, it hands out a fresh object.
+            values[f.key] = loads([blob])
+    return values, [k for k in keys if k not in values]
+
+
+def _settled(todo: list[Future], settled: bool, errors: str, timeout: float | None) -> list[Future]:
+    """After gather waited on ``todo``: raise for a failed future (``errors="raise"``) or
+    the timeout; else the finished futures, to fetch."""
+    for f in todo:
+        if f.status in (ERROR, CANCELLED) and errors == "raise":
+            f._raise_if_failed()
+    if not settled:
+        late = next(f.key for f in todo if not f.done())
+        raise TimeoutError(f"gather: {late!r} not done within {timeout} s")
+    return [f for f in todo if f.status == FINISHED]
+
+
+def _still_todo(todo: list[Future], values: dict[str, Any]) -> list[Future]:
+    """What gather waits for again: finished but not fetched (lost meanwhile), or not
+    settled (lost and being computed again)."""
+    return [f for f in todo if f.status == FINISHED and f.key not in values] + [
+        f for f in todo if f.status not in (FINISHED, ERROR, CANCELLED)
+    ]
+
+
+def _gathered(futures: Any, flat: list[Future], values: dict[str, Any]) -> Any:
+    skip = {f.key for f in flat if f.status in (ERROR, CANCELLED)}
+    return _substitute(futures, values, skip)
 
 
 def _collect(obj: Any, out: list[Future]) -> None:

@@ -1,22 +1,26 @@
 """Futures: the client's handle on a remote result, plus ``wait`` and ``as_completed``.
 
 A ``Future`` is a reference: while any Future for a key lives in the client,
-the scheduler keeps the key's result. Status changes arrive from the IO thread;
-reads and waits happen in user threads. Names follow concurrent.futures and
-dask.distributed.
+the scheduler keeps the key's result. Status changes arrive from the IO thread (or,
+for an asynchronous client, in its event loop); reads and waits happen in user
+threads, or are awaited in an event loop without blocking it. Names follow
+concurrent.futures and dask.distributed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cloudpickle
 
+from regrow.client.loop import deferred
 from regrow.errors import (
     CancelledError,
     FutureLostError,
@@ -40,6 +44,29 @@ FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
 
 
+def _when_settled(states: list[FutureState], stop_on_error: bool, fire: Callable[[], None]) -> bool:
+    """Call ``fire()`` (from any thread, maybe more than once) when every state is
+    settled, or with ``stop_on_error`` when one errs or is cancelled; or return True at
+    once, without calling it, if that is so already."""
+    failed = (ERROR, CANCELLED)
+    waiting = [s for s in states if not s.done()]
+    if not waiting or (stop_on_error and any(s.done() and s.status in failed for s in states)):
+        return True
+    lock = threading.Lock()
+    pending = len(waiting)
+
+    def one(state: FutureState) -> None:
+        nonlocal pending
+        with lock:
+            pending -= 1
+            if pending == 0 or (stop_on_error and state.status in failed):
+                fire()
+
+    for state in waiting:
+        state.add_listener(one)  # called at once if it settled meanwhile
+    return False
+
+
 def settle_all(
     states: list[FutureState], timeout: float | None, stop_on_error: bool = False
 ) -> bool:
@@ -49,24 +76,53 @@ def settle_all(
     One wake-up for the lot: waiting on each state in turn would wake this thread once
     per result, each time taking the GIL from the thread that delivers them.
     """
-    failed = (ERROR, CANCELLED)
-    waiting = [s for s in states if not s.done()]
-    if not waiting or (stop_on_error and any(s.done() and s.status in failed for s in states)):
-        return True
-    lock = threading.Lock()
-    pending = len(waiting)
     done = threading.Event()
+    return _when_settled(states, stop_on_error, done.set) or done.wait(timeout)
 
-    def one(state: FutureState) -> None:
-        nonlocal pending
-        with lock:
-            pending -= 1
-            if pending == 0 or (stop_on_error and state.status in failed):
-                done.set()
 
-    for state in waiting:
-        state.add_listener(one)  # called at once if it settled meanwhile
-    return done.wait(timeout)
+def _loop_waker() -> tuple[asyncio.Future[None], Callable[[], None]]:
+    """A future of the running event loop, and a function that completes it from any
+    thread: state listeners run in the IO thread of a synchronous client, or in the
+    event loop of an asynchronous one."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    owner = threading.get_ident()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def fire() -> None:
+        # The loop may have closed meanwhile: then nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            if threading.get_ident() == owner:
+                wake()  # in the loop itself: no wake-up through its self-pipe
+            else:
+                loop.call_soon_threadsafe(wake)
+
+    return waiter, fire
+
+
+async def _wait_for(waiter: asyncio.Future[None], timeout: float | None) -> bool:
+    """Await ``waiter`` for up to ``timeout`` s: whether it completed."""
+    try:
+        async with asyncio.timeout(timeout):
+            await waiter
+    except TimeoutError:
+        return False
+    return True
+
+
+async def settle_all_async(
+    states: list[FutureState], timeout: float | None, stop_on_error: bool = False
+) -> bool:
+    """``settle_all`` for a coroutine: awaits without blocking the running loop."""
+    waiter, fire = _loop_waker()
+    return _when_settled(states, stop_on_error, fire) or await _wait_for(waiter, timeout)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class FutureState:
@@ -226,6 +282,13 @@ class Future:
 
     __slots__ = ("__weakref__", "_client", "_state", "key")
 
+    # dask recognises a Future inside its graphs and delayed calls by this mark, and
+    # names it by its key when it hashes a graph.
+    __dask_future__ = True
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("regrow.Future", self.key)
+
     def __init__(self, key: str, client: Client) -> None:
         self.key = key
         self._client = client
@@ -245,27 +308,69 @@ class Future:
     def cancelled(self) -> bool:
         return self._state.status == CANCELLED
 
+    def _asynchronous(self) -> bool:
+        """Whether its client is asynchronous (False once released: it has none)."""
+        client = self._client
+        return client is not None and client.asynchronous
+
     def _wait(self, timeout: float | None) -> None:
         if not self._state.wait(timeout):
             raise TimeoutError(f"future {self.key!r} not done within {timeout} s")
 
+    async def _wait_async(self, timeout: float | None) -> None:
+        if not await settle_all_async([self._state], timeout):
+            raise TimeoutError(f"future {self.key!r} not done within {timeout} s")
+
+    def _raise_if_failed(self) -> None:
+        """Raise what ``result()`` raises for a settled future that erred or was cancelled.
+
+        Never binds the exception to a local: raised, it would hold this frame, which
+        would hold it, a cycle keeping the Future (and its key) until a GC pass.
+        """
+        st = self._state
+        if st.status == ERROR:
+            raise st.exception()
+        if st.status == CANCELLED:
+            raise CancelledError(f"future {self.key!r} was cancelled")
+
     def result(self, timeout: float | None = None) -> Any:
+        """The task's value, once it is there; raises its exception if it erred.
+
+        On an asynchronous client it returns a coroutine to await instead.
+        """
+        if self._asynchronous():
+            return self._result_async(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            st = self._state
-            if st.status == ERROR:
-                raise st.exception()
-            if st.status == CANCELLED:
-                raise CancelledError(f"future {self.key!r} was cancelled")
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values = self._client._fetch([self], timeout=remaining)
+            self._wait(_left(deadline))
+            self._raise_if_failed()
+            values = self._client._fetch([self], timeout=_left(deadline))
             if self.key in values:
                 return values[self.key]
             # The data vanished between 'finished' and the fetch; wait for the recompute.
 
+    async def _result_async(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            await self._wait_async(_left(deadline))
+            self._raise_if_failed()
+            values = await self._client._fetch_async([self], timeout=_left(deadline))
+            if self.key in values:
+                return values[self.key]
+
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The erred task's exception (None if it finished); awaitable on an
+        asynchronous client."""
+        if self._asynchronous():
+            return deferred(self._exception_async(timeout))
         self._wait(timeout)
+        return self._exception_now()
+
+    async def _exception_async(self, timeout: float | None) -> BaseException | None:
+        await self._wait_async(timeout)
+        return self._exception_now()
+
+    def _exception_now(self) -> BaseException | None:
         if self._state.status == CANCELLED:
             raise CancelledError(f"future {self.key!r} was cancelled")
         if self._state.status == ERROR:
@@ -273,8 +378,18 @@ class Future:
         return None
 
     def traceback(self, timeout: float | None = None) -> str | None:
-        """The remote traceback of an erred task, as text (None if it did not err)."""
+        """The remote traceback of an erred task, as text (None if it did not err);
+        awaitable on an asynchronous client."""
+        if self._asynchronous():
+            return deferred(self._traceback_async(timeout))
         self._wait(timeout)
+        return self._traceback_now()
+
+    async def _traceback_async(self, timeout: float | None) -> str | None:
+        await self._wait_async(timeout)
+        return self._traceback_now()
+
+    def _traceback_now(self) -> str | None:
         if self._state.status != ERROR:
             return None
         return self._state.traceback_text or None
@@ -289,7 +404,8 @@ class Future:
         self._state.add_listener(listener)
 
     def cancel(self, force: bool = False) -> None:
-        self._client.cancel([self], force=force)
+        """Cancel this future (``Client.cancel``: awaitable on an asynchronous client)."""
+        return self._client.cancel([self], force=force)
 
     def release(self) -> None:
         """Drop this future's hold on its key now (instead of at garbage collection)."""
@@ -308,10 +424,10 @@ class Future:
     def __reduce__(self) -> tuple[Callable[..., Future], tuple[str, str]]:
         return (_rebuild_future, (self.key, self._client.scheduler_address))
 
-    def __await__(self) -> Any:
-        import asyncio
-
-        return asyncio.to_thread(self.result).__await__()
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future``: its result, without blocking the running event loop (of
+        an asynchronous client, or any loop for a synchronous client's future)."""
+        return self._result_async().__await__()
 
     def __repr__(self) -> str:
         extra = f", type: {self._state.type_name}" if self._state.type_name else ""
@@ -353,14 +469,47 @@ def wait(
     timeout: float | None = None,
     return_when: str = ALL_COMPLETED,
 ) -> DoneAndNotDoneFutures:
-    """Wait until futures settle; raises TimeoutError if ``timeout`` passes first."""
+    """Wait until futures settle; raises TimeoutError if ``timeout`` passes first.
+
+    Futures of an asynchronous client: returns a coroutine to await instead.
+    """
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(
             f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
             f"got {return_when!r}"
         )
     futures = _as_list(fs)
+    if futures and futures[0]._asynchronous():
+        return deferred(_wait_async(futures, timeout, return_when))
     signal = threading.Event()
+    _when_returning(futures, return_when, signal.set)
+    if not signal.wait(timeout):
+        raise _wait_timeout(futures, timeout)
+    return _done_and_not(futures)
+
+
+async def _wait_async(
+    futures: list[Future], timeout: float | None, return_when: str
+) -> DoneAndNotDoneFutures:
+    waiter, fire = _loop_waker()
+    _when_returning(futures, return_when, fire)
+    if not await _wait_for(waiter, timeout):
+        raise _wait_timeout(futures, timeout)
+    return _done_and_not(futures)
+
+
+def _wait_timeout(futures: list[Future], timeout: float | None) -> TimeoutError:
+    left = sum(not f.done() for f in futures)
+    return TimeoutError(f"{left} of {len(futures)} futures not done within {timeout} s")
+
+
+def _done_and_not(futures: list[Future]) -> DoneAndNotDoneFutures:
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(done, set(futures) - done)
+
+
+def _when_returning(futures: list[Future], return_when: str, fire: Callable[[], None]) -> None:
+    """Call ``fire()`` (from any thread, maybe more than once) once ``wait`` may return."""
     lock = threading.Lock()
     counts = {"done": 0, "erred": 0}
     n = len(futures)
@@ -376,21 +525,19 @@ def wait(
             or (return_when == FIRST_COMPLETED)
             or (return_when == FIRST_EXCEPTION and erred)
         ):
-            signal.set()
+            fire()
 
     if n == 0:
-        signal.set()
+        fire()
     for f in futures:
         f._state.add_listener(poke)
-    if not signal.wait(timeout):
-        left = sum(not f.done() for f in futures)
-        raise TimeoutError(f"{left} of {n} futures not done within {timeout} s")
-    done = {f for f in futures if f.done()}
-    return DoneAndNotDoneFutures(done, set(futures) - done)
 
 
-class as_completed(Iterator[Any]):
-    """Iterate over futures as they complete (any order), optionally with results."""
+class as_completed(Iterator[Any], AsyncIterator[Any]):
+    """Iterate over futures as they complete (any order), optionally with results.
+
+    ``async for`` iterates without blocking the running event loop.
+    """
 
     def __init__(
         self,
@@ -405,6 +552,8 @@ class as_completed(Iterator[Any]):
         self._queue: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0
+        # What wakes each ``async for`` waiting on an empty queue (see _get_async).
+        self._wakers: list[Callable[[], None]] = []
         self.update(futures)
 
     def add(self, future: Future) -> None:
@@ -415,6 +564,11 @@ class as_completed(Iterator[Any]):
 
         def arrived(_: FutureState) -> None:
             self._queue.put(future)
+            if self._wakers:
+                with self._lock:
+                    wakers, self._wakers = self._wakers, []
+                for fire in wakers:
+                    fire()
 
         future._state.add_listener(arrived)
 
@@ -447,6 +601,36 @@ class as_completed(Iterator[Any]):
         if future.status == ERROR and not self.raise_errors:
             return future, future.exception()
         return future, future.result()
+
+    def __aiter__(self) -> as_completed:
+        return self
+
+    async def __anext__(self) -> Any:
+        with self._lock:
+            if self._pending == 0:
+                raise StopAsyncIteration
+        future = await self._get_async()
+        with self._lock:
+            self._pending -= 1
+        if not self.with_results:
+            return future
+        if future.status == ERROR and not self.raise_errors:
+            return future, future._exception_now()
+        return future, await future._result_async()
+
+    async def _get_async(self) -> Future:
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            waiter, fire = _loop_waker()
+            with self._lock:
+                self._wakers.append(fire)
+            # Put before we listed our waker? Then it is in the queue now; else the
+            # putter finds our waker after putting.
+            if self._queue.empty() and not await _wait_for(waiter, self.timeout):
+                raise TimeoutError(f"no future completed within {self.timeout} s")
 
     def next_batch(self, block: bool = True) -> list[Any]:
         out = [next(self)] if block and not self.is_empty() else []

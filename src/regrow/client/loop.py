@@ -1,8 +1,10 @@
-"""The IO loop thread behind the synchronous client API.
+"""Where a client's session runs: the IO loop thread, or the caller's own event loop.
 
-One daemon thread per process runs an asyncio loop; every client in the process
-shares it. Blocking calls hand a coroutine to it and wait on the result. That is
-the whole sync facade: no method is written twice.
+A synchronous client's session lives in one daemon thread per process running an
+asyncio loop (``LoopThread``); every such client shares it. Blocking calls hand a
+coroutine to it and wait on the result. An asynchronous client's session lives in the
+event loop that started it (``CallerLoop``): no thread; its methods return the
+coroutines themselves. That is the whole sync facade: no method is written twice.
 """
 
 from __future__ import annotations
@@ -12,12 +14,92 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
 
-class LoopThread:
+def deferred(coro: Coroutine[Any, Any, T]) -> T:
+    """``coro`` itself, typed as its result.
+
+    An asynchronous client's blocking methods return their coroutine for the caller to
+    await, where a synchronous client's return the result. Their annotations describe
+    the synchronous client (as dask.distributed's do); this is the one place that says so.
+    """
+    return cast(T, coro)
+
+
+class ClientLoop:
+    """An event loop a client's session runs in, seen from any thread."""
+
+    loop: asyncio.AbstractEventLoop
+    _blocking_inside = "a blocking regrow call was made from inside the client's event loop"
+
+    def in_loop(self) -> bool:
+        """Whether the caller runs in this loop (and so must not block on it)."""
+        raise NotImplementedError
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` in the loop; block this (other) thread until it is done."""
+        if self.in_loop():
+            coro.close()
+            raise RuntimeError(self._blocking_inside)
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"operation did not finish within {timeout} s") from None
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` in the loop, from whichever event loop is awaiting (without
+        blocking it: from another loop the work is handed over and its result awaited)."""
+        if self.in_loop():
+            return await coro
+        if self.loop.is_closed():
+            coro.close()
+            raise RuntimeError("the client's event loop is closed")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` in the loop soon; safe from any thread."""
+        if self.loop.is_closed():
+            return
+        # The loop may close during interpreter shutdown; then there is no one to tell.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn, *args)
+
+
+class CallerLoop(ClientLoop):
+    """The running event loop an asynchronous client was started in (no thread)."""
+
+    _blocking_inside = (
+        "a blocking call was made from inside the event loop of an asynchronous "
+        "regrow client: await it instead"
+    )
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:  # no loop runs in this thread
+            return False
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.in_loop():
+            self.loop.call_soon(fn, *args)  # no wake-up needed: we are the loop
+        else:
+            super().call_soon(fn, *args)
+
+
+class LoopThread(ClientLoop):
+    _blocking_inside = (
+        "a blocking regrow call was made from inside regrow's IO thread; "
+        "call it from another thread (callbacks already run elsewhere)"
+    )
+
     def __init__(self, name: str = "regrow-io") -> None:
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -32,27 +114,6 @@ class LoopThread:
 
     def in_loop(self) -> bool:
         return threading.get_ident() == self.thread.ident
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self.in_loop():
-            coro.close()
-            raise RuntimeError(
-                "a blocking regrow call was made from inside regrow's IO thread; "
-                "call it from another thread (callbacks already run elsewhere)"
-            )
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise TimeoutError(f"operation did not finish within {timeout} s") from None
-
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self.loop.is_closed():
-            return
-        # The loop may close during interpreter shutdown; then there is no one to tell.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(fn, *args)
 
     def stop(self) -> None:
         if self.loop.is_closed():

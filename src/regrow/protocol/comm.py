@@ -124,15 +124,25 @@ class Connection:
 
     # -- called by the protocol -------------------------------------------------
     def _on_packet(self, packet: list[Buffer]) -> None:
+        replies: list[tuple[asyncio.Future[tuple[Msg, list[Buffer]]], Msg, list[Buffer]]] | None
+        replies = None
         for msg, frames in unpack_messages(packet):
             if msg["op"] == "reply" and "rid" in msg:
                 fut = self._pending.pop(msg["rid"], None)
                 if fut is not None and not fut.done():
-                    fut.set_result((msg, frames))
+                    if replies is None:
+                        replies = []
+                    replies.append((fut, msg, frames))
                 continue
             self._incoming.append((msg, frames))
+        # The receiver wakes before the requesters: what the peer sent before a reply is
+        # taken in before the reply's requester goes on (a client's request to cancel
+        # finds its futures cancelled when it returns).
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if replies is not None:
+            for fut, msg, frames in replies:
+                fut.set_result((msg, frames))
 
     def _on_lost(self, exc: BaseException | None) -> None:
         if self._closed and self.closed_event.is_set():

@@ -1,0 +1,373 @@
+"""dask's scheduler interface: a dask graph becomes regrow tasks.
+
+Owns the translation of a dask graph (legacy tuples or task-spec nodes, from any dask
+collection) into regrow task entries: one task per graph node, whose function is
+``run_node`` and whose arguments are the node (pickled here, in the client) and a map
+from each dependency's dask key to a reference that the worker resolves to its value.
+The scheduler sees opaque bytes and dependency keys, as for any task.
+
+Also owns making a Client dask's default scheduler while it is open.
+
+It must not import dask at module level of anything ``import regrow`` loads: the client
+imports this module only when dask is installed and a graph or a default is at hand.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph
+
+from regrow.client.futures import Future
+from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import Msg
+from regrow.protocol.serialize import dumps_with_refs, standard_dumps
+
+if TYPE_CHECKING:
+    from regrow.client.client import Client
+
+# Graph entries per submission message. Equal to the client's own batch size, so its
+# outbox never merges two of our batches into one message of more than this.
+BATCH = 1000
+
+
+def key_str(key: Hashable) -> str:
+    """The regrow key of a dask key: strings stay, tuples read as dask prints them."""
+    return key if isinstance(key, str) else str(key)
+
+
+class _Dep:
+    """A dependency's value, in a task's arguments: pickled as a reference to its key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _ref_of(obj: object) -> str | None:
+    if type(obj) is _Dep:
+        return obj.key
+    if isinstance(obj, Future):
+        return obj.key
+    return None
+
+
+class _DepPickler(pickle.Pickler):
+    """The standard (C) pickler, writing each ``_Dep`` as a reference to its key."""
+
+    def persistent_id(self, obj: object) -> str | None:
+        return obj.key if type(obj) is _Dep else None
+
+
+def run_node(node: bytes | GraphNode, values: dict[Hashable, Any]) -> Any:
+    """Run one dask graph node on a worker, given its dependencies' values by dask key."""
+    if isinstance(node, bytes):
+        from regrow.worker import _unpickle_lock  # a worker's: imports one at a time
+
+        with _unpickle_lock:
+            node = pickle.loads(node)
+    assert isinstance(node, GraphNode)
+    return node(values)
+
+
+def _fast_bytes(node: GraphNode) -> bytes | None:
+    """``node`` pickled by the standard pickler (``standard_dumps``), or None where
+    cloudpickle must do it: also when the node holds a regrow Future, which the
+    standard pickler would write as a handle to reconnect, not as a dependency."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = standard_dumps(node, buffers)
+    if data is None or buffers or b"_rebuild_future" in data:
+        return None
+    return data
+
+
+def _order(graph: Mapping[Hashable, GraphNode], outputs: list[Hashable]) -> list[Hashable]:
+    """The graph's keys needed for ``outputs``, each after its dependencies.
+
+    Depth first from each output, dependencies in key order: a reduction's inputs are
+    made just before the step that consumes them, so results are freed as they go (as
+    dask.order aims for, at a small part of its cost on large graphs).
+    """
+    done: set[Hashable] = set()
+    out: list[Hashable] = []
+    on_path: set[Hashable] = set()
+    for root in outputs:
+        if root in done or root not in graph:
+            continue
+        stack: list[tuple[Hashable, list[Hashable]]] = [(root, _deps_in(graph, root))]
+        on_path.add(root)
+        while stack:
+            key, todo = stack[-1]
+            while todo and todo[-1] in done:
+                todo.pop()
+            if todo:
+                dep = todo.pop()
+                if dep in on_path:
+                    raise ValueError(f"the dask graph has a cycle through {dep!r}")
+                on_path.add(dep)
+                stack.append((dep, _deps_in(graph, dep)))
+                continue
+            stack.pop()
+            on_path.discard(key)
+            done.add(key)
+            out.append(key)
+    return out
+
+
+def _deps_in(graph: Mapping[Hashable, GraphNode], key: Hashable) -> list[Hashable]:
+    deps = [d for d in graph[key].dependencies if d in graph]
+    if len(deps) > 1:
+        deps.sort(key=str, reverse=True)  # popped from the end: smallest key first
+    return deps
+
+
+def _name(key: Hashable) -> str:
+    name = key[0] if isinstance(key, tuple) and key else key
+    return name if isinstance(name, str) else ""
+
+
+def _annotation(annotations: Mapping[str, Any], name: str, key: Hashable) -> Any:
+    by_key = annotations.get(name)
+    return by_key.get(key) if isinstance(by_key, Mapping) else None
+
+
+def submit_graph(
+    client: Client,
+    dsk: Any,
+    keys: Any,
+    *,
+    retries: int | None = None,
+    priority: int = 0,
+    workers: str | Iterable[str] | None = None,
+) -> dict[Hashable, Future]:
+    """Send the tasks of ``dsk`` needed for ``keys``: a Future per output key.
+
+    ``dsk`` is a dask graph (a mapping, a HighLevelGraph, or an expression with
+    ``__dask_graph__``); ``keys`` its output keys, nested in lists as dask gives them.
+    Keys the graph does not define must be keys of Futures this client holds (a
+    persisted collection's, or Futures put into ``dask.delayed`` calls).
+    """
+    annotations: Mapping[str, Any] = {}
+    if hasattr(dsk, "__dask_graph__"):
+        if hasattr(dsk, "__dask_annotations__"):
+            annotations = dsk.__dask_annotations__() or {}
+        dsk = dsk.__dask_graph__()
+    if not isinstance(dsk, Mapping):
+        raise TypeError(f"Client.get takes a dask graph (a mapping), got {type(dsk).__name__}")
+    outputs = list(dict.fromkeys(_flatten(keys)))
+    graph: dict[Hashable, GraphNode] = convert_legacy_graph(dsk)
+    if any(_name(k).startswith("zpartd-") for k in graph):
+        raise ValueError(
+            "this dask graph uses dask's disk shuffle, which needs every task on one "
+            "machine and duplicates rows when a lost task runs again; build it while a "
+            "regrow Client is the default, or under "
+            "dask.config.set({'dataframe.shuffle.method': 'tasks'})"
+        )
+    client._check_running()
+    default_workers = client._check_workers(workers)
+
+    # Where each key's value comes from: a task of this graph (its own key), or a Future
+    # held here. Aliases, and data nodes that hold a Future, are followed to what they
+    # name: they cost no task.
+    source: dict[Hashable, str] = {}
+
+    def resolve(key: Hashable) -> str:
+        path = []
+        while key not in source:
+            node = graph.get(key)
+            if isinstance(node, Alias) and node.target != key:
+                path.append(key)
+                key = node.target
+            elif isinstance(node, DataNode) and isinstance(node.value, Future):
+                source[key] = node.value.key
+            elif node is None:
+                source[key] = _held(client, key)
+            else:
+                source[key] = key_str(key)
+                runs.add(key)
+        for k in path:
+            source[k] = source[key]
+        return source[key]
+
+    runs: set[Hashable] = set()  # the keys that are tasks to send
+    # First the plan, cheap: which keys are tasks, in what order, and which of them a
+    # later message reads (so must outlive their own: the scheduler forgets a task that
+    # nothing needs once its message is handled). Then pickling, one message at a time,
+    # each sent as soon as it is made, so the cluster starts while the client pickles.
+    tasks: list[Hashable] = []
+    batch_of: dict[str, int] = {}
+    frontier: set[str] = set()
+    for key in _order(graph, outputs):
+        resolve(key)
+        if key not in runs:
+            continue
+        batch = len(tasks) // BATCH
+        for d in graph[key].dependencies:
+            if batch_of.get(resolve(d), batch) < batch:
+                frontier.add(source[d])
+        batch_of[key_str(key)] = batch
+        tasks.append(key)
+
+    futures = {k: client._new_future(resolve(k)) for k in outputs}  # before any report
+    wanted = {f.key for f in futures.values()} | frontier
+    fn_frames = client._fn_frames(run_node)
+    sent: list[str] = []
+    try:
+        for start in range(0, len(tasks), BATCH):
+            msgs: list[Msg] = []
+            frames: list[Buffer] = []
+            for key in tasks[start : start + BATCH]:
+                entry, arg_frames = _entry(
+                    key, graph[key], source, annotations, retries, priority, default_workers
+                )
+                entry["fnf"] = len(fn_frames)
+                entry["nf"] = len(fn_frames) + len(arg_frames)
+                msgs.append(entry)
+                frames += fn_frames
+                frames += arg_frames
+            want = [e["k"] for e in msgs if e["k"] in wanted]
+            client._send_tasks(msgs, frames, want)
+            sent.extend(k for k in want if k in frontier)
+    finally:
+        if sent:
+            client._release_unheld([k for k in sent if k not in futures])
+    return futures
+
+
+def _entry(
+    key: Hashable,
+    node: GraphNode,
+    source: Mapping[Hashable, str],
+    annotations: Mapping[str, Any],
+    retries: int | None,
+    priority: int,
+    workers: list[str] | None,
+) -> tuple[Msg, list[Buffer]]:
+    """One node's task entry (but for its frame counts) and its argument frames."""
+    values = {d: _Dep(source[d]) for d in node.dependencies}
+    data = _fast_bytes(node)
+    if data is not None:
+        buf = io.BytesIO()
+        _DepPickler(buf, protocol=5).dump(((data, values), {}))
+        arg_frames: list[Buffer] = [buf.getbuffer()]
+        deps = list(dict.fromkeys(v.key for v in values.values()))
+    else:
+        # Futures inside the node (a delayed call's argument) become dependencies too.
+        arg_frames, deps = dumps_with_refs(((node, values), {}), _ref_of)
+    entry: Msg = {"k": key_str(key), "d": deps}
+    task_retries = _annotation(annotations, "retries", key)
+    if task_retries is None:
+        task_retries = retries
+    if task_retries:
+        entry["r"] = int(task_retries)
+    task_priority = _annotation(annotations, "priority", key) or priority
+    if task_priority:
+        entry["p"] = int(task_priority)
+    task_workers = _annotation(annotations, "workers", key)
+    if task_workers:
+        workers = [task_workers] if isinstance(task_workers, str) else list(task_workers)
+        if not all(isinstance(w, str) for w in workers):
+            raise TypeError(f"the 'workers' annotation takes addresses or names: {workers!r}")
+    if workers:
+        entry["w"] = workers
+    return entry, arg_frames
+
+
+def _held(client: Client, key: Hashable) -> str:
+    """The key of a value the graph reads but does not define: a Future's, held here."""
+    rkey = key_str(key)
+    with client._lock:
+        known = rkey in client._states
+    if not known:
+        raise ValueError(
+            f"the dask graph needs {key!r}, which it does not define and no Future of "
+            "this client holds (was the persisted collection's Future released?)"
+        )
+    return rkey
+
+
+def _flatten(keys: Any) -> Iterator[Hashable]:
+    if isinstance(keys, list):
+        for k in keys:
+            yield from _flatten(k)
+    else:
+        yield keys
+
+
+def to_values(structure: Any, values: Mapping[Hashable, Any]) -> Any:
+    """``keys`` as dask nests them, with each key replaced by its value."""
+    if isinstance(structure, list):
+        return [to_values(x, values) for x in structure]
+    return values[structure]
+
+
+# ------------------------------------------------------------ default scheduler
+_defaults_lock = threading.Lock()
+_defaults: list[Client] = []
+_saved: list[Any] = []  # the dask.config.set in force while some client is the default
+
+_CONFIG_KEYS = ("scheduler", "dataframe.shuffle.method", "array.rechunk.method")
+
+
+def _config_for(client: Client) -> dict[str, Any]:
+    """What a regrow client sets while it is the default: itself as the scheduler, and
+    the methods of ``cluster_methods``."""
+    return {"scheduler": client.get, **cluster_methods()}
+
+
+def cluster_methods() -> dict[str, str]:
+    """Shuffles and rechunks done by tasks, unless the user chose otherwise: dask's
+    peer-to-peer methods need dask.distributed's own scheduler, and its disk shuffle
+    (its choice when no dask.distributed client exists) needs every task on one
+    machine and counts rows twice when a task runs again."""
+    import dask
+
+    return {
+        name: "tasks"
+        for name in _CONFIG_KEYS[1:]
+        if dask.config.get(name, None) in (None, "p2p", "disk")
+    }
+
+
+def set_default(client: Client) -> None:
+    """Make ``client`` dask's scheduler until it closes (then the one before it is)."""
+    import dask
+
+    with _defaults_lock:
+        _defaults.append(client)
+        _apply(dask)
+
+
+def unset_default(client: Client) -> None:
+    import dask
+
+    with _defaults_lock:
+        if client not in _defaults:
+            return
+        _defaults.remove(client)
+        _apply(dask)
+
+
+def _apply(dask: Any) -> None:
+    if _saved:
+        _saved.pop().__exit__(None, None, None)  # back to what was there before us
+    live = [c for c in _defaults if c.status in ("running", "reconnecting")]
+    if live:
+        setter = dask.config.set(_config_for(live[-1]))
+        _saved.append(setter)
+
+
+def futures_scheduler(client: Client, **options: Any) -> Callable[..., list[Any]]:
+    """A dask scheduler function that returns Futures instead of values (for
+    ``Client.compute`` and ``Client.persist``, through dask's own compute/persist)."""
+
+    def schedule(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        futures = submit_graph(client, dsk, keys, **options)
+        return to_values(keys, futures)
+
+    return schedule
