@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -58,32 +59,57 @@ def _ref_of(obj: object) -> str | None:
 
 
 class _DepPickler(pickle.Pickler):
-    """The standard (C) pickler, writing each ``_Dep`` as a reference to its key."""
+    """The standard (C) pickler, writing each ``_Dep`` as a reference to its key. One
+    per thread, reused: building a Pickler costs more than a node's arguments do."""
+
+    def __init__(self) -> None:
+        self._file = io.BytesIO()
+        super().__init__(self._file, protocol=5)
 
     def persistent_id(self, obj: object) -> str | None:
         return obj.key if type(obj) is _Dep else None
 
-
-def run_node(node: bytes | GraphNode, values: dict[Hashable, Any]) -> Any:
-    """Run one dask graph node on a worker, given its dependencies' values by dask key."""
-    if isinstance(node, bytes):
-        from regrow.worker import _unpickle_lock  # a worker's: imports one at a time
-
-        with _unpickle_lock:
-            node = pickle.loads(node)
-    assert isinstance(node, GraphNode)
-    return node(values)
+    def dumps(self, obj: object) -> bytes:
+        self._file.seek(0)
+        self._file.truncate()
+        self.clear_memo()
+        self.dump(obj)
+        return self._file.getvalue()
 
 
-def _fast_bytes(node: GraphNode) -> bytes | None:
-    """``node`` pickled by the standard pickler (``standard_dumps``), or None where
-    cloudpickle must do it: also when the node holds a regrow Future, which the
-    standard pickler would write as a handle to reconnect, not as a dependency."""
+class _PicklerPerThread(threading.local):
+    def __init__(self) -> None:
+        self.pickler = _DepPickler()
+
+    def dumps(self, obj: object) -> bytes:
+        return self.pickler.dumps(obj)
+
+
+_args_pickler = _PicklerPerThread()
+
+
+def nodes(batch: dict[Hashable, GraphNode]) -> dict[Hashable, GraphNode]:
+    """The task of a batch of nodes: its result is the nodes, by dask key, unpickled
+    once per worker (a worker that runs one of them fetches it like any input)."""
+    return batch
+
+
+def run_node(batch: dict[Hashable, GraphNode], key: Hashable, values: dict[Hashable, Any]) -> Any:
+    """Run the node ``key`` of ``batch`` on a worker, given its dependencies' values."""
+    return batch[key](values)
+
+
+def _batch_frames(batch: dict[Hashable, GraphNode]) -> tuple[list[Buffer], list[str]]:
+    """The arguments of a batch's task, pickled at once: what the nodes share (their
+    functions, mostly) is written once, not once per node. Its dependencies are the
+    regrow Futures inside the nodes (a ``dask.delayed`` call's argument, say)."""
     buffers: list[pickle.PickleBuffer] = []
-    data = standard_dumps(node, buffers)
-    if data is None or buffers or b"_rebuild_future" in data:
-        return None
-    return data
+    data = standard_dumps(((batch,), {}), buffers)
+    if data is None or b"_rebuild_future" in data:
+        # cloudpickle (a function of __main__, a lambda), through the pickler that turns
+        # each Future into a reference to its key, as for submit's arguments.
+        return dumps_with_refs(((batch,), {}), _ref_of)
+    return [data, *(b.raw() for b in buffers)], []
 
 
 def _order(graph: Mapping[Hashable, GraphNode], outputs: list[Hashable]) -> list[Hashable]:
@@ -215,21 +241,43 @@ def submit_graph(
 
     futures = {k: client._new_future(resolve(k)) for k in outputs}  # before any report
     wanted = {f.key for f in futures.values()} | frontier
-    fn_frames = client._fn_frames(run_node)
+    nodes_frames = client._fn_frames(nodes)
+    run_frames = client._fn_frames(run_node)
+    token = uuid.uuid4().hex
     sent: list[str] = []
     try:
         for start in range(0, len(tasks), BATCH):
-            msgs: list[Msg] = []
-            frames: list[Buffer] = []
-            for key in tasks[start : start + BATCH]:
+            chunk = tasks[start : start + BATCH]
+            batch_key = f"dask-nodes-{token}-{start // BATCH}"
+            batch_frames, batch_deps = _batch_frames({key: graph[key] for key in chunk})
+            head: Msg = {
+                "k": batch_key,
+                "d": batch_deps,
+                "fnf": len(nodes_frames),
+                "nf": len(nodes_frames) + len(batch_frames),
+            }
+            msgs: list[Msg] = [head]
+            frames: list[Buffer] = [*nodes_frames, *batch_frames]
+            for key in chunk:
                 entry, arg_frames = _entry(
-                    key, graph[key], source, annotations, retries, priority, default_workers
+                    key,
+                    batch_key,
+                    graph[key],
+                    source,
+                    annotations,
+                    retries,
+                    priority,
+                    default_workers,
                 )
-                entry["fnf"] = len(fn_frames)
-                entry["nf"] = len(fn_frames) + len(arg_frames)
+                entry["fnf"] = len(run_frames)
+                entry["nf"] = len(run_frames) + len(arg_frames)
                 msgs.append(entry)
-                frames += fn_frames
+                frames += run_frames
                 frames += arg_frames
+            # The batch goes first (its nodes need it) and as early as the most urgent.
+            top = max(int(e.get("p", 0)) for e in msgs)
+            if top:
+                head["p"] = top
             want = [e["k"] for e in msgs if e["k"] in wanted]
             client._send_tasks(msgs, frames, want)
             sent.extend(k for k in want if k in frontier)
@@ -241,6 +289,7 @@ def submit_graph(
 
 def _entry(
     key: Hashable,
+    batch_key: str,
     node: GraphNode,
     source: Mapping[Hashable, str],
     annotations: Mapping[str, Any],
@@ -248,18 +297,20 @@ def _entry(
     priority: int,
     workers: list[str] | None,
 ) -> tuple[Msg, list[Buffer]]:
-    """One node's task entry (but for its frame counts) and its argument frames."""
+    """One node's task entry (but for its frame counts) and its argument frames: its
+    batch, its dask key, and its dependencies' values by dask key, all references."""
     values = {d: _Dep(source[d]) for d in node.dependencies}
-    data = _fast_bytes(node)
-    if data is not None:
-        buf = io.BytesIO()
-        _DepPickler(buf, protocol=5).dump(((data, values), {}))
-        arg_frames: list[Buffer] = [buf.getbuffer()]
-        deps = list(dict.fromkeys(v.key for v in values.values()))
-    else:
-        # Futures inside the node (a delayed call's argument) become dependencies too.
-        arg_frames, deps = dumps_with_refs(((node, values), {}), _ref_of)
+    deps = list(dict.fromkeys([batch_key, *(v.key for v in values.values())]))
     entry: Msg = {"k": key_str(key), "d": deps}
+    frames: list[Buffer] = [_args_pickler.dumps(((_Dep(batch_key), key, values), {}))]
+    if not annotations:
+        if retries:
+            entry["r"] = int(retries)
+        if priority:
+            entry["p"] = int(priority)
+        if workers:
+            entry["w"] = workers
+        return entry, frames
     task_retries = _annotation(annotations, "retries", key)
     if task_retries is None:
         task_retries = retries
@@ -275,7 +326,7 @@ def _entry(
             raise TypeError(f"the 'workers' annotation takes addresses or names: {workers!r}")
     if workers:
         entry["w"] = workers
-    return entry, arg_frames
+    return entry, frames
 
 
 def _held(client: Client, key: Hashable) -> str:
