@@ -26,17 +26,26 @@ def sync(x: object) -> object:
 
 
 def test_client_is_dasks_default_scheduler_while_open(cluster: LocalCluster) -> None:
+    import pickle
+
+    from dask.base import get_scheduler
+
     before = dask.config.get("scheduler", None)
     with Client(cluster) as client:
-        assert dask.config.get("scheduler") == client.get
+        assert dask.config.get("scheduler") == "regrow"
+        assert get_scheduler().client() is client  # type: ignore[attr-defined]
         assert dask.config.get("dataframe.shuffle.method") == "tasks"
+        pickle.dumps(dask.config.config)  # as dask.distributed's nannies do
         with Client(cluster) as inner:
-            assert dask.config.get("scheduler") == inner.get
-        assert dask.config.get("scheduler") == client.get
+            assert get_scheduler().client() is inner  # type: ignore[attr-defined]
+        assert get_scheduler().client() is client  # type: ignore[attr-defined]
         x = da.arange(100, chunks=10)
         assert x.sum().compute() == 4950
+        [xp] = dask.persist(x)
+        assert any(isinstance(v, Future) for v in dict(xp.__dask_graph__()).values())
+        assert xp.sum().compute() == 4950
         with Client(cluster, set_as_default=False) as other:
-            assert dask.config.get("scheduler") == client.get
+            assert get_scheduler().client() is client  # type: ignore[attr-defined]
             assert other.compute(x.sum(), sync=True) == 4950
     assert dask.config.get("scheduler", None) == before
 

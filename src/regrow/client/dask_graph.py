@@ -365,10 +365,37 @@ _saved: list[Any] = []  # the dask.config.set in force while some client is the 
 _CONFIG_KEYS = ("scheduler", "dataframe.shuffle.method", "array.rechunk.method")
 
 
+class _DefaultScheduler:
+    """dask's scheduler named "regrow": the open regrow Client made default last.
+
+    dask's configuration names it rather than holding a client's bound ``get``: dask
+    pickles its configuration (dask.distributed's nannies do, for every worker process
+    they start, so a dask.distributed cluster could not start beside an open regrow
+    Client), and a Client does not pickle.
+    """
+
+    def client(self) -> Client:
+        with _defaults_lock:
+            live = [c for c in _defaults if c.status in ("running", "reconnecting")]
+        if not live:
+            raise RuntimeError("dask's scheduler is 'regrow', but no regrow Client is open")
+        return live[-1]
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        return self.client().get(dsk, keys, **kwargs)
+
+    def persist(self, collections: Any, **kwargs: Any) -> Any:
+        # dask.persist hands collections to a scheduler that has a persist of its own.
+        return self.client().persist(collections, **kwargs)
+
+
+default_scheduler = _DefaultScheduler()
+
+
 def _config_for(client: Client) -> dict[str, Any]:
-    """What a regrow client sets while it is the default: itself as the scheduler, and
-    the methods of ``cluster_methods``."""
-    return {"scheduler": client.get, **cluster_methods()}
+    """What a regrow client sets while it is the default: "regrow" as dask's scheduler,
+    and the methods of ``cluster_methods``."""
+    return {"scheduler": "regrow", **cluster_methods()}
 
 
 def cluster_methods() -> dict[str, str]:
@@ -388,7 +415,9 @@ def cluster_methods() -> dict[str, str]:
 def set_default(client: Client) -> None:
     """Make ``client`` dask's scheduler until it closes (then the one before it is)."""
     import dask
+    import dask.base
 
+    dask.base.named_schedulers["regrow"] = default_scheduler
     with _defaults_lock:
         _defaults.append(client)
         _apply(dask)
