@@ -193,3 +193,16 @@ def test_standard_pickler_where_it_writes_what_cloudpickle_would() -> None:
     finally:
         if hasattr(main, "regrow_test_twice"):
             del main.regrow_test_twice
+
+
+def test_sizeof_of_data_frames_counts_their_buffers() -> None:
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {"id": rng.integers(0, 10**6, 20_000), "x": rng.random(20_000), "s": ["ab"] * 20_000}
+    )
+    buffers = df.memory_usage(index=True, deep=False).sum()
+    assert buffers <= sizeof(df) <= buffers + 1000
+    # A dict subclass that sizes its items deeply itself is still sampled.
+    parts = {i: df.iloc[i * 100 : (i + 1) * 100] for i in range(32)}
+    assert sizeof(parts) == pytest.approx(sum(sizeof(p) for p in parts.values()), rel=0.2)
