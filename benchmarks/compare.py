@@ -10,6 +10,8 @@ another; within a module the clusters are shared by its workloads.
 scheduler core simulated, and the scheduler's memory per task): their rows have no
 dask or Ray figures. ``transfer_hosts`` (two network namespaces joined by a veth
 pair) runs regrow and dask, and needs root; without it its rows say why not.
+``dask_collections`` (dask.array and dask.dataframe graphs) runs regrow and dask;
+its Ray cells say ``not run``.
 The table shows regrow's targets and whether they were met.
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 
 from benchmarks import (
     chain,
+    dask_collections,
     journal,
     pipeline,
     recovery,
@@ -38,6 +41,7 @@ MODULES = (
     transfer,
     transfer_hosts,
     recovery,
+    dask_collections,
     journal,
     pipeline,
     scale,

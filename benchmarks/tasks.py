@@ -121,3 +121,51 @@ def batch_work(interface: Any, state: Any, label: Any, inp: Any) -> None:
 def batch_work_done(interface: Any, state: Any) -> None:
     for key, n in state.items():
         interface.output(0).add(key, n)
+
+
+# dask collections (benchmarks/dask_collections.py): the partitions of the data frames,
+# made on the workers from a seed, and the per-partition check after the shuffle.
+NAMES = (
+    "Alice", "Bob", "Charlie", "Dan", "Edith", "Frank", "George", "Hannah", "Ingrid",
+    "Jerry", "Kevin", "Laura", "Michael", "Norbert", "Oliver", "Patricia", "Quinn", "Ray",
+    "Sarah", "Tim", "Ursula", "Victor", "Wendy", "Xavier", "Yvonne", "Zelda",
+)  # fmt: skip
+
+
+def make_frame(part: int, rows: int, seed: int, ids: int, nonce: int = 0) -> Any:
+    """Partition ``part`` of a data frame: ``rows`` rows of ``id`` (int64 in
+    ``[0, ids)``), ``name`` (one of ``NAMES``, a string column) and ``x`` (float64 in
+    ``[0, 1)``), the same for the same ``(part, rows, seed, ids)`` wherever it is made.
+    ``nonce`` changes nothing in it: a new one gives the graph's keys new names."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng([seed, part])
+    names = np.asarray(NAMES, dtype=object)[rng.integers(0, len(NAMES), rows)]
+    return pd.DataFrame(
+        {
+            "id": rng.integers(0, ids, rows),
+            "name": pd.array(names, dtype="str"),
+            "x": rng.random(rows),
+        }
+    )
+
+
+def shuffle_stats(df: Any) -> Any:
+    """One row for a partition: its length, its number of distinct ids, the sum of its ids."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {"rows": [len(df)], "ids": [df["id"].nunique()], "id_sum": [int(df["id"].sum())]}
+    )
+
+
+def blas_threads() -> int | None:
+    """How many threads this process's BLAS (numpy's) runs a matrix product on."""
+    try:
+        import numpy  # noqa: F401  (loads the BLAS library threadpoolctl looks for)
+        import threadpoolctl
+    except ImportError:
+        return None
+    counts = [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
+    return max(counts, default=None)
