@@ -303,27 +303,19 @@ def _entry(
     deps = list(dict.fromkeys([batch_key, *(v.key for v in values.values())]))
     entry: Msg = {"k": key_str(key), "d": deps}
     frames: list[Buffer] = [_args_pickler.dumps(((_Dep(batch_key), key, values), {}))]
-    if not annotations:
-        if retries:
-            entry["r"] = int(retries)
-        if priority:
-            entry["p"] = int(priority)
-        if workers:
-            entry["w"] = workers
-        return entry, frames
-    task_retries = _annotation(annotations, "retries", key)
-    if task_retries is None:
-        task_retries = retries
-    if task_retries:
-        entry["r"] = int(task_retries)
-    task_priority = _annotation(annotations, "priority", key) or priority
-    if task_priority:
-        entry["p"] = int(task_priority)
-    task_workers = _annotation(annotations, "workers", key)
-    if task_workers:
-        workers = [task_workers] if isinstance(task_workers, str) else list(task_workers)
-        if not all(isinstance(w, str) for w in workers):
-            raise TypeError(f"the 'workers' annotation takes addresses or names: {workers!r}")
+    if annotations:  # dask's, per key: each wins over the keyword for its keys
+        task_retries = _annotation(annotations, "retries", key)
+        retries = retries if task_retries is None else task_retries
+        priority = _annotation(annotations, "priority", key) or priority
+        task_workers = _annotation(annotations, "workers", key)
+        if task_workers:
+            workers = [task_workers] if isinstance(task_workers, str) else list(task_workers)
+            if not all(isinstance(w, str) for w in workers):
+                raise TypeError(f"the 'workers' annotation takes addresses or names: {workers!r}")
+    if retries:
+        entry["r"] = int(retries)
+    if priority:
+        entry["p"] = int(priority)
     if workers:
         entry["w"] = workers
     return entry, frames
