@@ -138,10 +138,12 @@ class _Session:
             ) from None
 
     def _held_keys(self) -> list[str]:
-        """Keys of our futures, but for cancelled ones (the scheduler let those go)."""
+        """Keys of our futures, but for cancelled ones (the scheduler let those go), and
+        keys we want without Futures for a while (``Client._want_unheld``)."""
         client = self.client
         with client._lock:
-            return [k for k, st in client._states.items() if st.status != CANCELLED]
+            held = [k for k, st in client._states.items() if st.status != CANCELLED]
+            return held + [k for k in client._unheld if k not in client._states]
 
     def _reattach(self, same: bool) -> None:
         """Back on a scheduler after losing it: pick our futures up where they were."""
@@ -437,6 +439,9 @@ class Client:
         self._uid = uuid.uuid4().hex[:16]
         self._refcount: dict[str, int] = {}
         self._states: dict[str, FutureState] = {}
+        # Keys wanted with no Future for them, until _release_unheld: a dask graph's
+        # keys that a later message of the same graph reads.
+        self._unheld: set[str] = set()
         self._fn_cache: dict[Any, list[Buffer]] = {}
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
         # Called (key, worker) from the IO thread when a running task's worker died.
@@ -1177,11 +1182,19 @@ class Client:
         got = await values
         return got[0] if single else got
 
+    def _want_unheld(self, keys: list[str]) -> None:
+        """Note ``keys`` as wanted by a submission without Futures for them: kept wanted
+        across a reconnect to a journaled scheduler until ``_release_unheld``."""
+        with self._lock:
+            self._unheld.update(keys)
+
     def _release_unheld(self, keys: list[str]) -> None:
         """Tell the scheduler this client no longer wants ``keys`` (ones it asked for in
         a submission without making Futures for them)."""
 
         def release() -> None:
+            with self._lock:
+                self._unheld.difference_update(keys)
             for key in keys:
                 self._session.release(key)
 

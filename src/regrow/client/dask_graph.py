@@ -240,7 +240,8 @@ def submit_graph(
         tasks.append(key)
 
     futures = {k: client._new_future(resolve(k)) for k in outputs}  # before any report
-    wanted = {f.key for f in futures.values()} | frontier
+    futures_keys = {f.key for f in futures.values()}
+    wanted = futures_keys | frontier
     nodes_frames = client._fn_frames(nodes)
     run_frames = client._fn_frames(run_node)
     token = uuid.uuid4().hex
@@ -279,11 +280,13 @@ def submit_graph(
             if top:
                 head["p"] = top
             want = [e["k"] for e in msgs if e["k"] in wanted]
+            unheld = [k for k in want if k in frontier and k not in futures_keys]
+            client._want_unheld(unheld)
             client._send_tasks(msgs, frames, want)
-            sent.extend(k for k in want if k in frontier)
+            sent.extend(unheld)
     finally:
         if sent:
-            client._release_unheld([k for k in sent if k not in futures])
+            client._release_unheld(sent)
     return futures
 
 
