@@ -1,10 +1,11 @@
 """dask's scheduler interface: a dask graph becomes regrow tasks.
 
 Owns the translation of a dask graph (legacy tuples or task-spec nodes, from any dask
-collection) into regrow task entries: one task per graph node, whose function is
-``run_node`` and whose arguments are the node (pickled here, in the client) and a map
-from each dependency's dask key to a reference that the worker resolves to its value.
-The scheduler sees opaque bytes and dependency keys, as for any task.
+collection) into regrow task entries: one task per graph node, ``run_node``, whose
+arguments are references that the worker resolves: to a batch of nodes (one more task
+per message, whose argument is its nodes pickled together, here in the client) and to
+each dependency's value by its dask key. The scheduler sees opaque bytes and dependency
+keys, as for any task. See docs/design.md, "dask graphs".
 
 Also owns making a Client dask's default scheduler while it is open.
 
@@ -50,12 +51,8 @@ class _Dep:
         self.key = key
 
 
-def _ref_of(obj: object) -> str | None:
-    if type(obj) is _Dep:
-        return obj.key
-    if isinstance(obj, Future):
-        return obj.key
-    return None
+def _future_key(obj: object) -> str | None:
+    return obj.key if isinstance(obj, Future) else None
 
 
 class _DepPickler(pickle.Pickler):
@@ -108,7 +105,7 @@ def _batch_frames(batch: dict[Hashable, GraphNode]) -> tuple[list[Buffer], list[
     if data is None or b"_rebuild_future" in data:
         # cloudpickle (a function of __main__, a lambda), through the pickler that turns
         # each Future into a reference to its key, as for submit's arguments.
-        return dumps_with_refs(((batch,), {}), _ref_of)
+        return dumps_with_refs(((batch,), {}), _future_key)
     return [data, *(b.raw() for b in buffers)], []
 
 
