@@ -1093,7 +1093,7 @@ class Client:
         """
         from regrow.client import dask_graph
 
-        if getattr(self, "asynchronous", False):
+        if self.asynchronous:
             raise RuntimeError(
                 "an asynchronous Client cannot run dask's synchronous compute(); "
                 "use 'await client.compute(collection)' instead"

@@ -354,7 +354,7 @@ _defaults_lock = threading.Lock()
 _defaults: list[Client] = []
 _saved: list[Any] = []  # the dask.config.set in force while some client is the default
 
-_CONFIG_KEYS = ("scheduler", "dataframe.shuffle.method", "array.rechunk.method")
+_METHODS = ("dataframe.shuffle.method", "array.rechunk.method")
 
 
 class _DefaultScheduler:
@@ -384,12 +384,6 @@ class _DefaultScheduler:
 default_scheduler = _DefaultScheduler()
 
 
-def _config_for(client: Client) -> dict[str, Any]:
-    """What a regrow client sets while it is the default: "regrow" as dask's scheduler,
-    and the methods of ``cluster_methods``."""
-    return {"scheduler": "regrow", **cluster_methods()}
-
-
 def cluster_methods() -> dict[str, str]:
     """Shuffles and rechunks done by tasks, unless the user chose otherwise: dask's
     peer-to-peer methods need dask.distributed's own scheduler, and its disk shuffle
@@ -398,9 +392,7 @@ def cluster_methods() -> dict[str, str]:
     import dask
 
     return {
-        name: "tasks"
-        for name in _CONFIG_KEYS[1:]
-        if dask.config.get(name, None) in (None, "p2p", "disk")
+        name: "tasks" for name in _METHODS if dask.config.get(name, None) in (None, "p2p", "disk")
     }
 
 
@@ -428,10 +420,10 @@ def unset_default(client: Client) -> None:
 def _apply(dask: Any) -> None:
     if _saved:
         _saved.pop().__exit__(None, None, None)  # back to what was there before us
-    live = [c for c in _defaults if c.status in ("running", "reconnecting")]
-    if live:
-        setter = dask.config.set(_config_for(live[-1]))
-        _saved.append(setter)
+    # While some client is open: "regrow" as dask's scheduler (default_scheduler finds
+    # the client when called), and the methods of cluster_methods.
+    if any(c.status in ("running", "reconnecting") for c in _defaults):
+        _saved.append(dask.config.set({"scheduler": "regrow", **cluster_methods()}))
 
 
 def futures_scheduler(client: Client, **options: Any) -> Callable[..., list[Any]]:

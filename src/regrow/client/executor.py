@@ -35,6 +35,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from regrow.client.client import _funcname
+
 if TYPE_CHECKING:
     from regrow.client.client import Client
     from regrow.client.futures import Future
@@ -56,11 +58,6 @@ _POOL_KEYWORDS = frozenset(
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
     """Run on a worker: ``fn`` over a chunk of ``map``'s argument tuples."""
     return [fn(*args) for args in chunk]
-
-
-def _funcname(fn: Callable[..., Any]) -> str:
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return "lambda" if name == "<lambda>" else str(name)
 
 
 class ExecutorFuture(concurrent.futures.Future[Any]):

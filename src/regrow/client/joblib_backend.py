@@ -164,7 +164,7 @@ class RegrowBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
                 ) from None
         if client.status not in ("running", "reconnecting"):
             raise RuntimeError(f"joblib's 'regrow' backend: its client is {client.status}")
-        if getattr(client, "asynchronous", False):
+        if client.asynchronous:
             raise RuntimeError(
                 "joblib's 'regrow' backend needs a synchronous Client (joblib waits for "
                 "results; an asynchronous client's are awaited)"
