@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,6 @@ def noted_block(block: Any, directory: str, seconds: float = 0.005) -> Any:
     """A dask block passed through unchanged, after a short sleep; leaves a file per call
     in ``directory`` so a test can tell how far a computation has got."""
     time.sleep(seconds)
-    fd, _ = __import__("tempfile").mkstemp(dir=directory)
+    fd, _ = tempfile.mkstemp(dir=directory)
     os.close(fd)
     return block
