@@ -26,8 +26,10 @@ def test_scatter_replicas(make_cluster: MakeCluster) -> None:
     victim_pid = info[victim]["pid"]
     sigkill(victim_pid)
     wait_until(lambda: victim not in workers(client), timeout=10, what="the holder is removed")
-    # The surviving copy serves reads and tasks.
-    assert client.who_has(fut)[fut.key] == [holders[1]]
+    # The surviving copy serves reads and tasks. (The restarted worker may
+    # already hold a fresh copy: the nanny can bring it back that fast.)
+    now = client.who_has(fut)[fut.key]
+    assert holders[1] in now and victim not in now, now
     assert fut.result(timeout=10) == DATA
     assert client.submit(first_len, fut).result(timeout=30) == len(DATA)
     # The fresh worker gets a new copy: two holders again.
