@@ -207,9 +207,9 @@ def worker(
 ) -> None:
     """Run a worker (under a nanny) for the scheduler at SCHEDULER_ADDRESS."""
     from regrow.deploy import parse_bytes
-    from regrow.nanny import Nanny
     from regrow.protocol.comm import parse_address
     from regrow.worker import Worker
+    from regrow.worker.nanny import Nanny
 
     _logging(log_level)
     try:
@@ -252,7 +252,7 @@ def journal() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def journal_inspect(path: str) -> None:
     """Print what the journal at PATH holds: tasks by state, clients, size."""
-    from regrow.journal import Journal, JournalError
+    from regrow.scheduler.journal import Journal, JournalError
 
     if not os.path.exists(path):
         raise click.ClickException(f"no journal at {path}")

@@ -8,7 +8,7 @@ import concurrent.futures
 from pathlib import Path
 
 from regrow import Client
-from regrow.journal import Journal
+from regrow.scheduler.journal import Journal
 from regrow.testing import wait_until
 
 from .helpers import cli_cluster

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from regrow import Client
-from regrow.journal import JOURNAL_VERSION, Journal, JournalError, Snapshot
+from regrow.scheduler.journal import JOURNAL_VERSION, Journal, JournalError, Snapshot
 from regrow.testing import wait_until
 
 from .helpers import cli_cluster

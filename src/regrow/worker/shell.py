@@ -43,7 +43,7 @@ from regrow.protocol.comm import (
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 from regrow.protocol.serialize import dumps, loads, loads_with_refs, sizeof
-from regrow.spill import SpillBuffer
+from regrow.worker.spill import SpillBuffer
 
 logger = logging.getLogger("regrow.worker")
 

@@ -23,7 +23,6 @@ from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, SchedulerState, TaskState
 from regrow.errors import CommClosedError, ProtocolError
-from regrow.journal import Journal
 from regrow.protocol.comm import (
     Connection,
     Listener,
@@ -34,6 +33,7 @@ from regrow.protocol.comm import (
 )
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.scheduler.journal import Journal
 
 logger = logging.getLogger("regrow.scheduler")
 
