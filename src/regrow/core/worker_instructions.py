@@ -1,0 +1,136 @@
+"""Outputs of the worker core: what the worker's shell must do, named in the imperative."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instruction:
+    stimulus_id: str = ""
+
+
+# ---------------------------------------------------------------- this process
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Execute(Instruction):
+    """Hand ``key`` to the task threads (run ``attempt`` of it)."""
+
+    key: str
+    attempt: int
+    run_spec: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Abandon(Instruction):
+    """Run ``attempt`` of ``key`` is no longer wanted: a thread that has not begun it
+    skips it (one that has cannot be stopped; its outcome comes back all the same)."""
+
+    key: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interrupt(Instruction):
+    """Raise TaskInterrupted in the thread running ``key``; report back after the grace."""
+
+    key: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gather(Instruction):
+    """Fetch ``keys`` from ``holder``, store what arrives, report a GatherFinished."""
+
+    holder: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreData(Instruction):
+    """Keep a task's result in the data store."""
+
+    key: str
+    value: object
+    nbytes: int
+    sealed: object = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscardResult(Instruction):
+    """A result nobody wants: release what it holds (its sealed copy)."""
+
+    key: str
+    sealed: object
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteData(Instruction):
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spill(Instruction):
+    """Free about ``nbytes`` of memory: idle buffers first, then results to disk."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExitForNanny(Instruction):
+    """Tell the scheduler why, then exit: the nanny starts a fresh worker."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogWarning(Instruction):
+    text: str
+
+
+# ------------------------------------------------------------- to the scheduler
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendStarted(Instruction):
+    """Tell the scheduler these tasks are about to run (before any can kill us)."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendFinished(Instruction):
+    key: str
+    run_id: int
+    nbytes: int
+    type_name: str
+    duration: float | None = None
+    inline: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendErred(Instruction):
+    key: str
+    run_id: int
+    error: BaseException
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendDependencyMissing(Instruction):
+    key: str
+    dependency: str
+    holders: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendStealResponse(Instruction):
+    key: str
+    stolen: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendAddReplicas(Instruction):
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendPaused(Instruction):
+    paused: bool

@@ -1,0 +1,230 @@
+"""Moving results between processes: serving this worker's data, fetching a peer's.
+
+Owns: the listener's side of peer and client connections (``get-data`` with its
+same-host fast paths: sealed memfds, lent buffers, /dev/shm exports; striped parts for
+other hosts; ``put-data`` from a client's scatter; ``run``), the connection pool to
+peers, and fetching keys from one holder into the data store.
+Must not: decide what to fetch or from whom (``core.worker_state`` does), or talk to
+the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from regrow.config import Settings
+from regrow.errors import CommClosedError, ProtocolError
+from regrow.protocol import lend, shm, stripe
+from regrow.protocol.comm import Connection, ConnectionPool, error_reply
+from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.serialize import dumps, sizeof
+from regrow.worker.execution import loads_locked, run_function
+from regrow.worker.spill import SpillBuffer
+
+if TYPE_CHECKING:
+    from regrow.worker.shell import Worker
+
+logger = logging.getLogger("regrow.worker")
+
+
+class Transfers:
+    def __init__(
+        self,
+        worker: Worker,
+        data: SpillBuffer,
+        settings: Settings,
+        token: str | None,
+        host_id: str,
+        on_put: Callable[[dict[str, tuple[int, str]]], None],
+    ) -> None:
+        self.worker = worker
+        self.data = data
+        self.settings = settings
+        self.host_id = host_id
+        self.on_put = on_put
+        self.peers = ConnectionPool(token=token, settings=settings, hello={"op": "hello-peer"})
+        # Files exported to /dev/shm for a requester to map (shm.export), by path.
+        self._exported: dict[str, dict[str, Any]] = {}
+        # Buffers lent to peers (protocol.lend), by connection and lend id.
+        self.lent: dict[Connection, dict[int, list[list[Buffer]]]] = {}
+        # Large frames kept for requesters on other hosts to fetch in parts.
+        self.striped = stripe.Holdings()
+        self._lend_ids = itertools.count(1)
+
+    def close(self) -> None:
+        """Files in /dev/shm that no requester mapped yet go, and the peer connections."""
+        for info in list(self._exported.values()):
+            self._discard_export(info)
+        self.peers.close()
+
+    async def serve(self, comm: Connection) -> None:
+        try:
+            with contextlib.suppress(CommClosedError):
+                while True:
+                    msg, frames = await comm.recv()
+                    try:
+                        await self._peer_message(comm, msg, frames)
+                    except Exception as exc:  # answer it: never leave the peer waiting
+                        logger.warning("bad request from %s: %s", comm.peer, exc)
+                        comm.reply(msg, error_reply(exc))
+        finally:
+            # Whatever it borrowed and did not give back, it cannot be reading any more.
+            self.lent.pop(comm, None)
+            self.striped.forget(comm)
+
+    def _discard_export(self, info: dict[str, Any]) -> None:
+        self._exported.pop(str(info["path"]), None)
+        shm.discard(info)
+
+    def _lend(
+        self, comm: Connection, groups: list[list[Buffer]]
+    ) -> tuple[dict[str, Any] | None, list[list[Buffer]]]:
+        """Lend the large buffers of ``groups`` (see protocol.lend): their addresses, and
+        the groups with those frames left empty."""
+        described: list[list[int]] = []
+        out = [list(g) for g in groups]
+        for g, group in enumerate(groups):
+            for f, frame in enumerate(group):
+                if f == 0 or not lend.lendable(frame):
+                    continue
+                address = lend.address_of(frame)
+                if address is not None:
+                    described.append([g, f, address, memoryview(frame).nbytes])
+                    out[g][f] = b""
+        if not described:
+            return None, groups
+        lend_id = next(self._lend_ids)
+        self.lent.setdefault(comm, {})[lend_id] = groups
+        return {"pid": os.getpid(), "id": lend_id, "frames": described}, out
+
+    async def _peer_message(self, comm: Connection, msg: Msg, frames: list[Buffer]) -> None:
+        op = msg["op"]
+        if op == "get-data":
+            keys: list[str] = []
+            groups: list[list[Buffer]] = []
+            sealed: dict[str, Any] = {}
+            same_host = bool(self.host_id) and msg.get("host") == self.host_id
+            for key in get_str_list(msg, "keys"):
+                if key not in self.data:
+                    continue
+                record = self.data.sealed_of(key) if same_host else None
+                if record is not None:
+                    # Its large buffers are mapped by the requester: nothing is copied.
+                    sealed[str(len(groups))] = record.describe()
+                    groups.append(list(record.frames))
+                else:
+                    groups.append(dumps(self.data[key]))
+                keys.append(key)
+            info = None
+            lent: dict[str, Any] | None = None
+            if same_host and msg.get("vm") and lend.usable:
+                # The requester copies large buffers straight out of our memory: keep
+                # them alive until it says it is done (or its connection closes).
+                lent, groups = self._lend(comm, groups)
+            if same_host:
+                # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
+                groups, info = shm.export(groups)
+                if info is not None:
+                    # Should the requester never map it, the file must not outlive us long.
+                    self._exported[str(info["path"])] = info
+                    asyncio.get_running_loop().call_later(60, self._discard_export, info)
+            out = [frame for group in groups for frame in group]
+            reply = {"keys": keys, "nf": [len(g) for g in groups], "shm": info}
+            streams = msg.get("streams")
+            if not same_host and isinstance(streams, int) and streams > 1:
+                # Its large frames go by several connections: see protocol.stripe.
+                out, kept = stripe.split(out, self.settings.stripe_bytes)
+                if kept:
+                    reply["striped"] = stripe.describe(self.striped.keep(comm, kept), kept)
+            if sealed:
+                reply["sealed"] = sealed
+            if lent:
+                reply["lent"] = lent
+            comm.reply(msg, reply, out)
+            await comm.drain()
+        elif op == "get-part":
+            comm.reply(msg, {}, [self.striped.part(msg)])
+            await comm.drain()
+        elif op == "parts-done":
+            self.striped.done(get(msg, "id", int))
+        elif op == "lent-done":
+            self.lent.get(comm, {}).pop(get(msg, "id", int), None)
+        elif op == "put-data":
+            keys = get_str_list(msg, "keys")
+            counts = get(msg, "nf", list)
+            if len(keys) != len(counts) or sum(counts) != len(frames):
+                raise ProtocolError("put-data: keys, counts and frames disagree")
+            pos = 0
+            values: dict[str, Any] = {}
+            for key, nf in zip(keys, counts, strict=True):
+                # All or nothing: if one value cannot be unpickled, none is kept.
+                values[key] = loads_locked(frames[pos : pos + nf])
+                pos += nf
+            nbytes: dict[str, int] = {}
+            types: dict[str, str] = {}
+            for key, value in values.items():
+                nbytes[key] = sizeof(value)
+                self.data.set(key, value, nbytes[key])
+                types[key] = type(value).__name__
+            self.on_put({key: (nbytes[key], types[key]) for key in values})
+            comm.reply(msg, {"nbytes": nbytes, "types": types})
+        elif op == "run":
+            ok, out = await asyncio.to_thread(run_function, frames, self.worker)
+            comm.reply(msg, {"ok": ok}, out)
+        elif op == "ping":
+            comm.reply(msg, {"address": self.worker.address})
+        elif op == "hello-peer":
+            pass
+        else:
+            raise ProtocolError(f"unknown op {op!r}")
+
+    async def fetch(
+        self, holder: str, keys: list[str]
+    ) -> tuple[dict[str, tuple[int, str]], BaseException | None]:
+        """Fetch what ``holder`` has of ``keys``: the keys got, and the error if ``holder``
+        answered but its data cannot reach us (it failed to serialize it, or we fail to
+        deserialize it). Not being able to talk to ``holder`` is no such error."""
+        idle_timeout = self.settings.heartbeat_timeout + 2
+        streams = self.settings.transfer_streams
+
+        async def striped(description: Any, frames: list[Buffer]) -> list[Buffer]:
+            return await stripe.receive(
+                self.peers, holder, description, frames, streams, idle_timeout
+            )
+
+        try:
+            comm = await self.peers.get(holder)
+            try:
+                values = await shm.get_data(
+                    comm, keys, self.host_id, idle_timeout, striped=striped, streams=streams
+                )
+            except stripe.PartsFailed as exc:
+                if comm.closed or isinstance(exc.__cause__, TimeoutError):
+                    raise  # the holder is gone, or not answering: asking again won't help
+                # The holder is there but its parts did not come: once more, whole.
+                logger.warning("fetching parts from %s failed (%s); fetching whole", holder, exc)
+                values = await shm.get_data(comm, keys, self.host_id, idle_timeout)
+        except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
+            logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
+            return {}, None
+        except Exception as exc:  # the holder's error reply, or one we cannot read
+            logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
+            return {}, exc
+        got: dict[str, tuple[int, str]] = {}
+        try:
+            for key, parts in values:
+                value = loads_locked(parts)
+                nbytes = sizeof(value)
+                self.data.set(key, value, nbytes)
+                got[key] = (nbytes, type(value).__name__)
+        except Exception as exc:
+            logger.warning("cannot deserialize data from %s: %r", holder, exc)
+            return got, exc
+        return got, None
