@@ -15,7 +15,10 @@ with that exception) or when a worker dies while running one of its steps (the
 driver hears of it from the scheduler and restarts it the same way; this does not
 count against ``retries``). Finished outputs lost with a worker are recomputed by
 backtracking to the steps that made them (regrow's lineage), or not at all when
-the stage persists them to files that survived.
+the stage persists them to files that survived. The rule itself (what restarts,
+what a restarted task consumes again, when a task can no longer restart) is
+:mod:`regrow.pipeline.plan`, pure; the runner describes its tasks to it and carries
+out its answers.
 
 Final records are handed out only once the task that wrote them can no longer be
 restarted, so every record appears exactly once.
@@ -31,11 +34,12 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from regrow.client.futures import Future, as_completed
+from regrow.pipeline import plan
 from regrow.pipeline import stages as st
 from regrow.pipeline.stages import Files, Pipeline, Record
 
@@ -80,6 +84,28 @@ class _Run:
 
     def __repr__(self) -> str:
         return f"<task stage={self.stage} group={self.group!r} attempt={self.attempt}>"
+
+    @property
+    def ref(self) -> plan.Attempt:
+        return plan.Attempt(self.stage, self.group, self.attempt)
+
+
+class _TaskView(Mapping[Hashable, plan.Task]):
+    """One stage's current tasks as the restart policy sees them (read on demand)."""
+
+    def __init__(self, runs: dict[Hashable, _Run]) -> None:
+        self._runs = runs
+
+    def __getitem__(self, group: Hashable) -> plan.Task:
+        run = self._runs[group]
+        inputs = tuple(b.producer.ref if b.producer is not None else None for b in run.inputs)
+        return plan.Task(run.attempt, inputs, run.finished)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
 
 
 @dataclass
@@ -182,6 +208,7 @@ class _Runner:
         self.retries = retries
         self.job = uuid.uuid4().hex[:8]
         self.runs: list[dict[Hashable, _Run]] = [{} for _ in self.stages]
+        self.tasks = [_TaskView(runs) for runs in self.runs]  # for the restart policy
         self.all_runs: list[_Run] = []  # every attempt, restarted ones too
         self.failures: dict[tuple[int, Hashable], int] = {}
         self.progress = [StageProgress(s.name) for s in self.stages]
@@ -481,12 +508,9 @@ class _Runner:
     def _release_final(self) -> None:
         """Hand out the last stage's records of tasks that can no longer be restarted."""
         last = len(self.stages) - 1
-        upstream_done = last == 0 or self.stage_complete[last - 1]
-        for run in self.runs[last].values():
-            if (
-                run.finished
-                and id(run) not in self.released
-                and (upstream_done or self._stable(run))
+        for group, run in self.runs[last].items():
+            if id(run) not in self.released and plan.settled(
+                self.groupings, self.tasks, (last, group), self.stage_complete
             ):
                 self.released.add(id(run))
                 records: list[Record] = []
@@ -496,70 +520,48 @@ class _Runner:
                         records.extend(part)
                 self.results.put(records)
 
-    def _stable(self, run: _Run) -> bool:
-        """True if nothing upstream of ``run`` can fail any more (split chains only)."""
-        while run.stage > 0:
-            if self.groupings[run.stage] != st.SPLIT:
-                return False
-            producers = {b.producer for b in run.inputs if b.producer is not None}
-            if len(producers) != 1:
-                return False
-            (run,) = producers
-            if not run.finished or run.stale:
-                return False
-        return run.finished
-
     # --------------------------------------------------------------- failure
-    def _failed(self, run: _Run, exc: BaseException | None, died: bool = False) -> None:
+    def _failed(self, run: _Run, exc: BaseException | None) -> None:
+        """``run``'s code raised ``exc``: run it again, or fail the job past its retries."""
         key = (run.stage, run.group)
         name = self.stages[run.stage].name
-        if not died:
-            self.failures[key] = self.failures.get(key, 0) + 1
-            if self.failures[key] > self.retries:
-                self.note(f"task {name}[{run.group!r}] failed {self.failures[key]} times: {exc!r}")
-                if exc is None:
-                    raise PipelineError(f"task {name}[{run.group!r}] failed")
-                # The job fails with the user's own exception (remote traceback attached).
-                exc.add_note(
-                    f"pipeline task {name}[{run.group!r}] failed {self.failures[key]} time(s); "
-                    f"retries={self.retries}"
-                )
-                raise exc
-        why = "its worker died" if died else f"{type(exc).__name__}: {exc}"
-        self.progress[run.stage].failed += 1
-        self.note(f"task {name}[{run.group!r}] failed ({why}); restarting it and its consumers")
-        doomed = self._could_consume(run)
-        for victim in doomed:
-            self._restart(victim, failed=victim is run)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if plan.out_of_retries(self.failures[key], self.retries):
+            self.note(f"task {name}[{run.group!r}] failed {self.failures[key]} times: {exc!r}")
+            if exc is None:
+                raise PipelineError(f"task {name}[{run.group!r}] failed")
+            # The job fails with the user's own exception (remote traceback attached).
+            exc.add_note(
+                f"pipeline task {name}[{run.group!r}] failed {self.failures[key]} time(s); "
+                f"retries={self.retries}"
+            )
+            raise exc
+        self._restart_failed([run], f"{type(exc).__name__}: {exc}")
 
-    def _could_consume(self, run: _Run) -> list[_Run]:
-        """``run`` and every task that could have consumed its outputs, transitively."""
-        out: list[_Run] = [run]
-        frontier = [run]
-        while frontier:
-            nxt: list[_Run] = []
-            for r in frontier:
-                stage = r.stage + 1
-                if stage >= len(self.stages):
-                    continue
-                if self.groupings[stage] == st.SPLIT:
-                    consumers = [
-                        c
-                        for c in self.runs[stage].values()
-                        if any(b.producer is r for b in c.inputs)
-                    ]
-                else:
-                    # Its next attempt may write any label, on any worker: all of them.
-                    consumers = list(self.runs[stage].values())
-                for c in consumers:
-                    if c not in out:
-                        out.append(c)
-                        nxt.append(c)
-            frontier = nxt
-        return out
+    def _restart_failed(self, failed: list[_Run], why: str) -> None:
+        """Restart the tasks ``failed`` and whatever the policy takes along with them."""
+        for run in failed:
+            self.progress[run.stage].failed += 1
+            name = self.stages[run.stage].name
+            self.note(f"task {name}[{run.group!r}] failed ({why}); restarting it and its consumers")
+        decision = plan.plan_restart(
+            self.groupings,
+            self.tasks,
+            [(run.stage, run.group) for run in failed],
+            self.stage_complete,
+        )
+        victims = [self.runs[r.task.stage][r.task.group] for r in decision.restarts]
+        for victim in victims:
+            victim.stale = True
+        self.stage_complete[:] = decision.complete
+        for progress, complete in zip(self.progress, decision.complete, strict=True):
+            progress.finished = complete
+        fresh = [self._restart(v, r) for v, r in zip(victims, decision.restarts, strict=True)]
+        for run in fresh:
+            self._advance(run)
 
-    def _restart(self, run: _Run, failed: bool) -> None:
-        run.stale = True
+    def _restart(self, run: _Run, restart: plan.Restart) -> _Run:
+        """Cancel what ``run`` (stale now) has in flight; its next attempt, not started."""
         doomed = set()
         for f in run.steps:
             doomed.add(f)
@@ -574,20 +576,15 @@ class _Runner:
             progress.done -= 1
         elif run.state is not None or run.in_flight is not None:
             progress.running -= 1
-        if not failed:
+        if not restart.failed:
             progress.restarted += 1
         fresh = self._new_run(run.stage, run.group, run.attempt + 1)
         # It consumes again every input that is still valid: batches of producers that
         # are themselves restarting come again from their new attempts.
-        for batch in run.inputs:
-            if batch.producer is None or not batch.producer.stale:
-                fresh.inputs.append(batch)
-                fresh.pending.append(batch)
-        if self.stage_complete[run.stage]:
-            for i in range(run.stage, len(self.stages)):
-                self.stage_complete[i] = False
-                self.progress[i].finished = False
-        self._advance(fresh)
+        for i in restart.keep:
+            fresh.inputs.append(run.inputs[i])
+            fresh.pending.append(run.inputs[i])
+        return fresh
 
     def _take_interrupts(self) -> None:
         keys = set()
@@ -597,14 +594,15 @@ class _Runner:
             self.worker_lost(keys)
 
     def worker_lost(self, keys: set[str]) -> None:
-        """Steps that were running on a dead worker: their tasks fail (the seed's rule)."""
+        """Steps that were running on a dead worker: their tasks fail (the seed's rule),
+        together. A worker's death does not count against ``retries``."""
+        failed: dict[_Run, None] = {}
         for key in keys:
             action = self.actions.get(key)
-            if action is None or action[0] != "step":
-                continue
-            run = action[1]
-            if not run.stale:
-                self._failed(run, None, died=True)
+            if action is not None and action[0] == "step" and not action[1].stale:
+                failed[action[1]] = None
+        if failed:
+            self._restart_failed(sorted(failed, key=lambda run: run.stage), "its worker died")
 
     def _cancel_everything(self) -> None:
         live: list[Future] = []
