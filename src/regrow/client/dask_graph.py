@@ -7,7 +7,9 @@ per message, whose argument is its nodes pickled together, here in the client) a
 each dependency's value by its dask key. The scheduler sees opaque bytes and dependency
 keys, as for any task. See docs/design.md, "dask graphs".
 
-Also owns making a Client dask's default scheduler while it is open.
+Also owns ``Client.get``, ``compute`` and ``persist`` (the client's dask methods check
+their arguments and call here), and making a Client dask's default scheduler while it
+is open.
 
 It must not import dask at module level of anything ``import regrow`` loads: the client
 imports this module only when dask is installed and a graph or a default is at hand.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph
 
 from regrow.client.futures import Future
+from regrow.client.submission import check_workers
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg
 from regrow.protocol.serialize import dumps_with_refs, standard_dumps
@@ -192,7 +195,7 @@ def submit_graph(
             "dask.config.set({'dataframe.shuffle.method': 'tasks'})"
         )
     client._check_running()
-    default_workers = client._check_workers(workers)
+    default_workers = check_workers(workers)
 
     # Where each key's value comes from: a task of this graph (its own key), or a Future
     # held here. Aliases, and data nodes that hold a Future, are followed to what they
@@ -324,9 +327,7 @@ def _entry(
 def _held(client: Client, key: Hashable) -> str:
     """The key of a value the graph reads but does not define: a Future's, held here."""
     rkey = key_str(key)
-    with client._lock:
-        known = rkey in client._states
-    if not known:
+    if rkey not in client._keys:
         raise ValueError(
             f"the dask graph needs {key!r}, which it does not define and no Future of "
             "this client holds (was the persisted collection's Future released?)"
@@ -435,3 +436,65 @@ def futures_scheduler(client: Client, **options: Any) -> Callable[..., list[Any]
         return to_values(keys, futures)
 
     return schedule
+
+
+# ------------------------------------------------------------- Client's methods
+def get(
+    client: Client,
+    dsk: Any,
+    keys: Any,
+    *,
+    workers: str | Iterable[str] | None,
+    retries: int | None,
+    priority: int,
+    sync: bool,
+) -> Any:
+    """``Client.get``: the values of ``keys`` of the graph (Futures if not ``sync``)."""
+    if client.asynchronous:
+        raise RuntimeError(
+            "an asynchronous Client cannot run dask's synchronous compute(); "
+            "use 'await client.compute(collection)' instead"
+        )
+    futures = submit_graph(client, dsk, keys, retries=retries, priority=priority, workers=workers)
+    packed = to_values(keys, futures)
+    if not sync:
+        return packed
+    try:
+        return client.gather(packed)
+    finally:
+        for f in futures.values():
+            f.release()
+
+
+def compute_or_persist(
+    client: Client,
+    what: str,
+    collections: Any,
+    sync: bool,
+    optimize_graph: bool,
+    workers: str | Iterable[str] | None,
+    retries: int | None,
+    priority: int,
+) -> Any:
+    """``Client.compute`` (``what="compute"``) or ``Client.persist``, through dask's own
+    compute/persist with a scheduler that returns Futures."""
+    import dask.config
+    from dask.base import compute, persist
+
+    client._check_running()
+    single = not isinstance(collections, list | tuple | set | frozenset)
+    items = [collections] if single else list(collections)
+    schedule = futures_scheduler(client, retries=retries, priority=priority, workers=workers)
+    run: Callable[..., tuple[Any, ...]] = compute if what == "compute" else persist
+    with dask.config.set(cluster_methods()):
+        results = list(run(*items, scheduler=schedule, optimize_graph=optimize_graph))
+    if sync and client.asynchronous:
+        return _unpacked(client.gather(results), single)
+    if sync:
+        results = client.gather(results)
+    return results[0] if single else results
+
+
+async def _unpacked(values: Any, single: bool) -> Any:
+    got = await values
+    return got[0] if single else got

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from regrow.client.client import _funcname
+from regrow.client.submission import funcname
 
 if TYPE_CHECKING:
     from regrow.client.client import Client
@@ -119,7 +119,7 @@ class ClientExecutor(concurrent.futures.Executor):
         clashing = {k: kwargs.pop(k) for k in _CLASHING.intersection(kwargs)}
         call = functools.partial(fn, **clashing) if clashing else fn
         if clashing and "key" not in options:
-            options["key"] = f"{_funcname(fn)}-{uuid.uuid4().hex}"
+            options["key"] = f"{funcname(fn)}-{uuid.uuid4().hex}"
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")

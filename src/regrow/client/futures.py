@@ -5,6 +5,10 @@ the scheduler keeps the key's result. Status changes arrive from the IO thread (
 for an asynchronous client, in its event loop); reads and waits happen in user
 threads, or are awaited in an event loop without blocking it. Names follow
 concurrent.futures and dask.distributed.
+
+A Future asks its client for what it cannot do alone only through ``FutureOwner``
+(holding and releasing its key, fetching its value, cancelling, running callbacks):
+this module must not import the client module, nor touch a client's internals.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import cloudpickle
 
@@ -29,9 +33,6 @@ from regrow.errors import (
     RemoteError,
     SchedulerLostError,
 )
-
-if TYPE_CHECKING:
-    from regrow.client.client import Client
 
 PENDING = "pending"
 FINISHED = "finished"
@@ -277,6 +278,67 @@ class FutureState:
         return exc
 
 
+class FutureOwner(Protocol):
+    """What a Future needs of the client that holds it: all it ever calls on it.
+
+    ``Client`` implements it. A Future counts as a hold on its key from creation to
+    release (or garbage collection); the owner keeps one ``FutureState`` per key.
+    """
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the owner's blocking methods return coroutines to await."""
+        ...
+
+    @property
+    def scheduler_address(self) -> str:
+        """The scheduler the keys belong to: what a pickled Future carries."""
+        ...
+
+    def hold_key(self, key: str) -> FutureState:
+        """Count one more Future for ``key``; the state all its Futures share."""
+        ...
+
+    def release_key(self, key: str) -> None:
+        """Count one Future fewer for ``key``; with none left the scheduler may forget
+        it. Called from any thread, also from ``__del__``."""
+        ...
+
+    def want_keys(self, keys: list[str]) -> None:
+        """Ask the scheduler for the news of ``keys`` (Futures made here, unasked)."""
+        ...
+
+    def fetch_values(self, futures: list[Future], timeout: float | None = None) -> dict[str, Any]:
+        """The values of finished futures, by key; a key left out was lost meanwhile."""
+        ...
+
+    async def fetch_values_async(
+        self, futures: list[Future], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``fetch_values``, awaited."""
+        ...
+
+    def run_done_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
+        """Call ``fn(future)`` in the owner's callback thread (never the IO thread)."""
+        ...
+
+    def cancel(self, futures: Future | Iterable[Future], force: bool = False) -> None:
+        """``Client.cancel``: awaitable on an asynchronous owner."""
+        ...
+
+
+# How an unpickled Future finds its client: the client module sets this when it is
+# imported (this module must not import it). Unset, this process has no client.
+_owner_lookup: Callable[[str], FutureOwner | None] | None = None
+
+
+def set_owner_lookup(lookup: Callable[[str], FutureOwner | None]) -> None:
+    """Install ``lookup(scheduler_address)``: the live owner an unpickled Future of that
+    scheduler belongs to, or None."""
+    global _owner_lookup
+    _owner_lookup = lookup
+
+
 class Future:
     """A remote result, named by ``key``. Picklable: it travels as its key."""
 
@@ -289,13 +351,13 @@ class Future:
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("regrow.Future", self.key)
 
-    def __init__(self, key: str, client: Client) -> None:
+    def __init__(self, key: str, client: FutureOwner) -> None:
         self.key = key
         self._client = client
-        self._state = client._acquire(key)
+        self._state = client.hold_key(key)
 
     @property
-    def client(self) -> Client:
+    def client(self) -> FutureOwner:
         return self._client
 
     @property
@@ -344,7 +406,7 @@ class Future:
         while True:
             self._wait(_left(deadline))
             self._raise_if_failed()
-            values = self._client._fetch([self], timeout=_left(deadline))
+            values = self._client.fetch_values([self], timeout=_left(deadline))
             if self.key in values:
                 return values[self.key]
             # The data vanished between 'finished' and the fetch; wait for the recompute.
@@ -354,7 +416,7 @@ class Future:
         while True:
             await self._wait_async(_left(deadline))
             self._raise_if_failed()
-            values = await self._client._fetch_async([self], timeout=_left(deadline))
+            values = await self._client.fetch_values_async([self], timeout=_left(deadline))
             if self.key in values:
                 return values[self.key]
 
@@ -399,7 +461,7 @@ class Future:
         client = self._client
 
         def listener(_: FutureState) -> None:
-            client._run_callback(fn, self)
+            client.run_done_callback(fn, self)
 
         self._state.add_listener(listener)
 
@@ -411,13 +473,13 @@ class Future:
         """Drop this future's hold on its key now (instead of at garbage collection)."""
         client, self._client = self._client, None  # type: ignore[assignment]
         if client is not None:
-            client._release(self.key)
+            client.release_key(self.key)
 
     def __del__(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
             try:  # noqa: SIM105 - cheaper than suppress() on this hot path
-                client._release(self.key)
+                client.release_key(self.key)
             except Exception:  # interpreter shutdown: nothing left to tell
                 pass
 
@@ -441,11 +503,14 @@ class Future:
 
 
 def _rebuild_future(key: str, scheduler_address: str) -> Future:
-    from regrow.client.client import default_client_for
-
-    client = default_client_for(scheduler_address)
-    future = Future(key, client)
-    client._desire([key])
+    owner = None if _owner_lookup is None else _owner_lookup(scheduler_address)
+    if owner is None:
+        raise ValueError(
+            f"a Future of the scheduler at {scheduler_address} was unpickled in a process "
+            "with no client connected to it"
+        )
+    future = Future(key, owner)
+    owner.want_keys([key])
     return future
 
 

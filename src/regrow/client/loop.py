@@ -29,6 +29,20 @@ def deferred(coro: Coroutine[Any, Any, T]) -> T:
     return cast(T, coro)
 
 
+async def within(coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    """Await ``coro``, cancelling it after ``timeout`` s (raising TimeoutError, as
+    ``ClientLoop.run`` does for a synchronous client)."""
+    if timeout is None:
+        return await coro
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            return await coro
+    except TimeoutError:
+        if scope.expired():
+            raise TimeoutError(f"operation did not finish within {timeout} s") from None
+        raise
+
+
 class ClientLoop:
     """An event loop a client's session runs in, seen from any thread."""
 

@@ -1,0 +1,65 @@
+"""What a client asks of the cluster: its workers, where keys are, code run on workers.
+
+Owns the coroutines behind ``Client.scheduler_info``, ``nthreads``, ``nannies``,
+``wait_for_workers``, ``who_has`` and ``run``: each a request through the session and
+what its reply means.
+
+It must not keep state, nor touch futures or the client: each function gets the
+``Session`` to ask through, and runs in its loop (the client's ``_sync`` puts it there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from regrow.client.session import Session
+from regrow.protocol.framing import Buffer
+
+
+async def scheduler_info(session: Session) -> dict[str, Any]:
+    reply, _ = await session.request({"op": "scheduler-info"})
+    reply.pop("rid", None)
+    reply.pop("op", None)
+    return reply
+
+
+async def nthreads(session: Session) -> dict[str, int]:
+    return {a: w["nthreads"] for a, w in (await scheduler_info(session))["workers"].items()}
+
+
+async def nannies(session: Session) -> dict[str, str]:
+    workers = (await scheduler_info(session))["workers"]
+    return {w["nanny"]: a for a, w in workers.items() if w.get("nanny")}
+
+
+async def wait_for_workers(session: Session, n_workers: int, timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while len((await scheduler_info(session))["workers"]) < n_workers:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def who_has(session: Session, keys: list[str]) -> dict[str, list[str]]:
+    reply, _ = await session.request({"op": "who-has", "keys": keys})
+    return dict(reply["who_has"])
+
+
+async def run(session: Session, frames: list[Buffer], wanted: list[str] | None) -> dict[str, Any]:
+    """Run the pickled ``(function, args, kwargs)`` once on each worker (of ``wanted``,
+    by address or name): ``{address: result}``; raises the first exception."""
+    info = (await scheduler_info(session))["workers"]
+    if wanted is None:
+        targets = list(info)
+    else:
+        by_name = {w["name"]: a for a, w in info.items()}
+        targets = [by_name.get(w, w) for w in wanted]
+    results = await session.run(frames, targets)
+    out: dict[str, Any] = {}
+    for worker, (ok, value) in results.items():
+        if not ok:
+            raise value
+        out[worker] = value
+    return out
