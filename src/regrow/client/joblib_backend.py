@@ -142,6 +142,14 @@ class RegrowBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         # names no other object while the call runs.
         self._scattered: dict[int, tuple[Any, Future]] = {}
         self._aborting = False
+        # Each call (and each abort) is a generation: a batch's callback reaches joblib
+        # only while its generation lasts. Cancelling an aborted call's batches settles
+        # them, and their callbacks, in the client's callback thread, may otherwise run
+        # after joblib reset its flags for the next call and before it changed its call
+        # id: an aborted call's CancelledError then aborted the next call, which
+        # returned [] (1 run in 5 of test_managed_parallel_is_reusable_after_an_error).
+        self._generation = 0
+        self._callback_lock = threading.RLock()
 
     # ------------------------------------------------------------ the client
     @property
@@ -189,6 +197,8 @@ class RegrowBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         return self.effective_n_jobs(n_jobs)
 
     def start_call(self) -> None:
+        with self._callback_lock:
+            self._generation += 1
         with self._lock:
             self._aborting = False
             self._pending = {}
@@ -228,7 +238,14 @@ class RegrowBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if future is None:  # aborting: joblib no longer waits for anything
             return _NotSent(RuntimeError("the Parallel call was aborted"))
         if callback is not None:
-            future.add_done_callback(callback)
+            generation = self._generation
+
+            def settled(fut: Future) -> None:
+                with self._callback_lock:
+                    if generation == self._generation:
+                        callback(fut)
+
+            future.add_done_callback(settled)
         return future
 
     def retrieve_result_callback(self, out: Any) -> Any:
@@ -247,6 +264,8 @@ class RegrowBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 
         Calls already running on a worker finish there; their results are dropped.
         """
+        with self._callback_lock:  # after any callback under way: no more for this call
+            self._generation += 1
         with self._lock:
             self._aborting = True
             doomed = list(self._pending.values())
