@@ -207,6 +207,7 @@ class WorkerState:
                         for ts in self.tasks.values():
                             if ts.state == ORPHANED:  # what still runs from before is stale
                                 self._set_state(ts, CANCELLED)
+                                self._emit(ins.Abandon(key=ts.key, attempt=ts.attempt))
                     if self.paused:
                         self._emit(ins.SendPaused(paused=True))
                 case _:
@@ -379,15 +380,15 @@ class WorkerState:
             self._emit(ins.Execute(key=ts.key, attempt=ts.attempt, run_spec=ts.run_spec))
 
     def _thread_done(self, key: str, attempt: int, duration: float) -> TaskState | None:
-        self.in_threads -= 1
-        self.executed += 1
-        self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration
         ts = self.tasks.get(key)
         if ts is None or ts.attempt != attempt or ts.state not in THREADED:
             raise InvalidTransition(
                 f"{key!r}: an outcome of run {attempt} that no thread was running; "
                 f"story: {self.story(key)[-10:]}"
             )
+        self.in_threads -= 1
+        self.executed += 1
+        self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration
         return ts
 
     def _execute_succeeded(self, event: ev.ExecuteSucceeded) -> None:
