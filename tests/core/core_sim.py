@@ -63,17 +63,23 @@ class Harness:
     def __init__(self, **settings: Any) -> None:
         settings.setdefault("validate", True)
         self.state = SchedulerState(**settings)
+        # Every (start, finish) task transition this run made (see test_transitions).
+        self.transitions: set[tuple[str, str]] = set()
+        self.state.on_transition = lambda ts, start, finish: self.transitions.add((start, finish))
         self.history: list[cmd.Command] = []
-        # Informational client events (worker joined/lost...), kept apart from the rest.
+        # Informational client events (worker joined/lost...) and log lines, kept apart.
         self.client_events: list[cmd.ReportEvent] = []
+        self.logs: list[cmd.Log] = []
         self._sid = 0
 
     def handle(self, *events: ev.Event) -> list[cmd.Command]:
-        """The commands for ``events``, without the informational ReportEvents."""
+        """The commands for ``events``, without the informational ReportEvents and Logs."""
         out = []
         for c in self.state.handle(*events):
             if isinstance(c, cmd.ReportEvent):
                 self.client_events.append(c)
+            elif isinstance(c, cmd.Log):
+                self.logs.append(c)
             else:
                 out.append(c)
         self.history.extend(out)
@@ -237,6 +243,9 @@ class SimCluster:
         as a real worker sends small ones (``Settings.inline_result_bytes``)."""
         settings.setdefault("validate", True)
         self.state = SchedulerState(**settings)
+        # Every (start, finish) task transition this run made (see test_transitions).
+        self.transitions: set[tuple[str, str]] = set()
+        self.state.on_transition = lambda ts, start, finish: self.transitions.add((start, finish))
         self.inline_upto = inline_upto
         self.workers: dict[str, SimWorker] = {}
         # client -> keys it holds futures for
@@ -244,6 +253,10 @@ class SimCluster:
         # (client, key) -> last report: "memory" / "erred" / "lost"
         self.last_report: dict[tuple[str, str], str] = {}
         self.specs: dict[str, ev.TaskSpec] = {}
+        # Retirement requests answered: request -> the workers that retired.
+        self.retired: dict[str, tuple[str, ...]] = {}
+        self._retirements = 0
+        self.now = 0.0  # the simulated clock: each tick is a second
         self.steps = 0
 
     # ------------------------------------------------------------ plumbing
@@ -285,8 +298,20 @@ class SimCluster:
                 w = self.workers.get(c.worker)
                 assert w is not None, f"{c} sent to a worker that is gone"
                 w.acquire.update(c.who_has)
-            case cmd.ReportEvent():
+            case cmd.ReportEvent() | cmd.Log():
                 pass
+            case cmd.AcceptWorker():
+                w = self.workers.get(c.worker)
+                assert w is not None, f"{c} for a worker that did not register"
+                if c.drop:
+                    w.data.clear()
+                    w.lost.clear()
+            case cmd.CloseWorker() | cmd.CloseWorkerConnection():
+                # The core removed it already; the process goes, with all it held.
+                assert c.worker not in self.state.workers, f"{c} for a worker still there"
+                self.workers.pop(c.worker, None)
+            case cmd.ReportRetired():
+                self.retired[c.request] = c.workers
             case cmd.ReportInterrupted():
                 assert c.key in self.wants.get(c.client, set()), f"{c} for a key it let go"
             case cmd.Steal():
@@ -326,6 +351,12 @@ class SimCluster:
         if ws is not None and ws.processing:
             self.handle(ev.TasksStarted(worker=address, keys=tuple(t.key for t in ws.processing)))
         self.handle(ev.WorkerRemoved(worker=address, graceful=graceful, reason="sim"))
+
+    def retire(self, workers: Sequence[str]) -> None:
+        """Ask the core to retire these workers (it closes them when their data is safe)."""
+        self._retirements += 1
+        request = f"retire-{self._retirements}"
+        self.handle(ev.RetireWorkersRequested(request=request, workers=tuple(workers)))
 
     def closure(self, key: str) -> list[ev.TaskSpec]:
         """``key``'s spec after those of its (submitted, not scattered) inputs."""
@@ -377,7 +408,12 @@ class SimCluster:
         self.handle(ev.ClientDisconnected(client=client))
 
     def tick(self) -> None:
-        self.handle(ev.Ticked())
+        """A second passes: every worker has sent a heartbeat (so nobody times out), and
+        deadlines (an overdue copy for a retiring worker) can pass."""
+        self.now += 1.0
+        for address in sorted(self.workers):
+            self.handle(ev.HeartbeatReceived(worker=address, now=self.now))
+        self.handle(ev.Ticked(now=self.now))
 
     def pause(self, worker: str, paused: bool) -> None:
         self.handle(ev.WorkerPaused(worker=worker, paused=paused))
@@ -535,6 +571,7 @@ class SimCluster:
                 continue
             acquisitions = self.pending_acquisitions()
             if acquisitions:
+                ticked = False  # a retiring worker may be free to go on the next tick
                 self.acquire(acquisitions[0])
                 continue
             running = self.running()

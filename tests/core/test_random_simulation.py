@@ -54,6 +54,7 @@ class Walk:
             self.pause: 0.5,
             self.lose_silently: 0.5,
             self.restart: 0.02,
+            self.retire: 0.3,
         }
         for _ in range(self.rng.randint(1, 3)):
             self.add_worker()
@@ -226,6 +227,12 @@ class Walk:
         self.log("restart()")
         self.sim.restart()
 
+    def retire(self) -> None:
+        if self.sim.workers:
+            workers = self.rng.sample(sorted(self.sim.workers), min(2, len(self.sim.workers)))
+            self.log(f"retire({workers!r})")
+            self.sim.retire(workers)
+
     # ----------------------------------------------------------------- run
     def run(self, steps: int) -> None:
         actions = list(self.weights)
@@ -233,11 +240,19 @@ class Walk:
         for _ in range(steps):
             self.rng.choices(actions, weights)[0]()
             self.sim.check_consistent()
+        # Every worker a restriction may name, unpaused, until quiet (again, if retirements
+        # under way took workers away meanwhile).
+        for _ in range(30):
+            for name in NAMES:
+                self.add_worker(name)
+            for address in sorted(self.sim.workers):
+                self.sim.pause(address, False)
+            self.log("settle()")
+            self.sim.settle()
+            if not self.sim.state.retirements:
+                break
         for name in NAMES:
             self.add_worker(name)
-        for address in sorted(self.sim.workers):
-            self.sim.pause(address, False)
-        self.log("settle()")
         self.sim.settle()
         self.sim.check_consistent()
         self.sim.check_quiescent()

@@ -92,6 +92,13 @@ class CoreMachine(RuleBasedStateMachine):
         address = data.draw(st.sampled_from(sorted(self.sim.workers)))
         self.sim.remove_worker(address, graceful=graceful)
 
+    @precondition(lambda self: self.sim.workers)
+    @rule(data=st.data())
+    def retire(self, data: st.DataObject) -> None:
+        """Graceful retirement: the core copies what only they hold, then closes them."""
+        workers = data.draw(st.lists(st.sampled_from(sorted(self.sim.workers)), min_size=1))
+        self.sim.retire(workers)
+
     @rule(client=st.sampled_from(CLIENTS), data=st.data())
     def submit(self, client: str, data: st.DataObject) -> None:
         """A random DAG of new tasks, possibly on top of keys the client holds."""
@@ -218,11 +225,18 @@ class CoreMachine(RuleBasedStateMachine):
         self.sim.check_consistent()
 
     def teardown(self) -> None:
-        # Bring every worker a restriction may name, unpause everyone, and run until quiet.
+        # Bring every worker a restriction may name, unpause everyone, and run until quiet
+        # (again, if retirements under way took workers away meanwhile).
+        for _ in range(30):
+            for name in NAMES:
+                self.add_worker(name, 1)
+            for address in sorted(self.sim.workers):
+                self.sim.pause(address, False)
+            self.sim.settle()
+            if not self.sim.state.retirements:
+                break
         for name in NAMES:
             self.add_worker(name, 1)
-        for address in sorted(self.sim.workers):
-            self.sim.pause(address, False)
         self.sim.settle()
         self.sim.check_consistent()
         self.sim.check_quiescent()

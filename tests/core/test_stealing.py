@@ -17,7 +17,7 @@ def busy_and_idle(n: int = 4, **task_kwargs: object) -> Harness:
     keys = [f"k{i}" for i in range(n)]
     h.submit("cl", [spec(k, **task_kwargs) for k in keys], wanted=keys)
     assert set(computes(h.history).values()) == {"busy"}
-    assert h.add_worker("idle") == []
+    assert h.add_worker("idle") == [cmd.AcceptWorker(worker="idle")]
     return h
 
 

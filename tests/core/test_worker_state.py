@@ -29,8 +29,8 @@ from regrow.core.worker_state import (
     TRANSITIONS,
     WAITING,
     InvalidTransition,
-    TaskState,
     WorkerState,
+    WorkerTask,
 )
 
 from .worker_sim import WorkerSim, compute, kinds, of_type
@@ -423,7 +423,9 @@ def test_interrupt_then_deadline_of_a_task_that_ignores_it(nanny: bool) -> None:
     w = WorkerSim(has_nanny=nanny)
     w.handle(compute("t"))
     attempt = w.run_of("t").attempt
-    assert w.handle(ev.InterruptRequested(key="t")) == [ins.Interrupt(key="t", attempt=attempt)]
+    assert w.handle(ev.InterruptRequested(key="t")) == [
+        ins.InterruptThread(key="t", attempt=attempt)
+    ]
     assert state_of(w, "t") == CANCELLED
     out = w.handle(ev.InterruptDeadlinePassed(key="t", attempt=attempt, started=True))
     assert kinds(out) == (["ExitForNanny"] if nanny else ["LogWarning"])
@@ -707,7 +709,7 @@ def test_illegal_transition_raises_with_the_story() -> None:
 )
 def test_every_illegal_transition_raises(start: str, finish: str) -> None:
     state = WorkerState(nthreads=1)
-    ts = TaskState("k", 1, (0,), {}, None, state=start)
+    ts = WorkerTask("k", 1, (0,), {}, None, state=start)
     with pytest.raises(InvalidTransition):
         state._set_state(ts, finish)
     assert ts.state == start and not state.log

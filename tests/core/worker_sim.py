@@ -89,7 +89,7 @@ class WorkerSim:
                 self.executing[(i.key, i.attempt)] = i
             elif isinstance(i, ins.Gather):
                 self.gathering.append(i)
-            elif isinstance(i, ins.Interrupt):
+            elif isinstance(i, ins.InterruptThread):
                 self.interrupts.append((i.key, i.attempt))
         self.history.extend(out)
         return out

@@ -114,3 +114,48 @@ class ReportInterrupted(Command):
     client: str
     key: str
     worker: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptWorker(Command):
+    """Answer the worker's registration; with ``drop`` it must first drop everything it
+    holds and runs (the scheduler removed it while it was away: that is all stale)."""
+
+    worker: str
+    drop: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseWorkerConnection(Command):
+    """Abort the worker's connection now (it is removed already: silent past the
+    heartbeat timeout, or reported dead by its nanny)."""
+
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseWorker(Command):
+    """Stop the worker process for good, after its retirement: through its ``nanny`` when
+    it has one (which stops it and does not start another), else by asking the worker."""
+
+    worker: str
+    nanny: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportRetired(Command):
+    """The retirement ``request`` is over: ``workers`` left gracefully (the others it named
+    were unknown, died on the way, or had to stay: see the ``workers`` ReportEvents)."""
+
+    request: str
+    workers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Log(Command):
+    """Write ``message`` to the scheduler's log (``level``: "info" or "warning")."""
+
+    level: str
+    message: str

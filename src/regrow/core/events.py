@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     stimulus_id: str = ""
+    # The shell's clock (monotonic seconds) when it happened: the core reads no clock.
     now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FromWorker(Event):
+    """A message the worker itself sent: besides what it says, a sign of life (``now``)."""
+
+    worker: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,7 +97,12 @@ class DataScattered(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerAdded(Event):
+    """A worker registered (``now``: when). It is answered with ``AcceptWorker``."""
+
     worker: str
+    # Stable across its reconnections (unlike a connection): a worker the core removed
+    # must drop what it holds when it comes back. Empty: the address.
+    id: str = ""
     name: str = ""
     nthreads: int = 1
     pid: int = 0
@@ -101,6 +114,9 @@ class WorkerAdded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerRemoved(Event):
+    """The worker is gone for this reason: remove it now (tools and tests; the shell reports
+    what it sees instead, ``WorkerConnectionClosed`` and the rest, and the core decides)."""
+
     worker: str
     reason: str = ""
     # A clean retirement: its running tasks do not become suspicious.
@@ -108,8 +124,7 @@ class WorkerRemoved(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskFinished(Event):
-    worker: str
+class TaskFinished(FromWorker):
     key: str
     run_id: int
     nbytes: int
@@ -120,8 +135,7 @@ class TaskFinished(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskErred(Event):
-    worker: str
+class TaskErred(FromWorker):
     key: str
     run_id: int
     exception: bytes
@@ -131,10 +145,9 @@ class TaskErred(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DependencyMissing(Event):
+class DependencyMissing(FromWorker):
     """``worker`` gave up on ``key``: it could not fetch ``dependency`` from any of ``holders``."""
 
-    worker: str
     key: str
     dependency: str
     holders: tuple[str, ...]
@@ -148,27 +161,24 @@ class ReplicasMissing(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TasksStarted(Event):
+class TasksStarted(FromWorker):
     """``worker`` began running ``keys`` (handed them to a task thread)."""
 
-    worker: str
     keys: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StealAnswered(Event):
+class StealAnswered(FromWorker):
     """The victim of a steal request says whether it gave the task up."""
 
-    worker: str
     key: str
     stolen: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerPaused(Event):
+class WorkerPaused(FromWorker):
     """The worker is short of memory (paused) and takes no new tasks, or recovered."""
 
-    worker: str
     paused: bool
 
 
@@ -179,14 +189,56 @@ class RestartRequested(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ticked(Event):
-    """Time passed (``now``); periodic duties such as balancing run."""
+    """Time passed (``now``); periodic duties run: balancing, heartbeat and death-report
+    deadlines, retirement progress."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReplicasAdded(Event):
-    """``worker`` now also holds ``keys`` (fetched as inputs for its tasks)."""
+class HeartbeatReceived(FromWorker):
+    """The worker's periodic sign of life, with its metrics (opaque to the core: shown in
+    ``info()``)."""
+
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConnectionClosed(Event):
+    """The worker's connection closed (``reason``: what the connection knew)."""
 
     worker: str
+    reason: str = "connection closed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerDeathReported(Event):
+    """The worker's nanny saw it die, and says why (signal, exit code, memory limit)."""
+
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRetiring(Event):
+    """The worker is about to leave on purpose (it said so, or the scheduler restarts it):
+    its removal is graceful, and it takes no new tasks."""
+
+    worker: str
+    reason: str = "retiring"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetireWorkersRequested(Event):
+    """A client asks to retire these workers (addresses or names) gracefully: their data
+    moves to other workers first. Answered with ``ReportRetired`` naming ``request``."""
+
+    request: str
+    workers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicasAdded(FromWorker):
+    """``worker`` now also holds ``keys`` (fetched as inputs for its tasks)."""
+
     keys: tuple[str, ...]
 
 

@@ -103,9 +103,17 @@ def validate_state(state: SchedulerState) -> None:
             and not ws.paused
             and ws.isolated is None
             and not ws.draining
+            and ws.status == "running"
         )
         if takes_tasks != (ws in state.free):
             _fail(f"{ws!r} free-slot bookkeeping wrong")
+    retiring = {ws for r in state.retirements.values() for ws in r.pending}
+    for ws in retiring:
+        if state.workers.get(ws.address) is not ws:
+            _fail(f"{ws!r} is being retired but was removed")
+    for ws in state.workers.values():
+        if ws.status == "retiring" and ws not in retiring:
+            _fail(f"{ws!r} is retiring for no request")
     for c in state.clients.values():
         for ts in c.wants:
             if state.tasks.get(ts.key) is not ts:

@@ -17,24 +17,24 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from regrow.core.scheduler_state import TaskState, WorkerState
+    from regrow.core.scheduler_state import TaskState, WorkerRecord
 
 
 # How many of the least recently used free workers are weighed for each task.
 _LRU_CANDIDATES = 4
 
 
-def _allowed(ts: TaskState, ws: WorkerState) -> bool:
+def _allowed(ts: TaskState, ws: WorkerRecord) -> bool:
     r = ts.restrictions
     return r is None or ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
 
 
 def decide_worker(
     ts: TaskState,
-    free: Mapping[WorkerState, None],
+    free: Mapping[WorkerRecord, None],
     bandwidth: float,
     avg_duration: float,
-) -> WorkerState | None:
+) -> WorkerRecord | None:
     if not free:
         return None
     if ts.restrictions is not None:
@@ -45,7 +45,7 @@ def decide_worker(
             for ws in dep.who_has:
                 if ws in free and ws not in candidates:
                     candidates.append(ws)
-    best: WorkerState | None = None
+    best: WorkerRecord | None = None
     best_cost = 0.0
     for ws in candidates:
         cost = len(ws.processing) / ws.nthreads * avg_duration

@@ -30,7 +30,7 @@ class Abandon(Instruction):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Interrupt(Instruction):
+class InterruptThread(Instruction):
     """Raise TaskInterrupted in the thread running ``key``; report back after the grace."""
 
     key: str

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 
 from regrow.core import worker_events as ev
 from regrow.core import worker_instructions as ins
+from regrow.core.transitions import InvalidTransition
+
+__all__ = ["TRANSITIONS", "InvalidTransition", "WorkerState", "WorkerTask"]
 
 # Live states: a task record exists.
 WAITING = "waiting"  # some dependencies are not here yet: being fetched
@@ -76,16 +79,12 @@ SHORT_TASK = 0.005
 AHEAD = 3
 
 
-class InvalidTransition(RuntimeError):
-    """A move not in TRANSITIONS: a bug in the worker core, told with the key's story."""
-
-
 class Unavailable(Exception):
     """No holder of a dependency could be reached, or none had it (it may be recomputed)."""
 
 
 @dataclass(slots=True, eq=False)
-class TaskState:
+class WorkerTask:
     key: str
     run_id: int
     priority: tuple[int, ...]
@@ -147,7 +146,7 @@ class WorkerState:
         self.cancel_grace = cancel_grace
         self.max_gathers = max_gathers
         self.validate = validate
-        self.tasks: dict[str, TaskState] = {}
+        self.tasks: dict[str, WorkerTask] = {}
         # The results this worker holds: key -> (nbytes, type name).
         self.data: dict[str, tuple[int, str]] = {}
         self.fetches: dict[str, FetchState] = {}
@@ -226,7 +225,7 @@ class WorkerState:
     def _emit(self, instruction: ins.Instruction) -> None:
         self._out.append(instruction)
 
-    def _set_state(self, ts: TaskState, finish: str) -> None:
+    def _set_state(self, ts: WorkerTask, finish: str) -> None:
         if (ts.state, finish) not in TRANSITIONS:
             raise InvalidTransition(
                 f"{ts.key!r}: {ts.state} -> {finish} is not a legal move "
@@ -238,7 +237,7 @@ class WorkerState:
             del self.tasks[ts.key]
 
     # ------------------------------------------------------------- ordering
-    def _compute(self, event: ev.ComputeRequested, ts: TaskState | None) -> None:
+    def _compute(self, event: ev.ComputeRequested, ts: WorkerTask | None) -> None:
         """A compute order, new (``ts`` None) or carried out anew for a RERUN task."""
         key = event.key
         if ts is None:
@@ -264,7 +263,7 @@ class WorkerState:
             )
             return
         if ts is None:
-            ts = TaskState(key, event.run_id, event.priority, event.who_has, event.run_spec)
+            ts = WorkerTask(key, event.run_id, event.priority, event.who_has, event.run_spec)
             self.tasks[key] = ts
         else:
             ts.run_id, ts.priority = event.run_id, event.priority
@@ -280,7 +279,7 @@ class WorkerState:
         else:
             self._make_ready(ts)
 
-    def _make_ready(self, ts: TaskState) -> None:
+    def _make_ready(self, ts: WorkerTask) -> None:
         self._set_state(ts, READY)
         heapq.heappush(self.ready, (ts.priority, next(self._seq), ts.key))
 
@@ -300,7 +299,7 @@ class WorkerState:
         else:
             self._release(ts)
 
-    def _release(self, ts: TaskState) -> None:
+    def _release(self, ts: WorkerTask) -> None:
         for dep in ts.missing:
             fs = self.fetches.get(dep)
             if fs is not None:
@@ -314,7 +313,7 @@ class WorkerState:
             self._free(key)
             return
         self._set_state(ts, CANCELLED)
-        self._emit(ins.Interrupt(key=key, attempt=ts.attempt))
+        self._emit(ins.InterruptThread(key=key, attempt=ts.attempt))
 
     def _interrupt_deadline(self, event: ev.InterruptDeadlinePassed) -> None:
         ts = self.tasks.get(event.key)
@@ -361,7 +360,7 @@ class WorkerState:
     def _start_ready(self) -> None:
         ahead = AHEAD if self.avg_duration < SHORT_TASK else 0
         limit = self.nthreads * (1 + ahead)
-        starting: list[TaskState] = []
+        starting: list[WorkerTask] = []
         while self.in_threads < limit and self.ready and not self.paused:
             _, _, key = heapq.heappop(self.ready)
             ts = self.tasks.get(key)
@@ -379,7 +378,7 @@ class WorkerState:
         for ts in starting:
             self._emit(ins.Execute(key=ts.key, attempt=ts.attempt, run_spec=ts.run_spec))
 
-    def _thread_done(self, key: str, attempt: int, duration: float) -> TaskState | None:
+    def _thread_done(self, key: str, attempt: int, duration: float) -> WorkerTask | None:
         ts = self.tasks.get(key)
         if ts is None or ts.attempt != attempt or ts.state not in THREADED:
             raise InvalidTransition(

@@ -61,23 +61,17 @@ class Scheduler:
             # Microseconds since the epoch: above every run id a predecessor gave out.
             first_run_id=time.time_ns() // 1000,
             inline_limit=self.settings.inline_total_bytes,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+            death_report_wait=self.settings.death_report_wait,
             validate=validate,
         )
         self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
         self.worker_comms: dict[str, Connection] = {}
         self.client_comms: dict[str, Connection] = {}
         self._interned: dict[bytes, bytes] = {}
-        self.worker_info: dict[str, dict[str, Any]] = {}
         self.nanny_comms: dict[str, Connection] = {}
-        # Liveness: when we last heard from each worker (monotonic seconds).
-        self.last_seen: dict[str, float] = {}
-        # Why a worker is going away, when we know before its connection closes.
-        self.removal_reason: dict[str, str] = {}
-        self.retiring: set[str] = set()
-        self.death_reports: dict[str, str] = {}
-        self._death_reported = asyncio.Condition()
-        # Worker ids we removed: if one comes back, it must drop what it holds.
-        self.removed_ids: set[str] = set()
+        # Client requests answered once the core says so: retire-workers, by request id.
+        self._retire_requests: dict[str, tuple[Connection, Msg]] = {}
         self._workers_changed = asyncio.Event()
         self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
         self.journal: Journal | None = None
@@ -123,7 +117,8 @@ class Scheduler:
             with contextlib.suppress(CommClosedError):
                 comm.send({"op": "close"})
         for address, comm in list(self.worker_comms.items()):
-            managed = self.worker_info.get(address, {}).get("nanny") in self.nanny_comms
+            ws = self.state.workers.get(address)
+            managed = ws is not None and ws.nanny in self.nanny_comms
             with contextlib.suppress(CommClosedError):
                 comm.send({"op": "scheduler-closing" if managed else "close"})
         for comm in list(self.client_comms.values()):
@@ -295,22 +290,7 @@ class Scheduler:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.steal_interval)
-            now = time.monotonic()
-            self._check_heartbeats(now)
-            self.handle(ev.Ticked(now=now, stimulus_id="tick"))
-
-    def _check_heartbeats(self, now: float) -> None:
-        """A worker silent for longer than the heartbeat timeout is removed."""
-        timeout = self.settings.heartbeat_timeout
-        for address, seen in list(self.last_seen.items()):
-            if now - seen > timeout:
-                reason = f"no heartbeat for {now - seen:.1f} s (timeout {timeout} s)"
-                logger.warning("worker %s is unresponsive: %s; removing it", address, reason)
-                self.removal_reason[address] = reason
-                del self.last_seen[address]
-                comm = self.worker_comms.get(address)
-                if comm is not None:
-                    comm.abort()
+            self.handle(ev.Ticked(now=time.monotonic(), stimulus_id="tick"))
 
     # ------------------------------------------------------------- commands
     def handle(self, *events: ev.Event) -> None:
@@ -403,6 +383,33 @@ class Scheduler:
                 self._to_worker(
                     command.worker, {"op": "acquire-replicas", "who_has": command.who_has}
                 )
+            case cmd.AcceptWorker():
+                self._to_worker(
+                    command.worker,
+                    {"op": "registered", "scheduler": self.address, "drop": command.drop},
+                )
+                self._workers_changed.set()
+            case cmd.CloseWorkerConnection():
+                comm = self.worker_comms.get(command.worker)
+                if comm is not None:
+                    comm.abort()  # the core removed it already, and logged why
+            case cmd.CloseWorker():
+                nanny = self.nanny_comms.get(command.nanny) if command.nanny else None
+                if nanny is not None and not nanny.closed:
+                    # The nanny stops its worker and does not start another, then exits.
+                    nanny.send({"op": "close"})
+                else:
+                    self._to_worker(command.worker, {"op": "close"})
+            case cmd.ReportRetired():
+                pending = self._retire_requests.pop(command.request, None)
+                if pending is not None and not pending[0].closed:
+                    pending[0].reply(pending[1], {"workers": list(command.workers)})
+            case cmd.Log():
+                logger.log(
+                    logging.WARNING if command.level == "warning" else logging.INFO,
+                    "%s",
+                    command.message,
+                )
             case _:
                 raise TypeError(f"the scheduler shell cannot carry out {command!r}")
 
@@ -433,36 +440,28 @@ class Scheduler:
             comm.send({"op": "error", "error": f"a worker at {address} is already registered"})
             await comm.close()
             return
-        name = str(msg.get("name") or address)
-        nanny = str(msg.get("nanny") or "")
-        drop = worker_id in self.removed_ids
-        # A worker that outlived a scheduler still holds results: offer them to the graph
-        # (unless we removed it, in which case it has just dropped them).
-        held = () if drop else _held_keys(msg)
-        self.removed_ids.discard(worker_id)
         self.worker_comms[address] = comm
-        self.last_seen[address] = time.monotonic()
-        self.worker_info[address] = {"id": worker_id, "nanny": nanny}
-        comm.send({"op": "registered", "scheduler": self.address, "drop": drop})
         logger.info("worker %s registered (%d threads)", address, nthreads)
+        # The core answers (AcceptWorker): a worker it removed must first drop what it
+        # holds; one that outlived a scheduler offers the results it holds to the graph.
         self.handle(
             ev.WorkerAdded(
                 worker=address,
-                name=name,
+                id=worker_id,
+                name=str(msg.get("name") or address),
                 nthreads=nthreads,
                 pid=int(msg.get("pid") or 0),
                 memory_limit=int(msg.get("memory_limit") or 0),
-                nanny=nanny,
-                keys=held,
+                nanny=str(msg.get("nanny") or ""),
+                keys=_held_keys(msg),
                 stimulus_id=self._sid("worker-added"),
+                now=time.monotonic(),
             )
         )
-        self._workers_changed.set()
         reason = "connection closed"
         try:
             while True:
                 m, frames = await comm.recv()
-                self.last_seen[address] = time.monotonic()
                 try:
                     self._worker_message(address, m, frames)
                 except ProtocolError as exc:
@@ -472,37 +471,20 @@ class Scheduler:
                 reason = f"connection closed: {comm.close_reason}"
         finally:
             if self.worker_comms.get(address) is comm:
-                await self._remove_worker(address, worker_id, reason)
-
-    async def _remove_worker(self, address: str, worker_id: str, reason: str) -> None:
-        self.last_seen.pop(address, None)
-        graceful = address in self.retiring or self.stopped.is_set()
-        known = address in self.removal_reason  # we removed it ourselves (no heartbeat...)
-        reason = self.removal_reason.pop(address, reason)
-        if self.worker_info.get(address, {}).get("nanny") and not graceful and not known:
-            # Its nanny knows why it died (signal, exit code, memory): give it a moment to say.
-            try:
-                async with asyncio.timeout(self.settings.death_report_wait):
-                    async with self._death_reported:
-                        await self._death_reported.wait_for(lambda: address in self.death_reports)
-            except TimeoutError:
-                pass
-        reason = self.death_reports.pop(address, reason)
-        self.retiring.discard(address)
-        del self.worker_comms[address]
-        self.worker_info.pop(address, None)
-        self.removed_ids.add(worker_id)
-        if not self.stopped.is_set():
-            logger.warning("worker %s removed: %s", address, reason)
-        self.handle(
-            ev.WorkerRemoved(
-                worker=address,
-                reason=reason,
-                graceful=graceful,
-                stimulus_id=self._sid("worker-removed"),
-            )
-        )
-        self._workers_changed.set()
+                del self.worker_comms[address]
+                # The core decides what the close means (and may wait for a death report).
+                events: list[ev.Event] = []
+                if self.stopped.is_set():
+                    events.append(ev.WorkerRetiring(worker=address, reason="scheduler closing"))
+                events.append(
+                    ev.WorkerConnectionClosed(
+                        worker=address,
+                        reason=reason,
+                        stimulus_id=self._sid("worker-closed"),
+                        now=time.monotonic(),
+                    )
+                )
+                self.handle(*events)
 
     async def _serve_nanny(self, comm: Connection, msg: Msg) -> None:
         address = get(msg, "address", str)
@@ -515,17 +497,14 @@ class Scheduler:
             while True:
                 m, _ = await comm.recv()
                 if m["op"] == "worker-died":
-                    worker = get(m, "worker", str)
-                    reason = f"its nanny reports it {get(m, 'reason', str)}"
-                    async with self._death_reported:
-                        self.death_reports[worker] = reason
-                        self._death_reported.notify_all()
-                    wcomm = self.worker_comms.get(worker)
-                    if wcomm is not None:
-                        wcomm.abort()  # do not wait for the kernel to notice
-                    # Forget reports about workers that were already gone.
-                    if len(self.death_reports) > 1000:
-                        self.death_reports.clear()
+                    self.handle(
+                        ev.WorkerDeathReported(
+                            worker=get(m, "worker", str),
+                            reason=f"its nanny reports it {get(m, 'reason', str)}",
+                            stimulus_id=self._sid("worker-died"),
+                            now=time.monotonic(),
+                        )
+                    )
                 else:
                     logger.warning("unexpected message from nanny %s: %r", address, m["op"])
         except CommClosedError:
@@ -542,21 +521,22 @@ class Scheduler:
         """
         old = dict(self.worker_comms)
         nannies = set(self.nanny_comms)
-        self.retiring.update(old)
-        self.handle(ev.RestartRequested(stimulus_id=self._sid("restart")))
+        workers = self.state.workers
+        killed = [a for a in old if a in workers and workers[a].nanny in nannies]
+        sid = self._sid("restart")
+        self.handle(
+            # Those its nanny kills leave on purpose: their removal is graceful.
+            *(ev.WorkerRetiring(worker=a, reason="restart", stimulus_id=sid) for a in killed),
+            ev.RestartRequested(stimulus_id=sid),
+        )
         for nanny in nannies:
             self.nanny_comms[nanny].send({"op": "kill-worker", "reason": "restart"})
         for address, comm in old.items():
-            if self.worker_info.get(address, {}).get("nanny") not in nannies:
+            if address not in killed:
                 comm.send({"op": "drop-state"})
-                self.retiring.discard(address)
 
         def fresh() -> bool:
-            serving = {
-                info.get("nanny")
-                for address, info in self.worker_info.items()
-                if address not in old
-            }
+            serving = {ws.nanny for a, ws in self.state.workers.items() if a not in old}
             return nannies <= serving
 
         async with asyncio.timeout(timeout):
@@ -603,6 +583,7 @@ class Scheduler:
                     worker=worker,
                     keys=tuple(get_str_list(msg, "keys")),
                     stimulus_id=self._sid("started"),
+                    now=now,
                 )
             )
         elif op == "steal-response":
@@ -612,6 +593,7 @@ class Scheduler:
                     key=get(msg, "key", str),
                     stolen=bool(msg.get("stolen")),
                     stimulus_id=self._sid("steal"),
+                    now=now,
                 )
             )
         elif op == "add-replicas":
@@ -620,6 +602,7 @@ class Scheduler:
                     worker=worker,
                     keys=tuple(get_str_list(msg, "keys")),
                     stimulus_id=self._sid("replicas"),
+                    now=now,
                 )
             )
         elif op == "dependency-missing":
@@ -630,27 +613,42 @@ class Scheduler:
                     dependency=get(msg, "dependency", str),
                     holders=tuple(get_str_list(msg, "holders")),
                     stimulus_id=self._sid("missing"),
+                    now=now,
                 )
             )
         elif op == "heartbeat":
-            info = self.worker_info.get(worker)
-            if info is not None:
-                info.update(
-                    rss=int(msg.get("memory", 0)),
-                    managed=int(msg.get("managed", 0)),
-                    spilled=int(msg.get("spilled", 0)),
-                    # Tasks handed to its threads: running, or queued for them.
-                    executing=int(msg.get("executing", 0)),
+            self.handle(
+                ev.HeartbeatReceived(
+                    worker=worker,
+                    metrics={
+                        "rss": int(msg.get("memory", 0)),
+                        "managed": int(msg.get("managed", 0)),
+                        "spilled": int(msg.get("spilled", 0)),
+                        # Tasks handed to its threads: running, or queued for them.
+                        "executing": int(msg.get("executing", 0)),
+                    },
+                    stimulus_id="heartbeat",
+                    now=now,
                 )
+            )
         elif op == "paused":
             self.handle(
                 ev.WorkerPaused(
-                    worker=worker, paused=bool(msg.get("paused")), stimulus_id=self._sid("paused")
+                    worker=worker,
+                    paused=bool(msg.get("paused")),
+                    stimulus_id=self._sid("paused"),
+                    now=now,
                 )
             )
         elif op == "retiring":
-            self.retiring.add(worker)
-            self.removal_reason[worker] = str(msg.get("reason") or "retiring")
+            self.handle(
+                ev.WorkerRetiring(
+                    worker=worker,
+                    reason=str(msg.get("reason") or "retiring"),
+                    stimulus_id=self._sid("retiring"),
+                    now=now,
+                )
+            )
         else:
             raise ProtocolError(f"unknown op {op!r}")
 
@@ -803,14 +801,20 @@ class Scheduler:
             comm.reply(msg, {"who_has": self.state.who_has(get_str_list(msg, "keys"))})
         elif op == "scheduler-info":
             info = self.state.info()
-            for address, winfo in info["workers"].items():
-                winfo.update(
-                    {k: v for k, v in self.worker_info.get(address, {}).items() if k not in winfo}
-                )
             info.update(address=self.address, id="scheduler", pid=os.getpid())
             info["nannies"] = sorted(self.nanny_comms)
             info["started"] = self.started_at
             comm.reply(msg, info)
+        elif op == "retire-workers":
+            # Answered with {"workers": [retired addresses]} once the core is done.
+            workers = tuple(get_str_list(msg, "workers"))
+            request = self._sid("retire")
+            self._retire_requests[request] = (comm, msg)
+            self.handle(
+                ev.RetireWorkersRequested(
+                    request=request, workers=workers, stimulus_id=request, now=time.monotonic()
+                )
+            )
         elif op == "restart":
             spawn(self._restart_for(comm, msg), self.tasks, "restart")
         elif op == "shutdown":

@@ -25,7 +25,7 @@ import psutil
 from regrow.config import Settings
 from regrow.core import worker_events as wev
 from regrow.core import worker_instructions as ins
-from regrow.core.worker_state import TaskState, WorkerState
+from regrow.core.worker_state import WorkerState, WorkerTask
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol import framing, shm, stripe
 from regrow.protocol.comm import (
@@ -152,7 +152,7 @@ class Worker:
         return self.transfers.lent
 
     @property
-    def tasks(self) -> dict[str, TaskState]:
+    def tasks(self) -> dict[str, WorkerTask]:
         return self.state.tasks
 
     @property
@@ -384,7 +384,7 @@ class Worker:
                 self._send({"op": "paused", "paused": instruction.paused})
             case ins.Abandon():
                 self.threads.abandon(instruction.key, instruction.attempt)
-            case ins.Interrupt():
+            case ins.InterruptThread():
                 self.threads.interrupt(instruction.key, instruction.attempt)
                 spawn(
                     self._interrupt_deadline(instruction.key, instruction.attempt),

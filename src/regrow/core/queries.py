@@ -1,0 +1,72 @@
+"""Read-only views of the scheduler core for the shell: who holds what, a snapshot.
+
+Must not: change anything (a query never moves a task) or do IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from regrow.core.scheduler_state import SchedulerState
+
+
+def who_has(state: SchedulerState, keys: Iterable[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        ts = state.tasks.get(key)
+        out[key] = sorted(ws.address for ws in ts.who_has) if ts is not None else []
+    return out
+
+
+_FIELDS = frozenset(
+    (
+        "address",
+        "name",
+        "pid",
+        "nthreads",
+        "memory_limit",
+        "memory",
+        "nkeys",
+        "processing",
+        "nanny",
+        "paused",
+        "status",
+        "id",
+    )
+)
+
+
+def info(state: SchedulerState) -> dict[str, Any]:
+    """A snapshot for clients and dashboards (plain data, safe to send)."""
+    states: dict[str, int] = {}
+    for ts in state.tasks.values():
+        states[ts.state] = states.get(ts.state, 0) + 1
+    return {
+        "workers": {
+            ws.address: {
+                "address": ws.address,
+                "name": ws.name,
+                "pid": ws.pid,
+                "nthreads": ws.nthreads,
+                "memory_limit": ws.memory_limit,
+                "memory": ws.nbytes,
+                "nkeys": len(ws.has_what),
+                "processing": len(ws.processing),
+                "nanny": ws.nanny,
+                "paused": ws.paused,
+                "status": ws.status,
+                "id": ws.id,
+                # What its heartbeats said (rss, managed, spilled, executing...).
+                **{k: v for k, v in ws.metrics.items() if k not in _FIELDS},
+            }
+            for ws in state.workers.values()
+        },
+        "tasks": states,
+        "clients": len(state.clients),
+        "counts": dict(state.counts),
+        "queued": state._queued_count,
+        "suspects": [ts.key for ts in state.suspects],
+        "retiring": sorted(ws.address for r in state.retirements.values() for ws in r.pending),
+    }

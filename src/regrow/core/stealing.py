@@ -1,0 +1,85 @@
+"""Work stealing: idle threads take tasks busy workers have not started.
+
+On each tick a worker with idle threads (and a free slot) asks, through the scheduler, a
+worker holding more tasks than threads for those it has not started (``Steal``); the
+victim answers whether it gave each up (``StealAnswered``), so a task never runs twice
+because of a steal. Plain functions over a ``SchedulerState``.
+Must not: do IO, or steal a task that began running.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from regrow.core import commands as cmd
+from regrow.core import events as ev
+from regrow.core.placement import decide_worker
+from regrow.core.records import CLOSED, TaskState, WorkerRecord
+from regrow.core.transitions import PROCESSING, RELEASED, WAITING
+
+if TYPE_CHECKING:
+    from regrow.core.scheduler_state import SchedulerState
+
+
+def balance(state: SchedulerState) -> None:
+    """Work stealing: idle threads take not-yet-started tasks from busy workers."""
+    if state._queued_count:
+        state._fill_all()
+    # A thief takes new tasks (not paused, draining or isolated) and has idle threads
+    # even after the queue was offered to it: what is still queued, it may not run
+    # (restrictions), so it does not stop stealing.
+    thieves = [ws for ws in state.free if len(ws.processing) < ws.nthreads]
+    if not thieves:
+        return
+    victims = sorted(
+        (
+            ws
+            for ws in state.workers.values()
+            if len(ws.processing) > ws.nthreads and ws.status != CLOSED  # no one to ask
+        ),
+        key=lambda ws: len(ws.processing) / ws.nthreads,
+        reverse=True,
+    )
+    for thief in thieves:
+        want = thief.nthreads - len(thief.processing)
+        for victim in victims:
+            if want <= 0:
+                break
+            surplus = len(victim.processing) - victim.nthreads
+            # The most recently assigned tasks are the least likely to have started.
+            for ts in reversed(list(victim.processing)):
+                if surplus <= 0 or want <= 0:
+                    break
+                if ts.steal_pending or ts.started or not state._allowed(ts, thief):
+                    continue  # a running task cannot be stolen: do not ask again
+                if _transfer_bytes(ts, thief) > state.bandwidth * state.avg_duration * 10:
+                    continue
+                ts.steal_pending = True
+                state._emit(cmd.Steal(worker=victim.address, key=ts.key))
+                surplus -= 1
+                want -= 1
+
+
+def _transfer_bytes(ts: TaskState, ws: WorkerRecord) -> int:
+    return sum(d.nbytes for d in ts.dependencies if ws not in d.who_has)
+
+
+def steal_answered(state: SchedulerState, event: ev.StealAnswered) -> None:
+    """The victim says whether it gave the task up; if so, it goes where it is best."""
+    ts = state.tasks.get(event.key)
+    if ts is None:
+        return
+    victim = state.workers.get(event.worker)
+    if ts.state != PROCESSING or ts.processing_on is not victim or victim is None:
+        return
+    ts.steal_pending = False
+    if not event.stolen:
+        ts.started = True  # the victim refused: it is running it
+        return
+    state.counts["stolen"] += 1
+    state._stop_processing(ts)
+    state._set_state(ts, RELEASED)
+    state._set_state(ts, WAITING)
+    candidates = {ws: None for ws in state.free if ws is not victim}
+    best = decide_worker(ts, candidates, state.bandwidth, state.avg_duration)
+    state._ready(ts, prefer=best)
