@@ -1,8 +1,11 @@
 """The scheduler process's shell: connections in, events to the core, commands out.
 
-Owns: the listener, one connection per worker and per client, the periodic tick.
-Must not: decide anything about tasks (that is ``core.scheduler_state``), or
-unpickle user payloads (task payloads and results pass through as opaque frames).
+Owns: the listener, one connection per worker, nanny and client, the periodic tick,
+client requests waiting for the core's answer, a client's reconnection grace.
+Reading messages into events is ``scheduler.messages``; the journal's side of things
+is ``scheduler.journaling``.
+Must not: decide anything about tasks or workers (that is ``core.scheduler_state``:
+even liveness), or unpickle user payloads (they pass through as opaque frames).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import contextlib
 import itertools
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from typing import Any, cast
 from regrow.config import Settings
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, SchedulerState, TaskState
+from regrow.core.scheduler_state import SchedulerState
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol.comm import (
     Connection,
@@ -34,6 +36,8 @@ from regrow.protocol.comm import (
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 from regrow.scheduler.journal import Journal
+from regrow.scheduler.journaling import JournalKeeper, restored_tasks
+from regrow.scheduler.messages import held_keys, task_specs, worker_event
 
 logger = logging.getLogger("regrow.scheduler")
 
@@ -74,14 +78,12 @@ class Scheduler:
         self._retire_requests: dict[str, tuple[Connection, Msg]] = {}
         self._workers_changed = asyncio.Event()
         self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
-        self.journal: Journal | None = None
-        self._acks: list[tuple[Connection, Msg]] = []
+        self.keeper: JournalKeeper | None = None
         self.scheduler_id = uuid.uuid4().hex
-        self._jdirty: dict[str, TaskState] = {}
         if journal is not None:
-            self.journal = Journal(journal)
-            self.scheduler_id = self.journal.scheduler_id
-            self.state.on_transition = self._journal_transition
+            self.keeper = JournalKeeper(Journal(journal), self.settings.journal_interval)
+            self.scheduler_id = self.keeper.journal.scheduler_id
+            self.state.on_transition = self.keeper.transition
         # Clients wait for this before they are served (a journaled restart sets it
         # once the workers it knew have had their chance to come back).
         self.recovered = asyncio.Event()
@@ -95,12 +97,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ life
     async def start(self) -> str:
-        if self.journal is not None:
-            await self._restore(self.journal)
+        if self.keeper is not None:
+            await self._restore(self.keeper)
         self.address = await self.listener.start(self.host, self.port)
         spawn(self._tick_loop(), self.tasks, "scheduler-tick")
-        if self.journal is not None:
-            spawn(self._journal_loop(self.journal), self.tasks, "scheduler-journal")
+        if self.keeper is not None:
+            spawn(self.keeper.run(), self.tasks, "scheduler-journal")
         logger.info("scheduler at %s (pid %d)", self.address, os.getpid())
         return self.address
 
@@ -108,10 +110,10 @@ class Scheduler:
         await close_once(self.stopped, self.closed, self._shutdown)
 
     async def _shutdown(self) -> None:
-        if self.journal is not None:
+        if self.keeper is not None:
             # What happened up to now is kept; the stop itself is not a release of anything.
             self.state.on_transition = None
-            self._jdirty.clear()
+            self.keeper.forget_pending()
         # A worker with a nanny is stopped by its nanny (else the nanny would replace it).
         for comm in list(self.nanny_comms.values()):
             with contextlib.suppress(CommClosedError):
@@ -129,51 +131,21 @@ class Scheduler:
         await asyncio.sleep(0)  # let the batched sends flush
         await cancel_others(self.tasks)  # a shutdown request runs in one of them
         await self.listener.close()
-        if self.journal is not None:
-            journal, self.journal = self.journal, None
-            await asyncio.to_thread(journal.flush)
-            journal.close()
+        if self.keeper is not None:
+            keeper, self.keeper = self.keeper, None
+            await keeper.close()
 
     # --------------------------------------------------------------- journal
-    async def _restore(self, journal: Journal) -> None:
+    async def _restore(self, keeper: JournalKeeper) -> None:
         """Rebuild the graph from the journal; compute nothing until workers had a chance
         to report the results they still hold."""
-        snap = await asyncio.to_thread(journal.load)
+        snap = await keeper.load()
         if not snap.tasks:
             return
-        rows = []
-        expected: set[str] = set()
-        for t in snap.tasks:
-            err = t.error
-            rows.append(
-                ev.RestoredTask(
-                    key=t.key,
-                    dependencies=tuple(t.deps),
-                    run_spec=t.run_spec,
-                    priority=t.priority,
-                    retries=t.retries,
-                    workers=tuple(t.workers) if t.workers else None,
-                    pure=t.pure,
-                    replicas=t.replicas,
-                    error=ev.ErrorRecord(
-                        blame=str(err.get("blame", t.key)),
-                        text=str(err.get("text", "")),
-                        exception=bytes(err.get("exception") or b""),
-                        traceback=bytes(err.get("traceback") or b""),
-                        kind=str(err.get("kind", "")),
-                        workers=tuple(err.get("workers") or ()),
-                    )
-                    if err
-                    else None,
-                )
-            )
-            if t.state == "memory" and t.location:
-                expected.add(t.location)
+        rows, expected = restored_tasks(snap)
         self.recovered.clear()
         self.handle(
-            ev.StateRestored(
-                tasks=tuple(rows), wants=tuple(snap.wants), stimulus_id=self._sid("restore")
-            )
+            ev.StateRestored(tasks=rows, wants=tuple(snap.wants), stimulus_id=self._sid("restore"))
         )
         clients = {c for c, _ in snap.wants}
         logger.warning(
@@ -181,7 +153,7 @@ class Scheduler:
             "%d worker(s) to come back",
             len(rows),
             len(clients),
-            journal.path,
+            keeper.journal.path,
             self.settings.recovery_wait,
             len(expected),
         )
@@ -205,88 +177,6 @@ class Scheduler:
                 self.settings.client_grace, self._client_gone, client
             )
 
-    def _journal_event(self, journal: Journal, event: ev.Event) -> None:
-        """Record what a client asked for, before the core acts on it."""
-        tasks = self.state.tasks
-        match event:
-            case ev.TasksSubmitted():
-                for spec in event.tasks:
-                    if spec.key not in tasks:
-                        journal.task_added(
-                            spec.key,
-                            list(spec.dependencies),
-                            cast(tuple[int, list[Buffer]], spec.run_spec),
-                            spec.priority,
-                            spec.retries,
-                            list(spec.workers) if spec.workers else None,
-                            spec.pure,
-                        )
-                for key in event.wanted:
-                    journal.want(event.client, key, True)
-            case ev.DataScattered():
-                for item in event.keys:
-                    if item.key not in tasks:
-                        journal.task_added(item.key, [], None, 0, 0, None, True, event.replicas)
-                    journal.want(event.client, item.key, True)
-            case ev.KeysDesired():
-                for key in event.keys:
-                    journal.want(event.client, key, True)
-            case ev.KeysReleased() | ev.KeysCancelled():
-                for key in event.keys:
-                    journal.want(event.client, key, False)
-            case ev.ClientDisconnected():
-                journal.client_gone(event.client)
-            case ev.RestartRequested():
-                journal.clear()
-            case _:
-                pass
-
-    def _journal_transition(self, ts: TaskState, start: str, finish: str) -> None:
-        self._jdirty[ts.key] = ts
-
-    def _journal_states(self, journal: Journal) -> None:
-        """Write the final state of every task that moved during the last events."""
-        tasks = self.state.tasks
-        for key, ts in self._jdirty.items():
-            if tasks.get(key) is not ts:
-                journal.task_forgotten(key)
-            elif ts.state == MEMORY:
-                location = next(iter(ts.who_has)).address if ts.who_has else ""
-                journal.task_state(key, MEMORY, ts.nbytes, ts.type_name, location)
-            elif ts.state == ERRED and ts.error is not None:
-                e = ts.error
-                journal.task_state(
-                    key,
-                    ERRED,
-                    error={
-                        "blame": e.blame,
-                        "text": e.text,
-                        "exception": e.exception,
-                        "traceback": e.traceback,
-                        "kind": e.kind,
-                        "workers": list(e.workers),
-                    },
-                )
-            elif ts.state == RELEASED:
-                journal.task_state(key, RELEASED)
-        self._jdirty.clear()
-
-    async def _journal_loop(self, journal: Journal) -> None:
-        while True:
-            await asyncio.sleep(self.settings.journal_interval)
-            if not journal.dirty and not self._acks:
-                continue
-            batch = journal.take()
-            acks, self._acks = self._acks, []
-            try:
-                await asyncio.to_thread(journal.write, batch)
-            except Exception:
-                logger.exception("could not write the journal %s", journal.path)
-                continue
-            for comm, ack in acks:
-                if not comm.closed:
-                    comm.send(ack)
-
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.steal_interval)
@@ -294,13 +184,14 @@ class Scheduler:
 
     # ------------------------------------------------------------- commands
     def handle(self, *events: ev.Event) -> None:
-        if self.journal is not None:
+        keeper = self.keeper
+        if keeper is not None:
             for event in events:
-                self._journal_event(self.journal, event)
+                keeper.record(event, self.state.tasks)
         for command in self.state.handle(*events):
             self._execute(command)
-        if self._jdirty and self.journal is not None:
-            self._journal_states(self.journal)
+        if keeper is not None:
+            keeper.write_states(self.state.tasks)
 
     def _sid(self, prefix: str) -> str:
         return f"{prefix}-{next(self._stimuli)}"
@@ -453,7 +344,7 @@ class Scheduler:
                 pid=int(msg.get("pid") or 0),
                 memory_limit=int(msg.get("memory_limit") or 0),
                 nanny=str(msg.get("nanny") or ""),
-                keys=_held_keys(msg),
+                keys=held_keys(msg),
                 stimulus_id=self._sid("worker-added"),
                 now=time.monotonic(),
             )
@@ -545,112 +436,7 @@ class Scheduler:
                 await self._workers_changed.wait()
 
     def _worker_message(self, worker: str, msg: Msg, frames: list[Buffer]) -> None:
-        op = msg["op"]
-        now = time.monotonic()
-        if op == "task-finished":
-            self.handle(
-                ev.TaskFinished(
-                    worker=worker,
-                    key=get(msg, "key", str),
-                    run_id=get(msg, "run", int),
-                    nbytes=get(msg, "nbytes", int),
-                    type_name=sys.intern(str(msg.get("type", ""))),
-                    duration=float(msg.get("duration", 0.0)),
-                    inline=_inline(msg),
-                    stimulus_id=self._sid("task-finished"),
-                    now=now,
-                )
-            )
-        elif op == "task-erred":
-            if len(frames) != 2:
-                raise ProtocolError("task-erred needs 2 frames (exception, traceback)")
-            self.handle(
-                ev.TaskErred(
-                    worker=worker,
-                    key=get(msg, "key", str),
-                    run_id=get(msg, "run", int),
-                    exception=bytes(frames[0]),
-                    traceback=bytes(frames[1]),
-                    text=str(msg.get("text", "")),
-                    duration=float(msg.get("duration", 0.0)),
-                    stimulus_id=self._sid("task-erred"),
-                    now=now,
-                )
-            )
-        elif op == "started":
-            self.handle(
-                ev.TasksStarted(
-                    worker=worker,
-                    keys=tuple(get_str_list(msg, "keys")),
-                    stimulus_id=self._sid("started"),
-                    now=now,
-                )
-            )
-        elif op == "steal-response":
-            self.handle(
-                ev.StealAnswered(
-                    worker=worker,
-                    key=get(msg, "key", str),
-                    stolen=bool(msg.get("stolen")),
-                    stimulus_id=self._sid("steal"),
-                    now=now,
-                )
-            )
-        elif op == "add-replicas":
-            self.handle(
-                ev.ReplicasAdded(
-                    worker=worker,
-                    keys=tuple(get_str_list(msg, "keys")),
-                    stimulus_id=self._sid("replicas"),
-                    now=now,
-                )
-            )
-        elif op == "dependency-missing":
-            self.handle(
-                ev.DependencyMissing(
-                    worker=worker,
-                    key=get(msg, "key", str),
-                    dependency=get(msg, "dependency", str),
-                    holders=tuple(get_str_list(msg, "holders")),
-                    stimulus_id=self._sid("missing"),
-                    now=now,
-                )
-            )
-        elif op == "heartbeat":
-            self.handle(
-                ev.HeartbeatReceived(
-                    worker=worker,
-                    metrics={
-                        "rss": int(msg.get("memory", 0)),
-                        "managed": int(msg.get("managed", 0)),
-                        "spilled": int(msg.get("spilled", 0)),
-                        # Tasks handed to its threads: running, or queued for them.
-                        "executing": int(msg.get("executing", 0)),
-                    },
-                    stimulus_id="heartbeat",
-                    now=now,
-                )
-            )
-        elif op == "paused":
-            self.handle(
-                ev.WorkerPaused(
-                    worker=worker,
-                    paused=bool(msg.get("paused")),
-                    stimulus_id=self._sid("paused"),
-                    now=now,
-                )
-            )
-        elif op == "retiring":
-            self.handle(
-                ev.WorkerRetiring(
-                    worker=worker,
-                    reason=str(msg.get("reason") or "retiring"),
-                    stimulus_id=self._sid("retiring"),
-                    now=now,
-                )
-            )
-        else:
-            raise ProtocolError(f"unknown op {op!r}")
+        self.handle(worker_event(worker, msg, frames, time.monotonic(), self._sid))
 
     async def _serve_client(self, comm: Connection, msg: Msg) -> None:
         client = get(msg, "client", str)
@@ -676,7 +462,7 @@ class Scheduler:
                 "op": "registered",
                 "scheduler": self.address,
                 "id": self.scheduler_id,
-                "journal": self.journal is not None,
+                "journal": self.keeper is not None,
             }
         )
         said_goodbye = False
@@ -727,17 +513,17 @@ class Scheduler:
             self.handle(
                 ev.TasksSubmitted(
                     client=client,
-                    tasks=tuple(_task_specs(msg, frames, self._interned)),
+                    tasks=tuple(task_specs(msg, frames, self._interned)),
                     wanted=tuple(get_str_list(msg, "wanted")),
                     stimulus_id=self._sid("submit"),
                 )
             )
             if "seq" in msg:
                 ack = {"op": "submit-ack", "seq": int(msg["seq"])}
-                if self.journal is None:
+                if self.keeper is None:
                     comm.send(ack)
                 else:
-                    self._acks.append((comm, ack))  # sent once the journal holds it
+                    self.keeper.ack_when_written(comm, ack)
         elif op == "release-keys":
             self.handle(
                 ev.KeysReleased(
@@ -836,75 +622,3 @@ class Scheduler:
             )
             return
         comm.reply(msg, {"workers": len(self.worker_comms)})
-
-
-def _inline(msg: Msg) -> bytes | None:
-    """A task-finished message's small result, if it carries one."""
-    inline = msg.get("inline")
-    if inline is None or isinstance(inline, bytes):
-        return inline
-    raise ProtocolError(f"'inline' must be bytes, got {type(inline).__name__}")
-
-
-def _held_keys(msg: Msg) -> tuple[tuple[str, int], ...]:
-    out: list[tuple[str, int]] = []
-    for item in msg.get("keys") or ():
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-            raise ProtocolError("register-worker: 'keys' must hold [key, nbytes] pairs")
-        out.append((item[0], int(item[1])))
-    return tuple(out)
-
-
-# Identical function frames (every task of a map carries the same pickled function) are
-# kept once: a bounded table from the bytes to one copy of them.
-_INTERN_MAX_BYTES = 64 * 1024
-_INTERN_MAX_ENTRIES = 1024
-
-
-def _intern(frame: Buffer, table: dict[bytes, bytes]) -> Buffer:
-    if type(frame) is not bytes or len(frame) > _INTERN_MAX_BYTES:
-        return frame
-    kept = table.get(frame)
-    if kept is None:
-        if len(table) >= _INTERN_MAX_ENTRIES:
-            table.clear()
-        table[frame] = kept = frame
-    return kept
-
-
-def _task_specs(
-    msg: Msg, frames: list[Buffer], interned: dict[bytes, bytes] | None = None
-) -> list[ev.TaskSpec]:
-    specs: list[ev.TaskSpec] = []
-    pos = 0
-    for t in get(msg, "tasks", list):
-        if not isinstance(t, dict):
-            raise ProtocolError("submit: each task must be a dict")
-        nf = get(t, "nf", int)
-        fnf = get(t, "fnf", int)
-        if nf < 1 or not 0 < fnf < nf or pos + nf > len(frames):
-            raise ProtocolError(f"submit: task {t.get('k')!r} has inconsistent frame counts")
-        workers = t.get("w")
-        if workers is not None and not (
-            isinstance(workers, list) and all(isinstance(w, str) for w in workers)
-        ):
-            raise ProtocolError("submit: 'w' must be a list of worker addresses or names")
-        run_frames = frames[pos : pos + nf]
-        if interned is not None:
-            for i in range(fnf):
-                run_frames[i] = _intern(run_frames[i], interned)
-        specs.append(
-            ev.TaskSpec(
-                key=get(t, "k", str),
-                dependencies=tuple(get_str_list(t, "d")),
-                run_spec=(fnf, run_frames),
-                priority=int(t.get("p", 0)),
-                retries=int(t.get("r", 0)),
-                workers=tuple(workers) if workers else None,
-                pure=bool(t.get("pure", True)),
-            )
-        )
-        pos += nf
-    if pos != len(frames):
-        raise ProtocolError("submit: frames left over")
-    return specs

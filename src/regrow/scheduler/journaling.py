@@ -1,0 +1,170 @@
+"""The scheduler's side of its journal: what to write, when, and what to rebuild from it.
+
+Owns: recording client requests before the core acts on them, noting which tasks moved
+(the core's ``on_transition`` hook) and writing their final states after each batch of
+events, the writer loop (one transaction per ``journal_interval``), the submission
+acknowledgements held until the transaction that holds them, and turning a loaded
+journal back into the core's ``StateRestored`` event.
+Must not: decide anything about tasks (the core does), or talk to peers other than
+sending the acknowledgements it holds. The file format is ``scheduler.journal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+from regrow.core import events as ev
+from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, TaskState
+from regrow.protocol.comm import Connection
+from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import Msg
+from regrow.scheduler.journal import Journal, Snapshot
+
+logger = logging.getLogger("regrow.scheduler")
+
+
+class JournalKeeper:
+    def __init__(self, journal: Journal, interval: float) -> None:
+        self.journal = journal
+        self.interval = interval
+        self._dirty: dict[str, TaskState] = {}
+        self._acks: list[tuple[Connection, Msg]] = []
+
+    # ----------------------------------------------------------- recording
+    def record(self, event: ev.Event, tasks: dict[str, TaskState]) -> None:
+        """Record what a client asked for, before the core acts on it."""
+        journal = self.journal
+        match event:
+            case ev.TasksSubmitted():
+                for spec in event.tasks:
+                    if spec.key not in tasks:
+                        journal.task_added(
+                            spec.key,
+                            list(spec.dependencies),
+                            cast(tuple[int, list[Buffer]], spec.run_spec),
+                            spec.priority,
+                            spec.retries,
+                            list(spec.workers) if spec.workers else None,
+                            spec.pure,
+                        )
+                for key in event.wanted:
+                    journal.want(event.client, key, True)
+            case ev.DataScattered():
+                for item in event.keys:
+                    if item.key not in tasks:
+                        journal.task_added(item.key, [], None, 0, 0, None, True, event.replicas)
+                    journal.want(event.client, item.key, True)
+            case ev.KeysDesired():
+                for key in event.keys:
+                    journal.want(event.client, key, True)
+            case ev.KeysReleased() | ev.KeysCancelled():
+                for key in event.keys:
+                    journal.want(event.client, key, False)
+            case ev.ClientDisconnected():
+                journal.client_gone(event.client)
+            case ev.RestartRequested():
+                journal.clear()
+            case _:
+                pass
+
+    def transition(self, ts: TaskState, start: str, finish: str) -> None:
+        """The core's ``on_transition`` hook: note that ``ts`` moved."""
+        self._dirty[ts.key] = ts
+
+    def write_states(self, tasks: dict[str, TaskState]) -> None:
+        """Write the final state of every task that moved during the last events."""
+        if not self._dirty:
+            return
+        journal = self.journal
+        for key, ts in self._dirty.items():
+            if tasks.get(key) is not ts:
+                journal.task_forgotten(key)
+            elif ts.state == MEMORY:
+                location = next(iter(ts.who_has)).address if ts.who_has else ""
+                journal.task_state(key, MEMORY, ts.nbytes, ts.type_name, location)
+            elif ts.state == ERRED and ts.error is not None:
+                e = ts.error
+                journal.task_state(
+                    key,
+                    ERRED,
+                    error={
+                        "blame": e.blame,
+                        "text": e.text,
+                        "exception": e.exception,
+                        "traceback": e.traceback,
+                        "kind": e.kind,
+                        "workers": list(e.workers),
+                    },
+                )
+            elif ts.state == RELEASED:
+                journal.task_state(key, RELEASED)
+        self._dirty.clear()
+
+    def forget_pending(self) -> None:
+        """Stopping: what happened up to now is kept; the stop is not a release."""
+        self._dirty.clear()
+
+    def ack_when_written(self, comm: Connection, ack: Msg) -> None:
+        """Send ``ack`` once the transaction holding what it acknowledges is committed."""
+        self._acks.append((comm, ack))
+
+    # -------------------------------------------------------------- writing
+    async def run(self) -> None:
+        journal = self.journal
+        while True:
+            await asyncio.sleep(self.interval)
+            if not journal.dirty and not self._acks:
+                continue
+            batch = journal.take()
+            acks, self._acks = self._acks, []
+            try:
+                await asyncio.to_thread(journal.write, batch)
+            except Exception:
+                logger.exception("could not write the journal %s", journal.path)
+                continue
+            for comm, ack in acks:
+                if not comm.closed:
+                    comm.send(ack)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.journal.flush)
+        self.journal.close()
+
+    # ------------------------------------------------------------ restoring
+    async def load(self) -> Snapshot:
+        return await asyncio.to_thread(self.journal.load)
+
+
+def restored_tasks(snap: Snapshot) -> tuple[tuple[ev.RestoredTask, ...], set[str]]:
+    """The journal's tasks as the core's rows, and the workers that held results."""
+    rows = []
+    expected: set[str] = set()
+    for t in snap.tasks:
+        err = t.error
+        rows.append(
+            ev.RestoredTask(
+                key=t.key,
+                dependencies=tuple(t.deps),
+                run_spec=t.run_spec,
+                priority=t.priority,
+                retries=t.retries,
+                workers=tuple(t.workers) if t.workers else None,
+                pure=t.pure,
+                replicas=t.replicas,
+                error=ev.ErrorRecord(
+                    blame=str(err.get("blame", t.key)),
+                    text=str(err.get("text", "")),
+                    exception=bytes(err.get("exception") or b""),
+                    traceback=bytes(err.get("traceback") or b""),
+                    kind=str(err.get("kind", "")),
+                    workers=tuple(err.get("workers") or ()),
+                )
+                if err
+                else None,
+            )
+        )
+        if t.state == "memory" and t.location:
+            expected.add(t.location)
+    return tuple(rows), expected
