@@ -250,6 +250,9 @@ class SchedulerState:
 
     # --------------------------------------------------------------- helpers
     def _emit(self, command: cmd.Command) -> None:
+        if not command.stimulus_id:
+            # Every command names the event that caused it (frozen: set once, here).
+            object.__setattr__(command, "stimulus_id", self._stimulus)
         self._out.append(command)
 
     def _set_state(self, ts: TaskState, finish: str) -> None:
