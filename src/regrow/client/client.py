@@ -529,6 +529,54 @@ class Client:
             if not st.done() or st.status != CANCELLED:
                 st.cancel()
 
+    def retire_workers(
+        self,
+        workers: list[str] | None = None,
+        *,
+        close_workers: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Take ``workers`` (a list of addresses or names) out of the cluster gracefully,
+        as dask.distributed's ``retire_workers``: ``{address: worker info}`` of those
+        retired (their ``scheduler_info()`` entries from just before).
+
+        A retiring worker takes no new tasks; what only it holds is copied to other
+        workers first, so no future loses its result and nothing is recomputed; then it
+        is stopped through its nanny, which does not replace it. A worker that would
+        take the last copy of a result with it (no other worker left to take it) stays,
+        and is left out of the answer, as are unknown names. ``timeout`` bounds the
+        wait for the answer only: the retirement itself goes on.
+        """
+        if workers is None:
+            raise TypeError(
+                "retire_workers() needs the workers to retire: a list of addresses or names"
+            )
+        if isinstance(workers, str | bytes):
+            raise TypeError(
+                f"retire_workers() takes a list of worker addresses or names, got the "
+                f"string {workers!r}; use [{workers!r}]"
+            )
+        try:
+            wanted = list(workers)
+        except TypeError:
+            raise TypeError(
+                "retire_workers() takes a list of worker addresses or names, got "
+                f"{type(workers).__name__}"
+            ) from None
+        if not all(isinstance(w, str) for w in wanted):
+            raise TypeError(
+                f"retire_workers() takes worker addresses or names (strings), got {wanted!r}"
+            )
+        if not wanted:
+            raise ValueError("retire_workers() got an empty list of workers")
+        if close_workers is not True:
+            raise NotImplementedError(
+                "retire_workers(close_workers=False) is not supported: a retired worker's "
+                "process is always stopped"
+            )
+        self._check_running()
+        return self._sync(self._ask(queries.retire_workers, wanted), timeout=timeout)
+
     def get_executor(self, **kwargs: Any) -> concurrent.futures.Executor:
         """A ``concurrent.futures.Executor`` that runs on this cluster."""
         from regrow.client.executor import ClientExecutor

@@ -1,8 +1,8 @@
 """What a client asks of the cluster: its workers, where keys are, code run on workers.
 
 Owns the coroutines behind ``Client.scheduler_info``, ``nthreads``, ``nannies``,
-``wait_for_workers``, ``who_has`` and ``run``: each a request through the session and
-what its reply means.
+``wait_for_workers``, ``who_has``, ``run`` and ``retire_workers``: each a request through
+the session and what its reply means.
 
 It must not keep state, nor touch futures or the client: each function gets the
 ``Session`` to ask through, and runs in its loop (the client's ``_sync`` puts it there).
@@ -16,6 +16,7 @@ from typing import Any
 
 from regrow.client.session import Session
 from regrow.protocol.framing import Buffer
+from regrow.protocol.messages import get_str_list
 
 
 async def scheduler_info(session: Session) -> dict[str, Any]:
@@ -63,3 +64,14 @@ async def run(session: Session, frames: list[Buffer], wanted: list[str] | None) 
             raise value
         out[worker] = value
     return out
+
+
+async def retire_workers(session: Session, workers: list[str]) -> dict[str, dict[str, Any]]:
+    """Retire ``workers`` (addresses or names) gracefully: ``{address: info}`` of those
+    that went, their info as ``scheduler_info`` gave it just before. The scheduler
+    answers once each named worker has gone or been kept (one that would take the last
+    copy of a result with it stays); unknown names are left out."""
+    before = (await scheduler_info(session))["workers"]
+    reply, _ = await session.request({"op": "retire-workers", "workers": workers})
+    # A worker that registered after the snapshot: only its address is known.
+    return {a: before.get(a) or {"address": a} for a in get_str_list(reply, "workers")}
