@@ -1,15 +1,15 @@
-"""regrow: a distributed task executor for Python that keeps working when its parts fail."""
+"""regrow: a distributed task executor for Python that keeps working when its parts fail.
 
-from regrow.client.client import Client, get_client
-from regrow.client.futures import (
-    ALL_COMPLETED,
-    FIRST_COMPLETED,
-    FIRST_EXCEPTION,
-    Future,
-    as_completed,
-    wait,
-)
-from regrow.deploy import LocalCluster
+The public names are loaded on first use (PEP 562), so a scheduler, nanny or worker
+process that imports ``regrow.cli`` does not pay for the client, the deploy layer or
+the other role's modules: a restarted scheduler is ready sooner.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from regrow.errors import (
     AuthenticationError,
     CancelledError,
@@ -22,9 +22,48 @@ from regrow.errors import (
     RemoteError,
     SchedulerLostError,
 )
-from regrow.worker import get_worker
+
+if TYPE_CHECKING:
+    from regrow.client.client import Client, get_client
+    from regrow.client.futures import (
+        ALL_COMPLETED,
+        FIRST_COMPLETED,
+        FIRST_EXCEPTION,
+        Future,
+        as_completed,
+        wait,
+    )
+    from regrow.deploy import LocalCluster
+    from regrow.worker import get_worker
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Client": "regrow.client.client",
+    "get_client": "regrow.client.client",
+    "ALL_COMPLETED": "regrow.client.futures",
+    "FIRST_COMPLETED": "regrow.client.futures",
+    "FIRST_EXCEPTION": "regrow.client.futures",
+    "Future": "regrow.client.futures",
+    "as_completed": "regrow.client.futures",
+    "wait": "regrow.client.futures",
+    "LocalCluster": "regrow.deploy",
+    "get_worker": "regrow.worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'regrow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ALL_COMPLETED",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from regrow.client.keys import KeyTable
 from regrow.errors import CommClosedError, SchedulerLostError
 from regrow.protocol import shm
-from regrow.protocol.comm import Connection, ConnectionPool, connect, spawn
+from regrow.protocol.comm import Connection, ConnectionPool, connect, reconnect_delays, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 from regrow.protocol.serialize import loads
@@ -123,7 +123,7 @@ class Session:
         client.status = "reconnecting"
         client._record_event("workers", f"lost the scheduler ({reason}); reconnecting")
         deadline = time.monotonic() + client.settings.reconnect_timeout
-        delay = 0.05
+        delays = reconnect_delays()
         while time.monotonic() < deadline and client.status == "reconnecting":
             try:
                 await self._register(min(5.0, max(0.1, deadline - time.monotonic())), True)
@@ -131,9 +131,9 @@ class Session:
                 client._record_event("workers", "reconnected to the scheduler")
                 return
             except (OSError, TimeoutError, CommClosedError) as exc:
+                delay = next(delays)
                 logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.5)
         if client.status == "reconnecting":
             client._scheduler_gone(
                 f"{reason}, and no scheduler came back within {client.settings.reconnect_timeout} s"

@@ -361,6 +361,8 @@ class WorkerState:
 
     # ------------------------------------------------------------ execution
     def _start_ready(self) -> None:
+        if not self.ready or self.paused:
+            return
         ahead = AHEAD if self.avg_duration < SHORT_TASK else 0
         limit = self.nthreads * (1 + ahead)
         starting: list[WorkerTask] = []
@@ -467,6 +469,8 @@ class WorkerState:
         """Queued fetches go out, one transfer per holder, each key to its first holder
         not yet tried, the most urgent first; at most ``max_gathers`` at once. A key no
         holder is left to try for has failed."""
+        if not self.fetches:
+            return
         queued = [fs for fs in self.fetches.values() if not fs.holder]
         if not queued:
             return

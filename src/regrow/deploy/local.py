@@ -21,14 +21,16 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from regrow.client.loop import LoopThread
 from regrow.config import Settings
-from regrow.scheduler import Scheduler
-from regrow.worker import Worker
+
+if TYPE_CHECKING:
+    from regrow.scheduler import Scheduler
+    from regrow.worker import Worker
 
 _live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 logger = logging.getLogger("regrow.deploy")
@@ -277,6 +279,10 @@ class LocalCluster:
 
     # ---------------------------------------------------------- in-process
     def _start_inprocess(self, port: int) -> None:
+        # Imported here: a client that starts processes needs neither shell in its own.
+        from regrow.scheduler import Scheduler
+        from regrow.worker import Worker
+
         self._loop = LoopThread("regrow-cluster")
 
         async def start() -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -708,6 +708,17 @@ async def close_once(
         await shutdown()
     finally:
         closed.set()
+
+
+def reconnect_delays() -> Iterator[float]:
+    """Waits between tries to reach a scheduler that went away: 20 ms, growing by a
+    quarter, at most 250 ms. A restarted scheduler takes ~0.4 s to start listening, and
+    a try costs one refused connection; coarser steps (50 ms x 1.5, up to 0.5 s) made
+    its peers find it up to 250 ms after it was ready."""
+    delay = 0.02
+    while True:
+        yield delay
+        delay = min(delay * 1.25, 0.25)
 
 
 def spawn(coro: Awaitable[Any], tasks: set[asyncio.Task[Any]], name: str = "") -> asyncio.Task[Any]:

@@ -30,6 +30,7 @@ from regrow.protocol.comm import (
     close_once,
     connect,
     error_reply,
+    reconnect_delays,
     spawn,
 )
 from regrow.protocol.messages import Msg
@@ -116,7 +117,7 @@ class Nanny:
 
     # ------------------------------------------------------------- scheduler
     async def _connect_scheduler(self, first: bool = False) -> None:
-        delay = 0.05
+        delays = reconnect_delays()
         while not self.stopped.is_set():
             try:
                 comm = await connect(
@@ -134,9 +135,9 @@ class Nanny:
                     raise OSError(
                         f"could not reach the scheduler at {self.scheduler_address}: {exc}"
                     ) from None
+                delay = next(delays)
                 logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)  # a restarted scheduler is found fast
 
     async def _scheduler_loop(self, comm: Connection) -> None:
         try:

@@ -35,6 +35,7 @@ from regrow.protocol.comm import (
     cancel_others,
     close_once,
     connect,
+    reconnect_delays,
     spawn,
 )
 from regrow.protocol.framing import Buffer
@@ -239,15 +240,15 @@ class Worker:
             self.scheduler_address,
         )
         self.handle(wev.SchedulerLost(stimulus_id=self._sid("scheduler-lost")))
-        delay = 0.05
+        delays = reconnect_delays()
         while not self.stopped.is_set():
             try:
                 await self._register()
                 return
             except (OSError, TimeoutError, CommClosedError, ProtocolError) as exc:
+                delay = next(delays)
                 logger.info("scheduler still unreachable (%s); next try in %.2f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)  # a restarted scheduler is found fast
 
     async def _heartbeats(self) -> None:
         proc = psutil.Process()
