@@ -3,6 +3,10 @@
 Orders from the scheduler, outcomes from task threads and transfers, memory samples.
 Values (results, errors, run specs) travel through as opaque objects: the core never
 looks inside them, it only decides what becomes of them.
+
+Not frozen, unlike the scheduler's events: a frozen dataclass takes ~2 us more to make
+(each field set through object.__setattr__), and a worker makes about six events and
+instructions per task. Nothing changes them once made.
 """
 
 from __future__ import annotations
@@ -10,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerEvent:
     stimulus_id: str = ""
 
 
 # ------------------------------------------------------------ from the scheduler
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ComputeRequested(WorkerEvent):
     """The scheduler asks for ``key`` to be computed here (run ``run_id``)."""
 
@@ -31,45 +35,45 @@ class ComputeRequested(WorkerEvent):
     run_spec: object = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KeysFreed(WorkerEvent):
     """The scheduler no longer wants these keys here: neither the data nor the task."""
 
     keys: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StealRequested(WorkerEvent):
     """The scheduler would move ``key`` elsewhere if it has not started here."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterruptRequested(WorkerEvent):
     """``cancel(force=True)``: stop ``key`` even while it runs."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ReplicasRequested(WorkerEvent):
     """Fetch a copy of each key from one of its holders (scatter with replicas)."""
 
     who_has: dict[str, list[str]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StateDropped(WorkerEvent):
     """``restart`` of a worker without a nanny: forget every task and every result."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SchedulerLost(WorkerEvent):
     """The connection to the scheduler broke: its orders are void (given to others)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SchedulerReconnected(WorkerEvent):
     """Registered again. ``drop``: the scheduler had removed us; what we hold is stale."""
 
@@ -77,7 +81,7 @@ class SchedulerReconnected(WorkerEvent):
 
 
 # ------------------------------------------------------------- from this process
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ExecuteSucceeded(WorkerEvent):
     key: str
     attempt: int
@@ -91,7 +95,7 @@ class ExecuteSucceeded(WorkerEvent):
     sealed: object = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ExecuteFailed(WorkerEvent):
     key: str
     attempt: int
@@ -99,7 +103,7 @@ class ExecuteFailed(WorkerEvent):
     duration: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GatherFinished(WorkerEvent):
     """A transfer from ``holder`` ended. ``got``: the keys now stored here, with their
     sizes and types. ``refusal``: the holder answered, but its data cannot reach us (it
@@ -111,14 +115,14 @@ class GatherFinished(WorkerEvent):
     refusal: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DataPut(WorkerEvent):
     """A client stored values here (scatter): key -> (nbytes, type name)."""
 
     data: dict[str, tuple[int, str]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class MemorySampled(WorkerEvent):
     """The process's memory use. ``after_spill``: sampled right after a ``Spill``."""
 
@@ -126,7 +130,7 @@ class MemorySampled(WorkerEvent):
     after_spill: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterruptDeadlinePassed(WorkerEvent):
     """``cancel_grace`` after an ``Interrupt`` of run ``attempt`` of ``key``.
     ``started``: its thread had begun it (it was not still queued behind another)."""

@@ -1,18 +1,21 @@
-"""Outputs of the worker core: what the worker's shell must do, named in the imperative."""
+"""Outputs of the worker core: what the worker's shell must do, named in the imperative.
+
+Not frozen (see ``worker_events``); only the core sets ``stimulus_id``, as it emits one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Instruction:
     # The event that caused it; not part of what the order is (two equal orders are equal).
     stimulus_id: str = field(default="", compare=False)
 
 
 # ---------------------------------------------------------------- this process
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Execute(Instruction):
     """Hand ``key`` to the task threads (run ``attempt`` of it)."""
 
@@ -21,7 +24,7 @@ class Execute(Instruction):
     run_spec: object
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Abandon(Instruction):
     """Run ``attempt`` of ``key`` is no longer wanted: a thread that has not begun it
     skips it (one that has cannot be stopped; its outcome comes back all the same)."""
@@ -30,7 +33,7 @@ class Abandon(Instruction):
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InterruptThread(Instruction):
     """Raise TaskInterrupted in the thread running ``key``; report back after the grace."""
 
@@ -38,7 +41,7 @@ class InterruptThread(Instruction):
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Gather(Instruction):
     """Fetch ``keys`` from ``holder``, store what arrives, report a GatherFinished."""
 
@@ -46,7 +49,7 @@ class Gather(Instruction):
     keys: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StoreData(Instruction):
     """Keep a task's result in the data store."""
 
@@ -56,7 +59,7 @@ class StoreData(Instruction):
     sealed: object = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DiscardResult(Instruction):
     """A result nobody wants: release what it holds (its sealed copy)."""
 
@@ -64,39 +67,39 @@ class DiscardResult(Instruction):
     sealed: object
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DeleteData(Instruction):
     keys: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Spill(Instruction):
     """Free about ``nbytes`` of memory: idle buffers first, then results to disk."""
 
     nbytes: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ExitForNanny(Instruction):
     """Tell the scheduler why, then exit: the nanny starts a fresh worker."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class LogWarning(Instruction):
     text: str
 
 
 # ------------------------------------------------------------- to the scheduler
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendStarted(Instruction):
     """Tell the scheduler these tasks are about to run (before any can kill us)."""
 
     keys: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendFinished(Instruction):
     key: str
     run_id: int
@@ -106,7 +109,7 @@ class SendFinished(Instruction):
     inline: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendErred(Instruction):
     key: str
     run_id: int
@@ -114,24 +117,24 @@ class SendErred(Instruction):
     duration: float | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendDependencyMissing(Instruction):
     key: str
     dependency: str
     holders: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendStealResponse(Instruction):
     key: str
     stolen: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendAddReplicas(Instruction):
     keys: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SendPaused(Instruction):
     paused: bool

@@ -224,8 +224,7 @@ class WorkerState:
     # --------------------------------------------------------------- helpers
     def _emit(self, instruction: ins.Instruction) -> None:
         if not instruction.stimulus_id:
-            # Every instruction names the event that caused it (frozen: set once, here).
-            object.__setattr__(instruction, "stimulus_id", self._stimulus)
+            instruction.stimulus_id = self._stimulus  # the event that caused it
         self._out.append(instruction)
 
     def _set_state(self, ts: WorkerTask, finish: str) -> None:

@@ -447,7 +447,7 @@ class Worker:
                 wev.ComputeRequested(
                     key=key,
                     run_id=get(msg, "run", int),
-                    priority=tuple(int(p) for p in get(msg, "priority", list)),
+                    priority=tuple(get(msg, "priority", list)),
                     who_has=_who_has(msg),
                     inline=tuple(inputs),
                     run_spec=RunSpec(get(msg, "fnf", int), frames, inputs),
