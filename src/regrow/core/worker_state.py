@@ -271,7 +271,7 @@ class WorkerState:
             ts.run_id, ts.priority = event.run_id, event.priority
             ts.who_has, ts.run_spec, ts.rerun = event.who_has, event.run_spec, None
             ts.failed = {}
-        inline = set(event.inline)
+        inline = set(event.inline) if event.inline else ()  # most orders carry none
         missing = [d for d in event.who_has if d not in self.data and d not in inline]
         if missing:
             self._set_state(ts, WAITING)
@@ -382,7 +382,7 @@ class WorkerState:
         for ts in starting:
             self._emit(ins.Execute(key=ts.key, attempt=ts.attempt, run_spec=ts.run_spec))
 
-    def _thread_done(self, key: str, attempt: int, duration: float) -> WorkerTask | None:
+    def _thread_done(self, key: str, attempt: int, duration: float) -> WorkerTask:
         ts = self.tasks.get(key)
         if ts is None or ts.attempt != attempt or ts.state not in THREADED:
             raise InvalidTransition(
@@ -396,12 +396,14 @@ class WorkerState:
 
     def _execute_succeeded(self, event: ev.ExecuteSucceeded) -> None:
         ts = self._thread_done(event.key, event.attempt, event.duration)
-        assert ts is not None
         if ts.state == RERUN:
             assert ts.rerun is not None
             ts.run_id = ts.rerun.run_id  # wanted again while it ran: the result counts
             ts.rerun = None
-        if ts.state in (EXECUTING, RERUN):
+        wanted = ts.state in (EXECUTING, RERUN)
+        if wanted or (ts.state == ORPHANED and ts.key not in self.data):
+            # An orphan's result is kept (unreported) for a scheduler restored from its
+            # journal; a wanted one is kept and reported.
             self._set_state(ts, MEMORY)
             self.data[ts.key] = (event.nbytes, event.type_name)
             self._emit(
@@ -409,24 +411,17 @@ class WorkerState:
                     key=ts.key, value=event.value, nbytes=event.nbytes, sealed=event.sealed
                 )
             )
-            self._emit(
-                ins.SendFinished(
-                    key=ts.key,
-                    run_id=ts.run_id,
-                    nbytes=event.nbytes,
-                    type_name=event.type_name,
-                    duration=event.duration,
-                    inline=event.inline,
+            if wanted:
+                self._emit(
+                    ins.SendFinished(
+                        key=ts.key,
+                        run_id=ts.run_id,
+                        nbytes=event.nbytes,
+                        type_name=event.type_name,
+                        duration=event.duration,
+                        inline=event.inline,
+                    )
                 )
-            )
-        elif ts.state == ORPHANED and ts.key not in self.data:
-            self._set_state(ts, MEMORY)
-            self.data[ts.key] = (event.nbytes, event.type_name)
-            self._emit(
-                ins.StoreData(
-                    key=ts.key, value=event.value, nbytes=event.nbytes, sealed=event.sealed
-                )
-            )
         else:
             self._set_state(ts, RELEASED)
             if event.sealed is not None:
@@ -434,7 +429,6 @@ class WorkerState:
 
     def _execute_failed(self, event: ev.ExecuteFailed) -> None:
         ts = self._thread_done(event.key, event.attempt, event.duration)
-        assert ts is not None
         if ts.state == EXECUTING:
             self._set_state(ts, ERRED)
             self._emit(

@@ -76,6 +76,9 @@ def serialize_error(exc: BaseException) -> tuple[bytes, bytes, str]:
     return blob, tb_text.encode(), text
 
 
+Outcome = wev.ExecuteSucceeded | wev.ExecuteFailed
+
+
 @dataclass(slots=True, eq=False)
 class RunSpec:
     """What a compute order carries to run a task: the pickled function (the first
@@ -139,7 +142,7 @@ class TaskThreads:
         nthreads: int,
         settings: Settings,
         data: MutableMapping[str, Any],
-        deliver: Callable[[list[wev.WorkerEvent]], None],
+        deliver: Callable[[list[Outcome]], None],
         seal_results: bool,
     ) -> None:
         self.worker = worker
@@ -149,7 +152,7 @@ class TaskThreads:
         self.seal_results = seal_results
         self.runs: dict[str, Run] = {}
         self._work: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
-        self._outcomes: list[wev.WorkerEvent] = []
+        self._outcomes: list[Outcome] = []
         self._outcomes_lock = threading.Lock()
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,13 +219,12 @@ class TaskThreads:
             outcomes, self._outcomes = self._outcomes, []
             self._drain_scheduled = False
         for event in outcomes:
-            assert isinstance(event, wev.ExecuteSucceeded | wev.ExecuteFailed)
             run = self.runs.get(event.key)
             if run is not None and run.attempt == event.attempt:
                 del self.runs[event.key]
         self.deliver(outcomes)
 
-    def _execute(self, run: Run) -> wev.WorkerEvent:
+    def _execute(self, run: Run) -> Outcome:
         start = time.perf_counter()
         _thread_state.worker = self.worker
         sid = f"execute-{run.key}"

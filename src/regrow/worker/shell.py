@@ -41,6 +41,7 @@ from regrow.protocol.comm import (
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg, get, get_str_list
 from regrow.worker.execution import (
+    Outcome,
     RunSpec,
     TaskInterrupted,
     TaskThreads,
@@ -135,6 +136,7 @@ class Worker:
         self.scheduler: Connection | None = None
         self._scheduler_closing = False
         self._stimuli = itertools.count()
+        self._proc = psutil.Process()  # this process: heartbeats and memory samples
         self.tasks_bg: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
         self.closed = asyncio.Event()
@@ -251,13 +253,12 @@ class Worker:
             await asyncio.sleep(delay)
 
     async def _heartbeats(self) -> None:
-        proc = psutil.Process()
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             self._send(
                 {
                     "op": "heartbeat",
-                    "memory": proc.memory_info().rss,
+                    "memory": self._proc.memory_info().rss,
                     "managed": self.data.fast_bytes,
                     "spilled": self.data.slow_bytes,
                     "executing": self.state.in_threads,
@@ -266,25 +267,23 @@ class Worker:
 
     async def _memory_monitor(self) -> None:
         """Sample memory use for the core, which decides on spilling and pausing."""
-        proc = psutil.Process()
         while True:
             await asyncio.sleep(self.settings.memory_monitor_interval)
             self.handle(
-                wev.MemorySampled(rss=proc.memory_info().rss, stimulus_id=self._sid("memory"))
+                wev.MemorySampled(rss=self._proc.memory_info().rss, stimulus_id=self._sid("memory"))
             )
 
     async def _spill(self, nbytes: int) -> None:
         """Free about ``nbytes``: kept receive buffers first, then results to disk."""
-        proc = psutil.Process()
-        before = proc.memory_info().rss
+        before = self._proc.memory_info().rss
         if framing.POOL.trim():
-            nbytes -= before - proc.memory_info().rss
+            nbytes -= before - self._proc.memory_info().rss
         if nbytes > 0 and self.data.fast:
             # Spill in a thread: writing files must not stall the event loop.
             await asyncio.to_thread(self.data.spill, nbytes)
         self.handle(
             wev.MemorySampled(
-                rss=proc.memory_info().rss, after_spill=True, stimulus_id=self._sid("spilled")
+                rss=self._proc.memory_info().rss, after_spill=True, stimulus_id=self._sid("spilled")
             )
         )
 
@@ -296,15 +295,13 @@ class Worker:
         for instruction in self.state.handle(*events):
             self._carry_out(instruction)
 
-    def _outcomes(self, events: list[wev.WorkerEvent]) -> None:
+    def _outcomes(self, events: list[Outcome]) -> None:
         if not self.stopped.is_set():
             self.handle(*events)
-        else:
-            for event in events:  # no one wants them now; sealed copies are let go
-                if isinstance(event, wev.ExecuteSucceeded) and event.sealed is not None:
-                    shm_sealed = event.sealed
-                    assert isinstance(shm_sealed, shm.Sealed)
-                    shm_sealed.close()
+            return
+        for event in events:  # no one wants them now; sealed copies are let go
+            if isinstance(event, wev.ExecuteSucceeded) and isinstance(event.sealed, shm.Sealed):
+                event.sealed.close()
 
     def _data_put(self, data: dict[str, tuple[int, str]]) -> None:
         self.handle(wev.DataPut(data=data, stimulus_id=self._sid("put-data")))
