@@ -586,8 +586,10 @@ class SimCluster:
         raise AssertionError("the simulated cluster never went quiet")
 
     def check_quiescent(self) -> None:
-        """Every key a client holds a future for ended in memory or erred, and it was told."""
+        """Every key a client holds a future for ended in memory or erred, and it was told;
+        no retirement is left under way."""
         st = self.state
+        assert not st.retirements, f"retirements never finished: {st.retirements}"
         for client, keys in self.wants.items():
             for key in keys:
                 ts = st.tasks.get(key)

@@ -7,8 +7,6 @@ the races that once needed real processes and sleeps are replayed in microsecond
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from regrow.core import worker_events as ev
@@ -621,11 +619,12 @@ def test_state_dropped_cancels_orphans() -> None:
 # ----------------------------------------------------------- short tasks
 def _warm_up(w: WorkerSim) -> None:
     """Short tasks, one at a time, until the average duration counts as short."""
-    for n in itertools.count():
+    for n in range(1000):
         if w.state.avg_duration < SHORT_TASK:
             return
         w.handle(compute(f"warm{n}"))
         w.succeed(f"warm{n}", duration=0.0)
+    raise AssertionError("the average duration never came below SHORT_TASK")
 
 
 def test_long_tasks_take_one_thread_each() -> None:

@@ -240,18 +240,21 @@ def test_cluster_info_and_run(cluster: LocalCluster, client: Client) -> None:
 def test_await_client_form(cluster: LocalCluster, client: Client) -> None:
     async def main() -> None:
         pending = connect(cluster)
-        # The constructor does not connect: that happens when it is awaited.
-        assert pending.status == "connecting"
-        with pytest.raises(RuntimeError, match="started first"):
-            pending.scheduler_info()
-        # Awaited twice at once: it connects once.
-        c, same = await asyncio.gather(pending, pending)
-        assert c is pending and same is c and c.status == "running"
-        assert c is await c  # awaiting again is harmless
-        assert await c.submit(inc, 10) == 11
-        await c.close()
-        assert c.status == "closed"
-        await c.close()  # closing twice is harmless
+        try:
+            # The constructor does not connect: that happens when it is awaited.
+            assert pending.status == "connecting"
+            with pytest.raises(RuntimeError, match="started first"):
+                pending.scheduler_info()
+            # Awaited twice at once: it connects once.
+            c, same = await asyncio.gather(pending, pending)
+            assert c is pending and same is c and c.status == "running"
+            assert c is await c  # awaiting again is harmless
+            assert await c.submit(inc, 10) == 11
+            await c.close()
+            assert c.status == "closed"
+            await c.close()  # closing twice is harmless
+        finally:
+            await pending.close()  # on a failed assertion too
 
         # Never awaited: closing needs nothing.
         unused = connect(cluster)
@@ -428,8 +431,10 @@ def test_restart_and_shutdown(make_cluster: Callable[..., tuple[LocalCluster, Cl
 def test_sync_only_api_refuses_async_client(cluster: LocalCluster, client: Client) -> None:
     async def main() -> None:
         c = connect(cluster)
-        with pytest.raises(RuntimeError, match="async with"), c:
-            pass
-        await c.close()
+        try:
+            with pytest.raises(RuntimeError, match="async with"), c:
+                pass
+        finally:
+            await c.close()
 
     run(main)

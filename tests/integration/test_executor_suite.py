@@ -298,7 +298,9 @@ def test_map_reads_its_inputs_eagerly_or_with_buffersize_lazily(ex: ClientExecut
 
 def test_shutdown_race_issue12456(ex: ClientExecutor) -> None:
     ex.map(str, [2] * 3)
-    ex.shutdown()
+    ex.shutdown()  # returns, with the map's calls settled or cancelled
+    with pytest.raises(RuntimeError):
+        ex.submit(str, 1)
 
 
 def test_free_reference(ex: ClientExecutor) -> None:

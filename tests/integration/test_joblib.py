@@ -258,7 +258,7 @@ def test_a_timeout_cancels_running_and_queued_batches(
         parallel_config(backend="regrow", workers=[workers[0]]),
         pytest.raises(multiprocessing.TimeoutError),  # what joblib raises
     ):
-        Parallel(n_jobs=-1, pre_dispatch="all", batch_size=1, timeout=1.0)(
+        Parallel(n_jobs=-1, pre_dispatch="all", batch_size=1, timeout=3.0)(
             delayed(started_and_gated)(i, str(gate.path), str(tmp_path)) for i in range(10)
         )
     assert len(cancelled) == 10
