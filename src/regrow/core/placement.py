@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 _LRU_CANDIDATES = 4
 
 
-def _allowed(ts: TaskState, ws: WorkerRecord) -> bool:
+def allowed(ts: TaskState, ws: WorkerRecord) -> bool:
+    """Whether ``ts``'s restrictions (worker addresses, names or nannies) admit ``ws``."""
     r = ts.restrictions
     return r is None or ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
 
@@ -38,7 +39,7 @@ def decide_worker(
     if not free:
         return None
     if ts.restrictions is not None:
-        candidates = [ws for ws in free if _allowed(ts, ws)]
+        candidates = [ws for ws in free if allowed(ts, ws)]
     else:
         candidates = list(islice(free, _LRU_CANDIDATES))
         for dep in ts.dependencies:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core.placement import allowed
 from regrow.core.records import (
     EMPTY,
     RUNNING,
@@ -120,11 +121,6 @@ def remove_worker(state: SchedulerState, ws: WorkerRecord, reason: str, graceful
 
 
 # ---------------------------------------------------------- lost results
-
-
-def lost(state: SchedulerState, ts: TaskState) -> int:
-    """The last copy of a result is gone: recompute it if anyone needs it (returns 1 then)."""
-    return lost_all(state, [ts])
 
 
 def lost_all(state: SchedulerState, gone: list[TaskState]) -> int:
@@ -233,7 +229,7 @@ def drop_holders(state: SchedulerState, dep: TaskState, holders: Iterable[str]) 
             hs.has_what.discard(dep)
             hs.nbytes -= dep.nbytes
     if not dep.who_has and dep.inline is None:
-        lost(state, dep)
+        lost_all(state, [dep])
 
 
 def dependency_missing(state: SchedulerState, event: ev.DependencyMissing) -> None:
@@ -277,20 +273,20 @@ def isolate(state: SchedulerState) -> None:
             if not ws.processing and not ws.paused and ws.isolated is None and ws.status == RUNNING
         ]
         ts = state.suspects[0]
-        target = next((ws for ws in empty if state._allowed(ts, ws)), None)
+        target = next((ws for ws in empty if allowed(ts, ws)), None)
         if target is None:
             # Hold back the least busy allowed worker until it is empty.
             if not any(ws.draining for ws in state.workers.values()):
-                allowed = [
+                candidates = [
                     ws
                     for ws in state.workers.values()
-                    if state._allowed(ts, ws)
+                    if allowed(ts, ws)
                     and not ws.paused
                     and ws.isolated is None
                     and ws.status == RUNNING
                 ]
-                if allowed:
-                    drain = min(allowed, key=lambda w: len(w.processing))
+                if candidates:
+                    drain = min(candidates, key=lambda w: len(w.processing))
                     drain.draining = True
                     state._update_free(drain)
             return

@@ -40,7 +40,7 @@ from typing import Any
 from regrow.core import client_requests, liveness, queries, recovery, retirement, stealing
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core.placement import decide_worker
+from regrow.core.placement import allowed, decide_worker
 from regrow.core.records import (
     EMPTY,
     RUNNING,
@@ -222,6 +222,7 @@ class SchedulerState:
                         stealing.balance(self)
                 case ev.HeartbeatReceived():
                     liveness.heartbeat(self, event)
+                    continue  # changes nothing isolation or undraining reads
                 case ev.WorkerConnectionClosed():
                     liveness.connection_closed(self, event)
                 case ev.WorkerDeathReported():
@@ -346,7 +347,7 @@ class SchedulerState:
             self._queued_count += 1
             self.suspects.append(ts)
             return
-        if prefer is not None and self._allowed(ts, prefer) and prefer in self.free:
+        if prefer is not None and allowed(ts, prefer) and prefer in self.free:
             ws: WorkerRecord | None = prefer
         else:
             ws = decide_worker(ts, self.free, self.bandwidth, self.avg_duration)
@@ -356,11 +357,6 @@ class SchedulerState:
             self._queued_count += 1
             return
         self._send_to(ts, ws)
-
-    @staticmethod
-    def _allowed(ts: TaskState, ws: WorkerRecord) -> bool:
-        r = ts.restrictions
-        return r is None or ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
 
     def _update_free(self, ws: WorkerRecord) -> None:
         """A worker takes new tasks while it has a free slot and is not held back."""
@@ -387,7 +383,6 @@ class SchedulerState:
         self._update_free(ws)
         self._emit(
             cmd.Compute(
-                stimulus_id=self._stimulus,
                 worker=ws.address,
                 key=ts.key,
                 run_id=ts.run_id,
@@ -423,7 +418,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None or ts.state != QUEUED or ts.priority != prio:
                 continue
-            if not self._allowed(ts, ws):
+            if not allowed(ts, ws):
                 skipped.append((prio, key))
                 continue
             self._queued_count -= 1

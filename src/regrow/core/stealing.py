@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core.placement import decide_worker
+from regrow.core.placement import allowed, decide_worker
 from regrow.core.records import CLOSED, TaskState, WorkerRecord
 from regrow.core.transitions import PROCESSING, RELEASED, WAITING
 
@@ -50,7 +50,7 @@ def balance(state: SchedulerState) -> None:
             for ts in reversed(list(victim.processing)):
                 if surplus <= 0 or want <= 0:
                     break
-                if ts.steal_pending or ts.started or not state._allowed(ts, thief):
+                if ts.steal_pending or ts.started or not allowed(ts, thief):
                     continue  # a running task cannot be stolen: do not ask again
                 if _transfer_bytes(ts, thief) > state.bandwidth * state.avg_duration * 10:
                     continue

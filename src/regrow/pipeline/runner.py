@@ -509,8 +509,10 @@ class _Runner:
         """Hand out the last stage's records of tasks that can no longer be restarted."""
         last = len(self.stages) - 1
         for group, run in self.runs[last].items():
-            if id(run) not in self.released and plan.settled(
-                self.groupings, self.tasks, (last, group), self.stage_complete
+            if (
+                run.finished  # cheap, and settled() is False for an unfinished task anyway
+                and id(run) not in self.released
+                and plan.settled(self.groupings, self.tasks, (last, group), self.stage_complete)
             ):
                 self.released.add(id(run))
                 records: list[Record] = []
