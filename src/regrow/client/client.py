@@ -526,7 +526,7 @@ class Client:
     async def _restart(self, timeout: float) -> None:
         await self._session.request({"op": "restart", "timeout": timeout}, timeout=timeout + 5)
         for st in self._keys.states():
-            if not st.done() or st.status != CANCELLED:
+            if st.status != CANCELLED:  # a cancelled state is settled already
                 st.cancel()
 
     def retire_workers(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph
 
 from regrow.client.futures import Future
-from regrow.client.submission import check_workers
+from regrow.client.submission import MAP_BATCH, check_workers, future_ref
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import Msg
 from regrow.protocol.serialize import dumps_with_refs, standard_dumps
@@ -35,9 +35,9 @@ from regrow.protocol.serialize import dumps_with_refs, standard_dumps
 if TYPE_CHECKING:
     from regrow.client.client import Client
 
-# Graph entries per submission message. Equal to the client's own batch size, so its
-# outbox never merges two of our batches into one message of more than this.
-BATCH = 1000
+# Graph entries per submission message: the client's own batch size, so its outbox
+# never merges two of our batches into one message of more than this.
+BATCH = MAP_BATCH
 
 
 def key_str(key: Hashable) -> str:
@@ -52,10 +52,6 @@ class _Dep:
 
     def __init__(self, key: str) -> None:
         self.key = key
-
-
-def _future_key(obj: object) -> str | None:
-    return obj.key if isinstance(obj, Future) else None
 
 
 class _DepPickler(pickle.Pickler):
@@ -108,7 +104,7 @@ def _batch_frames(batch: dict[Hashable, GraphNode]) -> tuple[list[Buffer], list[
     if data is None or b"_rebuild_future" in data:
         # cloudpickle (a function of __main__, a lambda), through the pickler that turns
         # each Future into a reference to its key, as for submit's arguments.
-        return dumps_with_refs(((batch,), {}), _future_key)
+        return dumps_with_refs(((batch,), {}), future_ref)
     return [data, *(b.raw() for b in buffers)], []
 
 

@@ -109,7 +109,7 @@ class ClientExecutor(concurrent.futures.Executor):
         self._kwargs = {"pure": False, **submit_kwargs}
         self._lock = threading.Lock()
         # Futures whose task has not settled yet, with the task's Future.
-        self._live: dict[ExecutorFuture, Future] = {}
+        self._live: set[ExecutorFuture] = set()
         self._shutdown = False
 
     def submit(
@@ -126,7 +126,7 @@ class ClientExecutor(concurrent.futures.Executor):
             remote = self._client.submit(call, *args, **{**self._kwargs, **options}, **kwargs)
             local = ExecutorFuture(self)
             local._remote = remote
-            self._live[local] = remote
+            self._live.add(local)
         remote.add_done_callback(functools.partial(self._settle, local))
         return local
 
@@ -149,7 +149,7 @@ class ClientExecutor(concurrent.futures.Executor):
         finally:
             local._remote = None
             with self._lock:
-                self._live.pop(local, None)
+                self._live.discard(local)
 
     def _cancel_remote(self, remotes: list[Future]) -> None:
         try:

@@ -49,6 +49,7 @@ from joblib.parallel import (
 
 from regrow.client.client import Client, get_client
 from regrow.client.futures import Future
+from regrow.client.submission import funcname
 from regrow.protocol.serialize import sizeof
 
 __all__ = ["SCATTER_THRESHOLD", "RegrowBackend", "register"]
@@ -72,9 +73,8 @@ def _run_calls(calls: list[_Call], nested: Any, nested_n_jobs: int | None) -> li
 
 
 def _name(calls: list[_Call]) -> str:
-    names = {getattr(fn, "__name__", type(fn).__name__) for fn, _, _ in calls}
-    name = names.pop() if len(names) == 1 else "mixed"
-    return "lambda" if name == "<lambda>" else name
+    names = {funcname(fn) for fn, _, _ in calls}
+    return names.pop() if len(names) == 1 else "mixed"
 
 
 class _NotSent:

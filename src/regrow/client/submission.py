@@ -51,7 +51,8 @@ def check_workers(workers: Any) -> list[str] | None:
     return ws
 
 
-def _ref_of(obj: object) -> str | None:
+def future_ref(obj: object) -> str | None:
+    """A Future's key, to pickle it as a reference (see serialize.dumps_with_refs)."""
     return obj.key if isinstance(obj, Future) else None
 
 
@@ -91,7 +92,7 @@ class TaskBuilder:
         priority: int,
     ) -> tuple[Msg, list[Buffer]]:
         """One call's task entry and its frames."""
-        arg_frames, deps = dumps_with_refs((args, dict(kwargs)), _ref_of)
+        arg_frames, deps = dumps_with_refs((args, dict(kwargs)), future_ref)
         if key is None:
             if pure:
                 key = f"{funcname(fn)}-{digest([*fn_frames, *arg_frames])}"
