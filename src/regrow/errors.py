@@ -60,6 +60,19 @@ class FutureLostError(RegrowError):
     """The future's key is no longer known to the scheduler."""
 
 
+class InvalidGraphError(RegrowError, ValueError):
+    """A submitted graph cannot run as given: its tasks depend on each other in a cycle.
+
+    Raised by the futures of the tasks on the cycle, and of those that need them; the
+    scheduler decides it, and the rest of the cluster carries on.
+    """
+
+
+class TooManyTasksError(RegrowError):
+    """A submission would have left its client with more keys on the scheduler than
+    ``max_client_tasks`` allows: release futures, or wait for results, and submit again."""
+
+
 class RemoteError(RegrowError):
     """A task raised an exception that could not travel back as itself.
 
@@ -81,10 +94,12 @@ __all__ = [
     "CancelledError",
     "CommClosedError",
     "FutureLostError",
+    "InvalidGraphError",
     "KilledWorker",
     "LostDataError",
     "ProtocolError",
     "RegrowError",
     "RemoteError",
     "SchedulerLostError",
+    "TooManyTasksError",
 ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core import graph
 from regrow.core.records import EMPTY, ClientState, TaskError, TaskState, added, discarded
 from regrow.core.transitions import ERRED, MEMORY, PROCESSING, RELEASED
 
@@ -22,43 +23,116 @@ if TYPE_CHECKING:
 
 
 def tasks_submitted(state: SchedulerState, event: ev.TasksSubmitted) -> None:
+    """New tasks enter the graph; the client holds futures for ``event.wanted``.
+
+    A key names one task: a key the scheduler knows keeps its task (the work is shared,
+    whatever this spec says, as in dask.distributed), and a key given twice in one
+    submission keeps its first spec, so batching never decides which one runs. Tasks may
+    come in any order. Those that can never run (``graph.problems``: an unknown
+    dependency, a cycle) err for their client; the tasks that need them err through
+    them. Nothing else in the state changes for a bad submission.
+    """
     client = state._client(event.client)
-    fresh: list[TaskState] = []
+    specs: dict[str, ev.TaskSpec] = {}
     for spec in event.tasks:
-        ts = state.tasks.get(spec.key)
-        if ts is not None:
-            continue  # a pure key already known: the work is shared
-        ts = TaskState(spec.key, spec.run_spec, (-spec.priority, next(state._seq)))
-        ts.retries = spec.retries
+        if spec.key not in specs and spec.key not in state.tasks:
+            specs[spec.key] = spec
+    if len(client.wants) + len(specs) > state.max_client_tasks:
+        _refuse_too_many(state, client, event, len(specs))
+        return
+    found = graph.problems({k: s.dependencies for k, s in specs.items()}, state.tasks)
+    fresh: list[TaskState] = []
+    for key, spec in specs.items():
+        ts = TaskState(
+            key, spec.run_spec, (-graph.bounded_priority(spec.priority), next(state._seq))
+        )
+        ts.retries = max(0, spec.retries)
         ts.pure = spec.pure
         if spec.workers:
             ts.restrictions = frozenset(spec.workers)
-        missing = [d for d in spec.dependencies if d not in state.tasks]
-        for dep_key in spec.dependencies:
-            dep = state.tasks.get(dep_key)
-            if dep is not None:
+        state.tasks[key] = ts
+        fresh.append(ts)
+    # Linked once every new task exists: a dependency may come later in the message.
+    errors: dict[graph.Problem, TaskError] = {}
+    for ts in fresh:
+        problem = found.get(ts.key)
+        if problem is None:
+            for dep_key in specs[ts.key].dependencies:
+                dep = state.tasks[dep_key]
                 ts.dependencies = added(ts.dependencies, dep)
                 dep.dependents = added(dep.dependents, ts)
-        state.tasks[spec.key] = ts
-        if missing:
-            # Erred in place, not through _err: nobody wants it yet, and _err would
-            # forget it before the client's want (and its report) is registered below.
-            state._set_state(ts, ERRED)
-            ts.error = TaskError(
-                blame=ts.key,
-                kind="FutureLostError",
-                text=f"task {ts.key!r} depends on {missing[0]!r}, which the scheduler "
-                "no longer knows (was its future released?)",
-            )
-        fresh.append(ts)
-    for key in event.wanted:
-        ts = state.tasks.get(key)
-        if ts is None:
             continue
-        want(state, client, ts)
+        # Erred in place, not through _err: nobody wants it yet, and _err would forget
+        # it before the client's want (and its report) is registered below. Not linked
+        # to its inputs: it never runs, and a cycle must not enter the graph.
+        error = errors.get(problem)
+        if error is None:
+            error = errors[problem] = graph.task_error(problem)
+        state._set_state(ts, ERRED)
+        ts.error = error
+    if found:
+        state._emit(
+            cmd.Log(level="warning", message=graph.summary(f"client {event.client}", found))
+        )
+    for key in event.wanted:
+        target = state.tasks.get(key)
+        if target is None:
+            # Nothing would ever settle its future: say so rather than leave it pending.
+            _report_unknown(
+                state,
+                client,
+                key,
+                f"the scheduler does not know key {graph.key_text(key)}: it is not in the "
+                "submission that wants it, and was never submitted or already released",
+            )
+            continue
+        want(state, client, target)
     for ts in fresh:
         if ts.state in (RELEASED, ERRED) and not state._needed(ts):
             state._check_forget(ts)
+
+
+def _refuse_too_many(
+    state: SchedulerState, client: ClientState, event: ev.TasksSubmitted, new: int
+) -> None:
+    """A submission past ``max_client_tasks``: nothing of it enters the state; the keys it
+    wants err for its client, with the reason (``TooManyTasksError``)."""
+    text = (
+        f"this client holds {len(client.wants):,} keys and submitted {new:,} more: past the "
+        f"scheduler's limit of {state.max_client_tasks:,} per client (max_client_tasks); "
+        "release futures, or wait for results, before submitting more"
+    )
+    state._emit(cmd.Log(level="warning", message=f"client {client.id}: {text}"))
+    for key in event.wanted:
+        target = state.tasks.get(key)
+        if target is not None:
+            want(state, client, target)  # a key it already knows: no new task
+            continue
+        state._emit(
+            cmd.ReportErred(
+                client=client.id,
+                key=key,
+                exception=b"",
+                traceback=b"",
+                kind="TooManyTasksError",
+                text=text,
+                blame=key,
+            )
+        )
+
+
+def _report_unknown(state: SchedulerState, client: ClientState, key: str, text: str) -> None:
+    state._emit(
+        cmd.ReportErred(
+            client=client.id,
+            key=key,
+            exception=b"",
+            traceback=b"",
+            kind="FutureLostError",
+            text=text,
+            blame=key,
+        )
+    )
 
 
 def want(state: SchedulerState, client: ClientState, ts: TaskState, report: bool = False) -> None:
@@ -87,16 +161,8 @@ def keys_desired(state: SchedulerState, event: ev.KeysDesired) -> None:
     for key in event.keys:
         ts = state.tasks.get(key)
         if ts is None:
-            state._emit(
-                cmd.ReportErred(
-                    client=client.id,
-                    key=key,
-                    exception=b"",
-                    traceback=b"",
-                    kind="FutureLostError",
-                    text=f"the scheduler does not know key {key!r} (it was released)",
-                    blame=key,
-                )
+            _report_unknown(
+                state, client, key, f"the scheduler does not know key {key!r} (it was released)"
             )
             continue
         want(state, client, ts, report=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core import graph
 from regrow.core.placement import allowed
 from regrow.core.records import (
     EMPTY,
@@ -336,21 +337,21 @@ def restart(state: SchedulerState) -> None:
 def state_restored(state: SchedulerState, event: ev.StateRestored) -> None:
     """A restarted scheduler's journal: rebuild the graph; nothing runs until RecoveryFinished."""
     state.recovering = True
+    rows: dict[str, ev.RestoredTask] = {}
     for row in event.tasks:
-        if row.key in state.tasks:
-            continue
-        ts = TaskState(row.key, row.run_spec, (-row.priority, next(state._seq)))
-        ts.retries = row.retries
+        if row.key not in rows and row.key not in state.tasks:
+            rows[row.key] = row
+    # The journal holds what clients sent, read like any submission: a row may name a
+    # dependency written after it, and one that can never run must not enter the graph.
+    found = graph.problems({k: r.dependencies for k, r in rows.items()}, state.tasks)
+    for key, row in rows.items():
+        ts = TaskState(key, row.run_spec, (-graph.bounded_priority(row.priority), next(state._seq)))
+        ts.retries = max(0, row.retries)
         ts.pure = row.pure
         if row.workers:
             ts.restrictions = frozenset(row.workers)
         if row.replicas > 1:
-            state.replicas[row.key] = row.replicas
-        for dep_key in row.dependencies:
-            dep = state.tasks.get(dep_key)
-            if dep is not None:
-                ts.dependencies = added(ts.dependencies, dep)
-                dep.dependents = added(dep.dependents, ts)
+            state.replicas[key] = row.replicas
         if row.error is not None:
             e = row.error
             ts.state = ERRED
@@ -362,7 +363,24 @@ def state_restored(state: SchedulerState, event: ev.StateRestored) -> None:
                 kind=e.kind,
                 workers=e.workers,
             )
-        state.tasks[row.key] = ts
+        state.tasks[key] = ts
+    errors: dict[graph.Problem, TaskError] = {}
+    for key, row in rows.items():
+        ts = state.tasks[key]
+        problem = found.get(key)
+        if problem is None:
+            for dep_key in row.dependencies:
+                dep = state.tasks[dep_key]
+                ts.dependencies = added(ts.dependencies, dep)
+                dep.dependents = added(dep.dependents, ts)
+        elif ts.error is None:
+            error = errors.get(problem)
+            if error is None:
+                error = errors[problem] = graph.task_error(problem)
+            ts.state = ERRED  # restored as erred, as a journal's erred task is
+            ts.error = error
+    if found:
+        state._emit(cmd.Log(level="warning", message=graph.summary("the journal", found)))
     for client_id, key in event.wants:
         wanted = state.tasks.get(key)
         if wanted is not None:

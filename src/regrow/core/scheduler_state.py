@@ -109,9 +109,13 @@ class SchedulerState:
         inline_limit: int = 256 * 2**20,
         heartbeat_timeout: float = 3.0,
         death_report_wait: float = 1.0,
+        max_client_tasks: int = 1_000_000,
+        log_length: int = 100_000,
         validate: bool = False,
     ) -> None:
         self.worker_saturation = worker_saturation
+        # A submission that would leave its client with more keys than this errs instead.
+        self.max_client_tasks = max_client_tasks
         # Liveness (core.liveness): a worker silent this long (s) is removed; a closed
         # connection waits this long (s) for the nanny to say why its worker died.
         self.heartbeat_timeout = heartbeat_timeout
@@ -154,7 +158,7 @@ class SchedulerState:
         self._out: list[cmd.Command] = []
         self._stimulus = ""
         # Bounded story of transitions: (key, start, finish, stimulus_id).
-        self.log: deque[tuple[str, str, str, str]] = deque(maxlen=100_000)
+        self.log: deque[tuple[str, str, str, str]] = deque(maxlen=log_length)
         self.counts = {
             "finished": 0,
             "erred": 0,

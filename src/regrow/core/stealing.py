@@ -20,6 +20,11 @@ from regrow.core.transitions import PROCESSING, RELEASED, WAITING
 if TYPE_CHECKING:
     from regrow.core.scheduler_state import SchedulerState
 
+# A task with more inputs than this is never stolen: weighing it is a pass over its inputs
+# on every tick it waits (a 1,000,000-wide fan-in would cost each tick ~0.1 s), and
+# moving it, its inputs scattered over the cluster, rarely pays.
+MAX_STEAL_INPUTS = 1000
+
 
 def balance(state: SchedulerState) -> None:
     """Work stealing: idle threads take not-yet-started tasks from busy workers."""
@@ -52,6 +57,8 @@ def balance(state: SchedulerState) -> None:
                     break
                 if ts.steal_pending or ts.started or not allowed(ts, thief):
                     continue  # a running task cannot be stolen: do not ask again
+                if len(ts.dependencies) > MAX_STEAL_INPUTS:
+                    continue
                 if _transfer_bytes(ts, thief) > state.bandwidth * state.avg_duration * 10:
                     continue
                 ts.steal_pending = True

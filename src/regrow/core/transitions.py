@@ -27,8 +27,8 @@ STATES = (RELEASED, WAITING, QUEUED, PROCESSING, MEMORY, ERRED, FORGOTTEN)
 TRANSITIONS: dict[tuple[str, str], str] = {
     (RELEASED, WAITING): "needed (wanted, or the input of a needed task): its inputs are awaited",
     (RELEASED, MEMORY): "scattered by a client, or offered by a worker that holds it",
-    (RELEASED, ERRED): "cannot run: an input is unknown or erred, lost scattered data, "
-    "or a worker death made it a KilledWorker",
+    (RELEASED, ERRED): "cannot run: an input is unknown or erred, it lies on a dependency "
+    "cycle, lost scattered data, or a worker death made it a KilledWorker",
     (RELEASED, FORGOTTEN): "no client wants it and no dependent remains",
     (WAITING, QUEUED): "inputs in memory, but no worker has a free slot (or it is a suspect)",
     (WAITING, PROCESSING): "inputs in memory: sent to a worker",
