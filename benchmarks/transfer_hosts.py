@@ -36,6 +36,10 @@ over the mean of those two times), over at least ``MIN_REPS`` (7) repetitions wh
 figure here is a median of repetitions. The summary also shows regrow's median
 against the best raw try, the stricter reading.
 
+``regrow_cluster`` and ``dask_cluster`` take ``tls=TlsFiles(...)`` to run every
+connection of the cluster over TLS (``benchmarks.tls`` uses it); this module's own
+rows are plaintext.
+
 Needs Linux, root, iproute2's ``ip`` and util-linux's ``unshare``; otherwise the
 rows say ``not run`` with the reason. Everything it creates (namespace, veth
 pair, processes) is removed on the way out, also on errors.
@@ -60,6 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -242,6 +247,50 @@ def raw_socket(link: VethLink, reps: int = LIMIT_REPS, fresh: bool = False) -> L
 
 
 # ------------------------------------------------------------------ clusters
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway CA and of one certificate and key it signed, for every
+    process of a cluster (mutual TLS): given as ``--tls-ca-file/--tls-cert/--tls-key``
+    to the scheduler and workers of both systems, and to their clients."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def write(cls, directory: Path) -> TlsFiles:
+        """New material from ``regrow.Security.temporary()``, written to ``directory``
+        (files readable by us only; they go with the directory)."""
+        import regrow
+
+        sec = regrow.Security.temporary()
+        paths = []
+        for name, text in (("ca.pem", sec.tls_ca_file), ("cert.pem", sec.tls_worker_cert),
+                           ("key.pem", sec.tls_worker_key)):  # fmt: skip
+            assert text is not None
+            path = directory / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            paths.append(str(path))
+        return cls(*paths)
+
+    def args(self) -> list[str]:
+        return ["--tls-ca-file", self.ca, "--tls-cert", self.cert, "--tls-key", self.key]
+
+    def regrow_security(self) -> Any:
+        import regrow
+
+        return regrow.Security(tls_ca_file=self.ca, tls_client_cert=self.cert,
+                               tls_client_key=self.key, require_encryption=True)  # fmt: skip
+
+    def dask_security(self) -> Any:
+        from distributed.security import Security
+
+        return Security(tls_ca_file=self.ca, tls_client_cert=self.cert,
+                        tls_client_key=self.key, require_encryption=True)  # fmt: skip
+
+
 def host_identity() -> str:
     """Run on a worker: the identity regrow's shared-memory path compares."""
     from regrow.protocol import shm
@@ -267,9 +316,12 @@ def _wait_file(proc: subprocess.Popen[bytes], path: Path, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def regrow_cluster(link: VethLink, tmp: Path, streams: int | None = None) -> Iterator[System]:
+def regrow_cluster(
+    link: VethLink, tmp: Path, streams: int | None = None, tls: TlsFiles | None = None
+) -> Iterator[System]:
     """A regrow scheduler and worker A on host A, worker B on host B (no nannies); with
-    ``streams``, that ``transfer_streams`` setting instead of the default."""
+    ``streams``, that ``transfer_streams`` setting instead of the default; with ``tls``,
+    every connection over TLS (tls:// addresses)."""
     import regrow
     from regrow.testing import child_env, regrow_cli, wait_ready
 
@@ -278,6 +330,7 @@ def regrow_cluster(link: VethLink, tmp: Path, streams: int | None = None) -> Ite
     env["PYTHONPATH"] = _env()["PYTHONPATH"]
     procs: list[subprocess.Popen[bytes]] = []
     client = None
+    tls_args = tls.args() if tls is not None else []
     try:
 
         def start(name: str, args: list[str], prefix: list[str] | None = None) -> str:
@@ -285,21 +338,26 @@ def regrow_cluster(link: VethLink, tmp: Path, streams: int | None = None) -> Ite
             procs.append(regrow_cli(args, env, ready, prefix=prefix))
             return wait_ready(procs[-1], ready, timeout=START_TIMEOUT)
 
-        address = start("scheduler", ["scheduler", "--host", link.host_ip, "--port", "0"])
-        worker = ["worker", address, "--no-nanny", "--nthreads", "1"]
+        address = start(
+            "scheduler", ["scheduler", "--host", link.host_ip, "--port", "0", *tls_args]
+        )
+        check(address.startswith("tls://" if tls else "tcp://"), f"scheduler at {address}")
+        worker = ["worker", address, "--no-nanny", "--nthreads", "1", *tls_args]
         a = start("a", [*worker, "--name", "A", "--host", link.host_ip],
                   host_prefix(link, "regrow-bench-host-a", inside=False))  # fmt: skip
         b = start("b", [*worker, "--name", "B", "--host", link.ns_ip],
                   host_prefix(link, "regrow-bench-host-b", inside=True))  # fmt: skip
-        client = regrow.Client(address, token=token, set_as_default=False)
+        security = tls.regrow_security() if tls is not None else None
+        client = regrow.Client(address, token=token, set_as_default=False, security=security)
         yield _ready(System("regrow", client, regrow.wait, [a, b]), link)
     finally:
         _close(client, procs)
 
 
 @contextlib.contextmanager
-def dask_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
-    """The same layout on dask.distributed: ``dask scheduler``/``dask worker`` processes."""
+def dask_cluster(link: VethLink, tmp: Path, tls: TlsFiles | None = None) -> Iterator[System]:
+    """The same layout on dask.distributed: ``dask scheduler``/``dask worker`` processes;
+    with ``tls``, over TLS (``--protocol tls`` and the same files)."""
     import distributed
 
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # no noise at close
@@ -307,24 +365,30 @@ def dask_cluster(link: VethLink, tmp: Path) -> Iterator[System]:
     procs: list[subprocess.Popen[bytes]] = []
     client = None
     log = tmp / "dask.log"
+    tls_args = ["--protocol", "tls", *tls.args()] if tls is not None else []
     try:
         sched_file = tmp / "dask-scheduler.json"
         procs.append(
             _start_logged(
                 [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", link.host_ip,
-                 "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                 "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file),
+                 *tls_args],
                 env, log,
             )
         )  # fmt: skip
         _wait_file(procs[0], sched_file, log)
         address = json.loads(sched_file.read_text())["address"]
+        check(address.startswith("tls://" if tls else "tcp://"), f"scheduler at {address}")
         for name, host, inside in (("A", link.host_ip, False), ("B", link.ns_ip, True)):
             prefix = host_prefix(link, f"dask-bench-host-{name.lower()}", inside)
             cmd = [*prefix, sys.executable, "-m", "distributed.cli.dask_worker", address,
                    "--host", host, "--name", name, "--nthreads", "1", "--no-nanny",
-                   "--no-dashboard", "--death-timeout", "60"]  # fmt: skip
+                   "--no-dashboard", "--death-timeout", "60", *tls_args]  # fmt: skip
             procs.append(_start_logged(cmd, env, log))
-        client = distributed.Client(address, set_as_default=False, timeout=START_TIMEOUT)
+        security = tls.dask_security() if tls is not None else None
+        client = distributed.Client(
+            address, set_as_default=False, timeout=START_TIMEOUT, security=security
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while len(client.scheduler_info()["workers"]) < 2:
             for p in procs:

@@ -15,12 +15,14 @@ from regrow.errors import (
     CancelledError,
     CommClosedError,
     FutureLostError,
+    InvalidGraphError,
     KilledWorker,
     LostDataError,
     ProtocolError,
     RegrowError,
     RemoteError,
     SchedulerLostError,
+    TooManyTasksError,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         wait,
     )
     from regrow.deploy import LocalCluster
+    from regrow.security import Security
     from regrow.worker import get_worker
 
 __version__ = "0.1.0"
@@ -48,6 +51,7 @@ _LAZY = {
     "as_completed": "regrow.client.futures",
     "wait": "regrow.client.futures",
     "LocalCluster": "regrow.deploy",
+    "Security": "regrow.security",
     "get_worker": "regrow.worker",
 }
 
@@ -75,6 +79,7 @@ __all__ = [
     "CommClosedError",
     "Future",
     "FutureLostError",
+    "InvalidGraphError",
     "KilledWorker",
     "LocalCluster",
     "LostDataError",
@@ -82,6 +87,8 @@ __all__ = [
     "RegrowError",
     "RemoteError",
     "SchedulerLostError",
+    "Security",
+    "TooManyTasksError",
     "as_completed",
     "get_client",
     "get_worker",

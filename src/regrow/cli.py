@@ -20,6 +20,7 @@ import click
 from regrow.config import Settings
 from regrow.errors import RegrowError
 from regrow.protocol.comm import Service, serve
+from regrow.security import Role, Security
 
 
 def _token(token_file: str | None) -> str | None:
@@ -33,6 +34,37 @@ def _token(token_file: str | None) -> str | None:
             raise click.UsageError(f"token file {token_file} is empty")
         return token
     return os.environ.get("REGROW_TOKEN") or None
+
+
+def _security(role: Role, ca: str | None, cert: str | None, key: str | None) -> Security:
+    """The process's TLS settings: its --tls-* flags (which require encryption), else
+    the REGROW_TLS_* variables a LocalCluster or nanny hands its children."""
+    try:
+        if ca is None and cert is None and key is None:
+            return Security.from_env(role)
+        return Security.for_files(role, ca=ca, cert=cert, key=key, require_encryption=True)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _check_security(security: Security, role: Role) -> None:
+    """Load the certificates now: a bad file is a usage error, not a failure later."""
+    try:
+        security.context(role, server=True)
+        security.context(role, server=False)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _raise_fd_limit() -> None:
+    """A server holds a descriptor per peer: raise the soft limit to the hard one."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _logging(level: str) -> None:
@@ -108,6 +140,15 @@ def _run_service(
 
 
 _common = [
+    click.option("--tls-ca-file", type=click.Path(dir_okay=False), default=None,
+                 help="CA certificate (PEM): peers must present certificates it signed.  "
+                      "[else $REGROW_TLS_CA_FILE]"),
+    click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+                 help="This process's certificate (PEM), signed by the CA."),
+    click.option("--tls-key", type=click.Path(dir_okay=False), default=None,
+                 help="This process's private key (PEM)."),
+    click.option("--insecure", is_flag=True, default=False,
+                 help="Listen beyond loopback with neither a token nor TLS (warns)."),
     click.option("--ready-file", hidden=True, default=None),
     click.option("--parent-pid", hidden=True, type=int, default=None),
     click.option("--log-level", default="INFO", show_default=True,
@@ -150,6 +191,10 @@ def scheduler(
     allowed_failures: int | None,
     worker_saturation: float | None,
     steal_interval: float | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure: bool,
     ready_file: str | None,
     parent_pid: int | None,
     log_level: str,
@@ -159,6 +204,9 @@ def scheduler(
 
     _logging(log_level)
     token = _token(token_file)
+    security = _security("scheduler", tls_ca_file, tls_cert, tls_key)
+    _check_security(security, "scheduler")
+    _raise_fd_limit()
     settings = Settings.from_env(
         worker_saturation=worker_saturation,
         steal_interval=steal_interval,
@@ -167,7 +215,15 @@ def scheduler(
     )
 
     _run_service(
-        lambda: Scheduler(host=host, port=port, token=token, settings=settings, journal=journal),
+        lambda: Scheduler(
+            host=host,
+            port=port,
+            token=token,
+            settings=settings,
+            journal=journal,
+            security=security,
+            insecure=insecure,
+        ),
         parent_pid,
         ready_file,
         announce="regrow scheduler at %s",
@@ -201,6 +257,10 @@ def worker(
     nanny_address: str,
     standby: bool,
     token_file: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure: bool,
     ready_file: str | None,
     parent_pid: int | None,
     log_level: str,
@@ -218,6 +278,8 @@ def worker(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     token = _token(token_file)
+    security = _security("worker", tls_ca_file, tls_cert, tls_key)
+    _check_security(security, "worker")
     settings = Settings.from_env()
     if standby:
         # Everything is imported: wait for the nanny's word (end-of-file: not needed).
@@ -235,6 +297,8 @@ def worker(
             port=port,
             memory_limit=limit,
             settings=settings,
+            security=security,
+            insecure=insecure,
         )
         if nanny:
             return Nanny(scheduler_address, log_level=log_level, **common)

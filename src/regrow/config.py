@@ -23,12 +23,34 @@ class Settings:
     default_task_duration: float = 0.001
     # Bytes per second assumed for moving data between workers, for placement.
     bandwidth: float = 500e6
-    # Handshake (authentication) must finish within this many seconds.
+    # A connection must finish its handshake (TLS, then the token) within this many
+    # seconds of opening, whatever it sends meanwhile; else it is dropped.
     handshake_timeout: float = 10.0
     # Connecting to a peer gives up after this many seconds.
     connect_timeout: float = 10.0
-    # Largest frame accepted after authentication (bytes).
+    # Largest frame accepted after authentication (bytes), by workers and clients...
     max_frame_bytes: int = 1 << 36
+    # ...and by the scheduler, which never receives data, only task specs and results
+    # of at most inline_result_bytes: a peer announcing more is dropped, not served.
+    scheduler_max_frame_bytes: int = 1 << 30
+    # A packet's message header (its frame 0, the msgpack list of messages) at most this
+    # large (bytes): 100,000 tasks in one submit take ~10 MB.
+    max_header_bytes: int = 256 * 2**20
+    # Connections a server keeps open at once, in all and from any one host; a peer
+    # past either is closed at once, before it costs anything but its socket.
+    max_connections: int = 4096
+    max_connections_per_host: int = 1024
+    # A peer whose outgoing data waiting in our memory passes this many bytes is not
+    # reading (stalled, or too slow): it is disconnected with that reason, rather than
+    # left to grow a scheduler or worker without bound.
+    max_send_buffer_bytes: int = 256 * 2**20
+    # A client may have at most this many keys on the scheduler (those its futures hold,
+    # finished or not, plus those of a submission): a submission past it errs for that
+    # client with the reason, and the scheduler's memory stays bounded.
+    max_client_tasks: int = 1_000_000
+    # The scheduler keeps the story of the last this many task transitions (what
+    # ``story(key)`` and errors tell), ~200 bytes each: up to ~20 MB of its memory.
+    transition_log_length: int = 100_000
     # Seconds between work-stealing passes (and other periodic scheduler duties).
     steal_interval: float = 0.05
     # Workers send a heartbeat this often (s)...

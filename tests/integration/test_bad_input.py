@@ -8,6 +8,8 @@ log) the tests read.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import operator
 import os
 import signal
@@ -16,11 +18,13 @@ import struct
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from regrow import (
@@ -29,10 +33,18 @@ from regrow import (
     as_completed,
     wait,
 )
+from regrow.config import Settings
+from regrow.core import events as ev
 from regrow.protocol import handshake
-from regrow.protocol.comm import parse_address
+from regrow.protocol.comm import connect, parse_address
 from regrow.protocol.framing import FrameDecoder, encode_packet
-from regrow.protocol.messages import Msg, pack_messages, unpack_messages
+from regrow.protocol.messages import (
+    CancelMsg,
+    ClientRegisteredMsg,
+    DesireKeysMsg,
+    PingMsg,
+    RegisterClientMsg,
+)
 from regrow.scheduler import Scheduler
 from regrow.testing import wait_until
 from regrow.worker import Worker
@@ -40,6 +52,20 @@ from regrow.worker import Worker
 from .tasks import inc
 
 TOKEN = "the-right-token"
+
+# Messages as a hostile peer sends them: plain msgpack maps, whatever their fields.
+Msg = dict[str, Any]
+
+
+def packet(*msgs: Msg, frames: list[bytes] | None = None) -> bytes:
+    """One packet carrying ``msgs`` (the last one with ``frames``), as bytes."""
+    counts = [0] * len(msgs)
+    if frames:
+        counts[-1] = len(frames)
+    header = msgpack.packb([[m, n] for m, n in zip(msgs, counts, strict=True)])
+    return b"".join(bytes(b) for b in encode_packet([header, *(frames or [])]))
+
+
 REGROW = str(Path(sys.executable).parent / "regrow")
 
 
@@ -163,8 +189,7 @@ class RawPeer:
         self.sock.sendall(data)
 
     def send(self, *msgs: Msg) -> None:
-        bufs = encode_packet(pack_messages([(m, []) for m in msgs]))
-        self.send_raw(b"".join(bytes(b) for b in bufs))
+        self.send_raw(packet(*msgs))
 
     def recv(self) -> Msg:
         while not self.inbox:
@@ -173,7 +198,8 @@ class RawPeer:
                 if not data:
                     raise EOFError("the server closed the connection")
                 self.decoder.feed(data)
-            self.inbox.extend(m for m, _ in unpack_messages(self.decoder.packets.popleft()))
+            header = msgpack.unpackb(self.decoder.packets.popleft()[0], strict_map_key=False)
+            self.inbox.extend(m for m, _ in header)
         return self.inbox.pop(0)
 
     def dropped(self) -> bool:
@@ -230,9 +256,11 @@ def test_right_token_raw_handshake_then_register(server: Server) -> None:
     with RawPeer(server.address) as peer:
         assert peer.handshake(TOKEN)["op"] == "welcome"
         peer.send({"op": "register-client", "client": "raw-client"})
-        assert peer.recv()["op"] == "registered"
+        assert peer.recv()["op"] == "client-registered"
         peer.send({"op": "ping", "rid": 1})
-        assert peer.recv() == {"op": "reply", "rid": 1}
+        reply = peer.recv()
+        assert reply["op"] == "ping-reply" and reply["rid"] == 1
+        assert reply["address"] == server.address
 
 
 # ----------------------------------------------------------------- garbage
@@ -246,7 +274,7 @@ def test_right_token_raw_handshake_then_register(server: Server) -> None:
         (struct.pack("!IQ", 1, 1 << 20), "exceeds the limit"),
         (struct.pack("!I", 0), "packet announces 0 frames"),
         (b"".join(encode_packet([b"\xc1\xc1\xc1"])), "undecodable message header"),
-        (b"".join(encode_packet([b"\x93\x01\x02\x03"])), "not a [message, n_frames] pair"),
+        (b"".join(encode_packet([b"\x93\x01\x02\x03"])), "invalid message: Expected `array`"),
     ],
 )
 def test_garbage_before_auth_is_dropped_and_logged(
@@ -264,9 +292,10 @@ def test_garbage_before_auth_is_dropped_and_logged(
 @pytest.mark.parametrize(
     ("msg", "reason"),
     [
-        ({"op": "register-client", "client": "sneaky"}, "expected 'auth'"),
-        ({"op": "auth", "nonce": "text", "mac": b"x"}, "field 'nonce' should be bytes"),
-        ({"op": "auth", "mac": b"x"}, "lacks field 'nonce'"),
+        # Before authentication only the handshake's messages are understood.
+        ({"op": "register-client", "client": "sneaky"}, "Invalid value 'register-client'"),
+        ({"op": "auth", "nonce": "text", "mac": b"x"}, "Expected `bytes`, got `str`"),
+        ({"op": "auth", "mac": b"x"}, "missing required field `nonce`"),
     ],
 )
 def test_wrong_messages_before_auth(server: Server, good: Client, msg: Msg, reason: str) -> None:
@@ -274,59 +303,160 @@ def test_wrong_messages_before_auth(server: Server, good: Client, msg: Msg, reas
         assert peer.recv()["op"] == "hello"
         peer.send(msg)
         assert peer.dropped()
-    server.wait_for_log(f"rejected connection from {peer.peer}", reason)
+    server.wait_for_log(f"dropping connection from {peer.peer}", reason)
     still_serving(good)
 
 
-def test_bad_messages_after_auth(server: Server, good: Client) -> None:
-    # A first message that registers nothing: dropped.
+def registered(server: Server, first: Msg) -> RawPeer:
+    """A raw peer, authenticated, whose first message ``first`` was accepted."""
+    peer = RawPeer(server.address)
+    try:
+        assert peer.handshake(TOKEN)["op"] == "welcome"
+        peer.send(first)
+        assert peer.recv()["op"] in ("client-registered", "worker-registered"), first
+    except BaseException:
+        peer.__exit__()
+        raise
+    return peer
+
+
+def no_crash(server: Server) -> None:
+    """Bad input was refused in a handler's guard: nothing escaped into a task."""
+    log = server.log()
+    assert "never retrieved" not in log and "Traceback" not in log, log
+
+
+def test_a_first_message_that_registers_nothing(server: Server, good: Client) -> None:
+    # A message the scheduler knows, but that registers nothing: refused, dropped.
+    with RawPeer(server.address) as peer:
+        assert peer.handshake(TOKEN)["op"] == "welcome"
+        peer.send({"op": "ping", "rid": 1})
+        reply = peer.recv()
+        assert reply["op"] == "refused" and "register" in reply["reason"]
+        assert peer.dropped()
+    server.wait_for_log(f"dropping {peer.peer}", "first message must register")
+    # An op nobody knows: dropped before anything reads it.
     with RawPeer(server.address) as peer:
         assert peer.handshake(TOKEN)["op"] == "welcome"
         peer.send({"op": "make-me-admin"})
-        reply = peer.recv()
-        assert reply["op"] == "error" and "register" in reply["error"]
         assert peer.dropped()
-    server.wait_for_log(f"dropping {peer.peer}", "first message must register")
-    # A registered client sending nonsense gets error replies and stays connected.
+    server.wait_for_log(f"dropping connection from {peer.peer}", "Invalid value 'make-me-admin'")
+    still_serving(good)
+    no_crash(server)
+
+
+TASK = {"k": "x", "d": [], "fnf": 1, "nf": 2}
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        ({"op": "no-such-op", "rid": 7}, "Invalid value 'no-such-op' - at `$[0][0].op`"),
+        ({"op": "who-has", "keys": "not a list", "rid": 8}, "got `str` - at `$[0][0].keys`"),
+        # What the outside tester found raising outside the handlers' guard.
+        ({"op": "submit", "tasks": [{**TASK, "p": math.inf}], "wanted": []}, "tasks[0].p`"),
+        ({"op": "scattered", "keys": [], "replicas": math.inf, "rid": 1}, ".replicas`"),
+        ({"op": "submit", "tasks": [{**TASK, "r": [1]}], "wanted": []}, "tasks[0].r`"),
+        (
+            {"op": "scattered", "replicas": 1, "rid": 1, "keys": [{"key": "s", "nbytes": [8]}]},
+            "keys[0].nbytes`",
+        ),
+        ({"op": "restart", "timeout": [30], "rid": 1}, ".timeout`"),
+        ({"op": "missing-data", "missing": {"x": "not a list"}}, ".missing[...]`"),
+        ({"op": "cancel", "keys": ["x"], "force": "yes", "rid": 1}, ".force`"),
+    ],
+)
+def test_wrong_types_from_a_client_drop_its_connection(
+    server: Server, good: Client, msg: Msg, reason: str
+) -> None:
+    with registered(server, {"op": "register-client", "client": uuid.uuid4().hex}) as peer:
+        peer.send(msg)
+        assert peer.dropped()  # no reply: the message never reached a handler
+    line = server.wait_for_log(f"dropping connection from {peer.peer}: invalid message", reason)
+    assert "WARNING" in line
+    still_serving(good)
+    no_crash(server)
+
+
+@pytest.mark.parametrize(
+    ("msg", "frames", "reason"),
+    [
+        # Well typed, but not what it says: acted on, it cannot be.
+        ({"op": "submit", "tasks": [{**TASK, "nf": 5}], "wanted": ["x"]}, [], "frame counts"),
+        ({"op": "heartbeat"}, [], "a client does not send 'heartbeat'"),
+    ],
+)
+def test_a_client_message_that_cannot_be_acted_on_drops_its_connection(
+    server: Server, good: Client, msg: Msg, frames: list[bytes], reason: str
+) -> None:
+    client = uuid.uuid4().hex
+    with registered(server, {"op": "register-client", "client": client}) as peer:
+        peer.send_raw(packet(msg, frames=frames))
+        assert peer.dropped()
+    server.wait_for_log(f"closing the connection of client {client}", reason)
+    still_serving(good)
+    no_crash(server)
+
+
+def test_a_request_that_fails_is_answered_and_the_connection_stays(good: Client) -> None:
+    """A worker asked for a part of a transfer it does not hold answers with the error."""
+    [worker] = good.scheduler_info()["workers"]
+    with RawPeer(worker) as peer:
+        assert peer.handshake(TOKEN)["op"] == "welcome"
+        peer.send({"op": "get-part", "id": 12345, "frame": 0, "lo": 0, "hi": 1, "rid": 1})
+        reply = peer.recv()
+        assert reply["op"] == "error-reply" and reply["rid"] == 1
+        assert reply["etype"] == "KeyError" and "12345" in reply["error"]
+        peer.send({"op": "ping", "rid": 2})
+        assert peer.recv()["op"] == "ping-reply"
+
+
+def test_a_malformed_registration_leaves_no_phantom_worker(
+    server: Server, good: Client, tmp_path: Path
+) -> None:
+    """The outside tester's case: register-worker with ``"pid": "abc"`` left a worker
+    registered at that address for good, and the real one was refused."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
     with RawPeer(server.address) as peer:
         assert peer.handshake(TOKEN)["op"] == "welcome"
-        peer.send({"op": "register-client", "client": "raw-nonsense"})
-        assert peer.recv()["op"] == "registered"
-        peer.send({"op": "no-such-op", "rid": 7})
-        reply = peer.recv()
-        assert reply["rid"] == 7 and "no-such-op" in reply["error"]
-        peer.send({"op": "who-has", "keys": "not a list", "rid": 8})
-        reply = peer.recv()
-        assert reply["rid"] == 8 and "keys" in reply["error"]
-        peer.send(
-            {
-                "op": "submit",
-                "tasks": [{"k": "x", "nf": 5, "fnf": 1, "d": []}],
-                "wanted": ["x"],
-                "rid": 9,
-            }
+        peer.send({"op": "register-worker", "address": address, "nthreads": 1, "pid": "abc"})
+        assert peer.dropped()
+    server.wait_for_log(f"dropping connection from {peer.peer}", "`$[0][0].pid`")
+    assert address not in good.scheduler_info()["workers"]
+    # The real worker at that address registers, and computes.
+    args = ["worker", server.address, "--no-nanny", "--port", str(port), "--name", "real"]
+    worker = _start(args, tmp_path / "r.ready", tmp_path / "r.log", TOKEN)
+    try:
+        wait_until(
+            lambda: address in good.scheduler_info()["workers"], timeout=10, what="real worker"
         )
-        assert "frame counts" in peer.recv()["error"]
-        peer.send({"op": "missing-data", "missing": {"x": "not a list"}, "rid": 11})
-        assert "missing-data" in peer.recv()["error"]
-        peer.send({"op": "ping", "rid": 10})
-        assert peer.recv() == {"op": "reply", "rid": 10}
-    server.wait_for_log("bad message from client raw-nonsense", "no-such-op")
+        fs = good.map(operator.neg, range(20), workers=[address], pure=False)
+        assert good.gather(fs, timeout=30) == [-i for i in range(20)]
+    finally:
+        _stop(worker)
+    assert "refused" not in (tmp_path / "r.log").read_text()
+    wait_until(
+        lambda: len(good.scheduler_info()["workers"]) == 1, timeout=10, what="real worker gone"
+    )
     still_serving(good)
+    no_crash(server)
 
 
 def test_bad_task_report_from_a_worker(server: Server, good: Client) -> None:
-    """A worker's report whose small result is not bytes: logged, and nothing else changes."""
-    with RawPeer(server.address) as peer:
-        assert peer.handshake(TOKEN)["op"] == "welcome"
-        peer.send({"op": "register-worker", "address": "tcp://127.0.0.1:9", "nthreads": 1})
-        assert peer.recv()["op"] == "registered"
-        peer.send({"op": "task-finished", "key": "k", "run": 1, "nbytes": 8, "inline": "not bytes"})
-        server.wait_for_log("bad message from worker tcp://127.0.0.1:9", "'inline' must be bytes")
+    """A worker's report whose small result is not bytes: its connection goes (and the
+    worker with it), nothing else changes."""
+    worker = {"op": "register-worker", "address": "tcp://127.0.0.1:9", "nthreads": 1}
+    with registered(server, worker) as peer:
+        peer.send({"op": "task-finished", "key": "k", "run": 1, "nbytes": 8, "inline": "text"})
+        assert peer.dropped()
+    server.wait_for_log(f"dropping connection from {peer.peer}", "`$[0][0].inline`")
     wait_until(
         lambda: len(good.scheduler_info()["workers"]) == 1, timeout=10, what="the raw worker gone"
     )
     still_serving(good)
+    no_crash(server)
 
 
 def test_connection_closed_in_the_middle_of_a_message(server: Server, good: Client) -> None:
@@ -336,14 +466,8 @@ def test_connection_closed_in_the_middle_of_a_message(server: Server, good: Clie
         peer.send_raw(struct.pack("!IQ", 1, 100) + b"half")
     server.wait_for_log(f"connection from {peer.peer}", "in the middle of a message")
     # After authentication and registration, half of a big message.
-    with RawPeer(server.address) as peer:
-        assert peer.handshake(TOKEN)["op"] == "welcome"
-        peer.send({"op": "register-client", "client": "raw-half"})
-        assert peer.recv()["op"] == "registered"
-        whole = b"".join(
-            bytes(b)
-            for b in encode_packet(pack_messages([({"op": "ping", "rid": 1}, [b"x" * 1_000_000])]))
-        )
+    with registered(server, {"op": "register-client", "client": "raw-half"}) as peer:
+        whole = packet({"op": "ping", "rid": 1}, frames=[b"x" * 1_000_000])
         peer.send_raw(whole[: len(whole) // 2])
     server.wait_for_log(f"connection from {peer.peer}", "in the middle of a message")
     still_serving(good)
@@ -551,3 +675,60 @@ def test_cli_refuses_non_loopback_bind_without_token() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("regrow: error: refusing to listen on 0.0.0.0")
+
+
+# ------------------------------------------------------------ handlers' guard
+
+
+def test_a_failing_handler_answers_a_request_and_drops_a_one_way_sender(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever a handler raises (here a bug of the core's, planted): a request gets it
+    as its error reply and the connection stays; a one-way message closes it."""
+
+    async def main() -> None:
+        scheduler = Scheduler(port=0, token=TOKEN)
+        address = await scheduler.start()
+        conn = None
+        try:
+            conn = await connect(address, token=TOKEN, settings=Settings())
+            conn.send(RegisterClientMsg(client="guarded"))
+            assert isinstance((await conn.recv())[0], ClientRegisteredMsg)
+            real = scheduler.state.handle
+
+            def planted(*events: ev.Event) -> list[Any]:
+                if any(isinstance(e, ev.KeysCancelled | ev.KeysDesired) for e in events):
+                    raise RuntimeError("a planted bug")
+                return real(*events)
+
+            scheduler.state.handle = planted  # type: ignore[method-assign]
+            with pytest.raises(RuntimeError, match="a planted bug"):
+                await conn.request(CancelMsg(keys=["x"]))
+            reply, _ = await conn.request(PingMsg())  # still connected
+            assert reply.address == address
+            conn.send(DesireKeysMsg(keys=["x"]))
+            await asyncio.wait_for(conn.closed_event.wait(), 10)
+        finally:
+            if conn is not None:
+                conn.abort()
+            await scheduler.close()
+
+    with caplog.at_level(logging.WARNING, logger="regrow.scheduler"):
+        asyncio.run(main())
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("could not do 'cancel'" in m and "a planted bug" in m for m in logged), logged
+    assert any("cannot act on 'desire-keys'" in m for m in logged), logged
+
+
+def test_a_task_larger_than_the_scheduler_accepts_is_refused_by_the_client() -> None:
+    """Not sent, so not a dropped connection and a misleading 'scheduler lost' later."""
+    from regrow import LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, scheduler_max_frame_bytes=1_000_000) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        with pytest.raises(ValueError, match="scheduler_max_frame_bytes"):
+            client.submit(len, b"x" * 2_000_000)
+        big = client.scatter(b"x" * 2_000_000)
+        assert client.submit(len, big).result(timeout=30) == 2_000_000

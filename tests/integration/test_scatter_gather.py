@@ -9,6 +9,7 @@ import pytest
 
 from regrow import Client, Future
 from regrow.protocol import lend, shm
+from regrow.protocol.messages import GetDataMsg
 from regrow.testing import MakeCluster, wait_until
 
 from .tasks import MyError, add, fail, inc
@@ -289,12 +290,11 @@ def test_a_shared_memory_file_nobody_mapped_goes_with_its_worker(
     async def ask_and_walk_away() -> str:
         comm = await connect(worker, token=cluster.token, settings=Settings())
         try:
-            reply, _ = await comm.request(
-                {"op": "get-data", "keys": [key], "host": shm.HOST, "vm": False}
-            )
+            reply, _ = await comm.request(GetDataMsg(keys=[key], host=shm.HOST, vm=False))
         finally:
             await comm.close()
-        return str(reply["shm"]["path"])
+        assert reply.shm is not None
+        return reply.shm.path
 
     path = asyncio.run(ask_and_walk_away())
     assert os.path.exists(path)  # exported, never mapped: kept for up to 60 s

@@ -17,22 +17,41 @@ import pytest
 from regrow.config import Settings
 from regrow.errors import AuthenticationError, CommClosedError, ProtocolError
 from regrow.protocol.comm import Connection, Listener, connect, parse_address
+from regrow.protocol.messages import (
+    CancelMsg,
+    ErrorReply,
+    PingMsg,
+    RunMsg,
+    RunReply,
+    WhoHasMsg,
+    WhoHasReply,
+)
 from regrow.protocol.serialize import dumps, loads
 
 SETTINGS = Settings(handshake_timeout=5, connect_timeout=5)
 
 
 async def echo(conn: Connection) -> None:
-    """Reply to every request with its message and frames; 'fail' gets an error."""
+    """Answer who-has with each key held by itself, run with its frames, cancel with an
+    error, and ping with an answer of the wrong type."""
     try:
         while True:
             msg, frames = await conn.recv()
-            if msg["op"] == "fail":
-                conn.reply(msg, {"error": "asked to fail", "etype": "ValueError"})
-            else:
-                conn.reply(msg, {"echo": msg.get("value")}, frames)
+            match msg:
+                case WhoHasMsg():
+                    conn.reply(msg, WhoHasReply(who_has={k: [k] for k in msg.keys}))
+                case RunMsg():
+                    conn.reply(msg, RunReply(ok=True), frames)
+                case CancelMsg():
+                    conn.reply(msg, ErrorReply(error="asked to fail", etype="ValueError"))
+                case PingMsg():
+                    conn.send(RunReply(ok=True, rid=msg.rid))
     except CommClosedError:
         pass
+
+
+def who_has(*keys: str) -> WhoHasMsg:
+    return WhoHasMsg(keys=list(keys))
 
 
 def serve(body: Callable[[Listener, str], Awaitable[None]], token: str | None = "tok") -> Listener:
@@ -53,16 +72,18 @@ def test_request_reply_with_frames() -> None:
         conn = await connect(address, token="tok", settings=SETTINGS)
         try:
             a = np.arange(3_000_000, dtype=np.float64)  # 24 MB: several reads per frame
-            reply, frames = await conn.request({"op": "x", "value": [1, "two"]}, dumps(a))
-            assert reply["echo"] == [1, "two"]
+            reply, frames = await conn.request(RunMsg(), dumps(a))
+            assert reply.ok
             np.testing.assert_array_equal(loads(frames), a)
             # Many requests at once are batched and each answered.
-            replies = await asyncio.gather(
-                *(conn.request({"op": "n", "value": i}) for i in range(500))
-            )
-            assert [r["echo"] for r, _ in replies] == list(range(500))
+            replies = await asyncio.gather(*(conn.request(who_has(str(i))) for i in range(500)))
+            assert [list(r.who_has) for r, _ in replies] == [[str(i)] for i in range(500)]
             with pytest.raises(ValueError, match="asked to fail"):
-                await conn.request({"op": "fail"})
+                await conn.request(CancelMsg(keys=[]))
+            # A reply of another type than the request's is a protocol error.
+            with pytest.raises(ProtocolError, match="answered 'ping' with 'run-reply'"):
+                await conn.request(PingMsg())
+            assert conn.closed
         finally:
             await conn.close()
 
@@ -84,8 +105,8 @@ def test_wrong_token() -> None:
 def test_no_token_on_both_sides() -> None:
     async def body(listener: Listener, address: str) -> None:
         conn = await connect(address, token=None, settings=SETTINGS)
-        reply, _ = await conn.request({"op": "x", "value": 1})
-        assert reply["echo"] == 1
+        reply, _ = await conn.request(who_has("1"))
+        assert reply.who_has == {"1": ["1"]}
         await conn.close()
 
     serve(body, token=None)
@@ -94,7 +115,7 @@ def test_no_token_on_both_sides() -> None:
 def test_pending_requests_fail_when_the_peer_goes() -> None:
     async def body(listener: Listener, address: str) -> None:
         conn = await connect(address, token="tok", settings=SETTINGS)
-        pending = asyncio.ensure_future(conn.request({"op": "fail-slowly"}))
+        pending = asyncio.ensure_future(conn.request(who_has("x")))
         await asyncio.sleep(0)  # let it be sent
         assert len(listener.connections) == 1
         for server_side in list(listener.connections):
@@ -102,7 +123,7 @@ def test_pending_requests_fail_when_the_peer_goes() -> None:
         with pytest.raises(CommClosedError):
             await pending
         with pytest.raises(CommClosedError):
-            conn.send({"op": "late"})
+            conn.send(PingMsg())
 
     async def silent(conn: Connection) -> None:
         await conn.closed_event.wait()
@@ -129,7 +150,7 @@ def test_garbage_is_logged_and_dropped(caplog: pytest.LogCaptureFixture) -> None
         await writer.wait_closed()
         # Others are still served.
         conn = await connect(address, token="tok", settings=SETTINGS)
-        assert (await conn.request({"op": "x", "value": 5}))[0]["echo"] == 5
+        assert (await conn.request(who_has("5")))[0].who_has == {"5": ["5"]}
         await conn.close()
 
     with caplog.at_level(logging.WARNING, logger="regrow.comm"):

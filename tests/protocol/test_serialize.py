@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from regrow.protocol.framing import FrameDecoder, encode_packet
-from regrow.protocol.messages import pack_messages, unpack_messages
+from regrow.protocol.messages import PutDataMsg, pack_messages, unpack_messages
 from regrow.protocol.serialize import digest, dumps, dumps_with_refs, loads, loads_with_refs, sizeof
 
 
@@ -59,7 +59,7 @@ def test_array_through_the_wire_path_is_writeable() -> None:
     a = np.random.default_rng(0).random((512, 512))
     payload = dumps(a)
     d = FrameDecoder(max_frames=1 << 20, max_frame_bytes=1 << 40)
-    for buf in encode_packet(pack_messages([({"op": "data"}, payload)])):
+    for buf in encode_packet(pack_messages([(PutDataMsg(keys=["a"], nf=[len(payload)]), payload)])):
         view = memoryview(buf).cast("B")
         for i in range(0, view.nbytes, 65_536):
             d.feed(view[i : i + 65_536])

@@ -4,11 +4,16 @@ import os
 import subprocess
 import sys
 
+import msgspec
 import numpy as np
 import pytest
 
+from regrow.errors import ProtocolError
 from regrow.protocol import shm
+from regrow.protocol.messages import GetDataReply, LentFrames, ShmFile
 from regrow.protocol.serialize import dumps, loads
+
+SHM_X = shm.SHM_DIR + "/regrow-x"  # checked before it is opened: never opened here
 
 pytestmark = pytest.mark.skipif(not shm.HOST, reason="no writable /dev/shm on this machine")
 
@@ -17,12 +22,12 @@ def test_large_frames_go_through_shared_memory_and_come_back_mapped() -> None:
     big = np.arange(1_000_000, dtype=np.float64)  # 8 MB: above the threshold
     small = {"a": 1}
     groups, info = shm.export([dumps(big), dumps(small)])
-    assert info is not None and os.path.exists(info["path"])
-    reply = {"keys": ["big", "small"], "nf": [len(g) for g in groups], "shm": info}
+    assert info is not None and os.path.exists(info.path)
+    reply = GetDataReply(keys=["big", "small"], nf=[len(g) for g in groups], shm=info)
     gone: list[str] = []
     values = shm.values_of_reply(reply, [f for g in groups for f in g], gone)
     assert not gone
-    assert not os.path.exists(info["path"])  # unlinked once mapped
+    assert not os.path.exists(info.path)  # unlinked once mapped
     out = {key: loads(frames) for key, frames in values}
     np.testing.assert_array_equal(out["big"], big)
     assert out["big"].flags.writeable
@@ -39,30 +44,36 @@ def test_discard_removes_an_unadopted_file() -> None:
     _, info = shm.export([dumps(np.zeros(1 << 18))])
     assert info is not None
     shm.discard(info)
-    assert not os.path.exists(info["path"])
+    assert not os.path.exists(info.path)
 
 
 def test_adopt_refuses_paths_outside_its_directory() -> None:
     with pytest.raises(ValueError, match="refusing"):
-        shm.adopt([[b""]], {"path": "/etc/passwd", "size": 1, "layout": [[0, 0, 0, 1]]})
+        shm.adopt([[b""]], ShmFile(path="/etc/passwd", size=1, layout=[(0, 0, 0, 1)]))
 
 
-def test_inconsistent_reply_is_rejected() -> None:
-    with pytest.raises(ValueError):
-        shm.values_of_reply({"keys": ["a"], "nf": [2]}, [b"x"], [])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        GetDataReply(keys=["a"], nf=[2]),  # frames the packet lacks
+        GetDataReply(keys=["a", "b"], nf=[1]),
+        GetDataReply(keys=["a"], nf=[1], lent=LentFrames(pid=1, id=1, frames=[(0, 3, 0, 8)])),
+        GetDataReply(keys=["a"], nf=[1], lent=LentFrames(pid=1, id=1, frames=[(2, 0, 0, 8)])),
+        GetDataReply(keys=["a"], nf=[1], shm=ShmFile(path=SHM_X, size=8, layout=[(0, 4, 0, 8)])),
+        GetDataReply(keys=["a"], nf=[1], shm=ShmFile(path=SHM_X, size=8, layout=[(0, 0, 4, 8)])),
+    ],
+)
+def test_inconsistent_reply_is_rejected(reply: GetDataReply) -> None:
+    with pytest.raises(ProtocolError, match="get-data reply"):
+        shm.values_of_reply(reply, [b"x"], [])
 
 
 # --------------------------------------------------------------------------- sealing
 needs_memfd = pytest.mark.skipif(not shm.MEMFD, reason="no memfd_create or /proc here")
 
 
-def _sealed_reply(record: shm.Sealed) -> tuple[dict[str, object], list[bytes]]:
-    reply = {
-        "keys": ["k"],
-        "nf": [len(record.frames)],
-        "shm": None,
-        "sealed": {"0": record.describe()},
-    }
+def _sealed_reply(record: shm.Sealed) -> tuple[GetDataReply, list[bytes]]:
+    reply = GetDataReply(keys=["k"], nf=[len(record.frames)], sealed={0: record.describe()})
     return reply, [bytes(f) for f in record.frames]
 
 
@@ -78,18 +89,19 @@ def test_sealed_value_is_shared_not_copied_and_writes_stay_private() -> None:
         assert record.frames[1] == b""  # the large buffer is not kept twice
         # Another process maps it through /proc, and its writes do not reach us.
         code = (
-            "import sys, json, numpy as np\n"
+            "import sys, msgspec\n"
             "from regrow.protocol import shm\n"
+            "from regrow.protocol.messages import GetDataReply\n"
             "from regrow.protocol.serialize import loads\n"
-            "reply = json.loads(sys.argv[1]); frames = [bytes.fromhex(h) for h in sys.argv[2:]]\n"
+            "reply = msgspec.json.decode(sys.argv[1], type=GetDataReply)\n"
+            "frames = [bytes.fromhex(h) for h in sys.argv[2:]]\n"
             "[(key, parts)] = shm.values_of_reply(reply, frames, [])\n"
             "a = loads(parts); a[:] = -1; print(a.nbytes)\n"
         )
         reply, frames = _sealed_reply(record)
-        import json
-
+        arg = msgspec.json.encode(reply).decode()
         out = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(reply), *(f.hex() for f in frames)],
+            [sys.executable, "-c", code, arg, *(f.hex() for f in frames)],
             capture_output=True,
             text=True,
             check=True,

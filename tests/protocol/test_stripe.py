@@ -18,6 +18,14 @@ from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol import shm, stripe
 from regrow.protocol.comm import Connection, ConnectionPool, Listener, error_reply
 from regrow.protocol.framing import Buffer, FrameDecoder, encode_packet
+from regrow.protocol.messages import (
+    Ack,
+    GetDataMsg,
+    GetDataReply,
+    GetPartMsg,
+    PartsDoneMsg,
+    StripedFrames,
+)
 from regrow.protocol.serialize import dumps, loads
 
 SETTINGS = Settings(handshake_timeout=5, connect_timeout=5)
@@ -89,20 +97,22 @@ def _holder(holdings: stripe.Holdings, value: object, *, break_parts: bool = Fal
         while True:
             msg, _ = await conn.recv()
             try:
-                if msg["op"] == "get-data":
-                    out, kept = stripe.split(dumps(value), 2 * MB)
-                    reply = {"keys": ["x"], "nf": [len(out)], "shm": None}
-                    reply["striped"] = stripe.describe(holdings.keep(conn, kept), kept)
-                    conn.reply(msg, reply, out)
-                elif msg["op"] == "get-part":
-                    if break_parts and next(asked) == 1:
-                        conn.abort()
-                        return
-                    conn.reply(msg, {}, [holdings.part(msg)])
-                elif msg["op"] == "parts-done":
-                    holdings.done(int(msg["id"]))
+                match msg:
+                    case GetDataMsg():
+                        out, kept = stripe.split(dumps(value), 2 * MB)
+                        striped = stripe.describe(holdings.keep(conn, kept), kept)
+                        reply = GetDataReply(keys=["x"], nf=[len(out)], striped=striped)
+                        conn.reply(msg, reply, out)
+                    case GetPartMsg():
+                        if break_parts and next(asked) == 1:
+                            conn.abort()
+                            return
+                        conn.reply(msg, Ack(), [holdings.part(msg)])
+                    case PartsDoneMsg():
+                        holdings.done(msg.id)
             except (KeyError, ProtocolError) as exc:
-                conn.reply(msg, error_reply(exc))
+                if isinstance(msg, GetPartMsg):
+                    conn.reply(msg, error_reply(exc))
 
     return handle
 
@@ -169,8 +179,8 @@ def test_a_holder_that_no_longer_keeps_the_value_fails_the_fetch() -> None:
         assert not pool._spare.get(address)  # not reused: a part may still be on its way
         # The first connection is still fine: the holder answers on it.
         comm = await pool.get(address)
-        reply, _ = await comm.request({"op": "get-data", "keys": ["x"], "host": ""})
-        assert reply["keys"] == ["x"]
+        reply, _ = await comm.request(GetDataMsg(keys=["x"]))
+        assert reply.keys == ["x"]
 
     _run(_holder(holdings, value), body)
 
@@ -190,13 +200,12 @@ def test_a_connection_lost_in_the_middle_of_the_parts_fails_the_fetch() -> None:
 @pytest.mark.parametrize(
     "described",
     [
-        "not a dict",
-        {"id": 1},
-        {"id": 1, "frames": [[5, 100]]},  # no such frame
-        {"id": 1, "frames": [[0, 100]]},  # a frame that was not left empty
+        StripedFrames(id=1, frames=[(5, 100)]),  # no such frame
+        StripedFrames(id=1, frames=[(0, 100)]),  # a frame that was not left empty
+        StripedFrames(id=1, frames=[(1, 1 << 62)]),  # beyond any frame limit
     ],
 )
-def test_a_malformed_description_is_a_protocol_error(described: object) -> None:
+def test_a_malformed_description_is_a_protocol_error(described: StripedFrames) -> None:
     async def main() -> None:
         pool = ConnectionPool(token=TOKEN, settings=SETTINGS)
         with pytest.raises(ProtocolError):
@@ -210,18 +219,13 @@ def test_holdings_refuse_bad_part_requests() -> None:
     async def main() -> None:
         holdings = stripe.Holdings()
         tid = holdings.keep(None, {1: memoryview(b"abcdef")})  # type: ignore[arg-type]
-        part = holdings.part({"op": "get-part", "id": tid, "frame": 1, "lo": 1, "hi": 4})
+        part = holdings.part(GetPartMsg(id=tid, frame=1, lo=1, hi=4))
         assert bytes(part) == b"bcd"
         with pytest.raises(KeyError, match="over"):
-            holdings.part({"op": "get-part", "id": tid + 1, "frame": 1, "lo": 0, "hi": 1})
-        for bad in (
-            {"frame": 2, "lo": 0, "hi": 1},
-            {"frame": 1, "lo": 3, "hi": 3},
-            {"frame": 1, "lo": 0, "hi": 7},
-            {"frame": 1, "lo": "0", "hi": 1},
-        ):
+            holdings.part(GetPartMsg(id=tid + 1, frame=1, lo=0, hi=1))
+        for frame, lo, hi in ((2, 0, 1), (1, 3, 3), (1, 0, 7)):
             with pytest.raises(ProtocolError):
-                holdings.part({"op": "get-part", "id": tid, **bad})
+                holdings.part(GetPartMsg(id=tid, frame=frame, lo=lo, hi=hi))
         holdings.forget(None)  # type: ignore[arg-type]
         assert len(holdings) == 0
 

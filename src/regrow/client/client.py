@@ -34,13 +34,27 @@ from regrow.client.futures import CANCELLED, Future, FutureState, set_owner_look
 from regrow.client.keys import KeyTable
 from regrow.client.loop import CallerLoop, ClientLoop, deferred, shared_loop, within
 from regrow.client.session import Session
-from regrow.client.submission import MAP_BATCH, Outbox, TaskBuilder, check_workers
+from regrow.client.submission import (
+    MAP_BATCH,
+    Outbox,
+    TaskBuilder,
+    check_options,
+    check_workers,
+)
 from regrow.config import Settings
 from regrow.errors import SchedulerLostError
-from regrow.protocol.comm import spawn
+from regrow.protocol.comm import client_tls, normalize_address, spawn
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg
+from regrow.protocol.messages import (
+    CancelMsg,
+    CloseClientMsg,
+    DesireKeysMsg,
+    RestartMsg,
+    ShutdownMsg,
+    TaskEntry,
+)
 from regrow.protocol.serialize import dumps
+from regrow.security import Security
 
 logger = logging.getLogger("regrow.client")
 
@@ -77,8 +91,9 @@ def get_client() -> Client:
 class Client:
     """Connect to a regrow cluster and run Python functions on it.
 
-    ``Client(address_or_cluster)`` takes a scheduler address ('tcp://host:port')
-    or a ``LocalCluster``; with no argument it starts a LocalCluster of its own.
+    ``Client(address_or_cluster)`` takes a scheduler address ('tcp://host:port', or
+    'tls://host:port' with ``security=Security(...)``) or a ``LocalCluster``, whose token
+    and security it takes; with no argument it starts a LocalCluster of its own.
 
     ``Client(..., asynchronous=True)``, as dask.distributed's, is for code running in
     an event loop: it connects when awaited (``await Client(...)`` or ``async with``),
@@ -98,6 +113,7 @@ class Client:
         set_as_default: bool = True,
         settings: Settings | None = None,
         asynchronous: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.status = "connecting"
         self.asynchronous = asynchronous
@@ -126,14 +142,15 @@ class Client:
         self.scheduler_address = ""
         self.cluster: Any = None
         self.token = token
-        self._address_args = (token, settings)
+        self.security = security or Security()
+        self._address_args = (token, settings, security)
         self._starting: asyncio.Future[Client] | None = None
         if address is None and not asynchronous:
             from regrow.deploy import LocalCluster
 
             address = self._own_cluster = LocalCluster()
         if address is not None:
-            self._use_address(address, token, settings)
+            self._use_address(address, token, settings, security)
         else:
             self.settings = settings or Settings.from_env()
         if asynchronous:
@@ -147,7 +164,13 @@ class Client:
             raise
         self._started()
 
-    def _use_address(self, address: Any, token: str | None, settings: Settings | None) -> None:
+    def _use_address(
+        self,
+        address: Any,
+        token: str | None,
+        settings: Settings | None,
+        security: Security | None,
+    ) -> None:
         scheduler_address = getattr(address, "scheduler_address", address)
         if not isinstance(scheduler_address, str):
             raise TypeError(
@@ -156,15 +179,20 @@ class Client:
             )
         if token is None:
             token = getattr(address, "token", None) or os.environ.get("REGROW_TOKEN") or None
-        self.scheduler_address = (
-            scheduler_address
-            if scheduler_address.startswith("tcp://")
-            else f"tcp://{scheduler_address}"
-        )
+        self.scheduler_address = normalize_address(scheduler_address)
         self.cluster = address if not isinstance(address, str) else None
         self.token = token
+        # A cluster's security goes with it; else that of REGROW_TLS_* (as the token).
+        self.security = (
+            security or getattr(address, "security", None) or Security.from_env("client")
+        )
+        try:
+            client_tls(self.scheduler_address, self.security, "client")
+        except ValueError as exc:
+            raise ValueError(f"Client: {exc}") from None
         # A LocalCluster's settings (reconnect timeout...) apply to its clients too.
         self.settings = settings or getattr(address, "settings", None) or Settings.from_env()
+        self._tasks.max_frame_bytes = self.settings.scheduler_max_frame_bytes
         self._session = Session(self, self._keys)
 
     async def _connect(self) -> None:
@@ -252,7 +280,7 @@ class Client:
             self._session.release(key)
 
     def want_keys(self, keys: list[str]) -> None:
-        self._loop.call_soon(self._session.send, {"op": "desire-keys", "keys": keys})
+        self._loop.call_soon(self._session.send, DesireKeysMsg(keys=keys))
 
     def fetch_values(self, futures: list[Future], timeout: float | None = None) -> dict[str, Any]:
         values, keys = transfer.inline_values(futures)
@@ -341,8 +369,7 @@ class Client:
         """Run ``func(*args, **kwargs)`` on the cluster; returns a Future at once."""
         if not callable(func):
             raise TypeError(f"submit() needs a callable first argument, got {type(func).__name__}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        retries, priority = check_options(retries, priority)
         self._check_running()
         return self._tasks.submit(
             func,
@@ -376,6 +403,7 @@ class Client:
         for it in iterables:
             if isinstance(it, Mapping) or not isinstance(it, Iterable):
                 raise TypeError(f"map() takes iterables (not {type(it).__name__})")
+        retries, priority = check_options(retries, priority)
         self._check_running()
         return self._tasks.map(
             func,
@@ -399,7 +427,9 @@ class Client:
     def _fn_frames(self, fn: Callable[..., Any]) -> list[Buffer]:
         return self._tasks.fn_frames(fn)
 
-    def _send_tasks(self, entries: list[Msg], frames: list[Buffer], wanted: list[str]) -> None:
+    def _send_tasks(
+        self, entries: list[TaskEntry], frames: list[Buffer], wanted: list[str]
+    ) -> None:
         if self._outbox.put(entries, frames, wanted):
             self._loop.call_soon(self._flush_outbox)
 
@@ -473,7 +503,7 @@ class Client:
         keys = [f.key for f in fs]
         if not keys:
             return
-        await self._session.request({"op": "cancel", "keys": keys, "force": force})
+        await self._session.request(CancelMsg(keys=keys, force=bool(force)))
         for f in fs:
             if f.key in self._keys and not f.done():
                 f._state.cancel()
@@ -520,11 +550,13 @@ class Client:
         through its nanny (so a frozen or swamped worker is no obstacle) and replaced;
         returns once the fresh workers have registered.
         """
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 1e9:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self._check_running()
         return self._sync(self._restart(timeout), timeout=timeout + 10)
 
     async def _restart(self, timeout: float) -> None:
-        await self._session.request({"op": "restart", "timeout": timeout}, timeout=timeout + 5)
+        await self._session.request(RestartMsg(timeout=timeout), timeout=timeout + 5)
         for st in self._keys.states():
             if st.status != CANCELLED:  # a cancelled state is settled already
                 st.cancel()
@@ -685,12 +717,12 @@ class Client:
         if self.asynchronous:
             return self._sync(self._shutdown())
         with contextlib.suppress(Exception):
-            self._loop.run(self._session.request({"op": "shutdown"}), timeout=10)
+            self._loop.run(self._session.request(ShutdownMsg()), timeout=10)
         self.close()
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
-            await within(self._session.request({"op": "shutdown"}), 10)
+            await within(self._session.request(ShutdownMsg()), 10)
         await self._close()
 
     # Closing is the other thing written for each mode: a synchronous client's session is
@@ -729,7 +761,7 @@ class Client:
         return True
 
     async def _disconnect(self) -> None:
-        self._session.send({"op": "close-client"})
+        self._session.send(CloseClientMsg())
         await self._session.close()
 
     def _closed(self) -> None:

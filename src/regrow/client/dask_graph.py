@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 from dask._task_spec import Alias, DataNode, GraphNode, convert_legacy_graph
 
 from regrow.client.futures import Future
-from regrow.client.submission import MAP_BATCH, check_workers, future_ref
+from regrow.client.submission import MAP_BATCH, check_options, check_workers, future_ref
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg
+from regrow.protocol.messages import TaskEntry
 from regrow.protocol.serialize import dumps_with_refs, standard_dumps
 
 if TYPE_CHECKING:
@@ -247,13 +247,13 @@ def submit_graph(
             chunk = tasks[start : start + BATCH]
             batch_key = f"dask-nodes-{token}-{start // BATCH}"
             batch_frames, batch_deps = _batch_frames({key: graph[key] for key in chunk})
-            head: Msg = {
-                "k": batch_key,
-                "d": batch_deps,
-                "fnf": len(nodes_frames),
-                "nf": len(nodes_frames) + len(batch_frames),
-            }
-            msgs: list[Msg] = [head]
+            head = TaskEntry(
+                key=batch_key,
+                dependencies=batch_deps,
+                fn_frames=len(nodes_frames),
+                frames=len(nodes_frames) + len(batch_frames),
+            )
+            msgs: list[TaskEntry] = [head]
             frames: list[Buffer] = [*nodes_frames, *batch_frames]
             for key in chunk:
                 entry, arg_frames = _entry(
@@ -266,16 +266,14 @@ def submit_graph(
                     priority,
                     default_workers,
                 )
-                entry["fnf"] = len(run_frames)
-                entry["nf"] = len(run_frames) + len(arg_frames)
+                entry.fn_frames = len(run_frames)
+                entry.frames = len(run_frames) + len(arg_frames)
                 msgs.append(entry)
                 frames += run_frames
                 frames += arg_frames
             # The batch goes first (its nodes need it) and as early as the most urgent.
-            top = max(int(e.get("p", 0)) for e in msgs)
-            if top:
-                head["p"] = top
-            want = [e["k"] for e in msgs if e["k"] in wanted]
+            head.priority = max(e.priority for e in msgs)
+            want = [e.key for e in msgs if e.key in wanted]
             unheld = [k for k in want if k in frontier and k not in futures_keys]
             client._want_unheld(unheld)
             client._send_tasks(msgs, frames, want)
@@ -295,12 +293,12 @@ def _entry(
     retries: int | None,
     priority: int,
     workers: list[str] | None,
-) -> tuple[Msg, list[Buffer]]:
+) -> tuple[TaskEntry, list[Buffer]]:
     """One node's task entry (but for its frame counts) and its argument frames: its
     batch, its dask key, and its dependencies' values by dask key, all references."""
     values = {d: _Dep(source[d]) for d in node.dependencies}
     deps = list(dict.fromkeys([batch_key, *(v.key for v in values.values())]))
-    entry: Msg = {"k": key_str(key), "d": deps}
+    entry = TaskEntry(key=key_str(key), dependencies=deps, fn_frames=0, frames=0)
     frames: list[Buffer] = [_args_pickler.dumps(((_Dep(batch_key), key, values), {}))]
     if annotations:  # dask's, per key: each wins over the keyword for its keys
         task_retries = _annotation(annotations, "retries", key)
@@ -311,12 +309,10 @@ def _entry(
             workers = [task_workers] if isinstance(task_workers, str) else list(task_workers)
             if not all(isinstance(w, str) for w in workers):
                 raise TypeError(f"the 'workers' annotation takes addresses or names: {workers!r}")
-    if retries:
-        entry["r"] = int(retries)
-    if priority:
-        entry["p"] = int(priority)
+    if retries or priority:
+        entry.retries, entry.priority = check_options(int(retries or 0), int(priority))
     if workers:
-        entry["w"] = workers
+        entry.workers = workers
     return entry, frames
 
 

@@ -32,6 +32,7 @@ from regrow.errors import (
     LostDataError,
     RemoteError,
     SchedulerLostError,
+    TooManyTasksError,
 )
 
 PENDING = "pending"
@@ -265,6 +266,8 @@ class FutureState:
             exc = FutureLostError(self.text)
         elif self.kind == "SchedulerLostError":
             exc = SchedulerLostError(self.text)
+        elif self.kind == "TooManyTasksError":
+            exc = TooManyTasksError(self.text)
         else:
             try:
                 exc = cloudpickle.loads(self.exception_blob)

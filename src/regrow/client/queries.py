@@ -16,14 +16,12 @@ from typing import Any
 
 from regrow.client.session import Session
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import get_str_list
+from regrow.protocol.messages import RetireWorkersMsg, SchedulerInfoMsg, WhoHasMsg
 
 
 async def scheduler_info(session: Session) -> dict[str, Any]:
-    reply, _ = await session.request({"op": "scheduler-info"})
-    reply.pop("rid", None)
-    reply.pop("op", None)
-    return reply
+    reply, _ = await session.request(SchedulerInfoMsg())
+    return reply.info
 
 
 async def nthreads(session: Session) -> dict[str, int]:
@@ -44,8 +42,8 @@ async def wait_for_workers(session: Session, n_workers: int, timeout: float | No
 
 
 async def who_has(session: Session, keys: list[str]) -> dict[str, list[str]]:
-    reply, _ = await session.request({"op": "who-has", "keys": keys})
-    return dict(reply["who_has"])
+    reply, _ = await session.request(WhoHasMsg(keys=keys))
+    return reply.who_has
 
 
 async def run(session: Session, frames: list[Buffer], wanted: list[str] | None) -> dict[str, Any]:
@@ -72,6 +70,6 @@ async def retire_workers(session: Session, workers: list[str]) -> dict[str, dict
     answers once each named worker has gone or been kept (one that would take the last
     copy of a result with it stays); unknown names are left out."""
     before = (await scheduler_info(session))["workers"]
-    reply, _ = await session.request({"op": "retire-workers", "workers": workers})
+    reply, _ = await session.request(RetireWorkersMsg(workers=workers))
     # A worker that registered after the snapshot: only its address is known.
-    return {a: before.get(a) or {"address": a} for a in get_str_list(reply, "workers")}
+    return {a: before.get(a) or {"address": a} for a in reply.workers}

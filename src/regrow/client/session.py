@@ -18,12 +18,49 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from regrow.client.keys import KeyTable
-from regrow.errors import CommClosedError, SchedulerLostError
+from regrow.errors import CommClosedError, ProtocolError, SchedulerLostError
 from regrow.protocol import shm
-from regrow.protocol.comm import Connection, ConnectionPool, connect, reconnect_delays, spawn
+from regrow.protocol.comm import (
+    Connection,
+    ConnectionPool,
+    connect,
+    reconnect_delays,
+    refuse,
+    spawn,
+)
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.messages import (
+    CancelMsg,
+    ClientRegisteredMsg,
+    DesireKeysMsg,
+    EventMsg,
+    KeyCancelledMsg,
+    KeyErredMsg,
+    KeyInMemoryMsg,
+    KeyInterruptedMsg,
+    KeyLostMsg,
+    Message,
+    MissingDataMsg,
+    PingMsg,
+    PutDataMsg,
+    R,
+    RefusedMsg,
+    RegisterClientMsg,
+    ReleaseKeysMsg,
+    Request,
+    RunMsg,
+    ScatteredEntry,
+    ScatteredMsg,
+    SchedulerClosingMsg,
+    SchedulerInfoMsg,
+    SubmitAckMsg,
+    SubmitMsg,
+    WhoHasMsg,
+    op_of,
+)
 from regrow.protocol.serialize import loads
 
 if TYPE_CHECKING:
@@ -33,7 +70,11 @@ logger = logging.getLogger("regrow.client")
 
 # Requests that may be sent again after the scheduler was lost (they change nothing,
 # or nothing more the second time).
-_REPEATABLE = frozenset({"who-has", "scheduler-info", "ping", "cancel"})
+_REPEATABLE = (WhoHasMsg, SchedulerInfoMsg, PingMsg, CancelMsg)
+
+
+def _repeatable(msg: Message) -> bool:
+    return isinstance(msg, _REPEATABLE)
 
 
 class Session:
@@ -43,13 +84,15 @@ class Session:
         self.client = client
         self.keys = keys
         self.comm: Connection | None = None
-        self.pool = ConnectionPool(token=client.token, settings=client.settings)
+        self.pool = ConnectionPool(
+            token=client.token, settings=client.settings, security=client.security
+        )
         self.tasks: set[asyncio.Task[Any]] = set()
         self.release_buffer: list[str] = []
         self.release_scheduled = False
         # Submissions the scheduler has not yet confirmed (journaled): sent again after
         # a reconnect, so a scheduler that died before writing them still gets them.
-        self.unacked: dict[int, tuple[Msg, list[Buffer] | tuple[()]]] = {}
+        self.unacked: dict[int, tuple[SubmitMsg, list[Buffer] | tuple[()]]] = {}
         self.seq = itertools.count(1)
         self.scheduler_id = ""
         self.journaled = False
@@ -58,21 +101,24 @@ class Session:
     async def _register(self, timeout: float, reattach: bool) -> Connection:
         c = self.client
         comm = await connect(
-            c.scheduler_address, token=c.token, settings=c.settings, timeout=timeout
+            c.scheduler_address,
+            token=c.token,
+            settings=c.settings,
+            timeout=timeout,
+            security=c.security,
         )
-        msg: Msg = {"op": "register-client", "client": c.id, "reattach": reattach}
-        if reattach:
-            # The keys we still hold: a scheduler back from its journal lets go of any
-            # other it has us want (a release it lost with its death).
-            msg["keys"] = self.keys.held_keys()
-        comm.send(msg)
+        # Reattaching, the keys we still hold: a scheduler back from its journal lets go
+        # of any other it has us want (a release it lost with its death).
+        held = self.keys.held_keys() if reattach else None
+        comm.send(RegisterClientMsg(client=c.id, reattach=reattach, keys=held))
         reply, _ = await comm.recv()
-        if reply["op"] != "registered":
+        if not isinstance(reply, ClientRegisteredMsg):
             await comm.close()
-            raise OSError(f"scheduler refused this client: {reply.get('error')}")
+            reason = reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
+            raise OSError(f"scheduler refused this client: {reason}")
         previous = self.scheduler_id
-        self.scheduler_id = str(reply.get("id", ""))
-        self.journaled = bool(reply.get("journal"))
+        self.scheduler_id = reply.id
+        self.journaled = reply.journal
         self.comm = comm
         if reattach:
             self._reattach(same=self.journaled and self.scheduler_id == previous)
@@ -85,10 +131,15 @@ class Session:
     async def start(self, timeout: float) -> None:
         try:
             await self._register(timeout, reattach=False)
-        except (OSError, TimeoutError, CommClosedError) as exc:
+        except TimeoutError as exc:
             raise OSError(
                 f"could not connect to a regrow scheduler at {self.client.scheduler_address} "
-                f"within {timeout} s: {exc or type(exc).__name__}"
+                f"within {timeout} s" + (f": {exc}" if str(exc) else "")
+            ) from None
+        except (OSError, CommClosedError) as exc:
+            raise OSError(
+                f"could not connect to a regrow scheduler at {self.client.scheduler_address}: "
+                f"{exc or type(exc).__name__}"
             ) from None
 
     def _reattach(self, same: bool) -> None:
@@ -101,14 +152,13 @@ class Session:
             held = set(keys)
             for seq in sorted(self.unacked):
                 msg, frames = self.unacked[seq]
-                wanted = get_str_list(msg, "wanted")
-                if any(k not in held for k in wanted):
+                if any(k not in held for k in msg.wanted):
                     # Released or cancelled since: send the tasks, but want only the rest.
-                    msg = {**msg, "wanted": [k for k in wanted if k in held]}
+                    msg = msgspec.structs.replace(msg, wanted=[k for k in msg.wanted if k in held])
                 assert self.comm is not None
                 self.comm.send(msg, frames)
             if keys:
-                self.send({"op": "desire-keys", "keys": keys})
+                self.send(DesireKeysMsg(keys=keys))
             logger.info("reattached to the scheduler (journaled): %d futures", len(keys))
         else:
             self.unacked.clear()
@@ -140,62 +190,65 @@ class Session:
             )
 
     async def _listen(self, comm: Connection) -> None:
-        state = self.keys.state
         try:
             while True:
                 msg, frames = await comm.recv()
-                op = msg["op"]
-                st = state(msg.get("key", ""))
-                if op == "key-in-memory":
-                    if st is not None:
-                        inline = msg.get("inline")
-                        st.finish(
-                            str(msg.get("type", "")),
-                            int(msg.get("nbytes", 0)),
-                            inline if isinstance(inline, bytes) else None,
-                        )
-                elif op == "key-erred":
-                    if st is not None:
-                        st.set_error(
-                            exception=bytes(frames[0]) if frames else b"",
-                            traceback=bytes(frames[1]) if len(frames) > 1 else b"",
-                            text=str(msg.get("text", "")),
-                            kind=str(msg.get("kind", "")),
-                            blame=str(msg.get("blame", "")),
-                            workers=tuple(msg.get("workers") or ()),
-                        )
-                elif op == "key-cancelled":
-                    if st is not None:
-                        st.cancel()
-                elif op == "key-lost":
-                    if st is not None:
-                        st.lost()
-                elif op == "key-interrupted":
-                    for listener in list(self.client._interrupt_listeners):
-                        listener(str(msg.get("key")), str(msg.get("worker")))
-                elif op == "event":
-                    self.client._record_event(str(msg.get("topic")), str(msg.get("message")))
-                elif op == "submit-ack":
-                    upto = int(msg.get("seq", 0))
-                    for seq in [s for s in self.unacked if s <= upto]:
-                        del self.unacked[seq]
-                elif op == "scheduler-closing":
-                    pass  # the connection closes next; reconnecting decides what follows
-                else:
-                    logger.warning("unexpected message from scheduler: %r", op)
+                try:
+                    self._news(msg, frames)
+                except Exception as exc:
+                    refuse(comm, msg, exc, "the scheduler", logger)
         except CommClosedError:
             if self.client.status in ("closing", "closed"):
                 return
             spawn(self._reconnect("the connection closed"), self.tasks, "client-reconnect")
 
-    def send(self, msg: Msg, frames: list[Buffer] | tuple[()] = ()) -> None:
+    def _news(self, msg: Message, frames: list[Buffer]) -> None:
+        """What the scheduler tells us unasked: keys settled, events, acknowledgements."""
+        match msg:
+            case KeyInMemoryMsg():
+                st = self.keys.state(msg.key)
+                if st is not None:
+                    st.finish(msg.type, msg.nbytes, msg.inline)
+            case KeyErredMsg():
+                st = self.keys.state(msg.key)
+                if st is not None:
+                    st.set_error(
+                        exception=bytes(frames[0]) if frames else b"",
+                        traceback=bytes(frames[1]) if len(frames) > 1 else b"",
+                        text=msg.text,
+                        kind=msg.kind,
+                        blame=msg.blame,
+                        workers=tuple(msg.workers),
+                    )
+            case KeyCancelledMsg():
+                st = self.keys.state(msg.key)
+                if st is not None:
+                    st.cancel()
+            case KeyLostMsg():
+                st = self.keys.state(msg.key)
+                if st is not None:
+                    st.lost()
+            case KeyInterruptedMsg():
+                for listener in list(self.client._interrupt_listeners):
+                    listener(msg.key, msg.worker)
+            case EventMsg():
+                self.client._record_event(msg.topic, msg.message)
+            case SubmitAckMsg():
+                for seq in [s for s in self.unacked if s <= msg.seq]:
+                    del self.unacked[seq]
+            case SchedulerClosingMsg():
+                pass  # the connection closes next; reconnecting decides what follows
+            case _:
+                raise ProtocolError(f"the scheduler does not send a client {op_of(msg)!r}")
+
+    def send(self, msg: Message, frames: list[Buffer] | tuple[()] = ()) -> None:
         if self.comm is None or self.comm.closed:
             return
         self.comm.send(msg, frames)
 
-    def submit(self, msg: Msg, frames: list[Buffer] | tuple[()]) -> None:
+    def submit(self, msg: SubmitMsg, frames: list[Buffer] | tuple[()]) -> None:
         seq = next(self.seq)
-        msg["seq"] = seq
+        msg.seq = seq
         self.unacked[seq] = (msg, frames)
         self.send(msg, frames)
 
@@ -213,13 +266,15 @@ class Session:
         # A key released and then re-acquired before this flush is still wanted.
         keys, again = self.keys.released(released)
         if keys:
-            self.send({"op": "release-keys", "keys": keys})
+            self.send(ReleaseKeysMsg(keys=keys))
         if again:
             # Its old state went with its last Future; the scheduler, which still counts
             # this client among those wanting it, would not report it again unasked.
-            self.send({"op": "desire-keys", "keys": again})
+            self.send(DesireKeysMsg(keys=again))
 
-    async def request(self, msg: Msg, timeout: float | None = None) -> tuple[Msg, list[Buffer]]:
+    async def request(
+        self, msg: Request[R], timeout: float | None = None
+    ) -> tuple[R, list[Buffer]]:
         if not self.connected.is_set() and self.client.status == "reconnecting":
             async with asyncio.timeout(self.client.settings.reconnect_timeout):
                 await self.connected.wait()
@@ -229,7 +284,7 @@ class Session:
                 raise CommClosedError("not connected to the scheduler")
             return await comm.request(msg, timeout=timeout)
         except CommClosedError as exc:
-            if not (self.journaled and msg.get("op") in _REPEATABLE):
+            if not (self.journaled and _repeatable(msg)):
                 raise SchedulerLostError(str(exc)) from None
             lost = exc
         # A journaled scheduler comes back: wait for it (the connection's loss may not
@@ -243,8 +298,8 @@ class Session:
 
     async def gather(self, keys: list[str]) -> dict[str, Any]:
         """Fetch results straight from the workers that hold them."""
-        reply, _ = await self.request({"op": "who-has", "keys": keys})
-        who_has: dict[str, list[str]] = get(reply, "who_has", dict)
+        reply, _ = await self.request(WhoHasMsg(keys=keys))
+        who_has = reply.who_has
         results: dict[str, Any] = {}
         # Each key's holders, starting at a different one per key to spread the load.
         untried: dict[str, list[str]] = {}
@@ -264,7 +319,7 @@ class Session:
                 values = await shm.get_data(
                     comm, ks, same_host, idle_timeout=self.client.settings.heartbeat_timeout + 2
                 )
-            except (OSError, CommClosedError, TimeoutError) as exc:
+            except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
                 logger.info("could not fetch from %s: %s", worker, exc)
                 return
             for key, parts in values:
@@ -281,7 +336,7 @@ class Session:
             untried = {k: hs for k, hs in untried.items() if hs and k not in results}
         if missing:
             # Tell the scheduler, or it would keep naming them and we would keep asking.
-            self.send({"op": "missing-data", "missing": missing})
+            self.send(MissingDataMsg(missing=missing))
         return results
 
     async def scatter(
@@ -301,31 +356,22 @@ class Session:
             for i in idx:
                 frames.extend(items[i][1])
             await comm.request(
-                {
-                    "op": "put-data",
-                    "keys": [items[i][0] for i in idx],
-                    "nf": [len(items[i][1]) for i in idx],
-                },
+                PutDataMsg(keys=[items[i][0] for i in idx], nf=[len(items[i][1]) for i in idx]),
                 frames,
             )
 
         await asyncio.gather(*(put(w, idx) for w, idx in by_worker.items()))
-        await self.request(
-            {
-                "op": "scattered",
-                "replicas": replicas,
-                "keys": [
-                    {"key": key, "nbytes": nbytes, "type": type_name, "workers": targets[i]}
-                    for i, (key, _, nbytes, type_name) in enumerate(items)
-                ],
-            }
-        )
+        entries = [
+            ScatteredEntry(key=key, nbytes=nbytes, type=type_name, workers=targets[i])
+            for i, (key, _, nbytes, type_name) in enumerate(items)
+        ]
+        await self.request(ScatteredMsg(keys=entries, replicas=replicas))
 
     async def run(self, frames: list[Buffer], workers: list[str]) -> dict[str, tuple[bool, Any]]:
         async def one(worker: str) -> tuple[str, tuple[bool, Any]]:
             comm = await self.pool.get(worker)
-            reply, out = await comm.request({"op": "run"}, frames)
-            return worker, (bool(reply.get("ok")), loads(out))
+            reply, out = await comm.request(RunMsg(), frames)
+            return worker, (reply.ok, loads(out))
 
         return dict(await asyncio.gather(*(one(w) for w in workers)))
 

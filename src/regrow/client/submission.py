@@ -16,6 +16,7 @@ batch's Futures.
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,14 +24,31 @@ from typing import Any
 
 from regrow.client.futures import Future
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg
+from regrow.protocol.messages import SubmitMsg, TaskEntry
 from regrow.protocol.serialize import digest, dumps, dumps_with_refs
 
 # Task entries per submission message (and ``Client.map``'s default batch).
 MAP_BATCH = 1000
 
 # Where a batch of task entries goes: ``send(entries, frames, wanted keys)``.
-Send = Callable[[list[Msg], list[Buffer], list[str]], None]
+Send = Callable[[list[TaskEntry], list[Buffer], list[str]], None]
+
+# What a task entry can carry (see protocol.messages: TaskEntry).
+_INT64 = 2**63 - 1
+
+
+def check_options(retries: Any, priority: Any) -> tuple[int, int]:
+    """``retries=`` and ``priority=`` as the ints a task entry carries, else ValueError
+    (here, in the caller's thread: not as a message the scheduler must refuse)."""
+    if not isinstance(retries, int) or not 0 <= retries <= _INT64:
+        raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    try:
+        prio = operator.index(priority)
+    except TypeError:
+        raise ValueError(f"priority must be an int, got {priority!r}") from None
+    if not -_INT64 <= prio <= _INT64:
+        raise ValueError(f"priority must fit in 64 bits, got {priority!r}")
+    return int(retries), prio
 
 
 def funcname(fn: Callable[..., Any]) -> str:
@@ -64,6 +82,9 @@ class TaskBuilder:
         self._fn_cache: dict[Any, list[Buffer]] = {}
         self._unique = itertools.count()
         self._uid = uuid.uuid4().hex[:16]
+        # The largest frame the scheduler accepts (its scheduler_max_frame_bytes): a task
+        # past it is refused here, not dropped with the connection there.
+        self.max_frame_bytes = 1 << 30
 
     def fn_frames(self, fn: Callable[..., Any]) -> list[Buffer]:
         """``fn`` pickled: once per function while it is among the last 1000 used."""
@@ -90,7 +111,7 @@ class TaskBuilder:
         workers: list[str] | None,
         retries: int,
         priority: int,
-    ) -> tuple[Msg, list[Buffer]]:
+    ) -> tuple[TaskEntry, list[Buffer]]:
         """One call's task entry and its frames."""
         arg_frames, deps = dumps_with_refs((args, dict(kwargs)), future_ref)
         if key is None:
@@ -103,15 +124,24 @@ class TaskBuilder:
         elif not isinstance(key, str):
             raise TypeError(f"key must be a string, got {type(key).__name__}")
         frames = [*fn_frames, *arg_frames]
-        entry: Msg = {"k": key, "d": deps, "fnf": len(fn_frames), "nf": len(frames)}
-        if priority:
-            entry["p"] = int(priority)
-        if retries:
-            entry["r"] = int(retries)
-        if workers:
-            entry["w"] = workers
-        if not pure:
-            entry["pure"] = False
+        for frame in frames:
+            if memoryview(frame).nbytes > self.max_frame_bytes:
+                raise ValueError(
+                    f"task {key!r} carries {memoryview(frame).nbytes:,} bytes in one piece, "
+                    f"more than the scheduler accepts ({self.max_frame_bytes:,}, "
+                    "scheduler_max_frame_bytes): scatter large arguments first "
+                    "(client.scatter) and pass their futures"
+                )
+        entry = TaskEntry(
+            key=key,
+            dependencies=deps,
+            fn_frames=len(fn_frames),
+            frames=len(frames),
+            priority=priority,
+            retries=retries,
+            workers=workers or None,
+            pure=bool(pure),
+        )
         return entry, frames
 
     def submit(
@@ -139,7 +169,7 @@ class TaskBuilder:
             retries=retries,
             priority=priority,
         )
-        future = self._new_future(entry["k"])
+        future = self._new_future(entry.key)
         send([entry], frames, [future.key])
         return future
 
@@ -167,7 +197,7 @@ class TaskBuilder:
             keys = itertools.repeat(None)
             name_prefix = key
         futures: list[Future] = []
-        entries: list[Msg] = []
+        entries: list[TaskEntry] = []
         frames: list[Buffer] = []
         wanted: list[str] = []
         for args in zip(*iterables, strict=False):
@@ -184,8 +214,8 @@ class TaskBuilder:
                 priority=priority,
             )
             if name_prefix is not None:
-                entry["k"] = f"{name_prefix}-{entry['k'].rpartition('-')[2]}"
-            fut = self._new_future(entry["k"])
+                entry.key = f"{name_prefix}-{entry.key.rpartition('-')[2]}"
+            fut = self._new_future(entry.key)
             futures.append(fut)
             entries.append(entry)
             frames.extend(fr)
@@ -207,10 +237,10 @@ class Outbox:
         # Re-entrant, as the client's other locks: garbage collection (a Future's
         # __del__) may run inside any critical section.
         self._lock = threading.RLock()
-        self._batches: list[tuple[list[Msg], list[Buffer], list[str]]] = []
+        self._batches: list[tuple[list[TaskEntry], list[Buffer], list[str]]] = []
         self._scheduled = False
 
-    def put(self, entries: list[Msg], frames: list[Buffer], wanted: list[str]) -> bool:
+    def put(self, entries: list[TaskEntry], frames: list[Buffer], wanted: list[str]) -> bool:
         """Queue a batch: whether the caller must have ``take`` called (none pending)."""
         with self._lock:
             self._batches.append((entries, frames, wanted))
@@ -219,13 +249,13 @@ class Outbox:
             self._scheduled = True
             return True
 
-    def take(self) -> list[tuple[Msg, list[Buffer]]]:
+    def take(self) -> list[tuple[SubmitMsg, list[Buffer]]]:
         """Empty the outbox: the submission messages to send, with their frames."""
         with self._lock:
             batch, self._batches = self._batches, []
             self._scheduled = False
-        out: list[tuple[Msg, list[Buffer]]] = []
-        entries: list[Msg] = []
+        out: list[tuple[SubmitMsg, list[Buffer]]] = []
+        entries: list[TaskEntry] = []
         frames: list[Buffer] = []
         wanted: list[str] = []
         for e, f, w in batch:
@@ -233,8 +263,8 @@ class Outbox:
             frames.extend(f)
             wanted.extend(w)
             if len(entries) >= MAP_BATCH:
-                out.append(({"op": "submit", "tasks": entries, "wanted": wanted}, frames))
+                out.append((SubmitMsg(tasks=entries, wanted=wanted), frames))
                 entries, frames, wanted = [], [], []
         if entries:
-            out.append(({"op": "submit", "tasks": entries, "wanted": wanted}, frames))
+            out.append((SubmitMsg(tasks=entries, wanted=wanted), frames))
         return out

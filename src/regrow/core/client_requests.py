@@ -108,27 +108,25 @@ def _refuse_too_many(
         if target is not None:
             want(state, client, target)  # a key it already knows: no new task
             continue
-        state._emit(
-            cmd.ReportErred(
-                client=client.id,
-                key=key,
-                exception=b"",
-                traceback=b"",
-                kind="TooManyTasksError",
-                text=text,
-                blame=key,
-            )
-        )
+        _report_unknown(state, client, key, text, kind="TooManyTasksError")
 
 
-def _report_unknown(state: SchedulerState, client: ClientState, key: str, text: str) -> None:
+def _report_unknown(
+    state: SchedulerState,
+    client: ClientState,
+    key: str,
+    text: str,
+    kind: str = "FutureLostError",
+) -> None:
+    """Tell ``client`` its future of ``key`` (no task here) errs: ``kind`` names the
+    exception it raises."""
     state._emit(
         cmd.ReportErred(
             client=client.id,
             key=key,
             exception=b"",
             traceback=b"",
-            kind="FutureLostError",
+            kind=kind,
             text=text,
             blame=key,
         )

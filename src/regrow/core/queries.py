@@ -38,6 +38,9 @@ _FIELDS = frozenset(
 )
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def info(state: SchedulerState) -> dict[str, Any]:
     """A snapshot for clients and dashboards (plain data, safe to send)."""
     states: dict[str, int] = {}
@@ -51,7 +54,9 @@ def info(state: SchedulerState) -> dict[str, Any]:
                 "pid": ws.pid,
                 "nthreads": ws.nthreads,
                 "memory_limit": ws.memory_limit,
-                "memory": ws.nbytes,
+                # A sum of sizes workers reported: each fits in 64 bits, their sum
+                # need not (a hostile worker's), and the snapshot must stay sendable.
+                "memory": min(ws.nbytes, _INT64_MAX),
                 "nkeys": len(ws.has_what),
                 "processing": len(ws.processing),
                 "nanny": ws.nanny,

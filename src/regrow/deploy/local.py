@@ -27,6 +27,7 @@ import psutil
 
 from regrow.client.loop import LoopThread
 from regrow.config import Settings
+from regrow.security import Role, Security
 
 if TYPE_CHECKING:
     from regrow.scheduler import Scheduler
@@ -114,6 +115,7 @@ class LocalCluster:
         log_level: str = "WARNING",
         nanny: bool = True,
         journal: str | os.PathLike[str] | None = None,
+        security: Security | bool | None = None,
         **settings: Any,
     ) -> None:
         self.n_workers, self.threads_per_worker = default_layout(n_workers, threads_per_worker)
@@ -123,6 +125,10 @@ class LocalCluster:
         self.scheduler_restarts = 0
         self.host = host
         self.token = token or secrets.token_hex(16)
+        # security=True: a throwaway CA and certificates, made in memory (as dask's).
+        if security is True:
+            security = Security.temporary()
+        self.security = security or Security()
         self.settings = Settings.from_env(**settings)
         self.timeout = timeout
         self.log_level = log_level
@@ -148,7 +154,7 @@ class LocalCluster:
             raise
 
     # ---------------------------------------------------------- processes
-    def _spawn(self, args: list[str], ready_file: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str], ready_file: str, role: Role) -> subprocess.Popen[bytes]:
         cmd = [
             sys.executable,
             "-m",
@@ -161,9 +167,9 @@ class LocalCluster:
             "--log-level",
             self.log_level,
         ]
-        return subprocess.Popen(
-            cmd, env=_child_env(self.token, self.settings), stdin=subprocess.DEVNULL
-        )
+        env = _child_env(self.token, self.settings)
+        env.update(self.security.to_env(role))
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], ready_file: str, what: str) -> str:
         deadline = time.monotonic() + self.timeout
@@ -186,7 +192,7 @@ class LocalCluster:
         args = ["scheduler", "--host", self.host, "--port", str(port)]
         if self.journal is not None:
             args += ["--journal", self.journal]
-        self.scheduler_proc = self._spawn(args, ready)
+        self.scheduler_proc = self._spawn(args, ready, "scheduler")
         self.scheduler_address = self._wait_ready(self.scheduler_proc, ready, "scheduler")
 
     def _start_processes(self, port: int) -> None:
@@ -264,7 +270,7 @@ class LocalCluster:
         ]
         if not self.nanny:
             args.append("--no-nanny")
-        wp = WorkerProcess(name, self._spawn(args, ready), ready)
+        wp = WorkerProcess(name, self._spawn(args, ready, "worker"), ready)
         self.workers.append(wp)
         return wp
 
@@ -292,6 +298,7 @@ class LocalCluster:
                 token=self.token,
                 settings=self.settings,
                 journal=self.journal,
+                security=self.security,
             )
             self.scheduler_address = await self._inproc_scheduler.start()
             for i in range(self.n_workers):
@@ -303,6 +310,7 @@ class LocalCluster:
                     host=self.host,
                     memory_limit=self.memory_limit,
                     settings=self.settings,
+                    security=self.security,
                 )
                 await w.start()
                 self._inproc_workers.append(w)

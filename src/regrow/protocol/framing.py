@@ -29,6 +29,8 @@ Buffer = bytes | bytearray | memoryview
 
 _COUNT = struct.Struct("!I")
 _STAGING = 256 * 1024
+# Before authentication a peer gets only this much: 2,000 strangers cost 8 MB, not 512.
+_SMALL_STAGING = 4096
 # A blob this large skips the staging buffer and is read into its own bytearray.
 _DIRECT = _STAGING // 2
 
@@ -157,13 +159,21 @@ class FrameDecoder:
     A violation raises ProtocolError; the caller must then drop the connection.
     """
 
-    def __init__(self, *, max_frames: int, max_frame_bytes: int) -> None:
+    def __init__(
+        self, *, max_frames: int, max_frame_bytes: int, max_header_bytes: int | None = None
+    ) -> None:
         self.max_frames = max_frames
         self.max_frame_bytes = max_frame_bytes
+        self.max_header_bytes = max_frame_bytes if max_header_bytes is None else max_header_bytes
         self.packets: deque[list[Buffer]] = deque()
-        self._buf = bytearray(_STAGING)
+        # Small until the limits grow (authentication); then an anonymous mapping, which
+        # goes back to the system the moment the connection is gone: malloc keeps freed
+        # 256 KiB blocks in its heap once it has seen a few (its dynamic mmap threshold).
+        self._buf: bytearray | mmap.mmap = bytearray(_SMALL_STAGING)
         self._start = 0
         self._end = 0
+        if max_frame_bytes > _SMALL_STAGING or self.max_header_bytes > _SMALL_STAGING:
+            self._grow()
         self._direct: memoryview | None = None
         self._direct_fill = 0
         self._stage = 0  # 0: frame count, 1: lengths, 2: frames
@@ -172,9 +182,23 @@ class FrameDecoder:
         self._frames: list[Buffer] = []
         self._target: memoryview | None = None
 
-    def set_limits(self, *, max_frames: int, max_frame_bytes: int) -> None:
+    def set_limits(
+        self, *, max_frames: int, max_frame_bytes: int, max_header_bytes: int | None = None
+    ) -> None:
         self.max_frames = max_frames
         self.max_frame_bytes = max_frame_bytes
+        self.max_header_bytes = max_frame_bytes if max_header_bytes is None else max_header_bytes
+        if max_frame_bytes > _SMALL_STAGING or self.max_header_bytes > _SMALL_STAGING:
+            self._grow()
+
+    def _grow(self) -> None:
+        """The full staging buffer: frames below _DIRECT are parsed out of it."""
+        if len(self._buf) >= _STAGING:
+            return
+        staging = mmap.mmap(-1, _STAGING)
+        avail = self._end - self._start
+        staging[:avail] = self._buf[self._start : self._end]
+        self._buf, self._start, self._end = staging, 0, avail
 
     @property
     def idle(self) -> bool:
@@ -270,6 +294,13 @@ class FrameDecoder:
         elif self._stage == 1:
             n = len(blob) // 8
             lengths = struct.unpack(f"!{n}Q", blob)
+            if lengths[0] > self.max_header_bytes:
+                raise ProtocolError(
+                    f"message header of {lengths[0]} bytes exceeds the limit of "
+                    f"{self.max_header_bytes}"
+                )
+            # Frames are received one at a time, each into memory of its own size: a
+            # limit per frame bounds what an announcement can make us reserve.
             for length in lengths:
                 if length > self.max_frame_bytes:
                     raise ProtocolError(

@@ -20,12 +20,20 @@ import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from regrow.errors import ProtocolError
 from regrow.protocol import lend
 from regrow.protocol.framing import LARGE, Buffer
-from regrow.protocol.messages import Msg
+from regrow.protocol.messages import (
+    GetDataMsg,
+    GetDataReply,
+    LentDoneMsg,
+    PartsDoneMsg,
+    SealedFile,
+    ShmFile,
+    StripedFrames,
+)
 
 if TYPE_CHECKING:
     from regrow.protocol.comm import Connection
@@ -53,19 +61,19 @@ def host_identity() -> str:
 HOST = host_identity()
 
 
-def export(groups: Sequence[Sequence[Buffer]]) -> tuple[list[list[Buffer]], dict[str, Any] | None]:
+def export(groups: Sequence[Sequence[Buffer]]) -> tuple[list[list[Buffer]], ShmFile | None]:
     """Move the large frames of ``groups`` (one list of frames per value) into one file.
 
     Returns the groups with each moved frame replaced by an empty bytes, and the
     description the receiver needs (None when nothing was large enough).
     """
-    layout: list[list[int]] = []
+    layout: list[tuple[int, int, int, int]] = []
     total = 0
     for g, frames in enumerate(groups):
         for f, frame in enumerate(frames):
             n = memoryview(frame).nbytes
             if n >= MIN_BYTES:
-                layout.append([g, f, total, n])
+                layout.append((g, f, total, n))
                 total += n
     if not layout:
         return [list(fr) for fr in groups], None
@@ -93,23 +101,41 @@ def export(groups: Sequence[Sequence[Buffer]]) -> tuple[list[list[Buffer]], dict
     out = [list(fr) for fr in groups]
     for g, f, _, _ in layout:
         out[g][f] = b""
-    return out, {"path": path, "size": total, "layout": layout}
+    return out, ShmFile(path=path, size=total, layout=layout)
 
 
-def adopt(groups: list[list[Buffer]], info: dict[str, Any]) -> list[list[Buffer]]:
+def _check_layout(
+    groups: Sequence[Sequence[Buffer]], places: Sequence[tuple[int, int]], what: str
+) -> None:
+    """ProtocolError unless each (value, frame) of ``places`` is one of ``groups``'."""
+    for g, f in places:
+        if g >= len(groups) or f >= len(groups[g]):
+            raise ProtocolError(f"get-data reply: {what} names frame {f} of value {g}")
+
+
+def _check_ranges(ranges: Sequence[tuple[int, int]], size: int, what: str) -> None:
+    """ProtocolError unless each (offset, length) of ``ranges`` lies within ``size``."""
+    for offset, n in ranges:
+        if offset + n > size:
+            raise ProtocolError(f"get-data reply: {what} reaches past its {size} bytes")
+
+
+def adopt(groups: list[list[Buffer]], info: ShmFile) -> list[list[Buffer]]:
     """Put the frames described by ``info`` back into ``groups``, mapped, not copied."""
-    path = str(info["path"])
+    path = info.path
     if not path.startswith(SHM_DIR + "/regrow-") or "/" in path[len(SHM_DIR) + 1 :]:
         raise ValueError(f"refusing shared-memory path {path!r}")
+    _check_layout(groups, [(g, f) for g, f, _, _ in info.layout], "'shm'")
+    _check_ranges([(o, n) for _, _, o, n in info.layout], info.size, "'shm'")
     fd = os.open(path, os.O_RDWR)
     try:
-        mm = mmap.mmap(fd, int(info["size"]))
+        mm = mmap.mmap(fd, info.size)
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)  # the mapping outlives the name
     view = memoryview(mm)
-    for g, f, offset, n in info["layout"]:
+    for g, f, offset, n in info.layout:
         groups[g][f] = view[offset : offset + n]
     return groups
 
@@ -159,7 +185,12 @@ class Sealed:
     __slots__ = ("fd", "frames", "ino", "layout", "size")
 
     def __init__(
-        self, fd: int, ino: int, size: int, frames: list[Buffer], layout: list[list[int]]
+        self,
+        fd: int,
+        ino: int,
+        size: int,
+        frames: list[Buffer],
+        layout: list[tuple[int, int, int]],
     ) -> None:
         self.fd = fd
         self.ino = ino
@@ -167,14 +198,10 @@ class Sealed:
         self.frames = frames  # the large frames are b"" here; ``layout`` places them
         self.layout = layout  # [frame index, offset in the file, length]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "fd": self.fd,
-            "ino": self.ino,
-            "size": self.size,
-            "layout": self.layout,
-        }
+    def describe(self) -> SealedFile:
+        return SealedFile(
+            pid=os.getpid(), fd=self.fd, ino=self.ino, size=self.size, layout=self.layout
+        )
 
     def close(self) -> None:
         global _sealed_open
@@ -198,12 +225,12 @@ def seal(frames: Sequence[Buffer]) -> tuple[Sealed, list[Buffer]] | None:
     of the file (build the value from those), or None when nothing is large enough or
     the file cannot be made (out of memory or file descriptors: the value stays as is).
     """
-    layout: list[list[int]] = []
+    layout: list[tuple[int, int, int]] = []
     total = 0
     for i, frame in enumerate(frames):
         n = memoryview(frame).nbytes
         if i > 0 and n >= MIN_BYTES:  # frame 0 is the pickle stream itself
-            layout.append([i, total, n])
+            layout.append((i, total, n))
             total += n
     if not layout or not MEMFD or not _may_seal():
         return None
@@ -236,74 +263,75 @@ def seal(frames: Sequence[Buffer]) -> tuple[Sealed, list[Buffer]] | None:
     return Sealed(fd, ino, total, kept, layout), mine
 
 
-def attach(info: dict[str, Any], frames: list[Buffer]) -> list[Buffer]:
+def attach(info: SealedFile, frames: list[Buffer]) -> list[Buffer]:
     """Put a sealed value's large frames, privately mapped, back into ``frames``."""
+    _check_layout([frames], [(0, i) for i, _, _ in info.layout], "'sealed'")
+    _check_ranges([(o, n) for _, o, n in info.layout], info.size, "'sealed'")
     try:
-        fd = os.open(f"/proc/{int(info['pid'])}/fd/{int(info['fd'])}", os.O_RDONLY)
+        fd = os.open(f"/proc/{info.pid}/fd/{info.fd}", os.O_RDONLY)
     except OSError as exc:
         raise Gone(str(exc)) from None
     try:
-        if os.fstat(fd).st_ino != int(info["ino"]):
+        if os.fstat(fd).st_ino != info.ino:
             raise Gone("the file descriptor now names another file")
-        mm = _private_map(fd, int(info["size"]))
+        mm = _private_map(fd, info.size)
     finally:
         os.close(fd)
     view = memoryview(mm)
     out = list(frames)
-    for i, offset, n in info["layout"]:
+    for i, offset, n in info.layout:
         out[i] = view[offset : offset + n]
     return out
 
 
-def discard(info: dict[str, Any] | None) -> None:
+def discard(info: ShmFile | None) -> None:
     """Remove a file the receiver never adopted (it died, or the request failed)."""
-    if info:
+    if info is not None:
         with contextlib.suppress(OSError):
-            os.unlink(str(info["path"]))
+            os.unlink(info.path)
 
 
 def values_of_reply(
-    reply: dict[str, Any], frames: Sequence[Buffer], gone: list[str]
+    reply: GetDataReply, frames: Sequence[Buffer], gone: list[str]
 ) -> list[tuple[str, list[Buffer]]]:
     """A ``get-data`` reply as (key, frames of its value) pairs, shared memory adopted.
 
     Keys whose sealed file was closed before we opened it, or whose lent buffers we
     could not read, go to ``gone``: ask for them again without shared memory.
     """
-    keys = reply.get("keys")
-    counts = reply.get("nf")
-    if not (isinstance(keys, list) and isinstance(counts, list) and len(keys) == len(counts)):
-        raise ValueError("get-data reply: 'keys' and 'nf' must be lists of equal length")
+    keys = reply.keys
+    counts = reply.nf
+    if len(keys) != len(counts):
+        raise ProtocolError("get-data reply: 'keys' and 'nf' must be of equal length")
     if sum(counts) != len(frames):
-        raise ValueError("get-data reply: frame counts do not add up")
+        raise ProtocolError("get-data reply: frame counts do not add up")
     groups: list[list[Buffer]] = []
     pos = 0
     for n in counts:
         groups.append(list(frames[pos : pos + n]))
         pos += n
-    info = reply.get("shm")
-    if info:
-        groups = adopt(groups, info)
+    if reply.shm is not None:
+        groups = adopt(groups, reply.shm)
     refused: set[int] = set()
-    lent = reply.get("lent")
-    if lent:
+    lent = reply.lent
+    if lent is not None:
         # Copied straight out of the holder's memory (protocol.lend); the caller tells
         # the holder it is done ("lent-done") whatever happens here.
-        pid = int(lent["pid"])
-        for g, f, address, n in lent["frames"]:
+        _check_layout(groups, [(g, f) for g, f, _, _ in lent.frames], "'lent'")
+        for g, f, address, n in lent.frames:
             if g in refused:
                 continue
             try:
-                groups[g][f] = lend.read(pid, int(address), int(n))
+                groups[g][f] = lend.read(lent.pid, address, n)
             except lend.Refused:
                 refused.add(g)
     out: list[tuple[str, list[Buffer]]] = []
-    sealed = reply.get("sealed") or {}
+    sealed = reply.sealed or {}
     for g, (key, group) in enumerate(zip(keys, groups, strict=True)):
         if g in refused:
             gone.append(key)
             continue
-        description = sealed.get(str(g))
+        description = sealed.get(g)
         if description is not None:
             try:
                 group = attach(description, group)
@@ -319,7 +347,7 @@ async def get_data(
     keys: list[str],
     host: str,
     idle_timeout: float,
-    striped: Callable[[Any, list[Buffer]], Awaitable[list[Buffer]]] | None = None,
+    striped: Callable[[StripedFrames, list[Buffer]], Awaitable[list[Buffer]]] | None = None,
     streams: int = 1,
 ) -> list[tuple[str, list[Buffer]]]:
     """Ask a holder for ``keys``: (key, frames of its value) for those it has.
@@ -334,26 +362,26 @@ async def get_data(
     caller's.
     """
     out: list[tuple[str, list[Buffer]]] = []
-    request: Msg = {"op": "get-data", "host": host, "vm": bool(host) and lend.usable}
-    if striped is not None and streams > 1:
-        request["streams"] = streams
+    streams = streams if striped is not None and streams > 1 else 1
+    vm = bool(host) and lend.usable
     while keys:
-        reply, frames = await comm.request({**request, "keys": keys}, idle_timeout=idle_timeout)
+        request = GetDataMsg(keys=keys, host=host, vm=vm, streams=streams)
+        reply, frames = await comm.request(request, idle_timeout=idle_timeout)
         gone: list[str] = []
         try:
-            description = reply.get("striped")
-            if description:
+            description = reply.striped
+            if description is not None:
                 try:
                     if striped is None:
                         raise ProtocolError("the holder striped a value nobody asked it to")
                     frames = await striped(description, frames)
                 finally:
-                    if isinstance(description, dict) and not comm.closed:
-                        comm.send({"op": "parts-done", "id": description.get("id")})
+                    if not comm.closed:
+                        comm.send(PartsDoneMsg(id=description.id))
             out += values_of_reply(reply, frames, gone)
         finally:
-            if reply.get("lent"):
-                comm.send({"op": "lent-done", "id": reply["lent"]["id"]})
-        keys = gone if request["host"] else []
-        request.update(host="", vm=False)
+            if reply.lent is not None and not comm.closed:
+                comm.send(LentDoneMsg(id=reply.lent.id))
+        keys = gone if host else []
+        host, vm = "", False
     return out

@@ -32,12 +32,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol.comm import Connection, ConnectionPool, RemoteCallError
 from regrow.protocol.framing import LARGE, Buffer, uninitialized
-from regrow.protocol.messages import Msg, get
+from regrow.protocol.messages import GetPartMsg, StripedFrames
 
 # A part smaller than this costs more in its request than a stream gains.
 MIN_PART = 2 * LARGE
@@ -80,9 +79,9 @@ class Holdings:
         asyncio.get_running_loop().call_later(KEEP_SECONDS, self._kept.pop, tid, None)
         return tid
 
-    def part(self, msg: Msg) -> memoryview:
+    def part(self, msg: GetPartMsg) -> memoryview:
         """The range a ``get-part`` asks for; KeyError if that transfer is over."""
-        tid, index, lo, hi = (get(msg, k, int) for k in ("id", "frame", "lo", "hi"))
+        tid, index, lo, hi = msg.id, msg.frame, msg.lo, msg.hi
         held = self._kept.get(tid)
         if held is None:
             raise KeyError(f"striped transfer {tid} is over (done, expired or its requester gone)")
@@ -102,8 +101,8 @@ class Holdings:
             del self._kept[tid]
 
 
-def describe(tid: int, frames: dict[int, memoryview]) -> dict[str, Any]:
-    return {"id": tid, "frames": [[i, f.nbytes] for i, f in sorted(frames.items())]}
+def describe(tid: int, frames: dict[int, memoryview]) -> StripedFrames:
+    return StripedFrames(id=tid, frames=[(i, f.nbytes) for i, f in sorted(frames.items())])
 
 
 def ranges(n: int, streams: int) -> list[tuple[int, int]]:
@@ -116,19 +115,16 @@ def ranges(n: int, streams: int) -> list[tuple[int, int]]:
 async def receive(
     pool: ConnectionPool,
     address: str,
-    striped: Any,
+    striped: StripedFrames,
     frames: list[Buffer],
     streams: int,
     idle_timeout: float,
 ) -> list[Buffer]:
     """Fetch the frames a ``get-data`` reply left out (its ``striped``) from ``address``:
     ``frames`` with them filled in. Raises PartsFailed if any part did not come,
-    ProtocolError if ``striped`` is malformed."""
-    try:
-        tid = int(striped["id"])
-        sizes = {int(i): int(n) for i, n in striped["frames"]}
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ProtocolError(f"get-data reply: malformed 'striped': {exc!r}") from None
+    ProtocolError if ``striped`` names frames the reply does not have."""
+    tid = striped.id
+    sizes = dict(striped.frames)
     if any(
         not 0 <= i < len(frames) or n < 0 or memoryview(frames[i]).nbytes for i, n in sizes.items()
     ):
@@ -181,8 +177,7 @@ async def _fetch(
         target = buffers[index][lo:hi]
         comm.expect(target)
         _, got = await comm.request(
-            {"op": "get-part", "id": tid, "frame": index, "lo": lo, "hi": hi},
-            idle_timeout=idle_timeout,
+            GetPartMsg(id=tid, frame=index, lo=lo, hi=hi), idle_timeout=idle_timeout
         )
         if len(got) != 1 or memoryview(got[0]).nbytes != hi - lo:
             raise ProtocolError(f"get-part: expected one frame of {hi - lo} bytes")

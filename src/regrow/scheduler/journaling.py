@@ -19,7 +19,7 @@ from regrow.core import events as ev
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, TaskState
 from regrow.protocol.comm import Connection
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg
+from regrow.protocol.messages import Message
 from regrow.scheduler.journal import Journal, Snapshot
 
 logger = logging.getLogger("regrow.scheduler")
@@ -30,7 +30,7 @@ class JournalKeeper:
         self.journal = journal
         self.interval = interval
         self._dirty: dict[str, TaskState] = {}
-        self._acks: list[tuple[Connection, Msg]] = []
+        self._acks: list[tuple[Connection, Message]] = []
 
     # ----------------------------------------------------------- recording
     def record(self, event: ev.Event, tasks: dict[str, TaskState]) -> None:
@@ -38,8 +38,11 @@ class JournalKeeper:
         journal = self.journal
         match event:
             case ev.TasksSubmitted():
+                # A key given twice keeps its first spec, as in the core.
+                seen: set[str] = set()
                 for spec in event.tasks:
-                    if spec.key not in tasks:
+                    if spec.key not in tasks and spec.key not in seen:
+                        seen.add(spec.key)
                         journal.task_added(
                             spec.key,
                             list(spec.dependencies),
@@ -106,7 +109,7 @@ class JournalKeeper:
         """Stopping: what happened up to now is kept; the stop is not a release."""
         self._dirty.clear()
 
-    def ack_when_written(self, comm: Connection, ack: Msg) -> None:
+    def ack_when_written(self, comm: Connection, ack: Message) -> None:
         """Send ``ack`` once the transaction holding what it acknowledges is committed."""
         self._acks.append((comm, ack))
 

@@ -31,13 +31,63 @@ from regrow.protocol.comm import (
     cancel_others,
     close_once,
     error_reply,
+    refuse,
     spawn,
+    trim_soon,
 )
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.messages import (
+    Ack,
+    AcquireReplicasMsg,
+    CancelMsg,
+    ClientRegisteredMsg,
+    CloseClientMsg,
+    CloseMsg,
+    ComputeMsg,
+    DesireKeysMsg,
+    DropStateMsg,
+    ErrorReply,
+    EventMsg,
+    FreeKeysMsg,
+    InterruptMsg,
+    KeyCancelledMsg,
+    KeyErredMsg,
+    KeyInMemoryMsg,
+    KeyInterruptedMsg,
+    KeyLostMsg,
+    KillWorkerMsg,
+    Message,
+    MissingDataMsg,
+    NannyRegisteredMsg,
+    PingMsg,
+    PingReply,
+    RefusedMsg,
+    RegisterClientMsg,
+    RegisterNannyMsg,
+    RegisterWorkerMsg,
+    ReleaseKeysMsg,
+    RestartMsg,
+    RestartReply,
+    RetireWorkersMsg,
+    RetireWorkersReply,
+    ScatteredMsg,
+    SchedulerClosingMsg,
+    SchedulerInfoMsg,
+    SchedulerInfoReply,
+    ShutdownMsg,
+    StealMsg,
+    SubmitAckMsg,
+    SubmitMsg,
+    WhoHasMsg,
+    WhoHasReply,
+    WorkerDiedMsg,
+    WorkerRegisteredMsg,
+    op_of,
+)
 from regrow.scheduler.journal import Journal
 from regrow.scheduler.journaling import JournalKeeper, restored_tasks
 from regrow.scheduler.messages import held_keys, task_specs, worker_event
+from regrow.security import Security
 
 logger = logging.getLogger("regrow.scheduler")
 
@@ -52,8 +102,11 @@ class Scheduler:
         settings: Settings | None = None,
         validate: bool = False,
         journal: str | None = None,
+        security: Security | None = None,
+        insecure: bool = False,
     ) -> None:
         self.host = host
+        self.security = security or Security()
         self.port = port
         self.token = token
         self.settings = settings or Settings()
@@ -67,15 +120,26 @@ class Scheduler:
             inline_limit=self.settings.inline_total_bytes,
             heartbeat_timeout=self.settings.heartbeat_timeout,
             death_report_wait=self.settings.death_report_wait,
+            max_client_tasks=self.settings.max_client_tasks,
+            log_length=self.settings.transition_log_length,
             validate=validate,
         )
-        self.listener = Listener(self._handle_connection, token=token, settings=self.settings)
+        self.listener = Listener(
+            self._handle_connection,
+            token=token,
+            settings=self.settings,
+            security=self.security,
+            role="scheduler",
+            insecure=insecure,
+            max_frame_bytes=self.settings.scheduler_max_frame_bytes,
+            max_send_buffer=self.settings.max_send_buffer_bytes,
+        )
         self.worker_comms: dict[str, Connection] = {}
         self.client_comms: dict[str, Connection] = {}
         self._interned: dict[bytes, bytes] = {}
         self.nanny_comms: dict[str, Connection] = {}
         # Client requests answered once the core says so: retire-workers, by request id.
-        self._retire_requests: dict[str, tuple[Connection, Msg]] = {}
+        self._retire_requests: dict[str, tuple[Connection, RetireWorkersMsg]] = {}
         self._workers_changed = asyncio.Event()
         self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
         self.keeper: JournalKeeper | None = None
@@ -117,15 +181,15 @@ class Scheduler:
         # A worker with a nanny is stopped by its nanny (else the nanny would replace it).
         for comm in list(self.nanny_comms.values()):
             with contextlib.suppress(CommClosedError):
-                comm.send({"op": "close"})
+                comm.send(CloseMsg())
         for address, comm in list(self.worker_comms.items()):
             ws = self.state.workers.get(address)
             managed = ws is not None and ws.nanny in self.nanny_comms
             with contextlib.suppress(CommClosedError):
-                comm.send({"op": "scheduler-closing" if managed else "close"})
+                comm.send(SchedulerClosingMsg() if managed else CloseMsg())
         for comm in list(self.client_comms.values()):
             with contextlib.suppress(CommClosedError):
-                comm.send({"op": "scheduler-closing"})
+                comm.send(SchedulerClosingMsg())
         for handle in self._client_goodbye.values():
             handle.cancel()
         await asyncio.sleep(0)  # let the batched sends flush
@@ -196,13 +260,13 @@ class Scheduler:
     def _sid(self, prefix: str) -> str:
         return f"{prefix}-{next(self._stimuli)}"
 
-    def _to_worker(self, address: str, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+    def _to_worker(self, address: str, msg: Message, frames: Sequence[Buffer] = ()) -> None:
         comm = self.worker_comms.get(address)
         if comm is None or comm.closed:
             return  # its removal is (or will be) an event of its own
         comm.send(msg, frames)
 
-    def _to_client(self, client: str, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+    def _to_client(self, client: str, msg: Message, frames: Sequence[Buffer] = ()) -> None:
         comm = self.client_comms.get(client)
         if comm is None or comm.closed:
             return
@@ -214,70 +278,62 @@ class Scheduler:
                 fnf, frames = cast(tuple[int, list[Buffer]], command.run_spec)
                 self._to_worker(
                     command.worker,
-                    {
-                        "op": "compute",
-                        "key": command.key,
-                        "run": command.run_id,
-                        "who_has": command.who_has,
-                        "nbytes": command.nbytes,
-                        "priority": list(command.priority),
-                        "fnf": fnf,
-                        **({"inline": command.inline} if command.inline else {}),
-                    },
+                    ComputeMsg(
+                        key=command.key,
+                        run_id=command.run_id,
+                        priority=command.priority,
+                        who_has=command.who_has,
+                        fn_frames=fnf,
+                        inline=command.inline or None,
+                    ),
                     frames,
                 )
             case cmd.FreeKeys():
-                self._to_worker(command.worker, {"op": "free-keys", "keys": list(command.keys)})
+                self._to_worker(command.worker, FreeKeysMsg(keys=list(command.keys)))
             case cmd.Steal():
-                self._to_worker(command.worker, {"op": "steal", "key": command.key})
+                self._to_worker(command.worker, StealMsg(key=command.key))
             case cmd.ReportInMemory():
                 self._to_client(
                     command.client,
-                    {
-                        "op": "key-in-memory",
-                        "key": command.key,
-                        "type": command.type_name,
-                        "nbytes": command.nbytes,
-                        **({} if command.inline is None else {"inline": command.inline}),
-                    },
+                    KeyInMemoryMsg(
+                        key=command.key,
+                        type=command.type_name,
+                        nbytes=command.nbytes,
+                        inline=command.inline,
+                    ),
                 )
             case cmd.ReportErred():
                 self._to_client(
                     command.client,
-                    {
-                        "op": "key-erred",
-                        "key": command.key,
-                        "text": command.text,
-                        "kind": command.kind,
-                        "blame": command.blame,
-                        "workers": list(command.workers),
-                    },
+                    KeyErredMsg(
+                        key=command.key,
+                        text=command.text,
+                        kind=command.kind,
+                        blame=command.blame,
+                        workers=list(command.workers),
+                    ),
                     [command.exception, command.traceback],
                 )
             case cmd.ReportCancelled():
-                self._to_client(command.client, {"op": "key-cancelled", "key": command.key})
+                self._to_client(command.client, KeyCancelledMsg(key=command.key))
             case cmd.ReportLost():
-                self._to_client(command.client, {"op": "key-lost", "key": command.key})
+                self._to_client(command.client, KeyLostMsg(key=command.key))
             case cmd.ReportEvent():
                 self._to_client(
-                    command.client,
-                    {"op": "event", "topic": command.topic, "message": command.message},
+                    command.client, EventMsg(topic=command.topic, message=command.message)
                 )
             case cmd.ReportInterrupted():
                 self._to_client(
-                    command.client,
-                    {"op": "key-interrupted", "key": command.key, "worker": command.worker},
+                    command.client, KeyInterruptedMsg(key=command.key, worker=command.worker)
                 )
             case cmd.Interrupt():
-                self._to_worker(command.worker, {"op": "interrupt", "key": command.key})
+                self._to_worker(command.worker, InterruptMsg(key=command.key))
             case cmd.AcquireReplicas():
-                self._to_worker(
-                    command.worker, {"op": "acquire-replicas", "who_has": command.who_has}
-                )
+                self._to_worker(command.worker, AcquireReplicasMsg(who_has=command.who_has))
             case cmd.AcceptWorker():
                 self._to_worker(
                     command.worker,
-                    {"op": "registered", "scheduler": self.address, "drop": command.drop},
+                    WorkerRegisteredMsg(scheduler=self.address, drop=command.drop),
                 )
                 self._workers_changed.set()
             case cmd.CloseWorkerConnection():
@@ -288,13 +344,13 @@ class Scheduler:
                 nanny = self.nanny_comms.get(command.nanny) if command.nanny else None
                 if nanny is not None and not nanny.closed:
                     # The nanny stops its worker and does not start another, then exits.
-                    nanny.send({"op": "close"})
+                    nanny.send(CloseMsg())
                 else:
-                    self._to_worker(command.worker, {"op": "close"})
+                    self._to_worker(command.worker, CloseMsg())
             case cmd.ReportRetired():
                 pending = self._retire_requests.pop(command.request, None)
                 if pending is not None and not pending[0].closed:
-                    pending[0].reply(pending[1], {"workers": list(command.workers)})
+                    pending[0].reply(pending[1], RetireWorkersReply(workers=list(command.workers)))
             case cmd.Log():
                 logger.log(
                     logging.WARNING if command.level == "warning" else logging.INFO,
@@ -306,57 +362,75 @@ class Scheduler:
 
     # ---------------------------------------------------------- connections
     async def _handle_connection(self, comm: Connection) -> None:
-        msg, _ = await comm.recv()
-        op = msg["op"]
+        # An authenticated peer registers at once; one that does not holds a connection
+        # for nothing (it may have the token and still be buggy or hostile).
         try:
-            if op == "register-worker":
-                await self._serve_worker(comm, msg)
-            elif op == "register-client":
-                await self._serve_client(comm, msg)
-            elif op == "register-nanny":
-                await self._serve_nanny(comm, msg)
-            else:
-                raise ProtocolError(f"first message must register a worker or client, got {op!r}")
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                msg, _ = await comm.recv()
+        except TimeoutError:
+            logger.warning(
+                "dropping %s: it did not register within %g s",
+                comm.peer,
+                self.settings.handshake_timeout,
+            )
+            comm.abort()
+            return
+        try:
+            match msg:
+                case RegisterWorkerMsg():
+                    await self._serve_worker(comm, msg)
+                case RegisterClientMsg():
+                    await self._serve_client(comm, msg)
+                case RegisterNannyMsg():
+                    await self._serve_nanny(comm, msg)
+                case _:
+                    raise ProtocolError(
+                        f"first message must register a worker, client or nanny, got {op_of(msg)!r}"
+                    )
         except ProtocolError as exc:
             logger.warning("dropping %s: %s", comm.peer, exc)
             with contextlib.suppress(CommClosedError):
-                comm.send({"op": "error", "error": str(exc)})
+                comm.send(RefusedMsg(reason=str(exc)))
             await comm.close()
+        except CommClosedError:
+            raise
+        except Exception as exc:  # a bug of ours: this connection goes, the rest stays
+            logger.exception("dropping %s: serving it failed", comm.peer)
+            comm.abort(exc)
 
-    async def _serve_worker(self, comm: Connection, msg: Msg) -> None:
-        address = get(msg, "address", str)
-        nthreads = get(msg, "nthreads", int)
-        worker_id = str(msg.get("id") or address)
+    async def _serve_worker(self, comm: Connection, msg: RegisterWorkerMsg) -> None:
+        address = msg.address
         if address in self.worker_comms:
-            comm.send({"op": "error", "error": f"a worker at {address} is already registered"})
+            comm.send(RefusedMsg(reason=f"a worker at {address} is already registered"))
             await comm.close()
             return
-        self.worker_comms[address] = comm
-        logger.info("worker %s registered (%d threads)", address, nthreads)
-        # The core answers (AcceptWorker): a worker it removed must first drop what it
-        # holds; one that outlived a scheduler offers the results it holds to the graph.
-        self.handle(
-            ev.WorkerAdded(
-                worker=address,
-                id=worker_id,
-                name=str(msg.get("name") or address),
-                nthreads=nthreads,
-                pid=int(msg.get("pid") or 0),
-                memory_limit=int(msg.get("memory_limit") or 0),
-                nanny=str(msg.get("nanny") or ""),
-                keys=held_keys(msg),
-                stimulus_id=self._sid("worker-added"),
-                now=time.monotonic(),
-            )
+        # The message was checked whole before it got here: nothing below can leave a
+        # worker registered whose connection nobody serves.
+        added = ev.WorkerAdded(
+            worker=address,
+            id=msg.id or address,
+            name=msg.name or address,
+            nthreads=msg.nthreads,
+            pid=msg.pid,
+            memory_limit=msg.memory_limit,
+            nanny=msg.nanny,
+            keys=held_keys(msg),
+            stimulus_id=self._sid("worker-added"),
+            now=time.monotonic(),
         )
+        self.worker_comms[address] = comm
+        logger.info("worker %s registered (%d threads)", address, msg.nthreads)
         reason = "connection closed"
         try:
+            # The core answers (AcceptWorker): a worker it removed must first drop what it
+            # holds; one that outlived a scheduler offers the results it holds to the graph.
+            self.handle(added)
             while True:
                 m, frames = await comm.recv()
                 try:
                     self._worker_message(address, m, frames)
-                except ProtocolError as exc:
-                    logger.warning("bad message from worker %s: %s", address, exc)
+                except Exception as exc:
+                    refuse(comm, m, exc, f"worker {address}", logger)
         except CommClosedError:
             if comm.close_reason is not None:
                 reason = f"connection closed: {comm.close_reason}"
@@ -377,27 +451,31 @@ class Scheduler:
                 )
                 self.handle(*events)
 
-    async def _serve_nanny(self, comm: Connection, msg: Msg) -> None:
-        address = get(msg, "address", str)
+    async def _serve_nanny(self, comm: Connection, msg: RegisterNannyMsg) -> None:
+        address = msg.address
         old = self.nanny_comms.get(address)
         if old is not None:
             old.abort()
         self.nanny_comms[address] = comm
-        comm.send({"op": "registered", "scheduler": self.address})
+        comm.send(NannyRegisteredMsg(scheduler=self.address))
         try:
             while True:
                 m, _ = await comm.recv()
-                if m["op"] == "worker-died":
-                    self.handle(
-                        ev.WorkerDeathReported(
-                            worker=get(m, "worker", str),
-                            reason=f"its nanny reports it {get(m, 'reason', str)}",
-                            stimulus_id=self._sid("worker-died"),
-                            now=time.monotonic(),
-                        )
-                    )
-                else:
-                    logger.warning("unexpected message from nanny %s: %r", address, m["op"])
+                try:
+                    match m:
+                        case WorkerDiedMsg():
+                            self.handle(
+                                ev.WorkerDeathReported(
+                                    worker=m.worker,
+                                    reason=f"its nanny reports it {m.reason}",
+                                    stimulus_id=self._sid("worker-died"),
+                                    now=time.monotonic(),
+                                )
+                            )
+                        case _:
+                            raise ProtocolError(f"a nanny does not send {op_of(m)!r}")
+                except Exception as exc:
+                    refuse(comm, m, exc, f"nanny {address}", logger)
         except CommClosedError:
             pass
         finally:
@@ -421,10 +499,10 @@ class Scheduler:
             ev.RestartRequested(stimulus_id=sid),
         )
         for nanny in nannies:
-            self.nanny_comms[nanny].send({"op": "kill-worker", "reason": "restart"})
+            self.nanny_comms[nanny].send(KillWorkerMsg(reason="restart"))
         for address, comm in old.items():
             if address not in killed:
-                comm.send({"op": "drop-state"})
+                comm.send(DropStateMsg())
 
         def fresh() -> bool:
             serving = {ws.nanny for a, ws in self.state.workers.items() if a not in old}
@@ -435,16 +513,16 @@ class Scheduler:
                 self._workers_changed.clear()
                 await self._workers_changed.wait()
 
-    def _worker_message(self, worker: str, msg: Msg, frames: list[Buffer]) -> None:
+    def _worker_message(self, worker: str, msg: Message, frames: list[Buffer]) -> None:
         self.handle(worker_event(worker, msg, frames, time.monotonic(), self._sid))
 
-    async def _serve_client(self, comm: Connection, msg: Msg) -> None:
-        client = get(msg, "client", str)
+    async def _serve_client(self, comm: Connection, msg: RegisterClientMsg) -> None:
+        client = msg.client
         await self.recovered.wait()
         old = self.client_comms.get(client)
         if old is not None:
-            if not msg.get("reattach"):
-                comm.send({"op": "error", "error": f"client id {client} is already connected"})
+            if not msg.reattach:
+                comm.send(RefusedMsg(reason=f"client id {client} is already connected"))
                 await comm.close()
                 return
             old.abort()  # a stale connection of the same client: the new one takes over
@@ -452,32 +530,27 @@ class Scheduler:
         if pending is not None:
             pending.cancel()  # it came back in time: its futures' results are kept
         self.client_comms[client] = comm
-        self.handle(ev.ClientConnected(client=client, stimulus_id=self._sid("client")))
-        if msg.get("reattach") and "keys" in msg:
-            # Back after losing us: what it no longer holds, it released (perhaps in a
-            # message that died with the previous scheduler, before the journal had it).
-            self._release_stale(client, set(get_str_list(msg, "keys")))
-        comm.send(
-            {
-                "op": "registered",
-                "scheduler": self.address,
-                "id": self.scheduler_id,
-                "journal": self.keeper is not None,
-            }
-        )
         said_goodbye = False
         try:
+            self.handle(ev.ClientConnected(client=client, stimulus_id=self._sid("client")))
+            if msg.reattach and msg.keys is not None:
+                # Back after losing us: what it no longer holds, it released (perhaps in a
+                # message that died with the previous scheduler, before the journal had it).
+                self._release_stale(client, set(msg.keys))
+            comm.send(
+                ClientRegisteredMsg(
+                    scheduler=self.address, id=self.scheduler_id, journal=self.keeper is not None
+                )
+            )
             while True:
                 m, frames = await comm.recv()
-                if m["op"] == "close-client":
+                if isinstance(m, CloseClientMsg):
                     said_goodbye = True
                     continue
                 try:
                     self._client_message(client, comm, m, frames)
-                except (ProtocolError, ValueError, KeyError, TypeError) as exc:
-                    logger.warning("bad message from client %s: %s", client, exc)
-                    if "rid" in m:
-                        comm.reply(m, error_reply(exc))
+                except Exception as exc:
+                    refuse(comm, m, exc, f"client {client}", logger)
         except CommClosedError:
             pass
         finally:
@@ -504,121 +577,112 @@ class Scheduler:
         self._client_goodbye.pop(client, None)
         if client not in self.client_comms:
             self.handle(ev.ClientDisconnected(client=client, stimulus_id=self._sid("client-gone")))
+            trim_soon()  # what it held is freed: give it back to the system
 
     def _client_message(
-        self, client: str, comm: Connection, msg: Msg, frames: list[Buffer]
+        self, client: str, comm: Connection, msg: Message, frames: list[Buffer]
     ) -> None:
-        op = msg["op"]
-        if op == "submit":
-            self.handle(
-                ev.TasksSubmitted(
-                    client=client,
-                    tasks=tuple(task_specs(msg, frames, self._interned)),
-                    wanted=tuple(get_str_list(msg, "wanted")),
-                    stimulus_id=self._sid("submit"),
-                )
-            )
-            if "seq" in msg:
-                ack = {"op": "submit-ack", "seq": int(msg["seq"])}
-                if self.keeper is None:
-                    comm.send(ack)
-                else:
-                    self.keeper.ack_when_written(comm, ack)
-        elif op == "release-keys":
-            self.handle(
-                ev.KeysReleased(
-                    client=client,
-                    keys=tuple(get_str_list(msg, "keys")),
-                    stimulus_id=self._sid("release"),
-                )
-            )
-        elif op == "desire-keys":
-            self.handle(
-                ev.KeysDesired(
-                    client=client,
-                    keys=tuple(get_str_list(msg, "keys")),
-                    stimulus_id=self._sid("desire"),
-                )
-            )
-        elif op == "missing-data":
-            missing: dict[str, Any] = get(msg, "missing", dict)
-            holders: list[tuple[str, tuple[str, ...]]] = []
-            for key, ws in missing.items():
-                if not (isinstance(ws, list) and all(isinstance(w, str) for w in ws)):
-                    raise ProtocolError("missing-data: each key maps to a list of addresses")
-                holders.append((str(key), tuple(ws)))
-            self.handle(
-                ev.ReplicasMissing(holders=tuple(holders), stimulus_id=self._sid("missing-data"))
-            )
-        elif op == "cancel":
-            self.handle(
-                ev.KeysCancelled(
-                    client=client,
-                    keys=tuple(get_str_list(msg, "keys")),
-                    force=bool(msg.get("force", False)),
-                    stimulus_id=self._sid("cancel"),
-                )
-            )
-            comm.reply(msg, {})
-        elif op == "scattered":
-            items = []
-            for item in get(msg, "keys", list):
-                if not isinstance(item, dict):
-                    raise ProtocolError("scattered: each key must be a dict")
-                items.append(
-                    ev.ScatteredKey(
-                        key=get(item, "key", str),
-                        nbytes=get(item, "nbytes", int),
-                        type_name=str(item.get("type", "")),
-                        workers=tuple(get_str_list(item, "workers")),
+        match msg:
+            case SubmitMsg():
+                self.handle(
+                    ev.TasksSubmitted(
+                        client=client,
+                        tasks=tuple(task_specs(msg, frames, self._interned)),
+                        wanted=tuple(msg.wanted),
+                        stimulus_id=self._sid("submit"),
                     )
                 )
-            replicas = int(msg.get("replicas", 1))
-            self.handle(
-                ev.DataScattered(
-                    client=client,
-                    keys=tuple(items),
-                    replicas=replicas,
-                    stimulus_id=self._sid("scatter"),
+                if msg.seq:
+                    ack = SubmitAckMsg(seq=msg.seq)
+                    if self.keeper is None:
+                        comm.send(ack)
+                    else:
+                        self.keeper.ack_when_written(comm, ack)
+            case ReleaseKeysMsg():
+                self.handle(
+                    ev.KeysReleased(
+                        client=client, keys=tuple(msg.keys), stimulus_id=self._sid("release")
+                    )
                 )
-            )
-            comm.reply(msg, {})
-        elif op == "who-has":
-            comm.reply(msg, {"who_has": self.state.who_has(get_str_list(msg, "keys"))})
-        elif op == "scheduler-info":
-            info = self.state.info()
-            info.update(address=self.address, id="scheduler", pid=os.getpid())
-            info["nannies"] = sorted(self.nanny_comms)
-            info["started"] = self.started_at
-            comm.reply(msg, info)
-        elif op == "retire-workers":
-            # Answered with {"workers": [retired addresses]} once the core is done.
-            workers = tuple(get_str_list(msg, "workers"))
-            request = self._sid("retire")
-            self._retire_requests[request] = (comm, msg)
-            self.handle(
-                ev.RetireWorkersRequested(
-                    request=request, workers=workers, stimulus_id=request, now=time.monotonic()
+            case DesireKeysMsg():
+                self.handle(
+                    ev.KeysDesired(
+                        client=client, keys=tuple(msg.keys), stimulus_id=self._sid("desire")
+                    )
                 )
-            )
-        elif op == "restart":
-            spawn(self._restart_for(comm, msg), self.tasks, "restart")
-        elif op == "shutdown":
-            comm.reply(msg, {})
-            spawn(self.close(), self.tasks, "shutdown")
-        elif op == "ping":
-            comm.reply(msg, {})
-        else:
-            raise ProtocolError(f"unknown op {op!r}")
+            case MissingDataMsg():
+                holders = tuple((key, tuple(ws)) for key, ws in msg.missing.items())
+                self.handle(
+                    ev.ReplicasMissing(holders=holders, stimulus_id=self._sid("missing-data"))
+                )
+            case CancelMsg():
+                self.handle(
+                    ev.KeysCancelled(
+                        client=client,
+                        keys=tuple(msg.keys),
+                        force=msg.force,
+                        stimulus_id=self._sid("cancel"),
+                    )
+                )
+                comm.reply(msg, Ack())
+            case ScatteredMsg():
+                items = tuple(
+                    ev.ScatteredKey(
+                        key=item.key,
+                        nbytes=item.nbytes,
+                        type_name=item.type,
+                        workers=tuple(item.workers),
+                    )
+                    for item in msg.keys
+                )
+                self.handle(
+                    ev.DataScattered(
+                        client=client,
+                        keys=items,
+                        replicas=msg.replicas,
+                        stimulus_id=self._sid("scatter"),
+                    )
+                )
+                comm.reply(msg, Ack())
+            case WhoHasMsg():
+                comm.reply(msg, WhoHasReply(who_has=self.state.who_has(msg.keys)))
+            case SchedulerInfoMsg():
+                info = self.state.info()
+                info.update(address=self.address, id="scheduler", pid=os.getpid())
+                info["nannies"] = sorted(self.nanny_comms)
+                info["started"] = self.started_at
+                comm.reply(msg, SchedulerInfoReply(info=info))
+            case RetireWorkersMsg():
+                # Answered with the retired workers' addresses once the core is done.
+                request = self._sid("retire")
+                self._retire_requests[request] = (comm, msg)
+                self.handle(
+                    ev.RetireWorkersRequested(
+                        request=request,
+                        workers=tuple(msg.workers),
+                        stimulus_id=request,
+                        now=time.monotonic(),
+                    )
+                )
+            case RestartMsg():
+                spawn(self._restart_for(comm, msg), self.tasks, "restart")
+            case ShutdownMsg():
+                comm.reply(msg, Ack())
+                spawn(self.close(), self.tasks, "shutdown")
+            case PingMsg():
+                comm.reply(msg, PingReply(address=self.address, pid=os.getpid()))
+            case _:
+                raise ProtocolError(f"a client does not send {op_of(msg)!r}")
 
-    async def _restart_for(self, comm: Connection, msg: Msg) -> None:
-        timeout = float(msg.get("timeout") or 30.0)
+    async def _restart_for(self, comm: Connection, msg: RestartMsg) -> None:
+        reply: RestartReply | ErrorReply
         try:
-            await self.restart(timeout)
+            await self.restart(msg.timeout)
+            reply = RestartReply(workers=len(self.worker_comms))
         except TimeoutError:
-            comm.reply(
-                msg,
-                error_reply(TimeoutError(f"workers did not come back within {timeout} s")),
-            )
+            reply = error_reply(TimeoutError(f"workers did not come back within {msg.timeout} s"))
+        except Exception as exc:
+            refuse(comm, msg, exc, "a client's restart", logger)
             return
-        comm.reply(msg, {"workers": len(self.worker_comms)})
+        if not comm.closed:  # the client may have left meanwhile
+            comm.reply(msg, reply)

@@ -29,11 +29,24 @@ from regrow.protocol.comm import (
     cancel_others,
     close_once,
     connect,
-    error_reply,
     reconnect_delays,
+    refuse,
     spawn,
 )
-from regrow.protocol.messages import Msg
+from regrow.protocol.messages import (
+    Ack,
+    CloseMsg,
+    KillWorkerMsg,
+    Message,
+    NannyRegisteredMsg,
+    PingMsg,
+    PingReply,
+    RefusedMsg,
+    RegisterNannyMsg,
+    WorkerDiedMsg,
+    op_of,
+)
+from regrow.security import Security
 
 logger = logging.getLogger("regrow.nanny")
 
@@ -63,6 +76,8 @@ class Nanny:
         memory_limit: int = 0,
         settings: Settings | None = None,
         log_level: str = "WARNING",
+        security: Security | None = None,
+        insecure: bool = False,
     ) -> None:
         self.scheduler_address = scheduler_address
         self.nthreads = nthreads
@@ -72,7 +87,16 @@ class Nanny:
         self.memory_limit = memory_limit
         self.settings = settings or Settings()
         self.log_level = log_level
-        self.listener = Listener(self._handle_conn, token=token, settings=self.settings)
+        self.security = security or Security()
+        self.insecure = insecure
+        self.listener = Listener(
+            self._handle_conn,
+            token=token,
+            settings=self.settings,
+            security=self.security,
+            role="worker",
+            insecure=insecure,
+        )
         self.address = ""
         self.name = name
         self.proc: asyncio.subprocess.Process | None = None
@@ -121,12 +145,20 @@ class Nanny:
         while not self.stopped.is_set():
             try:
                 comm = await connect(
-                    self.scheduler_address, token=self.token, settings=self.settings
+                    self.scheduler_address,
+                    token=self.token,
+                    settings=self.settings,
+                    security=self.security,
+                    role="worker",
                 )
-                comm.send({"op": "register-nanny", "address": self.address, "name": self.name})
+                comm.send(RegisterNannyMsg(address=self.address, name=self.name or ""))
                 reply, _ = await comm.recv()
-                if reply["op"] != "registered":
-                    raise ProtocolError(f"scheduler refused the nanny: {reply.get('error')}")
+                if not isinstance(reply, NannyRegisteredMsg):
+                    await comm.close()
+                    reason = (
+                        reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
+                    )
+                    raise ProtocolError(f"scheduler refused the nanny: {reason}")
                 self.scheduler = comm
                 spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
                 return
@@ -143,31 +175,34 @@ class Nanny:
         try:
             while True:
                 msg, _ = await comm.recv()
-                await self._order(msg)
+                try:
+                    await self._order(comm, msg)
+                except Exception as exc:
+                    refuse(comm, msg, exc, "the scheduler", logger)
         except CommClosedError:
             pass
         if not self.stopped.is_set():
             logger.warning("lost the scheduler; reconnecting")
             await self._connect_scheduler()
 
-    async def _order(self, msg: Msg) -> Msg:
-        op = msg["op"]
-        if op == "kill-worker":
-            await self.kill_worker(str(msg.get("reason") or "killed on request"))
-            return {}
-        if op == "restart-worker":
-            await self.kill_worker(str(msg.get("reason") or "restart"))
-            return {}
-        if op == "close":
-            spawn(self.close(), self.tasks, "nanny-close")
-            return {}
-        if op == "ping":
-            return {"worker": self.worker_address, "pid": self.proc.pid if self.proc else 0}
-        if op == "registered":
-            return {}
-        raise ProtocolError(f"unknown op {op!r} for a nanny")
+    async def _order(self, comm: Connection, msg: Message) -> None:
+        """Carry out an order (from the scheduler, or any peer that connects), answering
+        it when it is a request."""
+        match msg:
+            case KillWorkerMsg():
+                await self.kill_worker(msg.reason or "killed on request")
+                comm.reply(msg, Ack())
+            case CloseMsg():
+                spawn(self.close(), self.tasks, "nanny-close")
+            case PingMsg():
+                reply = PingReply(address=self.address, pid=os.getpid(), worker=self.worker_address)
+                comm.reply(msg, reply)
+            case NannyRegisteredMsg():
+                pass
+            case _:
+                raise ProtocolError(f"a nanny is not sent {op_of(msg)!r}")
 
-    def _report(self, msg: Msg) -> None:
+    def _report(self, msg: Message) -> None:
         if self.scheduler is not None and not self.scheduler.closed:
             self.scheduler.send(msg)
 
@@ -176,9 +211,9 @@ class Nanny:
             while True:
                 msg, _frames = await comm.recv()
                 try:
-                    comm.reply(msg, await self._order(msg))
-                except ProtocolError as exc:
-                    comm.reply(msg, error_reply(exc))
+                    await self._order(comm, msg)
+                except Exception as exc:
+                    refuse(comm, msg, exc, f"peer {comm.peer}", logger)
 
     # ---------------------------------------------------------------- worker
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -206,9 +241,12 @@ class Nanny:
             "--log-level",
             self.log_level,
         ]
+        if self.insecure:
+            cmd.append("--insecure")
         env = dict(os.environ)
         if self.token:
             env["REGROW_TOKEN"] = self.token
+        env.update(self.security.to_env("worker"))
         return await asyncio.create_subprocess_exec(*cmd, env=env, stdin=asyncio.subprocess.PIPE)
 
     async def _start_worker(self) -> None:
@@ -260,14 +298,7 @@ class Nanny:
             logger.warning(
                 "worker %s (pid %d) %s; starting a new one", self.worker_address, proc.pid, reason
             )
-            self._report(
-                {
-                    "op": "worker-died",
-                    "worker": self.worker_address,
-                    "reason": reason,
-                    "exitcode": code,
-                }
-            )
+            self._report(WorkerDiedMsg(worker=self.worker_address, reason=reason, exitcode=code))
             # A worker that dies at once, again and again, gets a pause between attempts.
             recent = [t for t, _ in self.deaths if now - t < 10]
             if len(recent) > 5:

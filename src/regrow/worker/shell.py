@@ -36,10 +36,35 @@ from regrow.protocol.comm import (
     close_once,
     connect,
     reconnect_delays,
+    refuse,
     spawn,
 )
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.messages import (
+    AcquireReplicasMsg,
+    AddReplicasMsg,
+    CloseMsg,
+    ComputeMsg,
+    DependencyMissingMsg,
+    DropStateMsg,
+    FreeKeysMsg,
+    HeartbeatMsg,
+    InterruptMsg,
+    Message,
+    PausedMsg,
+    RefusedMsg,
+    RegisterWorkerMsg,
+    RetiringMsg,
+    SchedulerClosingMsg,
+    StartedMsg,
+    StealMsg,
+    StealResponseMsg,
+    TaskErredMsg,
+    TaskFinishedMsg,
+    WorkerRegisteredMsg,
+    op_of,
+)
+from regrow.security import Security
 from regrow.worker.execution import (
     Outcome,
     RunSpec,
@@ -54,29 +79,6 @@ from regrow.worker.transfer import Transfers
 __all__ = ["TaskInterrupted", "Worker", "get_worker"]
 
 logger = logging.getLogger("regrow.worker")
-
-
-def _inputs(msg: Msg) -> dict[str, bytes]:
-    """The serialized inputs a compute order carries (see SchedulerState._send_to)."""
-    inputs = msg.get("inline") or {}
-    if not isinstance(inputs, dict) or not all(
-        isinstance(k, str) and isinstance(v, bytes) for k, v in inputs.items()
-    ):
-        raise ProtocolError("'inline' must map keys to bytes")
-    return inputs
-
-
-def _who_has(msg: Msg) -> dict[str, list[str]]:
-    """A compute order's dependencies and their holders, checked."""
-    who_has = get(msg, "who_has", dict)
-    for dep, holders in who_has.items():
-        if not (
-            isinstance(dep, str)
-            and isinstance(holders, list)
-            and all(isinstance(h, str) for h in holders)
-        ):
-            raise ProtocolError("'who_has' must map keys to lists of worker addresses")
-    return who_has
 
 
 class Worker:
@@ -94,6 +96,8 @@ class Worker:
         nanny: str = "",
         spill_dir: str | None = None,
         validate: bool = False,
+        security: Security | None = None,
+        insecure: bool = False,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
@@ -101,6 +105,7 @@ class Worker:
         self.nthreads = nthreads
         self.name = name
         self.token = token
+        self.security = security or Security()
         self.host = host
         self.port = port
         self.memory_limit = memory_limit
@@ -122,7 +127,13 @@ class Worker:
         )
         self.host_id = shm.HOST if self.settings.shared_memory else ""
         self.transfers = Transfers(
-            self, self.data, self.settings, token, self.host_id, on_put=self._data_put
+            self,
+            self.data,
+            self.settings,
+            token,
+            self.host_id,
+            on_put=self._data_put,
+            security=self.security,
         )
         self.threads = TaskThreads(
             self,
@@ -132,7 +143,14 @@ class Worker:
             deliver=self._outcomes,
             seal_results=self.settings.seal_results and bool(self.host_id),
         )
-        self.listener = Listener(self.transfers.serve, token=token, settings=self.settings)
+        self.listener = Listener(
+            self.transfers.serve,
+            token=token,
+            settings=self.settings,
+            security=self.security,
+            role="worker",
+            insecure=insecure,
+        )
         self.scheduler: Connection | None = None
         self._scheduler_closing = False
         self._stimuli = itertools.count()
@@ -182,25 +200,31 @@ class Worker:
 
     async def _register(self) -> None:
         """Connect to the scheduler and register (again, after a lost connection)."""
-        comm = await connect(self.scheduler_address, token=self.token, settings=self.settings)
+        comm = await connect(
+            self.scheduler_address,
+            token=self.token,
+            settings=self.settings,
+            security=self.security,
+            role="worker",
+        )
         comm.send(
-            {
-                "op": "register-worker",
-                "id": self.id,
-                "address": self.address,
-                "name": self.name or self.address,
-                "nthreads": self.nthreads,
-                "pid": os.getpid(),
-                "memory_limit": self.memory_limit,
-                "nanny": self.nanny,
-                "keys": [[k, self.data.size_of(k)] for k in self.data],
-            }
+            RegisterWorkerMsg(
+                id=self.id,
+                address=self.address,
+                name=self.name or self.address,
+                nthreads=self.nthreads,
+                pid=os.getpid(),
+                memory_limit=self.memory_limit,
+                nanny=self.nanny,
+                keys=[(k, self.data.size_of(k)) for k in self.data],
+            )
         )
         reply, _ = await comm.recv()
-        if reply["op"] != "registered":
+        if not isinstance(reply, WorkerRegisteredMsg):
             await comm.close()
-            raise ProtocolError(f"scheduler refused registration: {reply.get('error')}")
-        drop = bool(reply.get("drop"))
+            reason = reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
+            raise ProtocolError(f"scheduler refused registration: {reason}")
+        drop = reply.drop
         if drop:
             logger.warning(
                 "the scheduler had removed this worker; dropping %d keys", len(self.data)
@@ -230,8 +254,8 @@ class Worker:
                 msg, frames = await comm.recv()
                 try:
                     self._scheduler_message(msg, frames)
-                except ProtocolError as exc:
-                    logger.warning("bad message from scheduler: %s", exc)
+                except Exception as exc:
+                    refuse(comm, msg, exc, "the scheduler", logger)
         except CommClosedError:
             pass
         if self.stopped.is_set():
@@ -256,13 +280,12 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             self._send(
-                {
-                    "op": "heartbeat",
-                    "memory": self._proc.memory_info().rss,
-                    "managed": self.data.fast_bytes,
-                    "spilled": self.data.slow_bytes,
-                    "executing": self.state.in_threads,
-                }
+                HeartbeatMsg(
+                    memory=self._proc.memory_info().rss,
+                    managed=self.data.fast_bytes,
+                    spilled=self.data.slow_bytes,
+                    executing=self.state.in_threads,
+                )
             )
 
     async def _memory_monitor(self) -> None:
@@ -309,7 +332,7 @@ class Worker:
     def _carry_out(self, instruction: ins.Instruction) -> None:
         match instruction:
             case ins.SendStarted():
-                self._send({"op": "started", "keys": list(instruction.keys)})
+                self._send(StartedMsg(keys=list(instruction.keys)))
                 # Out on the socket before the task can kill us (see WorkerState).
                 if self.scheduler is not None:
                     self.scheduler.flush()
@@ -318,28 +341,24 @@ class Worker:
                 assert isinstance(spec, RunSpec)
                 self.threads.submit(instruction.key, instruction.attempt, spec)
             case ins.SendFinished():
-                msg: Msg = {
-                    "op": "task-finished",
-                    "key": instruction.key,
-                    "run": instruction.run_id,
-                    "nbytes": instruction.nbytes,
-                    "type": instruction.type_name,
-                }
-                if instruction.duration is not None:
-                    msg["duration"] = instruction.duration
-                if instruction.inline is not None:
-                    msg["inline"] = instruction.inline
-                self._send(msg)
+                self._send(
+                    TaskFinishedMsg(
+                        key=instruction.key,
+                        run_id=instruction.run_id,
+                        nbytes=instruction.nbytes,
+                        type_name=instruction.type_name,
+                        duration=instruction.duration or 0.0,
+                        inline=instruction.inline,
+                    )
+                )
             case ins.SendErred():
                 blob, tb, text = serialize_error(instruction.error)
-                err: Msg = {
-                    "op": "task-erred",
-                    "key": instruction.key,
-                    "run": instruction.run_id,
-                    "text": text,
-                }
-                if instruction.duration is not None:
-                    err["duration"] = instruction.duration
+                err = TaskErredMsg(
+                    key=instruction.key,
+                    run_id=instruction.run_id,
+                    text=text,
+                    duration=instruction.duration or 0.0,
+                )
                 self._send(err, [blob, tb])
             case ins.StoreData():
                 sealed = instruction.sealed
@@ -360,26 +379,23 @@ class Worker:
                     "gather",
                 )
             case ins.SendAddReplicas():
-                self._send({"op": "add-replicas", "keys": list(instruction.keys)})
+                self._send(AddReplicasMsg(keys=list(instruction.keys)))
             case ins.SendDependencyMissing():
                 self._send(
-                    {
-                        "op": "dependency-missing",
-                        "key": instruction.key,
-                        "dependency": instruction.dependency,
-                        "holders": list(instruction.holders),
-                    }
+                    DependencyMissingMsg(
+                        key=instruction.key,
+                        dependency=instruction.dependency,
+                        holders=list(instruction.holders),
+                    )
                 )
             case ins.SendStealResponse():
-                self._send(
-                    {"op": "steal-response", "key": instruction.key, "stolen": instruction.stolen}
-                )
+                self._send(StealResponseMsg(key=instruction.key, stolen=instruction.stolen))
             case ins.SendPaused():
                 if instruction.paused:
                     logger.warning("worker %s paused: memory above the limit", self.address)
                 else:
                     logger.warning("worker %s resumed", self.address)
-                self._send({"op": "paused", "paused": instruction.paused})
+                self._send(PausedMsg(paused=instruction.paused))
             case ins.Abandon():
                 self.threads.abandon(instruction.key, instruction.attempt)
             case ins.InterruptThread():
@@ -428,56 +444,53 @@ class Worker:
 
     async def _exit_for_nanny(self, reason: str) -> None:
         logger.warning("%s; exiting so that the nanny starts a fresh worker", reason)
-        self._send({"op": "retiring", "reason": reason})
+        self._send(RetiringMsg(reason=reason))
         if self.scheduler is not None:
             with contextlib.suppress(CommClosedError):
                 await self.scheduler.drain()
         os._exit(75)
 
     # ------------------------------------------------------ scheduler orders
-    def _scheduler_message(self, msg: Msg, frames: list[Buffer]) -> None:
-        op = msg["op"]
-        if op == "compute":
-            inputs = _inputs(msg)
-            key = get(msg, "key", str)
-            self.handle(
-                wev.ComputeRequested(
-                    key=key,
-                    run_id=get(msg, "run", int),
-                    priority=tuple(get(msg, "priority", list)),
-                    who_has=_who_has(msg),
-                    inline=tuple(inputs),
-                    run_spec=RunSpec(get(msg, "fnf", int), frames, inputs),
-                    stimulus_id=f"compute-{key}",
+    def _scheduler_message(self, msg: Message, frames: list[Buffer]) -> None:
+        match msg:
+            case ComputeMsg():
+                inputs = msg.inline or {}
+                if not 0 < msg.fn_frames < len(frames):
+                    raise ProtocolError(
+                        f"compute: {len(frames)} frames, {msg.fn_frames} of them the function"
+                    )
+                self.handle(
+                    wev.ComputeRequested(
+                        key=msg.key,
+                        run_id=msg.run_id,
+                        priority=msg.priority,
+                        who_has=msg.who_has,
+                        inline=tuple(inputs),
+                        run_spec=RunSpec(msg.fn_frames, frames, inputs),
+                        stimulus_id=f"compute-{msg.key}",
+                    )
                 )
-            )
-        elif op == "free-keys":
-            self.handle(
-                wev.KeysFreed(keys=tuple(get_str_list(msg, "keys")), stimulus_id=self._sid("free"))
-            )
-        elif op == "steal":
-            self.handle(
-                wev.StealRequested(key=get(msg, "key", str), stimulus_id=self._sid("steal"))
-            )
-        elif op == "interrupt":
-            self.handle(
-                wev.InterruptRequested(key=get(msg, "key", str), stimulus_id=self._sid("interrupt"))
-            )
-        elif op == "acquire-replicas":
-            self.handle(
-                wev.ReplicasRequested(who_has=_who_has(msg), stimulus_id=self._sid("replicas"))
-            )
-        elif op == "drop-state":
-            self.handle(wev.StateDropped(stimulus_id=self._sid("drop-state")))
-        elif op == "close":
-            spawn(self.close(), self.tasks_bg, "worker-close")
-        elif op == "scheduler-closing":
-            self._scheduler_closing = True
-        elif op == "registered":
-            pass
-        else:
-            raise ProtocolError(f"unknown op {op!r} from scheduler")
+            case FreeKeysMsg():
+                self.handle(wev.KeysFreed(keys=tuple(msg.keys), stimulus_id=self._sid("free")))
+            case StealMsg():
+                self.handle(wev.StealRequested(key=msg.key, stimulus_id=self._sid("steal")))
+            case InterruptMsg():
+                self.handle(wev.InterruptRequested(key=msg.key, stimulus_id=self._sid("interrupt")))
+            case AcquireReplicasMsg():
+                self.handle(
+                    wev.ReplicasRequested(who_has=msg.who_has, stimulus_id=self._sid("replicas"))
+                )
+            case DropStateMsg():
+                self.handle(wev.StateDropped(stimulus_id=self._sid("drop-state")))
+            case CloseMsg():
+                spawn(self.close(), self.tasks_bg, "worker-close")
+            case SchedulerClosingMsg():
+                self._scheduler_closing = True
+            case WorkerRegisteredMsg():
+                pass
+            case _:
+                raise ProtocolError(f"the scheduler does not send {op_of(msg)!r}")
 
-    def _send(self, msg: Msg, frames: Sequence[Buffer] = ()) -> None:
+    def _send(self, msg: Message, frames: Sequence[Buffer] = ()) -> None:
         if self.scheduler is not None and not self.scheduler.closed:
             self.scheduler.send(msg, frames)

@@ -21,10 +21,31 @@ from typing import TYPE_CHECKING, Any
 from regrow.config import Settings
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol import lend, shm, stripe
-from regrow.protocol.comm import Connection, ConnectionPool, error_reply
+from regrow.protocol.comm import Connection, ConnectionPool, refuse
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import Msg, get, get_str_list
+from regrow.protocol.messages import (
+    Ack,
+    GetDataMsg,
+    GetDataReply,
+    GetPartMsg,
+    HelloPeerMsg,
+    LentDoneMsg,
+    LentFrames,
+    Message,
+    PartsDoneMsg,
+    PingMsg,
+    PingReply,
+    PutDataMsg,
+    PutDataReply,
+    RunMsg,
+    RunReply,
+    SealedFile,
+    ShmFile,
+    StripedFrames,
+    op_of,
+)
 from regrow.protocol.serialize import dumps, sizeof
+from regrow.security import Security
 from regrow.worker.execution import loads_locked, run_function
 from regrow.worker.spill import SpillBuffer
 
@@ -43,15 +64,22 @@ class Transfers:
         token: str | None,
         host_id: str,
         on_put: Callable[[dict[str, tuple[int, str]]], None],
+        security: Security | None = None,
     ) -> None:
         self.worker = worker
         self.data = data
         self.settings = settings
         self.host_id = host_id
         self.on_put = on_put
-        self.peers = ConnectionPool(token=token, settings=settings, hello={"op": "hello-peer"})
+        self.peers = ConnectionPool(
+            token=token,
+            settings=settings,
+            security=security,
+            role="worker",
+            hello=HelloPeerMsg(),
+        )
         # Files exported to /dev/shm for a requester to map (shm.export), by path.
-        self._exported: dict[str, dict[str, Any]] = {}
+        self._exported: dict[str, ShmFile] = {}
         # Buffers lent to peers (protocol.lend), by connection and lend id.
         self.lent: dict[Connection, dict[int, list[list[Buffer]]]] = {}
         # Large frames kept for requesters on other hosts to fetch in parts.
@@ -72,23 +100,22 @@ class Transfers:
                     try:
                         await self._peer_message(comm, msg, frames)
                     except Exception as exc:  # answer it: never leave the peer waiting
-                        logger.warning("bad request from %s: %s", comm.peer, exc)
-                        comm.reply(msg, error_reply(exc))
+                        refuse(comm, msg, exc, f"peer {comm.peer}", logger)
         finally:
             # Whatever it borrowed and did not give back, it cannot be reading any more.
             self.lent.pop(comm, None)
             self.striped.forget(comm)
 
-    def _discard_export(self, info: dict[str, Any]) -> None:
-        self._exported.pop(str(info["path"]), None)
+    def _discard_export(self, info: ShmFile) -> None:
+        self._exported.pop(info.path, None)
         shm.discard(info)
 
     def _lend(
         self, comm: Connection, groups: list[list[Buffer]]
-    ) -> tuple[dict[str, Any] | None, list[list[Buffer]]]:
+    ) -> tuple[LentFrames | None, list[list[Buffer]]]:
         """Lend the large buffers of ``groups`` (see protocol.lend): their addresses, and
         the groups with those frames left empty."""
-        described: list[list[int]] = []
+        described: list[tuple[int, int, int, int]] = []
         out = [list(g) for g in groups]
         for g, group in enumerate(groups):
             for f, frame in enumerate(group):
@@ -96,94 +123,96 @@ class Transfers:
                     continue
                 address = lend.address_of(frame)
                 if address is not None:
-                    described.append([g, f, address, memoryview(frame).nbytes])
+                    described.append((g, f, address, memoryview(frame).nbytes))
                     out[g][f] = b""
         if not described:
             return None, groups
         lend_id = next(self._lend_ids)
         self.lent.setdefault(comm, {})[lend_id] = groups
-        return {"pid": os.getpid(), "id": lend_id, "frames": described}, out
+        return LentFrames(pid=os.getpid(), id=lend_id, frames=described), out
 
-    async def _peer_message(self, comm: Connection, msg: Msg, frames: list[Buffer]) -> None:
-        op = msg["op"]
-        if op == "get-data":
-            keys: list[str] = []
-            groups: list[list[Buffer]] = []
-            sealed: dict[str, Any] = {}
-            same_host = bool(self.host_id) and msg.get("host") == self.host_id
-            for key in get_str_list(msg, "keys"):
-                if key not in self.data:
-                    continue
-                record = self.data.sealed_of(key) if same_host else None
-                if record is not None:
-                    # Its large buffers are mapped by the requester: nothing is copied.
-                    sealed[str(len(groups))] = record.describe()
-                    groups.append(list(record.frames))
-                else:
-                    groups.append(dumps(self.data[key]))
-                keys.append(key)
-            info = None
-            lent: dict[str, Any] | None = None
-            if same_host and msg.get("vm") and lend.usable:
-                # The requester copies large buffers straight out of our memory: keep
-                # them alive until it says it is done (or its connection closes).
-                lent, groups = self._lend(comm, groups)
-            if same_host:
-                # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
-                groups, info = shm.export(groups)
-                if info is not None:
-                    # Should the requester never map it, the file must not outlive us long.
-                    self._exported[str(info["path"])] = info
-                    asyncio.get_running_loop().call_later(60, self._discard_export, info)
-            out = [frame for group in groups for frame in group]
-            reply = {"keys": keys, "nf": [len(g) for g in groups], "shm": info}
-            streams = msg.get("streams")
-            if not same_host and isinstance(streams, int) and streams > 1:
-                # Its large frames go by several connections: see protocol.stripe.
-                out, kept = stripe.split(out, self.settings.stripe_bytes)
-                if kept:
-                    reply["striped"] = stripe.describe(self.striped.keep(comm, kept), kept)
-            if sealed:
-                reply["sealed"] = sealed
-            if lent:
-                reply["lent"] = lent
-            comm.reply(msg, reply, out)
-            await comm.drain()
-        elif op == "get-part":
-            comm.reply(msg, {}, [self.striped.part(msg)])
-            await comm.drain()
-        elif op == "parts-done":
-            self.striped.done(get(msg, "id", int))
-        elif op == "lent-done":
-            self.lent.get(comm, {}).pop(get(msg, "id", int), None)
-        elif op == "put-data":
-            keys = get_str_list(msg, "keys")
-            counts = get(msg, "nf", list)
-            if len(keys) != len(counts) or sum(counts) != len(frames):
-                raise ProtocolError("put-data: keys, counts and frames disagree")
-            pos = 0
-            values: dict[str, Any] = {}
-            for key, nf in zip(keys, counts, strict=True):
-                # All or nothing: if one value cannot be unpickled, none is kept.
-                values[key] = loads_locked(frames[pos : pos + nf])
-                pos += nf
-            nbytes: dict[str, int] = {}
-            types: dict[str, str] = {}
-            for key, value in values.items():
-                nbytes[key] = sizeof(value)
-                self.data.set(key, value, nbytes[key])
-                types[key] = type(value).__name__
-            self.on_put({key: (nbytes[key], types[key]) for key in values})
-            comm.reply(msg, {"nbytes": nbytes, "types": types})
-        elif op == "run":
-            ok, out = await asyncio.to_thread(run_function, frames, self.worker)
-            comm.reply(msg, {"ok": ok}, out)
-        elif op == "ping":
-            comm.reply(msg, {"address": self.worker.address})
-        elif op == "hello-peer":
-            pass
-        else:
-            raise ProtocolError(f"unknown op {op!r}")
+    async def _peer_message(self, comm: Connection, msg: Message, frames: list[Buffer]) -> None:
+        match msg:
+            case GetDataMsg():
+                await self._get_data(comm, msg)
+            case GetPartMsg():
+                comm.reply(msg, Ack(), [self.striped.part(msg)])
+                await comm.drain()
+            case PartsDoneMsg():
+                self.striped.done(msg.id)
+            case LentDoneMsg():
+                self.lent.get(comm, {}).pop(msg.id, None)
+            case PutDataMsg():
+                self._put_data(comm, msg, frames)
+            case RunMsg():
+                ok, out = await asyncio.to_thread(run_function, frames, self.worker)
+                comm.reply(msg, RunReply(ok=ok), out)
+            case PingMsg():
+                comm.reply(msg, PingReply(address=self.worker.address, pid=os.getpid()))
+            case HelloPeerMsg():
+                pass
+            case _:
+                raise ProtocolError(f"a worker's peer does not send {op_of(msg)!r}")
+
+    async def _get_data(self, comm: Connection, msg: GetDataMsg) -> None:
+        keys: list[str] = []
+        groups: list[list[Buffer]] = []
+        sealed: dict[int, SealedFile] = {}
+        same_host = bool(self.host_id) and msg.host == self.host_id
+        for key in msg.keys:
+            if key not in self.data:
+                continue
+            record = self.data.sealed_of(key) if same_host else None
+            if record is not None:
+                # Its large buffers are mapped by the requester: nothing is copied.
+                sealed[len(groups)] = record.describe()
+                groups.append(list(record.frames))
+            else:
+                groups.append(dumps(self.data[key]))
+            keys.append(key)
+        info = None
+        lent: LentFrames | None = None
+        if same_host and msg.vm and lend.usable:
+            # The requester copies large buffers straight out of our memory: keep
+            # them alive until it says it is done (or its connection closes).
+            lent, groups = self._lend(comm, groups)
+        if same_host:
+            # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
+            groups, info = shm.export(groups)
+            if info is not None:
+                # Should the requester never map it, the file must not outlive us long.
+                self._exported[info.path] = info
+                asyncio.get_running_loop().call_later(60, self._discard_export, info)
+        out = [frame for group in groups for frame in group]
+        reply = GetDataReply(
+            keys=keys, nf=[len(g) for g in groups], shm=info, sealed=sealed or None, lent=lent
+        )
+        if not same_host and msg.streams > 1:
+            # Its large frames go by several connections: see protocol.stripe.
+            out, kept = stripe.split(out, self.settings.stripe_bytes)
+            if kept:
+                reply.striped = stripe.describe(self.striped.keep(comm, kept), kept)
+        comm.reply(msg, reply, out)
+        await comm.drain()
+
+    def _put_data(self, comm: Connection, msg: PutDataMsg, frames: list[Buffer]) -> None:
+        keys, counts = msg.keys, msg.nf
+        if len(keys) != len(counts) or sum(counts) != len(frames):
+            raise ProtocolError("put-data: keys, counts and frames disagree")
+        pos = 0
+        values: dict[str, Any] = {}
+        for key, nf in zip(keys, counts, strict=True):
+            # All or nothing: if one value cannot be unpickled, none is kept.
+            values[key] = loads_locked(frames[pos : pos + nf])
+            pos += nf
+        nbytes: dict[str, int] = {}
+        types: dict[str, str] = {}
+        for key, value in values.items():
+            nbytes[key] = sizeof(value)
+            self.data.set(key, value, nbytes[key])
+            types[key] = type(value).__name__
+        self.on_put({key: (nbytes[key], types[key]) for key in values})
+        comm.reply(msg, PutDataReply(nbytes=nbytes, types=types))
 
     async def fetch(
         self, holder: str, keys: list[str]
@@ -194,7 +223,7 @@ class Transfers:
         idle_timeout = self.settings.heartbeat_timeout + 2
         streams = self.settings.transfer_streams
 
-        async def striped(description: Any, frames: list[Buffer]) -> list[Buffer]:
+        async def striped(description: StripedFrames, frames: list[Buffer]) -> list[Buffer]:
             return await stripe.receive(
                 self.peers, holder, description, frames, streams, idle_timeout
             )
