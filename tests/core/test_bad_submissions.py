@@ -596,3 +596,18 @@ def test_a_submission_past_max_client_tasks_errs_for_its_client_only() -> None:
     # Room again once the client lets go of its keys.
     state.handle(ev.KeysReleased(client="a", keys=("x", "y"), stimulus_id="r"))
     assert not [c for c in submit("a", ["z", "w"]) if isinstance(c, cmd.ReportErred)]
+
+
+def test_scheduler_info_stays_sendable_whatever_workers_report() -> None:
+    """Found by the fuzz harness: sizes summed past 64 bits, or driven below 0 by one key
+    reported at different sizes, made the snapshot impossible to encode for everyone."""
+    from regrow.core import events as ev
+    from regrow.core import queries
+    from regrow.core.scheduler_state import SchedulerState
+
+    state = SchedulerState(validate=True)
+    state.handle(ev.WorkerAdded(worker="tcp://w:1", now=0.0))
+    state.workers["tcp://w:1"].nbytes = 3 * (2**63 - 1)
+    assert queries.info(state)["workers"]["tcp://w:1"]["memory"] == 2**63 - 1
+    state.workers["tcp://w:1"].nbytes = -(2**64)
+    assert queries.info(state)["workers"]["tcp://w:1"]["memory"] == 0

@@ -54,9 +54,10 @@ def info(state: SchedulerState) -> dict[str, Any]:
                 "pid": ws.pid,
                 "nthreads": ws.nthreads,
                 "memory_limit": ws.memory_limit,
-                # A sum of sizes workers reported: each fits in 64 bits, their sum
-                # need not (a hostile worker's), and the snapshot must stay sendable.
-                "memory": min(ws.nbytes, _INT64_MAX),
+                # A sum of sizes workers reported: each fits in 64 bits, their sum need
+                # not, and a hostile worker reporting one key at different sizes can
+                # even drive it below 0; the snapshot must stay sendable.
+                "memory": max(0, min(ws.nbytes, _INT64_MAX)),
                 "nkeys": len(ws.has_what),
                 "processing": len(ws.processing),
                 "nanny": ws.nanny,
