@@ -175,6 +175,8 @@ def main() -> None:
               help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
 @click.option("--journal", type=click.Path(dir_okay=False), default=None,
               help="SQLite journal to keep state in (restart on it to lose nothing).")  # fmt: skip
+@click.option("--journal-new", is_flag=True, default=False,
+              help="Make a new journal of an empty --journal file.")  # fmt: skip
 @click.option("--heartbeat-timeout", type=float, default=None,
               help="Seconds of silence after which a worker is removed [default: 3].")  # fmt: skip
 @click.option("--allowed-failures", type=int, default=None,
@@ -187,6 +189,7 @@ def scheduler(
     port: int,
     token_file: str | None,
     journal: str | None,
+    journal_new: bool,
     heartbeat_timeout: float | None,
     allowed_failures: int | None,
     worker_saturation: float | None,
@@ -221,6 +224,7 @@ def scheduler(
             token=token,
             settings=settings,
             journal=journal,
+            journal_new=journal_new,
             security=security,
             insecure=insecure,
         ),

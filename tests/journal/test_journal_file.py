@@ -243,22 +243,46 @@ def test_other_version_is_refused(journaled: Journaled, tmp_path: Path) -> None:
     assert "regrow journal" in message
 
 
-def test_new_and_empty_files_open(tmp_path: Path) -> None:
-    for path in (tmp_path / "new.db", tmp_path / "empty.db"):
-        if path.name == "empty.db":
-            path.write_bytes(b"")
-        j = Journal(path)
-        try:
-            snap = j.load()
-            assert not snap.tasks and not snap.wants and snap.scheduler_id
-        finally:
-            j.close()
-        # ...and open again as the same journal.
-        j2 = Journal(path)
-        try:
-            assert j2.scheduler_id == snap.scheduler_id
-        finally:
-            j2.close()
+def test_a_new_file_opens_and_reopens_as_the_same_journal(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    j = Journal(path)
+    try:
+        snap = j.load()
+        assert not snap.tasks and not snap.wants and snap.scheduler_id
+    finally:
+        j.close()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".new")] == []
+    j2 = Journal(path)
+    try:
+        assert j2.scheduler_id == snap.scheduler_id
+    finally:
+        j2.close()
+
+
+def test_an_empty_file_is_refused_unless_a_new_journal_is_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    message = _refused(path, "empty file", "--journal-new")
+    assert "left untouched" in message
+    assert path.read_bytes() == b""
+    j = Journal(path, new=True)
+    try:
+        assert j.load().scheduler_id
+    finally:
+        j.close()
+    # --journal-new never overwrites a journal that holds something.
+    with pytest.raises(JournalError, match="already holds data"):
+        Journal(path, new=True)
+
+
+def test_the_scheduler_refuses_an_empty_journal_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    cmd = [sys.executable, "-m", "regrow.cli", "scheduler", "--port", "0", "--journal", str(path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "empty file" in lines[0] and "--journal-new" in lines[0], r.stderr
 
 
 # ------------------------------------------------------------ journal inspect

@@ -272,7 +272,36 @@ class LocalCluster:
             args.append("--no-nanny")
         wp = WorkerProcess(name, self._spawn(args, ready, "worker"), ready)
         self.workers.append(wp)
+        if self.nanny:
+            threading.Thread(
+                target=self._watch_nanny, args=(wp,), name=f"regrow-nanny-watch-{name}", daemon=True
+            ).start()
         return wp
+
+    def _watch_nanny(self, wp: WorkerProcess) -> None:
+        """A cluster keeps its size: a nanny that dies (a signal, a crash) is replaced by
+        a new one, with a worker of a new name. One that exits cleanly (told to close:
+        the scheduler shut down, or its worker was retired) is not."""
+        code = wp.proc.wait()
+        if code == 0:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            logger.warning(
+                "the nanny of worker %s (pid %d) exited with %s; starting a new one",
+                wp.name,
+                wp.pid,
+                code,
+            )
+            with contextlib.suppress(ValueError):
+                self.workers.remove(wp)
+            new = self._start_worker_proc()
+        try:
+            new.address = self._wait_ready(new.proc, new.ready_file, f"worker {new.name}")
+        except (RuntimeError, TimeoutError) as exc:
+            if not self._closed:
+                logger.error("could not replace the nanny of worker %s: %s", wp.name, exc)
 
     def scale_up(self, n: int) -> list[WorkerProcess]:
         """Start ``n`` more workers and wait until each has registered."""

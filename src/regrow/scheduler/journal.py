@@ -95,14 +95,20 @@ _MAGIC = b"SQLite format 3\x00"
 
 
 def _check_file(path: str) -> None:
-    """Refuse a non-empty file that is not whole SQLite pages, before SQLite sees it
-    (SQLite would take a file shorter than its header for an empty database)."""
+    """Refuse a file that is not whole SQLite pages, before SQLite sees it (SQLite would
+    take an empty file, or one shorter than its header, for an empty database)."""
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
         return
     if size == 0:
-        return  # created, never written: a new journal
+        # regrow makes a journal whole before it bears its name (_create): an empty one
+        # is damaged, or another program's, and must not quietly become a new journal.
+        raise JournalError(
+            f"{path} is an empty file, not a journal regrow made (it writes a new journal "
+            "whole before giving it its name): it may be a damaged one. It was left "
+            "untouched; move it away, or start with --journal-new to make it a new journal"
+        )
     with open(path, "rb") as f:
         header = f.read(100)
     if len(header) < 100 or not header.startswith(_MAGIC):
@@ -124,9 +130,45 @@ def _check_file(path: str) -> None:
         )
 
 
+def _create(path: str) -> None:
+    """A new journal at ``path``, made whole under another name first and then renamed:
+    a scheduler killed while making it leaves no empty or partial file at ``path``."""
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.new"
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
+                (str(JOURNAL_VERSION), uuid.uuid4().hex),
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        os.replace(tmp, path)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise JournalError(f"cannot create the journal {path}: {exc}") from None
+
+
 class Journal:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, new: bool = False) -> None:
+        """Open the journal at ``path``, or create it where there is no file. ``new``
+        (the operator's --journal-new): also make a new journal of an empty file; a
+        file holding anything is refused all the same (nothing is ever overwritten)."""
         self.path = os.fspath(path)
+        exists = os.path.exists(self.path)
+        if new and exists and os.path.getsize(self.path) > 0:
+            raise JournalError(
+                f"--journal-new: {self.path} already holds data; it was left untouched "
+                "(move it away to start a new journal there)"
+            )
+        if not exists or new:
+            _create(self.path)
         _check_file(self.path)
         try:
             # check_same_thread=False: flushes run in a worker thread, one at a time (_lock).

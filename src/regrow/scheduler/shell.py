@@ -102,6 +102,7 @@ class Scheduler:
         settings: Settings | None = None,
         validate: bool = False,
         journal: str | None = None,
+        journal_new: bool = False,
         security: Security | None = None,
         insecure: bool = False,
     ) -> None:
@@ -145,7 +146,9 @@ class Scheduler:
         self.keeper: JournalKeeper | None = None
         self.scheduler_id = uuid.uuid4().hex
         if journal is not None:
-            self.keeper = JournalKeeper(Journal(journal), self.settings.journal_interval)
+            self.keeper = JournalKeeper(
+                Journal(journal, new=journal_new), self.settings.journal_interval
+            )
             self.scheduler_id = self.keeper.journal.scheduler_id
             self.state.on_transition = self.keeper.transition
         # Clients wait for this before they are served (a journaled restart sets it
