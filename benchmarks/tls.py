@@ -74,6 +74,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,10 @@ from benchmarks.common import (
     fmt,
     time_limit,
 )
-from benchmarks.tasks import inc
-from benchmarks.throughput import N_SUBMIT, submit_loop
-from benchmarks.transfer_hosts import NBYTES, TIMEOUT, RawPath, TlsFiles
+from benchmarks.throughput import N_SUBMIT, map_tasks, submit_loop
+from benchmarks.transfer_hosts import MB, NBYTES, TIMEOUT, RawPath, TlsFiles, around
 from regrow.testing import veth_link
 
-MB = 1e6
 N_TASKS = 10_000  # the map row's tasks
 MIN_REPS = 5
 MIN_REPS_TRANSFER = 7
@@ -222,20 +221,10 @@ def local_system(name: str, tls: bool) -> Iterator[System]:
         raise ValueError(f"unknown system {name!r}")
 
 
-def map_loop(system: System) -> float:
-    client = system.client
-    start = time.perf_counter()
-    futures = client.map(inc, range(N_TASKS), pure=False)
-    results = client.gather(futures)
-    elapsed = time.perf_counter() - start
-    check(results == list(range(1, N_TASKS + 1)), "map: wrong results")
-    return N_TASKS / elapsed
-
-
 def throughput_part(systems: Sequence[str], reps: int, results: Results) -> None:
     workloads: list[tuple[PairRow, Callable[[System], float]]] = [
         (PairRow(ROW_SUBMIT, "tasks/s"), submit_loop),
-        (PairRow(ROW_MAP, "tasks/s"), map_loop),
+        (PairRow(ROW_MAP, "tasks/s"), partial(map_tasks, n=N_TASKS)),
     ]
     rows = [row for row, _ in workloads]
     results.rows += rows
@@ -447,11 +436,6 @@ class RawTlsPath(RawPath):
         return NBYTES / MB / elapsed
 
 
-def _around(before: float, after: float) -> float:
-    """100 MB over the mean of two raw times given as MB/s."""
-    return NBYTES / MB / ((NBYTES / MB / before + NBYTES / MB / after) / 2)
-
-
 CLUSTERS = {"regrow": transfer_hosts.regrow_cluster, "dask": transfer_hosts.dask_cluster}
 
 
@@ -518,7 +502,7 @@ def transfer_part(systems: Sequence[str], reps: int, results: Results) -> None:
                 value = raw_tls.measure()
                 after = raw.measure()
                 tls_paired.append(value)
-                tls_share.append(100 * value / _around(before, after))
+                tls_share.append(100 * value / around(before, after))
             except Exception as exc:
                 results.notes.append(f"raw TLS rep {rep + 1}: {type(exc).__name__}: {exc}")
             order = list(live) if rep % 2 == 0 else list(reversed(live))
@@ -529,15 +513,15 @@ def transfer_part(systems: Sequence[str], reps: int, results: Results) -> None:
                     continue
                 try:
                     with time_limit(REP_TIMEOUT, f"{name} {mode_name(tls)} / across hosts"):
-                        value, around = transfer_hosts.bracketed(live[key], link, raw)
+                        value, raw_mbps = transfer_hosts.bracketed(live[key], link, raw)
                 except Exception as exc:
                     kind = "HANG" if isinstance(exc, WorkloadTimeout) else "ERROR"
                     mark(rows, [key], f"{kind}: {type(exc).__name__}: {exc}")
                     continue
-                paired.append(around)
-                got.setdefault(name, {})[tls] = (value, around)
+                paired.append(raw_mbps)
+                got.setdefault(name, {})[tls] = (value, raw_mbps)
                 print(f"    {name:<6} {mode_name(tls):<9}  rep {rep + 1}: {value:,.0f} MB/s "
-                      f"({100 * value / around:.0f}% of the raw TCP socket's {around:,.0f} "
+                      f"({100 * value / raw_mbps:.0f}% of the raw TCP socket's {raw_mbps:,.0f} "
                       f"around it)", flush=True)  # fmt: skip
             for name, pair in got.items():
                 rate.add(name, {tls: v for tls, (v, _) in pair.items()})

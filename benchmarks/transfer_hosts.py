@@ -484,7 +484,12 @@ def bracketed(system: System, link: VethLink, raw: RawPath) -> tuple[float, floa
     before = raw.measure()
     value = consume(system, link, array)
     after = raw.measure()
-    return value, NBYTES / MB / ((NBYTES / MB / before + NBYTES / MB / after) / 2)
+    return value, around(before, after)
+
+
+def around(before: float, after: float) -> float:
+    """100 MB over the mean of two raw times given as MB/s."""
+    return NBYTES / MB / ((NBYTES / MB / before + NBYTES / MB / after) / 2)
 
 
 CLUSTERS = {"regrow": regrow_cluster, "dask": dask_cluster}

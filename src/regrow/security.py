@@ -16,7 +16,6 @@ and the CA signs only the cluster's own certificates.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import os
 import ssl
@@ -109,18 +108,6 @@ class Security:
         self._contexts[(role, server)] = ctx
         return ctx
 
-    def for_role(self, role: Role) -> Security:
-        """Only what a process of ``role`` needs (to hand to a child process)."""
-        cert, key = self._pair(role)
-        values: dict[str, object] = {
-            "tls_ca_file": self.tls_ca_file,
-            f"tls_{role}_cert": cert,
-            f"tls_{role}_key": key,
-            "require_encryption": self.require_encryption,
-            "tls_min_version": self.tls_min_version,
-        }
-        return Security(**values)  # type: ignore[arg-type]
-
     def to_env(self, role: Role) -> dict[str, str]:
         """``REGROW_TLS_*`` variables that give a child process of ``role`` this security
         (paths stay paths; PEM text travels as text, readable only by the same user)."""
@@ -181,9 +168,6 @@ class Security:
             tls_client_key=key_pem,
             require_encryption=True,
         )
-
-    def replace(self, **changes: object) -> Security:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 def _read(value: str, what: str) -> str:

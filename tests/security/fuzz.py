@@ -182,7 +182,9 @@ def fuzz_raw_frames(address: str, token: str, values: Values, stats: Stats) -> N
         with contextlib.suppress(OSError):
             peer.send_raw(data)
         took = peer.wait_closed(10)
-        stats["raw frames: dropped" if took is not None else "raw frames: kept"] += 1
+        if took is None:
+            raise Finding(f"raw frames of kind {kind}: peer kept after {data[:40]!r}")
+        stats["raw frames: dropped"] += 1
 
 
 def fuzz_wire(address: str, token: str, rng: random.Random, n_messages: int) -> Stats:

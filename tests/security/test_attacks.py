@@ -143,15 +143,19 @@ def test_garbage_connections(start: Start) -> None:
         t_attack = time.monotonic()
         total = 0
         while total < 2000:
-            socks = []
-            for _ in range(min(batch, 2000 - total)):
-                socks.append(socket.create_connection(parse_address(c.address)))
-            for s in socks:
-                with contextlib.suppress(OSError):
-                    s.sendall(garbage(rng))
-                if rng.random() < 0.5:  # close with a reset rather than a FIN
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.close()
+            socks: list[socket.socket] = []
+            try:
+                for _ in range(min(batch, 2000 - total)):
+                    socks.append(socket.create_connection(parse_address(c.address)))
+                for s in socks:
+                    with contextlib.suppress(OSError):
+                        s.sendall(garbage(rng))
+                    if rng.random() < 0.5:  # close with a reset rather than a FIN
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.close()
+            finally:
+                for s in socks:
+                    s.close()
             total += len(socks)
             sampler.sample()
             # The scheduler lets go of every one of them (its descriptors say so).
@@ -180,8 +184,10 @@ def test_silent_connections_dropped_after_handshake_timeout(start: Start) -> Non
     n = min(200, fd_budget())
     with c.client() as good:
         base = c.baseline(good)
-        socks = [socket.create_connection(parse_address(c.address)) for _ in range(n)]
+        socks: list[socket.socket] = []
         try:
+            for _ in range(n):
+                socks.append(socket.create_connection(parse_address(c.address)))
             closed = wait_all_closed(socks, timeout=6)
         finally:
             for s in socks:
@@ -199,8 +205,10 @@ def test_slow_loris_dropped_though_it_keeps_sending(start: Start) -> None:
     c = start(handshake_timeout=1)
     with c.client() as good:
         base = c.baseline(good)
-        peers = [RawPeer(c.address) for _ in range(20)]
+        peers: list[RawPeer] = []
         try:
+            for _ in range(20):
+                peers.append(RawPeer(c.address))
             opened = time.monotonic()
             # Each sends a real auth message (the right token!), one byte every 0.2 s: it
             # would take ~20 s to finish.

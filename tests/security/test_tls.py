@@ -74,15 +74,16 @@ class TLSCluster:
             )
             self.procs.append(self.scheduler)
             self.address = wait_ready(self.scheduler, ready)
-            ready = tmp / "worker.ready"
-            worker = cli(
-                ["worker", self.address, "--nthreads", "2", *flags(self.files)],
-                child_env(self.token),
-                ready,
-                tmp / "worker.log",
-            )
-            self.procs.append(worker)
-            wait_ready(worker, ready)
+            for i in range(2):  # two, so that worker-to-worker traffic is tested too
+                ready = tmp / f"worker{i}.ready"
+                worker = cli(
+                    ["worker", self.address, "--nthreads", "2", *flags(self.files)],
+                    child_env(self.token),
+                    ready,
+                    tmp / f"worker{i}.log",
+                )
+                self.procs.append(worker)
+                wait_ready(worker, ready)
         except BaseException:
             stop(self.procs)
             raise
@@ -113,12 +114,12 @@ def test_a_tls_cluster_computes_and_every_address_is_tls(tls_cluster: TLSCluster
     with tls_cluster.client() as client:
         computes(client, n=200)
         info = client.scheduler_info()
-        assert info["workers"] and all(a.startswith("tls://") for a in info["workers"])
+        assert len(info["workers"]) == 2
+        assert all(a.startswith("tls://") for a in info["workers"])
         # Worker to worker: a value made on one is used by a task on the other.
-        a, b = list(info["workers"])[:2] if len(info["workers"]) > 1 else (None, None)
-        if a is not None:
-            x = client.submit(bytes, 10**6, workers=[a], pure=False)
-            assert client.submit(len, x, workers=[b]).result(timeout=30) == 10**6
+        a, b = list(info["workers"])
+        x = client.submit(bytes, 10**6, workers=[a], pure=False)
+        assert client.submit(len, x, workers=[b]).result(timeout=30) == 10**6
 
 
 def _refused(tls_cluster: TLSCluster, **kw: object) -> BaseException:

@@ -29,6 +29,7 @@ from regrow.protocol.comm import (
     connect,
     reconnect_delays,
     refuse,
+    registered,
     spawn,
 )
 from regrow.protocol.framing import Buffer
@@ -47,7 +48,6 @@ from regrow.protocol.messages import (
     PingMsg,
     PutDataMsg,
     R,
-    RefusedMsg,
     RegisterClientMsg,
     ReleaseKeysMsg,
     Request,
@@ -111,11 +111,7 @@ class Session:
         # of any other it has us want (a release it lost with its death).
         held = self.keys.held_keys() if reattach else None
         comm.send(RegisterClientMsg(client=c.id, reattach=reattach, keys=held))
-        reply, _ = await comm.recv()
-        if not isinstance(reply, ClientRegisteredMsg):
-            await comm.close()
-            reason = reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
-            raise OSError(f"scheduler refused this client: {reason}")
+        reply = await registered(comm, ClientRegisteredMsg, "this client", OSError)
         previous = self.scheduler_id
         self.scheduler_id = reply.id
         self.journaled = reply.journal

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from regrow.client.futures import Future
+from regrow.config import Settings
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import SubmitMsg, TaskEntry
 from regrow.protocol.serialize import digest, dumps, dumps_with_refs
@@ -84,16 +85,30 @@ class TaskBuilder:
         self._uid = uuid.uuid4().hex[:16]
         # The largest frame the scheduler accepts (its scheduler_max_frame_bytes): a task
         # past it is refused here, not dropped with the connection there.
-        self.max_frame_bytes = 1 << 30
+        self.max_frame_bytes = Settings().scheduler_max_frame_bytes
+
+    def _check_size(self, frames: list[Buffer], what: str) -> None:
+        """Refuse here what the scheduler would refuse by dropping the connection."""
+        for frame in frames:
+            n = memoryview(frame).nbytes
+            if n > self.max_frame_bytes:
+                raise ValueError(
+                    f"{what} carries {n:,} bytes in one piece, more than the scheduler "
+                    f"accepts ({self.max_frame_bytes:,}, scheduler_max_frame_bytes): scatter "
+                    "large arguments first (client.scatter) and pass their futures"
+                )
 
     def fn_frames(self, fn: Callable[..., Any]) -> list[Buffer]:
         """``fn`` pickled: once per function while it is among the last 1000 used."""
         try:
             cached = self._fn_cache.get(fn)
         except TypeError:  # unhashable callable
-            return dumps(fn)
+            frames = dumps(fn)
+            self._check_size(frames, f"function {funcname(fn)!r}")
+            return frames
         if cached is None:
             cached = dumps(fn)
+            self._check_size(cached, f"function {funcname(fn)!r}")
             if len(self._fn_cache) > 1000:
                 self._fn_cache.clear()
             self._fn_cache[fn] = cached
@@ -123,15 +138,8 @@ class TaskBuilder:
                 key = f"{funcname(fn)}-{self._uid}{next(self._unique):x}"
         elif not isinstance(key, str):
             raise TypeError(f"key must be a string, got {type(key).__name__}")
+        self._check_size(arg_frames, f"task {key!r}")
         frames = [*fn_frames, *arg_frames]
-        for frame in frames:
-            if memoryview(frame).nbytes > self.max_frame_bytes:
-                raise ValueError(
-                    f"task {key!r} carries {memoryview(frame).nbytes:,} bytes in one piece, "
-                    f"more than the scheduler accepts ({self.max_frame_bytes:,}, "
-                    "scheduler_max_frame_bytes): scatter large arguments first "
-                    "(client.scatter) and pass their futures"
-                )
         entry = TaskEntry(
             key=key,
             dependencies=deps,

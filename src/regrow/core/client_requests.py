@@ -9,7 +9,7 @@ Must not: do IO, or know about connections (a client's reconnection grace is the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
@@ -33,10 +33,7 @@ def tasks_submitted(state: SchedulerState, event: ev.TasksSubmitted) -> None:
     them. Nothing else in the state changes for a bad submission.
     """
     client = state._client(event.client)
-    specs: dict[str, ev.TaskSpec] = {}
-    for spec in event.tasks:
-        if spec.key not in specs and spec.key not in state.tasks:
-            specs[spec.key] = spec
+    specs = new_specs(event, state.tasks)
     if len(client.wants) + len(specs) > state.max_client_tasks:
         _refuse_too_many(state, client, event, len(specs))
         return
@@ -90,6 +87,16 @@ def tasks_submitted(state: SchedulerState, event: ev.TasksSubmitted) -> None:
     for ts in fresh:
         if ts.state in (RELEASED, ERRED) and not state._needed(ts):
             state._check_forget(ts)
+
+
+def new_specs(event: ev.TasksSubmitted, known: Container[str]) -> dict[str, ev.TaskSpec]:
+    """The tasks a submission adds, by key: those not ``known``, each key's first spec
+    (the journal records exactly these)."""
+    specs: dict[str, ev.TaskSpec] = {}
+    for spec in event.tasks:
+        if spec.key not in specs and spec.key not in known:
+            specs[spec.key] = spec
+    return specs
 
 
 def _refuse_too_many(

@@ -38,6 +38,7 @@ from regrow.protocol.messages import (
     ErrorReply,
     HelloMsg,
     Message,
+    RefusedMsg,
     Reply,
     Request,
     WelcomeMsg,
@@ -158,6 +159,20 @@ def refuse(
 
 
 R = TypeVar("R", bound=Reply)
+M = TypeVar("M", bound=Message)
+
+
+async def registered(
+    comm: Connection, expected: type[M], what: str, error: type[Exception] = ProtocolError
+) -> M:
+    """The scheduler's answer to a registration just sent on ``comm``, if it is an
+    ``expected``; else the connection is closed and ``error`` raised with its reason."""
+    reply, _ = await comm.recv()
+    if isinstance(reply, expected):
+        return reply
+    await comm.close()
+    reason = reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
+    raise error(f"scheduler refused {what}: {reason}")
 
 
 def _detached(exc: BaseException | None) -> BaseException | None:
@@ -488,8 +503,7 @@ class Connection:
         if small:
             emit(bytes(small), False)
         limit = self.max_send_buffer
-        waiting = self.transport.get_write_buffer_size() if limit is not None else 0
-        if limit is not None and waiting > limit:
+        if limit is not None and (waiting := self.transport.get_write_buffer_size()) > limit:
             # Copies of what we sent pile up in our memory: the peer is not reading.
             reason = CommClosedError(
                 f"{self.peer} is not reading: {waiting} bytes wait for it "
@@ -826,7 +840,7 @@ class Listener:
 
 _ACCEPT_WARN = Throttled(logger)
 _TRIM_DELAY = 1.0
-_trim_pending: list[asyncio.TimerHandle] = []
+_trim_pending = False
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -848,16 +862,16 @@ def trim_soon() -> None:
     one closed. What TLS handshakes and buffers allocate stays in malloc's heap once
     freed, and a flood of refused connections would leave a server ~10 MB larger for
     good (glibc's malloc_trim; elsewhere nothing)."""
-    if _TRIM is None:
+    global _trim_pending
+    if _TRIM is None or _trim_pending:
         return
-    loop = asyncio.get_running_loop()
-    if _trim_pending and not _trim_pending[0].cancelled():
-        return
-    _trim_pending[:] = [loop.call_later(_TRIM_DELAY, _trim_now)]
+    _trim_pending = True
+    asyncio.get_running_loop().call_later(_TRIM_DELAY, _trim_now)
 
 
 def _trim_now() -> None:
-    _trim_pending.clear()
+    global _trim_pending
+    _trim_pending = False
     if _TRIM is not None:
         _TRIM(0)
 

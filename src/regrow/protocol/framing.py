@@ -162,9 +162,6 @@ class FrameDecoder:
     def __init__(
         self, *, max_frames: int, max_frame_bytes: int, max_header_bytes: int | None = None
     ) -> None:
-        self.max_frames = max_frames
-        self.max_frame_bytes = max_frame_bytes
-        self.max_header_bytes = max_frame_bytes if max_header_bytes is None else max_header_bytes
         self.packets: deque[list[Buffer]] = deque()
         # Small until the limits grow (authentication); then an anonymous mapping, which
         # goes back to the system the moment the connection is gone: malloc keeps freed
@@ -172,8 +169,11 @@ class FrameDecoder:
         self._buf: bytearray | mmap.mmap = bytearray(_SMALL_STAGING)
         self._start = 0
         self._end = 0
-        if max_frame_bytes > _SMALL_STAGING or self.max_header_bytes > _SMALL_STAGING:
-            self._grow()
+        self.set_limits(
+            max_frames=max_frames,
+            max_frame_bytes=max_frame_bytes,
+            max_header_bytes=max_header_bytes,
+        )
         self._direct: memoryview | None = None
         self._direct_fill = 0
         self._stage = 0  # 0: frame count, 1: lengths, 2: frames

@@ -125,9 +125,7 @@ async def receive(
     ProtocolError if ``striped`` names frames the reply does not have."""
     tid = striped.id
     sizes = dict(striped.frames)
-    if any(
-        not 0 <= i < len(frames) or n < 0 or memoryview(frames[i]).nbytes for i, n in sizes.items()
-    ):
+    if any(not 0 <= i < len(frames) or memoryview(frames[i]).nbytes for i in sizes):
         raise ProtocolError("get-data reply: 'striped' names frames it does not have")
     limit = pool.settings.max_frame_bytes
     if any(n > limit for n in sizes.values()):

@@ -130,6 +130,20 @@ def _check_file(path: str) -> None:
         )
 
 
+def _write_schema(db: sqlite3.Connection) -> None:
+    """Schema and identity in one transaction: a journal cut at its birth holds either
+    nothing or both."""
+    db.execute("BEGIN")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(
+        "INSERT OR REPLACE INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
+        (str(JOURNAL_VERSION), uuid.uuid4().hex),
+    )
+    db.execute("COMMIT")
+
+
 def _create(path: str) -> None:
     """A new journal at ``path``, made whole under another name first and then renamed:
     a scheduler killed while making it leaves no empty or partial file at ``path``."""
@@ -137,15 +151,7 @@ def _create(path: str) -> None:
     try:
         db = sqlite3.connect(tmp, isolation_level=None)
         try:
-            db.execute("BEGIN")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(
-                "INSERT INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
-                (str(JOURNAL_VERSION), uuid.uuid4().hex),
-            )
-            db.execute("COMMIT")
+            _write_schema(db)
         finally:
             db.close()
         os.replace(tmp, path)
@@ -182,17 +188,9 @@ class Journal:
             # the last transactions but never corrupts the file.
             self.db.execute("PRAGMA synchronous=NORMAL")
             if not rows:
-                # Schema and identity in one transaction: a journal cut at its birth holds
-                # either nothing or both.
-                self.db.execute("BEGIN")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('version', ?), ('scheduler_id', ?)",
-                    (str(JOURNAL_VERSION), uuid.uuid4().hex),
-                )
-                self.db.execute("COMMIT")
+                # An SQLite file with no journal in it yet (an older regrow cut at the
+                # birth of one): made a journal in place.
+                _write_schema(self.db)
                 rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             self.db.close()

@@ -16,6 +16,7 @@ import logging
 from typing import cast
 
 from regrow.core import events as ev
+from regrow.core.client_requests import new_specs
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, TaskState
 from regrow.protocol.comm import Connection
 from regrow.protocol.framing import Buffer
@@ -38,20 +39,16 @@ class JournalKeeper:
         journal = self.journal
         match event:
             case ev.TasksSubmitted():
-                # A key given twice keeps its first spec, as in the core.
-                seen: set[str] = set()
-                for spec in event.tasks:
-                    if spec.key not in tasks and spec.key not in seen:
-                        seen.add(spec.key)
-                        journal.task_added(
-                            spec.key,
-                            list(spec.dependencies),
-                            cast(tuple[int, list[Buffer]], spec.run_spec),
-                            spec.priority,
-                            spec.retries,
-                            list(spec.workers) if spec.workers else None,
-                            spec.pure,
-                        )
+                for spec in new_specs(event, tasks).values():
+                    journal.task_added(
+                        spec.key,
+                        list(spec.dependencies),
+                        cast(tuple[int, list[Buffer]], spec.run_spec),
+                        spec.priority,
+                        spec.retries,
+                        list(spec.workers) if spec.workers else None,
+                        spec.pure,
+                    )
                 for key in event.wanted:
                     journal.want(event.client, key, True)
             case ev.DataScattered():

@@ -21,7 +21,6 @@ from regrow.protocol.messages import (
     HeartbeatMsg,
     Message,
     PausedMsg,
-    RegisterWorkerMsg,
     RetiringMsg,
     StartedMsg,
     StealResponseMsg,
@@ -112,11 +111,6 @@ def worker_event(
     raise ProtocolError(f"a worker does not send {op_of(msg)!r}")
 
 
-def held_keys(msg: RegisterWorkerMsg) -> tuple[tuple[str, int], ...]:
-    """The results a registering worker holds, as (key, nbytes)."""
-    return tuple(msg.keys)
-
-
 # Identical function frames (every task of a map carries the same pickled function) are
 # kept once: a bounded table from the bytes to one copy of them.
 _INTERN_MAX_BYTES = 64 * 1024
@@ -144,7 +138,7 @@ def task_specs(
     for t in msg.tasks:
         nf = t.frames
         fnf = t.fn_frames
-        if nf < 1 or not 0 < fnf < nf or pos + nf > len(frames):
+        if not 0 < fnf < nf or pos + nf > len(frames):
             raise ProtocolError(f"submit: task {t.key!r} has inconsistent frame counts")
         run_frames = frames[pos : pos + nf]
         if interned is not None:

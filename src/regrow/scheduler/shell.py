@@ -86,7 +86,7 @@ from regrow.protocol.messages import (
 )
 from regrow.scheduler.journal import Journal
 from regrow.scheduler.journaling import JournalKeeper, restored_tasks
-from regrow.scheduler.messages import held_keys, task_specs, worker_event
+from regrow.scheduler.messages import task_specs, worker_event
 from regrow.security import Security
 
 logger = logging.getLogger("regrow.scheduler")
@@ -417,7 +417,7 @@ class Scheduler:
             pid=msg.pid,
             memory_limit=msg.memory_limit,
             nanny=msg.nanny,
-            keys=held_keys(msg),
+            keys=tuple(msg.keys),
             stimulus_id=self._sid("worker-added"),
             now=time.monotonic(),
         )

@@ -31,6 +31,7 @@ from regrow.protocol.comm import (
     connect,
     reconnect_delays,
     refuse,
+    registered,
     spawn,
 )
 from regrow.protocol.messages import (
@@ -41,7 +42,6 @@ from regrow.protocol.messages import (
     NannyRegisteredMsg,
     PingMsg,
     PingReply,
-    RefusedMsg,
     RegisterNannyMsg,
     WorkerDiedMsg,
     op_of,
@@ -152,13 +152,7 @@ class Nanny:
                     role="worker",
                 )
                 comm.send(RegisterNannyMsg(address=self.address, name=self.name or ""))
-                reply, _ = await comm.recv()
-                if not isinstance(reply, NannyRegisteredMsg):
-                    await comm.close()
-                    reason = (
-                        reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
-                    )
-                    raise ProtocolError(f"scheduler refused the nanny: {reason}")
+                await registered(comm, NannyRegisteredMsg, "the nanny")
                 self.scheduler = comm
                 spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
                 return

@@ -37,6 +37,7 @@ from regrow.protocol.comm import (
     connect,
     reconnect_delays,
     refuse,
+    registered,
     spawn,
 )
 from regrow.protocol.framing import Buffer
@@ -52,7 +53,6 @@ from regrow.protocol.messages import (
     InterruptMsg,
     Message,
     PausedMsg,
-    RefusedMsg,
     RegisterWorkerMsg,
     RetiringMsg,
     SchedulerClosingMsg,
@@ -219,11 +219,7 @@ class Worker:
                 keys=[(k, self.data.size_of(k)) for k in self.data],
             )
         )
-        reply, _ = await comm.recv()
-        if not isinstance(reply, WorkerRegisteredMsg):
-            await comm.close()
-            reason = reply.reason if isinstance(reply, RefusedMsg) else f"sent {op_of(reply)!r}"
-            raise ProtocolError(f"scheduler refused registration: {reason}")
+        reply = await registered(comm, WorkerRegisteredMsg, "registration")
         drop = reply.drop
         if drop:
             logger.warning(
