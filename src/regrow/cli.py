@@ -249,6 +249,12 @@ def scheduler(
 @click.option("--standby", is_flag=True, hidden=True,
               help="Wait for 'go READY_FILE' on stdin before starting.")  # fmt: skip
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--replaces",
+    default="",
+    hidden=True,
+    help="Started by a cluster in place of a nanny that died: which, and how.",
+)
 @common
 def worker(
     scheduler_address: str,
@@ -261,6 +267,7 @@ def worker(
     nanny_address: str,
     standby: bool,
     token_file: str | None,
+    replaces: str,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -305,7 +312,7 @@ def worker(
             insecure=insecure,
         )
         if nanny:
-            return Nanny(scheduler_address, log_level=log_level, **common)
+            return Nanny(scheduler_address, log_level=log_level, replaces=replaces, **common)
         return Worker(scheduler_address, nanny=nanny_address, **common)
 
     _run_service(make, parent_pid, ready_file)

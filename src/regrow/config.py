@@ -114,6 +114,11 @@ class Settings:
     # other most of the time. 1 turns this off.
     transfer_streams: int = 4
     stripe_bytes: int = 8 * 2**20
+    # Serving a get-data request, a worker makes at most this many bytes of new memory
+    # (pickle streams, views of spill files) before the reply goes; the requester asks
+    # again for the rest. At least one value always goes, whatever its size. With a
+    # memory limit, at most an eighth of it.
+    transfer_copy_bytes: int = 64 * 2**20
     # A nanny keeps a second worker process started, its imports done, idle, to take
     # over the moment its worker dies: a fresh worker registers ~20 ms after a SIGKILL
     # instead of ~200 ms. Costs one idle process per nanny (~30 MB resident, 18 MB of it its own).

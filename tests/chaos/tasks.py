@@ -122,3 +122,61 @@ def noted_block(block: Any, directory: str, seconds: float = 0.005) -> Any:
     fd, _ = tempfile.mkstemp(dir=directory)
     os.close(fd)
     return block
+
+
+def big_value(i: int, kind: str, nbytes: int) -> Any:
+    """A value of about ``nbytes`` of the given kind, made from ``i``."""
+    if kind == "numpy":
+        import numpy as np
+
+        return np.full(nbytes // 8, float(i))
+    if kind == "bytes":
+        return bytes([i % 256]) * nbytes
+    if kind == "str":
+        return chr(ord("a") + i % 26) * nbytes
+    raise ValueError(kind)
+
+
+def first_item(value: Any) -> Any:
+    """The first element of a big_value (its identity, without sending it back whole)."""
+    return value[0] if not hasattr(value, "dtype") else float(value[0])
+
+
+class Balloon:
+    """A result that takes ``nbytes`` more memory on its worker once its task has
+    returned (a thread fills it after ``delay``): its worker dies of its memory limit
+    while holding it, with no task running."""
+
+    def __init__(self, nbytes: int, delay: float) -> None:
+        import threading
+
+        self.total = nbytes  # not "nbytes": that would be taken for its size
+        self.filling: list[bytes] = []
+        threading.Thread(target=self._fill, args=(delay,), daemon=True).start()
+
+    def _fill(self, delay: float) -> None:
+        time.sleep(delay)
+        for _ in range(self.total // (8 << 20)):
+            self.filling.append(b"\x5a" * (8 << 20))
+            time.sleep(0.01)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (int, (0,))  # it never has to travel
+
+
+def balloon(nbytes: int, delay: float) -> Balloon:
+    return Balloon(nbytes, delay)
+
+
+class Claims:
+    """A small object that says it is huge (its workers' measure of a result's size)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.claimed = nbytes
+
+    def __sizeof__(self) -> int:
+        return self.claimed
+
+
+def claims(nbytes: int) -> Claims:
+    return Claims(nbytes)

@@ -31,6 +31,13 @@ def test_a_killed_nanny_is_replaced(make_cluster: MakeCluster) -> None:
         what="two workers registered",
     )
     assert client.submit(operator.add, 1, 2, pure=False).result(timeout=30) == 3
+    # The client's event log says what happened, and why.
+    replaced = f"the nanny of worker {victim.name} (pid {victim.pid}), killed by SIGKILL"
+    wait_until(
+        lambda: any(replaced in m for _, _, m in client.get_events("workers")),
+        timeout=10,
+        what="the replacement in get_events('workers')",
+    )
     # The new nanny is a child of this process's cluster, as the others.
     assert all(psutil.Process(wp.pid).ppid() == os.getpid() for wp in cluster.workers)
 

@@ -287,3 +287,50 @@ def test_a_task_that_only_waited_in_the_dead_workers_queue_is_not_blamed() -> No
     erred = {c.key for c in out if isinstance(c, cmd.ReportErred)}
     assert erred == {"run"}  # the poison suspect, at its first death
     assert h.state.tasks["queued"].suspicious == 0
+
+
+def _oom(h: Harness, address: str) -> list[cmd.Command]:
+    reason = "memory limit: 300 MiB used, above 95% of its 286 MiB"
+    return h.handle(
+        ev.WorkerDeathReported(
+            worker=address, reason=reason, out_of_memory=True, stimulus_id=h.sid()
+        )
+    )
+
+
+def test_a_result_lost_to_memory_deaths_errs_instead_of_looping() -> None:
+    # Its holder dies of its memory limit with no task running, twice: holding (or
+    # sending) it is what kills, so a third computation would only kill again.
+    h = Harness(allowed_failures=2)
+    h.add_worker("w1")
+    h.submit("cl", [spec("x"), spec("y", "x")], wanted=["x", "y"])
+    h.finish("x")
+    h.finish("y")
+    h.add_worker("w2")
+    out = _oom(h, "w1")
+    assert reports(out, cmd.ReportLost, "cl")  # recomputed, once
+    assert h.processing_on("x") == "w2"
+    h.finish("x")
+    h.finish("y")
+    out = _oom(h, "w2")
+    erred = reports(out, cmd.ReportErred, "cl")
+    assert {r.key for r in erred} == {"x", "y"}
+    assert h.task_state("x") == "erred"
+    error = h.state.tasks["x"].error
+    assert error is not None and error.kind == "KilledWorker"
+    assert "lost 2 times" in error.text and "memory limit" in error.text, error.text
+    assert "286 MiB" in error.text
+    assert not computes(out)  # nothing is computed again
+
+
+def test_a_memory_death_with_a_task_running_blames_the_task_not_the_results() -> None:
+    h = Harness(allowed_failures=2)
+    h.add_worker("w1")
+    h.add_worker("w2")
+    h.submit("cl", [spec("x", workers=("w1",))], wanted=["x"])
+    h.finish("x")
+    h.submit("cl", [spec("hog", workers=("w1",))], wanted=["hog"])
+    h.handle(ev.TasksStarted(worker="w1", keys=("hog",)))
+    _oom(h, "w1")
+    assert h.state.tasks["x"].memory_losses == 0
+    assert h.state.tasks["hog"].suspicious == 1

@@ -754,3 +754,23 @@ def test_story_tells_a_keys_moves() -> None:
         (CANCELLED, RELEASED),
     ]
     assert w.state.story("t")[2][3] == "free-1"
+
+
+def test_a_busy_holder_gets_the_next_keys_once_it_is_done() -> None:
+    # Two transfers from one holder at once would double what it sends and what we
+    # receive at a time: the second key waits for the first transfer to end.
+    w = WorkerSim()
+    assert w.handle(compute("s", {"a": ["h1"]})) == [ins.Gather(holder="h1", keys=("a",))]
+    assert w.handle(compute("t", {"b": ["h1"]})) == []
+    # A key another holder also has goes there instead.
+    assert w.handle(compute("u", {"c": ["h1", "h2"]})) == [ins.Gather(holder="h2", keys=("c",))]
+    assert of_type(w.gathered("h1"), ins.Gather) == [ins.Gather(holder="h1", keys=("b",))]
+
+
+def test_no_transfer_starts_while_paused() -> None:
+    w = WorkerSim(memory_limit=1000)
+    w.handle(ev.MemorySampled(rss=900, after_spill=True))
+    assert w.state.paused
+    assert of_type(w.handle(compute("t", {"d": ["h1"]})), ins.Gather) == []
+    out = w.handle(ev.MemorySampled(rss=100))
+    assert of_type(out, ins.Gather) == [ins.Gather(holder="h1", keys=("d",))]

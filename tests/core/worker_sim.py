@@ -190,8 +190,16 @@ class WorkerSim:
                     self.gathering,
                 )
             else:
-                # Queued only while every transfer slot is taken.
-                assert s.gathers >= s.max_gathers, (fs, s.gathers)
+                # Queued only while every transfer slot is taken, or paused, or every
+                # holder left to try is already sending to us.
+                busy = {g.holder for g in self.gathering}
+                untried = [h for h in fs.who_has if h not in fs.tried]
+                assert s.gathers >= s.max_gathers or s.paused or all(h in busy for h in untried), (
+                    fs,
+                    s.gathers,
+                    s.paused,
+                    busy,
+                )
         for ts in s.tasks.values():
             if ts.state == "waiting":
                 assert all(dep in s.fetches for dep in ts.missing), ts

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from regrow.client import queries
 from regrow.client.futures import (
     CANCELLED,
@@ -89,7 +91,27 @@ def inline_values(futures: list[Future]) -> tuple[dict[str, Any], list[str]]:
         if blob is not None and f.key not in values:
             # Each call unpickles anew: like a fetch, it hands out a fresh object.
             values[f.key] = loads([blob])
-    return values, [k for k in keys if k not in values]
+    keys = [k for k in keys if k not in values]
+    _check_fits(futures, keys)
+    return values, keys
+
+
+def _check_fits(futures: list[Future], keys: list[str]) -> None:
+    """MemoryError, before anything is fetched, when the results to fetch are larger
+    (by their workers' measure) than the memory this machine has available: the gather
+    fails here, in the client, not by swamping it, and the results stay where they are."""
+    wanted = set(keys)
+    sizes = {f.key: f._state.nbytes for f in futures if f.key in wanted}
+    total = sum(sizes.values())
+    if total < 2**30:
+        return  # not worth a look at the machine's memory
+    available = psutil.virtual_memory().available
+    if total > available:
+        raise MemoryError(
+            f"gather: the {len(sizes)} results to fetch take {total / 2**30:.1f} GiB, more "
+            f"than the {available / 2**30:.1f} GiB this client's machine has available; "
+            "gather fewer at a time, or reduce them on the cluster first"
+        )
 
 
 def lost_keys(keys: list[str], values: dict[str, Any], table: KeyTable) -> list[str]:

@@ -215,6 +215,17 @@ class WorkerDeathReported(Event):
 
     worker: str
     reason: str
+    # Its nanny killed it for passing its memory limit.
+    out_of_memory: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NannyJoined(Event):
+    """A nanny registered; ``replaces``: it was started in place of one that died."""
+
+    nanny: str
+    name: str = ""
+    replaces: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -107,7 +107,17 @@ def death_reported(state: SchedulerState, event: ev.WorkerDeathReported) -> None
         return  # removed already (the report came after the deadline), or never known
     if ws.status != CLOSED:
         state._emit(cmd.CloseWorkerConnection(worker=ws.address, reason=event.reason))
-    state._remove_worker(ws, event.reason, graceful=ws.status == LEAVING)
+    state._remove_worker(
+        ws, event.reason, graceful=ws.status == LEAVING, out_of_memory=event.out_of_memory
+    )
+
+
+def nanny_joined(state: SchedulerState, event: ev.NannyJoined) -> None:
+    """A cluster keeps its size: a nanny started in place of one that died is news."""
+    if event.replaces:
+        state._broadcast(
+            "workers", f"nanny {event.nanny} ({event.name}) started in place of {event.replaces}"
+        )
 
 
 def tick(state: SchedulerState, now: float) -> None:

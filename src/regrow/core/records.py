@@ -54,6 +54,7 @@ class TaskState:
         "error",
         "inline",
         "key",
+        "memory_losses",
         "nbytes",
         "priority",
         "processing_on",
@@ -93,6 +94,9 @@ class TaskState:
         self.restrictions: frozenset[str] | None = None
         self.pure = True
         self.suspicious = 0
+        # Times its result was lost with its holder killed for its memory limit while
+        # no task ran there (recovery.remove_worker).
+        self.memory_losses = 0
         # Its worker said it began running it (not merely holding it in a queue).
         self.started = False
         self.steal_pending = False

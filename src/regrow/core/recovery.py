@@ -47,13 +47,24 @@ if TYPE_CHECKING:
 # ------------------------------------------------------- a worker leaves
 
 
-def remove_worker(state: SchedulerState, ws: WorkerRecord, reason: str, graceful: bool) -> None:
+def remove_worker(
+    state: SchedulerState,
+    ws: WorkerRecord,
+    reason: str,
+    graceful: bool,
+    out_of_memory: bool = False,
+) -> None:
     """``ws`` is gone: move its running tasks, recompute what died with it.
 
     ``graceful``: it left on purpose (retired, restarted, closed with the scheduler), so
     its running tasks are not suspects. Otherwise a task that had begun running on it
     may have killed it: it becomes suspicious, runs alone next, and after
     ``allowed_failures`` such deaths errs with KilledWorker.
+
+    ``out_of_memory`` with no task running: what it held (or was sending) took its
+    memory. Each result it alone held counts such a loss, and one lost that way
+    ``allowed_failures`` times errs with KilledWorker naming the limit, instead of being
+    recomputed into the same death again: no kill loop.
     """
     del state.workers[ws.address]
     state.free.pop(ws, None)
@@ -62,6 +73,8 @@ def remove_worker(state: SchedulerState, ws: WorkerRecord, reason: str, graceful
     # First take its running tasks off it (and judge them), then deal with the
     # data it held, then reschedule: so a rescheduled task never points at it.
     interrupted = list(ws.processing)
+    # Whether a task was running there when it died (not merely queued in its threads).
+    ran_any = any(ts.started for ts in interrupted)
     for ts in interrupted:
         # Only a task that had begun running can have killed its worker; one that
         # waited in its queue is simply rescheduled.
@@ -83,7 +96,10 @@ def remove_worker(state: SchedulerState, ws: WorkerRecord, reason: str, graceful
             gone.append(ts)
         elif ts.key in state.replicas:
             under_replicated.append(ts.key)
-    lost = lost_all(state, gone)
+    doomed: dict[str, TaskError] = {}
+    if out_of_memory and not graceful and not ran_any:
+        doomed = _memory_losses(state, ws, reason, gone)
+    lost = lost_all(state, gone, doomed)
     ws.nbytes = 0
     rescheduled = 0
     for ts in interrupted:
@@ -124,8 +140,37 @@ def remove_worker(state: SchedulerState, ws: WorkerRecord, reason: str, graceful
 # ---------------------------------------------------------- lost results
 
 
-def lost_all(state: SchedulerState, gone: list[TaskState]) -> int:
-    """The last copies of these results are gone: recompute those still needed.
+def _memory_losses(
+    state: SchedulerState, ws: WorkerRecord, reason: str, gone: list[TaskState]
+) -> dict[str, TaskError]:
+    """Count a memory-limit death against the results it lost; those lost so too often
+    get their error (by key)."""
+    doomed: dict[str, TaskError] = {}
+    for ts in gone:
+        ts.memory_losses += 1
+        deaths = state.deaths.setdefault(ts.key, [])
+        deaths.append((ws.address, reason))
+        if ts.memory_losses >= state.allowed_failures:
+            state.deaths.pop(ts.key, None)
+            doomed[ts.key] = TaskError(
+                blame=ts.key,
+                kind="KilledWorker",
+                text=(
+                    f"its result was lost {ts.memory_losses} times, each time with its "
+                    "holder killed for passing its memory limit while no task ran there "
+                    "(holding or sending results took the memory); not computed again. "
+                    + "; ".join(f"{w}: {r}" for w, r in deaths)
+                ),
+                workers=tuple(w for w, _ in deaths),
+            )
+    return doomed
+
+
+def lost_all(
+    state: SchedulerState, gone: list[TaskState], doomed: dict[str, TaskError] | None = None
+) -> int:
+    """The last copies of these results are gone: recompute those still needed (those
+    in ``doomed`` err with their error instead).
 
     Every one is marked lost before any is recomputed, so that a recomputation never
     counts on another of them (a Compute naming a dead holder); returns how many are
@@ -153,6 +198,10 @@ def lost_all(state: SchedulerState, gone: list[TaskState]) -> int:
             continue
         if ts.state == RELEASED and not state._needed(ts):
             state._check_forget(ts)
+            continue
+        error = doomed.get(ts.key) if doomed else None
+        if error is not None and ts.state == RELEASED:
+            state._err(ts, error)
             continue
         for client in ts.who_wants:
             state._emit(cmd.ReportLost(client=client.id, key=ts.key))

@@ -231,6 +231,9 @@ class SchedulerState:
                     liveness.connection_closed(self, event)
                 case ev.WorkerDeathReported():
                     liveness.death_reported(self, event)
+                case ev.NannyJoined():
+                    liveness.nanny_joined(self, event)
+                    continue  # changes no task
                 case ev.WorkerRetiring():
                     liveness.retiring(self, event)
                 case ev.RetireWorkersRequested():
@@ -291,14 +294,17 @@ class SchedulerState:
     def _slots_for(self, nthreads: int) -> int:
         return max(1, math.ceil(nthreads * self.worker_saturation))
 
-    def _remove_worker(self, ws: WorkerRecord, reason: str, graceful: bool) -> None:
-        """The one way a worker leaves: ``liveness`` and ``retirement`` decide when."""
+    def _remove_worker(
+        self, ws: WorkerRecord, reason: str, graceful: bool, out_of_memory: bool = False
+    ) -> None:
+        """The one way a worker leaves: ``liveness`` and ``retirement`` decide when.
+        ``out_of_memory``: its nanny killed it for passing its memory limit."""
         if self.workers.get(ws.address) is not ws:
             return
         level = "info" if graceful else "warning"
         self._emit(cmd.Log(level=level, message=f"worker {ws.address} removed: {reason}"))
         liveness.removed(self, ws.id)
-        recovery.remove_worker(self, ws, reason, graceful)
+        recovery.remove_worker(self, ws, reason, graceful, out_of_memory)
         retirement.worker_gone(self, ws, graceful)
 
     # ----------------------------------------------------------- computation

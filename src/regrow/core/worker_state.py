@@ -459,25 +459,32 @@ class WorkerState:
                 self._want(key, holders, waiter=None)
 
     def _start_gathers(self) -> None:
-        """Queued fetches go out, one transfer per holder, each key to its first holder
-        not yet tried, the most urgent first; at most ``max_gathers`` at once. A key no
-        holder is left to try for has failed."""
-        if not self.fetches:
+        """Queued fetches go out, one transfer per holder at a time (a holder already
+        sending to us gets the next keys once it is done: its memory and ours stay
+        bounded), each key to its first holder not yet tried and not busy, the most
+        urgent first; at most ``max_gathers`` at once. A key no holder is left to try
+        for has failed. None while paused: memory is short, and what came in would only
+        have to be spilled (they go once it is not)."""
+        if not self.fetches or self.paused:
             return
         queued = [fs for fs in self.fetches.values() if not fs.holder]
         if not queued:
             return
+        busy = {fs.holder for fs in self.fetches.values() if fs.holder}
         by_holder: dict[str, list[FetchState]] = {}
         for fs in queued:
-            holder = next((h for h in fs.who_has if h not in fs.tried), "")
-            if not holder:
+            untried = [h for h in fs.who_has if h not in fs.tried]
+            if not untried:
                 self._fetch_failed(fs)
-            else:
-                by_holder.setdefault(holder, []).append(fs)
+                continue
+            holder = next((h for h in untried if h not in busy), untried[0])
+            by_holder.setdefault(holder, []).append(fs)
         groups = sorted(by_holder.items(), key=lambda item: self._urgency(item[1]))
         for holder, group in groups:
             if self.gathers >= self.max_gathers:
                 break
+            if holder in busy:
+                continue
             for fs in group:
                 fs.holder = holder
             self.gathers += 1

@@ -253,7 +253,7 @@ class LocalCluster:
         self._wait_ready(proc, ready, "scheduler")
         return proc.pid
 
-    def _start_worker_proc(self) -> WorkerProcess:
+    def _start_worker_proc(self, replaces: str = "") -> WorkerProcess:
         name = str(next(self._names))
         ready = os.path.join(self._tmp.name, f"worker-{name}.ready")
         args = [
@@ -270,6 +270,8 @@ class LocalCluster:
         ]
         if not self.nanny:
             args.append("--no-nanny")
+        if replaces:
+            args += ["--replaces", replaces]
         wp = WorkerProcess(name, self._spawn(args, ready, "worker"), ready)
         self.workers.append(wp)
         if self.nanny:
@@ -296,7 +298,14 @@ class LocalCluster:
             )
             with contextlib.suppress(ValueError):
                 self.workers.remove(wp)
-            new = self._start_worker_proc()
+            how = (
+                f"killed by {signal.Signals(-code).name}"
+                if code < 0 and -code in signal.valid_signals()
+                else f"exited with code {code}"
+            )
+            new = self._start_worker_proc(
+                replaces=f"the nanny of worker {wp.name} (pid {wp.pid}), {how}"
+            )
         try:
             new.address = self._wait_ready(new.proc, new.ready_file, f"worker {new.name}")
         except (RuntimeError, TimeoutError) as exc:

@@ -357,6 +357,8 @@ class HeartbeatMsg(Message, tag="heartbeat", kw_only=True):
     managed: Count = 0
     spilled: Count = 0
     executing: Count = 0
+    # New memory made to serve data (pickle streams, mapped spill files) not yet sent.
+    in_flight: Count = 0
 
 
 class StartedMsg(Message, tag="started", kw_only=True):
@@ -471,6 +473,8 @@ class RegisterNannyMsg(Message, tag="register-nanny", kw_only=True):
 
     address: str
     name: str = ""
+    # Started by its cluster in place of a nanny that died: which, and how.
+    replaces: str = ""
 
 
 class NannyRegisteredMsg(Message, tag="nanny-registered", kw_only=True):
@@ -485,6 +489,8 @@ class WorkerDiedMsg(Message, tag="worker-died", kw_only=True):
     worker: str
     reason: str
     exitcode: int = 0
+    # Killed by its nanny for passing its memory limit.
+    out_of_memory: bool = False
 
 
 class KillWorkerMsg(Request[Ack], tag="kill-worker", kw_only=True):
@@ -540,6 +546,9 @@ class GetDataReply(Reply, tag="get-data-reply", kw_only=True):
     striped: StripedFrames | None = None
     sealed: dict[Count, SealedFile] | None = None
     lent: LentFrames | None = None
+    # Held, but left for another request: the holder sends a bounded amount of copies
+    # at a time (Settings.transfer_copy_bytes).
+    later: list[str] | None = None
 
 
 class GetDataMsg(Request[GetDataReply], tag="get-data", kw_only=True):

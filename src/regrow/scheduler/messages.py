@@ -74,6 +74,7 @@ def worker_event(
                     "rss": msg.memory,
                     "managed": msg.managed,
                     "spilled": msg.spilled,
+                    "in_flight": msg.in_flight,
                     # Tasks handed to its threads: running, or queued for them.
                     "executing": msg.executing,
                 },

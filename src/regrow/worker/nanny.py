@@ -47,6 +47,7 @@ from regrow.protocol.messages import (
     op_of,
 )
 from regrow.security import Security
+from regrow.worker import memory
 
 logger = logging.getLogger("regrow.nanny")
 
@@ -78,8 +79,10 @@ class Nanny:
         log_level: str = "WARNING",
         security: Security | None = None,
         insecure: bool = False,
+        replaces: str = "",
     ) -> None:
         self.scheduler_address = scheduler_address
+        self.replaces = replaces
         self.nthreads = nthreads
         self.token = token
         self.host = host
@@ -108,6 +111,7 @@ class Nanny:
         self.restarts = 0
         self.deaths: list[tuple[float, str]] = []
         self._kill_reason = ""
+        self._out_of_memory = False
         self._tmp = tempfile.TemporaryDirectory(prefix="regrow-nanny-")
         self.scheduler: Connection | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -151,7 +155,12 @@ class Nanny:
                     security=self.security,
                     role="worker",
                 )
-                comm.send(RegisterNannyMsg(address=self.address, name=self.name or ""))
+                comm.send(
+                    RegisterNannyMsg(
+                        address=self.address, name=self.name or "", replaces=self.replaces
+                    )
+                )
+                self.replaces = ""  # said once: a reconnection replaces nobody
                 await registered(comm, NannyRegisteredMsg, "the nanny")
                 self.scheduler = comm
                 spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
@@ -247,6 +256,7 @@ class Nanny:
         ready = os.path.join(self._tmp.name, f"worker-{self.restarts}.ready")
         self._worker_up.clear()
         self._kill_reason = ""
+        self._out_of_memory = False
         proc, self.standby = self.standby, None
         if proc is None or proc.returncode is not None:
             proc = await self._spawn()
@@ -292,7 +302,14 @@ class Nanny:
             logger.warning(
                 "worker %s (pid %d) %s; starting a new one", self.worker_address, proc.pid, reason
             )
-            self._report(WorkerDiedMsg(worker=self.worker_address, reason=reason, exitcode=code))
+            self._report(
+                WorkerDiedMsg(
+                    worker=self.worker_address,
+                    reason=reason,
+                    exitcode=code,
+                    out_of_memory=self._out_of_memory,
+                )
+            )
             # A worker that dies at once, again and again, gets a pause between attempts.
             recent = [t for t, _ in self.deaths if now - t < 10]
             if len(recent) > 5:
@@ -300,12 +317,13 @@ class Nanny:
             self.restarts += 1
             await self._start_worker()
 
-    async def kill_worker(self, reason: str) -> None:
+    async def kill_worker(self, reason: str, out_of_memory: bool = False) -> None:
         """SIGKILL the worker (the supervisor starts a fresh one)."""
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
         self._kill_reason = reason
+        self._out_of_memory = out_of_memory
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
 
@@ -331,12 +349,13 @@ class Nanny:
             if proc is None or proc.returncode is not None:
                 continue
             try:
-                rss = psutil.Process(proc.pid).memory_info().rss
+                rss = memory.used(proc.pid)
             except psutil.Error:
                 continue
             if rss > limit:
                 fraction = self.settings.memory_kill_fraction
                 await self.kill_worker(
                     f"memory limit: {rss / 2**20:.0f} MiB used, above {fraction:.0%} "
-                    f"of its {self.memory_limit / 2**20:.0f} MiB"
+                    f"of its {self.memory_limit / 2**20:.0f} MiB",
+                    out_of_memory=True,
                 )

@@ -65,6 +65,7 @@ from regrow.protocol.messages import (
     op_of,
 )
 from regrow.security import Security
+from regrow.worker import memory
 from regrow.worker.execution import (
     Outcome,
     RunSpec,
@@ -277,32 +278,35 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_interval)
             self._send(
                 HeartbeatMsg(
-                    memory=self._proc.memory_info().rss,
+                    memory=self._memory(),
                     managed=self.data.fast_bytes,
                     spilled=self.data.slow_bytes,
                     executing=self.state.in_threads,
+                    in_flight=self.transfers.in_flight,
                 )
             )
+
+    def _memory(self) -> int:
+        """What the memory limit counts (worker.memory): with what is being sent."""
+        return memory.used(self._proc.pid)
 
     async def _memory_monitor(self) -> None:
         """Sample memory use for the core, which decides on spilling and pausing."""
         while True:
             await asyncio.sleep(self.settings.memory_monitor_interval)
-            self.handle(
-                wev.MemorySampled(rss=self._proc.memory_info().rss, stimulus_id=self._sid("memory"))
-            )
+            self.handle(wev.MemorySampled(rss=self._memory(), stimulus_id=self._sid("memory")))
 
     async def _spill(self, nbytes: int) -> None:
         """Free about ``nbytes``: kept receive buffers first, then results to disk."""
-        before = self._proc.memory_info().rss
+        before = self._memory()
         if framing.POOL.trim():
-            nbytes -= before - self._proc.memory_info().rss
+            nbytes -= before - self._memory()
         if nbytes > 0 and self.data.fast:
             # Spill in a thread: writing files must not stall the event loop.
             await asyncio.to_thread(self.data.spill, nbytes)
         self.handle(
             wev.MemorySampled(
-                rss=self._proc.memory_info().rss, after_spill=True, stimulus_id=self._sid("spilled")
+                rss=self._memory(), after_spill=True, stimulus_id=self._sid("spilled")
             )
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import shutil
 import struct
@@ -21,7 +22,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from regrow.protocol import shm
-from regrow.protocol.framing import encode_packet
+from regrow.protocol.framing import Buffer, encode_packet
 from regrow.protocol.serialize import dumps, loads, sizeof
 
 
@@ -73,6 +74,26 @@ class SpillBuffer(MutableMapping[str, Any]):
 
     def sealed_of(self, key: str) -> shm.Sealed | None:
         return self.sealed.get(key)
+
+    def frames_to_send(self, key: str) -> tuple[list[Buffer], int]:
+        """The frames of ``key``'s value, to send it, without reading a spilled value
+        back into memory; and how many bytes of them are new memory.
+
+        A value in memory is pickled: its large buffers are its own, and only the pickle
+        stream is new (all of it for a value pickled in-band, such as a str). A spilled
+        value's frames are views of its file, mapped (``_mapped``): pages of the page
+        cache, read as the frames are sent, counted as new memory here since the mapping
+        holds them while it lives. KeyError if it is not held.
+        """
+        with self._lock:
+            if key in self.fast:
+                value = self.fast[key]
+            elif key in self.slow_sizes:
+                return self._mapped(key)
+            else:
+                raise KeyError(key)
+        frames = dumps(value)  # not under the lock: task threads read the store meanwhile
+        return frames, memoryview(frames[0]).nbytes
 
     def __delitem__(self, key: str) -> None:
         with self._lock:
@@ -173,21 +194,48 @@ class SpillBuffer(MutableMapping[str, Any]):
 
     def _write(self, key: str, value: Any) -> None:
         # The same layout as a packet on the wire: a length prefix, then the frames as they are.
-        with open(self._path(key), "wb") as f:
+        # Always a new file: an old one of the key may still be mapped to be sent
+        # (frames_to_send), and truncating it would pull the pages from under the sender.
+        self._remove_file(key)
+        with open(self._path(key), "xb") as f:
             for buf in encode_packet(dumps(value)):
                 f.write(buf)
 
     def _read(self, key: str) -> Any:
-        with open(self._path(key), "rb") as f:
-            (n,) = struct.unpack("!I", f.read(4))
-            lengths = struct.unpack(f"!{n}Q", f.read(8 * n))
-            frames = []
-            for length in lengths:
-                buf = bytearray(length)
-                if f.readinto(buf) != length:
-                    raise OSError(f"spill file for {key!r} is truncated")
-                frames.append(buf)
+        # Unpickled straight from the file's pages: a value pickled in-band (bytes, str)
+        # costs its own size only, not a copy of its file besides.
+        frames, _ = self._mapped(key)
         return loads(frames)
+
+    def _mapped(self, key: str) -> tuple[list[Buffer], int]:
+        """The frames of ``key``'s spill file as views of a private mapping of it (never
+        written; private and writable so a lender can lend them, see protocol.lend), and
+        the file's size. The mapping lives as long as the views: removing or rewriting
+        the file meanwhile (``_write`` makes a new one) does not touch it."""
+        with open(self._path(key), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 4:
+                raise OSError(f"spill file for {key!r} is truncated")
+            mm = mmap.mmap(
+                f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            with contextlib.suppress(OSError):
+                mm.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mm)
+        try:
+            (n,) = struct.unpack_from("!I", view, 0)
+            lengths = struct.unpack_from(f"!{n}Q", view, 4)
+        except struct.error:
+            raise OSError(f"spill file for {key!r} is truncated") from None
+        pos = 4 + 8 * n
+        if pos + sum(lengths) > size:
+            raise OSError(f"spill file for {key!r} is truncated")
+        out: list[Buffer] = []
+        for length in lengths:
+            out.append(view[pos : pos + length])
+            pos += length
+        return out, size
 
     def _remove_file(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -44,7 +44,7 @@ from regrow.protocol.messages import (
     StripedFrames,
     op_of,
 )
-from regrow.protocol.serialize import dumps, sizeof
+from regrow.protocol.serialize import sizeof
 from regrow.security import Security
 from regrow.worker.execution import loads_locked, run_function
 from regrow.worker.spill import SpillBuffer
@@ -85,6 +85,10 @@ class Transfers:
         # Large frames kept for requesters on other hosts to fetch in parts.
         self.striped = stripe.Holdings()
         self._lend_ids = itertools.count(1)
+        # Bytes of new memory made to serve requests (pickle streams, mapped spill
+        # files), until the kernel has taken them: reported with the worker's memory.
+        self.in_flight = 0
+        self._freed = asyncio.Event()
 
     def close(self) -> None:
         """Files in /dev/shm that no requester mapped yet go, and the peer connections."""
@@ -128,7 +132,8 @@ class Transfers:
         if not described:
             return None, groups
         lend_id = next(self._lend_ids)
-        self.lent.setdefault(comm, {})[lend_id] = groups
+        # Only what is lent is kept: the rest (a pickle stream) goes once it is sent.
+        self.lent.setdefault(comm, {})[lend_id] = [[groups[g][f] for g, f, _, _ in described]]
         return LentFrames(pid=os.getpid(), id=lend_id, frames=described), out
 
     async def _peer_message(self, comm: Connection, msg: Message, frames: list[Buffer]) -> None:
@@ -154,13 +159,31 @@ class Transfers:
             case _:
                 raise ProtocolError(f"a worker's peer does not send {op_of(msg)!r}")
 
+    def _copy_budget(self) -> int:
+        budget = self.settings.transfer_copy_bytes
+        if self.worker.memory_limit:
+            budget = min(budget, self.worker.memory_limit // 8)
+        return budget
+
     async def _get_data(self, comm: Connection, msg: GetDataMsg) -> None:
         keys: list[str] = []
+        later: list[str] = []
         groups: list[list[Buffer]] = []
         sealed: dict[int, SealedFile] = {}
         same_host = bool(self.host_id) and msg.host == self.host_id
+        # Sending never costs a copy of all that is asked: values go from their own
+        # buffers (or their spill files' pages), and what must be new memory (pickle
+        # streams, mapped spill files) stops at a budget; the requester asks again for
+        # the rest, once this reply is out of our memory.
+        budget = self._copy_budget()
+        if self.in_flight >= budget:
+            await self._budget_freed(budget)
+        copied = 0
         for key in msg.keys:
             if key not in self.data:
+                continue
+            if keys and self.in_flight + copied >= budget:
+                later.append(key)
                 continue
             record = self.data.sealed_of(key) if same_host else None
             if record is not None:
@@ -168,32 +191,62 @@ class Transfers:
                 sealed[len(groups)] = record.describe()
                 groups.append(list(record.frames))
             else:
-                groups.append(dumps(self.data[key]))
+                try:
+                    frames, cost = self.data.frames_to_send(key)
+                except KeyError:
+                    continue  # freed meanwhile
+                groups.append(frames)
+                copied += cost
             keys.append(key)
-        info = None
-        lent: LentFrames | None = None
-        if same_host and msg.vm and lend.usable:
-            # The requester copies large buffers straight out of our memory: keep
-            # them alive until it says it is done (or its connection closes).
-            lent, groups = self._lend(comm, groups)
-        if same_host:
-            # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
-            groups, info = shm.export(groups)
-            if info is not None:
-                # Should the requester never map it, the file must not outlive us long.
-                self._exported[info.path] = info
-                asyncio.get_running_loop().call_later(60, self._discard_export, info)
-        out = [frame for group in groups for frame in group]
-        reply = GetDataReply(
-            keys=keys, nf=[len(g) for g in groups], shm=info, sealed=sealed or None, lent=lent
-        )
-        if not same_host and msg.streams > 1:
-            # Its large frames go by several connections: see protocol.stripe.
-            out, kept = stripe.split(out, self.settings.stripe_bytes)
-            if kept:
-                reply.striped = stripe.describe(self.striped.keep(comm, kept), kept)
-        comm.reply(msg, reply, out)
-        await comm.drain()
+        # Counted in the memory the worker reports until the kernel has taken it.
+        self.in_flight += copied
+        try:
+            info = None
+            lent: LentFrames | None = None
+            if same_host and msg.vm and lend.usable:
+                # The requester copies large buffers straight out of our memory: keep
+                # them alive until it says it is done (or its connection closes).
+                lent, groups = self._lend(comm, groups)
+            if same_host:
+                # Same host: other large buffers go through /dev/shm, one memcpy, no socket.
+                groups, info = shm.export(groups)
+                if info is not None:
+                    # Should the requester never map it, the file must not outlive us long.
+                    self._exported[info.path] = info
+                    asyncio.get_running_loop().call_later(60, self._discard_export, info)
+            out = [frame for group in groups for frame in group]
+            reply = GetDataReply(
+                keys=keys,
+                nf=[len(g) for g in groups],
+                shm=info,
+                sealed=sealed or None,
+                lent=lent,
+                later=later or None,
+            )
+            del groups
+            if not same_host and msg.streams > 1:
+                # Its large frames go by several connections: see protocol.stripe.
+                out, kept = stripe.split(out, self.settings.stripe_bytes)
+                if kept:
+                    reply.striped = stripe.describe(self.striped.keep(comm, kept), kept)
+            comm.reply(msg, reply, out)
+            del out
+            await comm.drain()
+        finally:
+            self.in_flight -= copied
+            if self.in_flight < budget:
+                self._freed.set()
+
+    async def _budget_freed(self, budget: int) -> None:
+        """Wait until other replies in flight leave room for this one's copies: serving
+        many requesters at once costs no more than serving one. Not forever: a
+        requester that stopped reading (frozen) must not hold up the others for longer
+        than its heartbeat would take to be missed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.heartbeat_timeout):
+                while self.in_flight >= budget:
+                    self._freed.clear()
+                    await self._freed.wait()
 
     def _put_data(self, comm: Connection, msg: PutDataMsg, frames: list[Buffer]) -> None:
         keys, counts = msg.keys, msg.nf
@@ -228,32 +281,49 @@ class Transfers:
                 self.peers, holder, description, frames, streams, idle_timeout
             )
 
+        got: dict[str, tuple[int, str]] = {}
+        unreadable: list[BaseException] = []
+
+        def take(values: list[tuple[str, list[Buffer]]]) -> None:
+            # Stored as each reply comes: the store spills to make room as it fills.
+            for key, parts in values:
+                if unreadable:
+                    return
+                try:
+                    value = loads_locked(parts)
+                except Exception as exc:
+                    unreadable.append(exc)
+                    return
+                nbytes = sizeof(value)
+                self.data.set(key, value, nbytes)
+                got[key] = (nbytes, type(value).__name__)
+
         try:
             comm = await self.peers.get(holder)
             try:
-                values = await shm.get_data(
-                    comm, keys, self.host_id, idle_timeout, striped=striped, streams=streams
+                await shm.get_data(
+                    comm,
+                    keys,
+                    self.host_id,
+                    idle_timeout,
+                    striped=striped,
+                    streams=streams,
+                    take=take,
                 )
             except stripe.PartsFailed as exc:
                 if comm.closed or isinstance(exc.__cause__, TimeoutError):
                     raise  # the holder is gone, or not answering: asking again won't help
                 # The holder is there but its parts did not come: once more, whole.
                 logger.warning("fetching parts from %s failed (%s); fetching whole", holder, exc)
-                values = await shm.get_data(comm, keys, self.host_id, idle_timeout)
+                rest = [k for k in keys if k not in got]
+                await shm.get_data(comm, rest, self.host_id, idle_timeout, take=take)
         except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
             logger.warning("could not fetch %d key(s) from %s: %s", len(keys), holder, exc)
-            return {}, None
+            return got, None
         except Exception as exc:  # the holder's error reply, or one we cannot read
             logger.warning("%s cannot send %d key(s): %s", holder, len(keys), exc)
-            return {}, exc
-        got: dict[str, tuple[int, str]] = {}
-        try:
-            for key, parts in values:
-                value = loads_locked(parts)
-                nbytes = sizeof(value)
-                self.data.set(key, value, nbytes)
-                got[key] = (nbytes, type(value).__name__)
-        except Exception as exc:
-            logger.warning("cannot deserialize data from %s: %r", holder, exc)
             return got, exc
+        if unreadable:
+            logger.warning("cannot deserialize data from %s: %r", holder, unreadable[0])
+            return got, unreadable[0]
         return got, None
