@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import operator
 import os
 import sqlite3
@@ -81,6 +82,9 @@ class Snapshot:
     scheduler_id: str
     tasks: list[TaskRow] = field(default_factory=list)
     wants: list[tuple[str, str]] = field(default_factory=list)
+    # The workers registered when the journal was last written (None: a journal from
+    # before this was kept).
+    workers: list[str] | None = None
 
 
 def _pack(obj: object) -> bytes:
@@ -307,6 +311,12 @@ class Journal:
         else:
             self._pending.append(("DELETE FROM wants WHERE client = ? AND key = ?", (client, key)))
 
+    def workers_now(self, addresses: list[str]) -> None:
+        """The workers registered now: those a restarted scheduler waits for."""
+        self._pending.append(
+            ("INSERT OR REPLACE INTO meta VALUES ('workers', ?)", (json.dumps(addresses),))
+        )
+
     def clear(self) -> None:
         self._pending.append(("DELETE FROM tasks", ()))
         self._pending.append(("DELETE FROM wants", ()))
@@ -375,6 +385,12 @@ class Journal:
                     )
                 )
             snap.wants = [(c, k) for c, k in self.db.execute("SELECT client, key FROM wants")]
+            row = self.db.execute("SELECT value FROM meta WHERE name = 'workers'").fetchone()
+            if row is not None:
+                workers = json.loads(row[0])
+                if not isinstance(workers, list) or not all(isinstance(w, str) for w in workers):
+                    raise ValueError("meta 'workers' is not a list of addresses")
+                snap.workers = workers
         return snap
 
     def summary(self) -> dict[str, Any]:

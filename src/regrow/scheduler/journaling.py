@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import cast
 
 from regrow.core import events as ev
@@ -32,6 +33,7 @@ class JournalKeeper:
         self.interval = interval
         self._dirty: dict[str, TaskState] = {}
         self._acks: list[tuple[Connection, Message]] = []
+        self._workers: frozenset[str] = frozenset()
 
     # ----------------------------------------------------------- recording
     def record(self, event: ev.Event, tasks: dict[str, TaskState]) -> None:
@@ -73,11 +75,19 @@ class JournalKeeper:
         """The core's ``on_transition`` hook: note that ``ts`` moved."""
         self._dirty[ts.key] = ts
 
-    def write_states(self, tasks: dict[str, TaskState]) -> None:
-        """Write the final state of every task that moved during the last events."""
+    def write_states(self, tasks: dict[str, TaskState], workers: Collection[str] | None) -> None:
+        """Write the final state of every task that moved during the last events, and
+        the registered workers if they changed: a restarted scheduler waits for every
+        one of them (any may hold a copy of a result), and for no worker that was gone.
+        ``workers`` None (recovering: those not back yet are still awaited) leaves them."""
+        journal = self.journal
+        if workers is not None and (
+            len(workers) != len(self._workers) or not self._workers.issuperset(workers)
+        ):
+            self._workers = frozenset(workers)
+            journal.workers_now(sorted(self._workers))
         if not self._dirty:
             return
-        journal = self.journal
         for key, ts in self._dirty.items():
             if tasks.get(key) is not ts:
                 journal.task_forgotten(key)
@@ -138,7 +148,8 @@ class JournalKeeper:
 
 
 def restored_tasks(snap: Snapshot) -> tuple[tuple[ev.RestoredTask, ...], set[str]]:
-    """The journal's tasks as the core's rows, and the workers that held results."""
+    """The journal's tasks as the core's rows, and the workers to wait for: those
+    registered when it was last written (an older journal: those that held results)."""
     rows = []
     expected: set[str] = set()
     for t in snap.tasks:
@@ -167,4 +178,6 @@ def restored_tasks(snap: Snapshot) -> tuple[tuple[ev.RestoredTask, ...], set[str
         )
         if t.state == "memory" and t.location:
             expected.add(t.location)
+    if snap.workers is not None:
+        expected = set(snap.workers)
     return tuple(rows), expected

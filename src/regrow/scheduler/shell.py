@@ -258,7 +258,8 @@ class Scheduler:
         for command in self.state.handle(*events):
             self._execute(command)
         if keeper is not None:
-            keeper.write_states(self.state.tasks)
+            state = self.state
+            keeper.write_states(state.tasks, None if state.recovering else state.workers.keys())
 
     def _sid(self, prefix: str) -> str:
         return f"{prefix}-{next(self._stimuli)}"
@@ -461,6 +462,15 @@ class Scheduler:
             old.abort()
         self.nanny_comms[address] = comm
         comm.send(NannyRegisteredMsg(scheduler=self.address))
+        self.handle(
+            ev.NannyJoined(
+                nanny=address,
+                name=msg.name,
+                replaces=msg.replaces,
+                stimulus_id=self._sid("nanny"),
+                now=time.monotonic(),
+            )
+        )
         try:
             while True:
                 m, _ = await comm.recv()
@@ -471,6 +481,7 @@ class Scheduler:
                                 ev.WorkerDeathReported(
                                     worker=m.worker,
                                     reason=f"its nanny reports it {m.reason}",
+                                    out_of_memory=m.out_of_memory,
                                     stimulus_id=self._sid("worker-died"),
                                     now=time.monotonic(),
                                 )
@@ -646,7 +657,12 @@ class Scheduler:
                         stimulus_id=self._sid("scatter"),
                     )
                 )
-                comm.reply(msg, Ack())
+                if self.keeper is None or not msg.rid:
+                    comm.reply(msg, Ack())
+                else:
+                    # Answered once journaled: a scheduler killed right after the client
+                    # heard back must still know the data it was told about.
+                    self.keeper.ack_when_written(comm, Ack(rid=msg.rid))
             case WhoHasMsg():
                 comm.reply(msg, WhoHasReply(who_has=self.state.who_has(msg.keys)))
             case SchedulerInfoMsg():
