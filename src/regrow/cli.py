@@ -1,4 +1,4 @@
-"""The ``regrow`` command: scheduler, worker, demo.
+"""The ``regrow`` command: scheduler, worker, demo, chaos.
 
 Bad flags or an unreachable scheduler end in one line on stderr and a non-zero
 exit, never a traceback.
@@ -360,6 +360,64 @@ def demo(n_workers: int, files: int) -> None:
 
     code = run_demo(n_workers=n_workers, max_files=files)
     sys.exit(code)
+
+
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds of faults (at least one of each kind, even past it).")  # fmt: skip
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="Seed of every random choice [default: a random one, printed].")  # fmt: skip
+@click.option("--workers", "n_workers", default=3, show_default=True,
+              type=click.IntRange(2, 32),
+              help="Workers under nannies (plus one in a network namespace).")  # fmt: skip
+@click.option("--graph-timeout", default=120.0, show_default=True,
+              type=click.FloatRange(min=1),
+              help="Seconds a graph may take before it is a hang.")  # fmt: skip
+@click.option("--in-flight", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Graphs running at once.")  # fmt: skip
+@click.option("--no-netns", is_flag=True, default=False,
+              help="No worker in a network namespace, so no network cuts.")  # fmt: skip
+@click.option("--no-scheduler-kill", is_flag=True, default=False,
+              help="Never kill the scheduler.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              default=None, help="Also write the report as JSON to this file.")  # fmt: skip
+@click.option("--log-level", default="ERROR", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log level of the cluster's processes (their logs go to stderr).")  # fmt: skip
+def chaos(
+    duration: float,
+    seed: int | None,
+    n_workers: int,
+    graph_timeout: float,
+    in_flight: int,
+    no_netns: bool,
+    no_scheduler_kill: bool,
+    json_path: str | None,
+    log_level: str,
+) -> None:
+    """Soak a local cluster: run graphs while killing, freezing and cutting off its
+    processes; check every result against a serial run. Exits 1 on a wrong result or
+    a hang, 2 if the soak could not run to its end."""
+    import random
+
+    from regrow.chaos import SoakConfig, run_soak
+
+    if json_path is not None:
+        parent = os.path.dirname(os.path.abspath(json_path))
+        if not os.path.isdir(parent):
+            raise click.BadParameter(f"directory {parent} does not exist", param_hint="--json")
+    config = SoakConfig(
+        duration=duration,
+        seed=random.randrange(1 << 32) if seed is None else seed,
+        workers=n_workers,
+        graph_timeout=graph_timeout,
+        in_flight=in_flight,
+        netns=not no_netns,
+        scheduler_kill=not no_scheduler_kill,
+        json_path=json_path,
+        log_level=log_level.upper(),
+    )
+    sys.exit(run_soak(config))
 
 
 if __name__ == "__main__":
