@@ -468,6 +468,12 @@ class Client:
         ``replicas=k`` keeps k copies on distinct workers, and the scheduler makes a
         new copy whenever one is lost; unreplicated data lost with its worker makes
         its futures err with LostDataError.
+
+        A worker that dies, refuses or stops answering while its share is sent is
+        skipped, and its share goes to the other live workers (of ``workers``, if
+        given); a journaled scheduler that restarts meanwhile is waited for. Raises
+        RuntimeError when no worker can take the data (waiting ``timeout``, else
+        ``connect_timeout``, for one to come), TimeoutError after ``timeout`` s.
         """
         self._check_running()
         if not isinstance(replicas, int) or replicas < 1:
@@ -477,9 +483,18 @@ class Client:
         wanted = check_workers(workers)
         names, items = transfer.scatter_items(data, hash)
         placed = transfer.scatter(
-            self._session, self._new_future, data, names, items, wanted, broadcast, replicas
+            self._session,
+            self._new_future,
+            data,
+            names,
+            items,
+            wanted,
+            broadcast,
+            replicas,
+            timeout,
         )
-        return self._sync(placed, timeout=timeout)
+        # The scatter keeps its own timeout: it registers what it placed before it raises.
+        return self._sync(placed)
 
     # ------------------------------------------------------------- control
     # Each blocking method checks its arguments, then hands its work, a coroutine, to

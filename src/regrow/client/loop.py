@@ -62,6 +62,9 @@ class ClientLoop:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            # The same class as TimeoutError: one the coroutine raised is its own.
+            if fut.done():
+                return fut.result()
             fut.cancel()
             raise TimeoutError(f"operation did not finish within {timeout} s") from None
 

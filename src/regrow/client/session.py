@@ -3,7 +3,8 @@
 Owns the connection to the scheduler (registering, listening for the news of keys,
 requests and their replies, reconnecting and reattaching after the scheduler is lost,
 resending unacknowledged submissions) and the connections to workers, from which it
-fetches results and to which it scatters data directly, never through the scheduler.
+fetches results and to which it scatters data directly, never through the scheduler
+(``Scattering``: past workers that die and a scheduler that restarts meanwhile).
 
 It must not be called from outside its loop (the client hands it work with
 ``ClientLoop.run``/``arun``/``call_soon``), nor decide what the user sees: it settles
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from regrow.client.futures import ERROR
 from regrow.client.keys import KeyTable
-from regrow.errors import CommClosedError, ProtocolError, SchedulerLostError
+from regrow.errors import CommClosedError, ProtocolError, RegrowError, SchedulerLostError
 from regrow.protocol import shm
 from regrow.protocol.comm import (
     Connection,
@@ -69,7 +71,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("regrow.client")
 
 # Requests that may be sent again after the scheduler was lost (they change nothing,
-# or nothing more the second time).
+# or nothing more the second time). A scatter's registration is not one of them as
+# such: the scatter starts again with the new scheduler (see ``Scattering``).
 _REPEATABLE = (WhoHasMsg, SchedulerInfoMsg, PingMsg, CancelMsg)
 
 
@@ -283,14 +286,30 @@ class Session:
             if not (self.journaled and _repeatable(msg)):
                 raise SchedulerLostError(str(exc)) from None
             lost = exc
-        # A journaled scheduler comes back: wait for it (the connection's loss may not
-        # have been noticed yet) and ask again, as the request can be repeated.
+        # A journaled scheduler comes back: wait for it, and ask again, as the request
+        # can be repeated.
+        await self.back(comm, lost)
+        return await self.request(msg, timeout)
+
+    async def back(self, comm: Connection | None, lost: BaseException) -> None:
+        """Wait until the session is connected to a scheduler again, over another
+        connection than ``comm``, which was lost (``lost`` says how; its loss may not
+        have been noticed yet); SchedulerLostError if none comes back in time."""
         deadline = time.monotonic() + self.client.settings.reconnect_timeout
         while not (self.connected.is_set() and self.comm is not comm):
             if self.client.status in ("lost", "closing", "closed") or time.monotonic() > deadline:
                 raise SchedulerLostError(str(lost))
             await asyncio.sleep(0.01)
-        return await self.request(msg, timeout)
+
+    async def scheduler_comm(self) -> Connection:
+        """The connection to the scheduler, once there is one (waiting for a reconnect
+        under way, as ``request`` does); SchedulerLostError if none comes in time."""
+        comm = self.comm
+        if not self.connected.is_set() or comm is None or comm.closed:
+            await self.back(comm, CommClosedError("not connected to the scheduler"))
+            comm = self.comm
+        assert comm is not None
+        return comm
 
     async def gather(self, keys: list[str]) -> dict[str, Any]:
         """Fetch results straight from the workers that hold them."""
@@ -338,30 +357,32 @@ class Session:
     async def scatter(
         self,
         items: list[tuple[str, list[Buffer], int, str]],
-        targets: list[list[str]],
-        replicas: int = 1,
+        wanted: list[str] | None,
+        broadcast: bool,
+        replicas: int,
+        timeout: float | None,
     ) -> None:
-        by_worker: dict[str, list[int]] = {}
-        for i, workers in enumerate(targets):
-            for w in workers:
-                by_worker.setdefault(w, []).append(i)
-
-        async def put(worker: str, idx: list[int]) -> None:
-            comm = await self.pool.get(worker)
-            frames: list[Buffer] = []
-            for i in idx:
-                frames.extend(items[i][1])
-            await comm.request(
-                PutDataMsg(keys=[items[i][0] for i in idx], nf=[len(items[i][1]) for i in idx]),
-                frames,
-            )
-
-        await asyncio.gather(*(put(w, idx) for w, idx in by_worker.items()))
-        entries = [
-            ScatteredEntry(key=key, nbytes=nbytes, type=type_name, workers=targets[i])
-            for i, (key, _, nbytes, type_name) in enumerate(items)
-        ]
-        await self.request(ScatteredMsg(keys=entries, replicas=replicas))
+        """Put each item on live workers and register it with the scheduler (see
+        ``Scattering``); TimeoutError after ``timeout`` s. Whatever may have reached a
+        worker is registered, even when this raises: the caller then lets its keys go,
+        and the scheduler frees them there."""
+        job = Scattering(self, items, wanted, broadcast, replicas, timeout)
+        try:
+            if timeout is None:
+                await job.run()
+                return
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    await job.run()
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise TimeoutError(
+                    f"scatter: not done within {timeout} s{job.failures()}"
+                ) from None
+        except BaseException:
+            job.register_rest()
+            raise
 
     async def run(self, frames: list[Buffer], workers: list[str]) -> dict[str, tuple[bool, Any]]:
         async def one(worker: str) -> tuple[str, tuple[bool, Any]]:
@@ -379,3 +400,323 @@ class Session:
         if self.comm is not None:
             await self.comm.close()
         self.pool.close()
+
+
+# A worker that fails a put this way is dead, refusing or cut off (OSError covers
+# CommClosedError and TimeoutError): its share goes to another worker. Anything else
+# (it could not unpickle a value, say) would fail anywhere, and is raised.
+_UNREACHABLE = OSError
+# How many times a scatter places again values the scheduler took for lost as it
+# registered them (their holder died in between); then they stay lost.
+_LOST_RETRIES = 2
+
+
+class Scattering:
+    """One ``Client.scatter``: its values put on workers and registered with the
+    scheduler, whatever dies meanwhile.
+
+    - **Placing** (``_place``): each value goes to ``replicas`` workers (every one, to
+      broadcast) among those the scheduler lists (of ``wanted``, if given), least
+      memory first, as many as there are. A worker that refuses or closes a put, or
+      that the scheduler removes while a put to it hangs (frozen, cut off), is skipped
+      for the rest of the call, and its share goes to the others; with none left, the
+      scheduler is asked again until one comes (up to the call's timeout, else
+      ``connect_timeout``), then RuntimeError names each worker that failed and why.
+    - **Registering** (``run``): one ``scattered`` request. It is not simply sent
+      again after the scheduler is lost, as the other requests are: the one that comes
+      back from its journal may not know the keys, and then it told their holders,
+      coming back to it, to drop them. So the scatter starts again with that
+      scheduler: the keys it holds already are done, the others placed anew, on the
+      workers it lists, and registered. Registering the same keys twice is harmless
+      (the scheduler adds holders it knows of, and a client wants a key once).
+    - A value the scheduler took for lost as it registered it (its one holder died in
+      between) is let go there and placed again: it is still in hand.
+    - When the call fails, whatever may have reached a worker and is not registered
+      yet is registered at once, without waiting (``register_rest``): the caller's
+      release that follows then frees it there, and no worker keeps data that the
+      scheduler does not know of.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        items: list[tuple[str, list[Buffer], int, str]],
+        wanted: list[str] | None,
+        broadcast: bool,
+        replicas: int,
+        timeout: float | None,
+    ) -> None:
+        self.session = session
+        self.items = items
+        self.wanted = wanted
+        self.broadcast = broadcast
+        self.replicas = replicas
+        self.timeout = timeout
+        loop = asyncio.get_running_loop()
+        self.deadline = None if timeout is None else loop.time() + timeout
+        # The copies the scheduler keeps of each (all workers, to broadcast: as many as
+        # there were at first).
+        self.copies = 0
+        # Item -> the workers that took it (since the last loss of the scheduler).
+        self.holders: dict[int, list[str]] = {}
+        # Item -> every worker it was sent to, whether it took it or not.
+        self.sent: dict[int, set[str]] = {}
+        # Item -> where it was before the scheduler was lost: placed there again first.
+        self.hint: dict[int, list[str]] = {}
+        self.registered: set[int] = set()
+        # Workers that failed this scatter -> why.
+        self.failed: dict[str, str] = {}
+        self.asked = False  # whether the scheduler was asked for workers yet
+
+    async def run(self) -> None:
+        session = self.session
+        todo = list(range(len(self.items)))
+        retries = 0
+        while todo:
+            comm = await session.scheduler_comm()
+            await self._place(todo)
+            try:
+                if session.comm is not comm:
+                    raise CommClosedError("the scheduler was lost while the values were placed")
+                # _place placed each, or raised.
+                await comm.request(self._message({i: self.holders[i] for i in todo}))
+            except CommClosedError as exc:
+                if not session.journaled:
+                    raise SchedulerLostError(str(exc)) from None
+                await session.back(comm, exc)
+                todo = await self._after_loss(todo)
+                continue
+            self.registered.update(todo)
+            todo = self._lost(todo)
+            if todo:
+                retries += 1
+                if retries > _LOST_RETRIES:
+                    return  # their futures raise LostDataError
+                self._place_again(todo)
+
+    # ----------------------------------------------------------------- placing
+    async def _place(self, todo: list[int]) -> None:
+        """Each item of ``todo`` on as many live workers as it takes (at least one)."""
+        live = await self._candidates()
+        while True:
+            live = [w for w in live if w not in self.failed]
+            if not live and any(not self.holders.get(i) for i in todo):
+                live = await self._wait_for_workers(todo)
+            if not self.copies:
+                self.copies = len(live) if self.broadcast else self.replicas
+            plan = self._plan(todo, live)
+            if not plan:
+                return
+            await self._put_all(plan)
+
+    def _plan(self, todo: list[int], live: list[str]) -> dict[str, list[int]]:
+        """Worker -> the items to put there: each item's missing copies on the live
+        workers that do not hold it, item ``i`` starting at the ``i``-th (to spread
+        them), where it was before the scheduler was lost first."""
+        n = len(live)
+        need = n if self.broadcast else min(self.replicas, n)
+        plan: dict[str, list[int]] = {}
+        for i in todo:
+            have = self.holders.setdefault(i, [])
+            missing = need - len(have)
+            if missing <= 0:
+                continue
+            hint = [w for w in self.hint.get(i, ()) if w in live]
+            for w in dict.fromkeys(hint + live[i % n :] + live[: i % n]):
+                if missing == 0:
+                    break
+                if w not in have:
+                    plan.setdefault(w, []).append(i)
+                    missing -= 1
+        return plan
+
+    async def _candidates(self) -> list[str]:
+        """The workers the scheduler lists now (of ``wanted``, if given), least memory
+        first, but those that failed this scatter."""
+        reply, _ = await self.session.request(SchedulerInfoMsg())
+        info: dict[str, Any] = reply.info["workers"]
+        first, self.asked = not self.asked, True
+        if self.wanted is None:
+            targets = sorted(info, key=lambda a: info[a]["memory"])
+        else:
+            by_name = {w["name"]: a for a, w in info.items()}
+            targets = list(dict.fromkeys(by_name.get(w, w) for w in self.wanted))
+            unknown = [t for t in targets if t not in info]
+            if first and unknown:
+                raise ValueError(f"scatter: no such worker(s): {unknown}")
+            targets = [t for t in targets if t in info]
+        return [t for t in targets if t not in self.failed]
+
+    async def _wait_for_workers(self, todo: list[int]) -> list[str]:
+        """Live workers, once the scheduler lists one this scatter has not seen fail
+        (a replacement); RuntimeError if none comes in time."""
+        loop = asyncio.get_running_loop()
+        wait = self.session.client.settings.connect_timeout
+        limit = loop.time() + wait if self.deadline is None else self.deadline
+        delay = 0.02
+        while True:
+            live = await self._candidates()
+            if live:
+                return live
+            # Raised before the call's own timeout, so that this error, which says
+            # why, is the one the caller gets.
+            if loop.time() + delay >= limit:
+                raise self._nobody(todo, wait if self.timeout is None else self.timeout)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def _put_all(self, plan: dict[str, list[int]]) -> None:
+        """Put each worker's items there at once. A worker that fails is skipped from
+        then on, and so is one the scheduler removes while its put hangs."""
+        for worker, idx in plan.items():
+            for i in idx:
+                self.sent.setdefault(i, set()).add(worker)
+        tasks = {asyncio.create_task(self._put(w, idx)): w for w, idx in plan.items()}
+        pending = set(tasks)
+        watch = max(0.1, self.session.client.settings.heartbeat_timeout / 2)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=watch)
+                fatal: BaseException | None = None
+                for task in done:
+                    worker = tasks[task]
+                    if task.cancelled():
+                        continue  # removed by the scheduler: noted already
+                    exc = task.exception()
+                    if exc is None:
+                        for i in plan[worker]:
+                            self.holders[i].append(worker)
+                    elif isinstance(exc, _UNREACHABLE):
+                        self._fail(worker, f"{type(exc).__name__}: {exc}")
+                    else:
+                        fatal = exc
+                if fatal is not None:
+                    raise fatal
+                if pending:
+                    await self._drop_removed(pending, tasks)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _put(self, worker: str, idx: list[int]) -> None:
+        comm = await self.session.pool.get(worker)
+        frames: list[Buffer] = []
+        for i in idx:
+            frames.extend(self.items[i][1])
+        msg = PutDataMsg(
+            keys=[self.items[i][0] for i in idx], nf=[len(self.items[i][1]) for i in idx]
+        )
+        try:
+            await comm.request(msg, frames)
+        except asyncio.CancelledError:
+            comm.abort()  # its frames may be half sent; the worker is taken for gone
+            raise
+
+    async def _drop_removed(
+        self, pending: set[asyncio.Task[None]], tasks: dict[asyncio.Task[None], str]
+    ) -> None:
+        """Give up the puts still waiting on a worker the scheduler no longer lists (it
+        stopped answering the scheduler too)."""
+        try:
+            async with asyncio.timeout(max(0.1, self.session.client.settings.heartbeat_timeout)):
+                reply, _ = await self.session.request(SchedulerInfoMsg())
+        except (OSError, RegrowError):
+            return  # no news from the scheduler: wait on
+        listed = reply.info["workers"]
+        for task in pending:
+            worker = tasks[task]
+            if worker not in listed:
+                self._fail(worker, "it stopped answering, and the scheduler removed it")
+                task.cancel()
+
+    def _fail(self, worker: str, why: str) -> None:
+        """``worker`` cannot take data: whatever it took in this scatter goes again."""
+        logger.info("scatter: %s could not take its share (%s); placing it elsewhere", worker, why)
+        self.failed[worker] = why
+        for holders in self.holders.values():
+            if worker in holders:
+                holders.remove(worker)
+
+    def _nobody(self, todo: list[int], waited: float) -> RuntimeError:
+        left = [self.items[i][0] for i in todo if not self.holders.get(i)]
+        among = "" if self.wanted is None else f" of {self.wanted}"
+        why = (
+            "; ".join(f"{w}: {why}" for w, why in self.failed.items())
+            if self.failed
+            else f"the scheduler lists no worker{among}"
+        )
+        return RuntimeError(
+            f"scatter: no worker{among} could take {len(left)} of the {len(self.items)} "
+            f"values ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}) within "
+            f"{waited} s: {why}"
+        )
+
+    def failures(self) -> str:
+        """The workers that failed this scatter, for its error message."""
+        if not self.failed:
+            return ""
+        return "; workers that could not take data: " + "; ".join(
+            f"{w}: {why}" for w, why in self.failed.items()
+        )
+
+    # ------------------------------------------------------------- registering
+    def _message(self, holders: dict[int, list[str]]) -> ScatteredMsg:
+        entries = []
+        for i, workers in holders.items():
+            key, _, nbytes, type_name = self.items[i]
+            entries.append(ScatteredEntry(key=key, nbytes=nbytes, type=type_name, workers=workers))
+        return ScatteredMsg(keys=entries, replicas=max(1, self.copies))
+
+    async def _after_loss(self, todo: list[int]) -> list[int]:
+        """Back on a scheduler (from its journal) after losing one: the items of
+        ``todo`` it does not hold, to place and register again."""
+        keys = [self.items[i][0] for i in todo]
+        reply, _ = await self.session.request(WhoHasMsg(keys=keys))
+        held = {k for k, ws in reply.who_has.items() if ws}
+        again = []
+        for i in todo:
+            self.hint[i] = self.holders.pop(i, [])
+            if self.items[i][0] in held:
+                self.registered.add(i)  # it had journaled them, and the holders are back
+            else:
+                again.append(i)
+        return again
+
+    def _lost(self, todo: list[int]) -> list[int]:
+        """The items the scheduler, as it registered them, took for lost. Its news of
+        them came before its answer (one connection, in order), and the session read
+        it before this call went on (``Connection.recv``)."""
+        lost = []
+        for i in todo:
+            st = self.session.keys.state(self.items[i][0])
+            if st is not None and st.status == ERROR and st.kind == "LostDataError":
+                lost.append(i)
+        return lost
+
+    def _place_again(self, todo: list[int]) -> None:
+        """Let the lost keys of ``todo`` go at the scheduler (an erred key is not
+        registered again) and wait for their news again."""
+        keys = [self.items[i][0] for i in todo]
+        logger.info(
+            "scatter: %d values lost as they were registered; placing them again", len(keys)
+        )
+        self.session.send(ReleaseKeysMsg(keys=keys))
+        for i in todo:
+            self.registered.discard(i)
+            self.holders.pop(i, None)
+            st = self.session.keys.state(self.items[i][0])
+            if st is not None:
+                st.reset()
+
+    def register_rest(self) -> None:
+        """The call failed: register what was sent and not registered yet, with every
+        worker it was sent to (a put cut short may have landed; the scheduler ignores a
+        worker it does not know, and the release that follows frees the keys on the
+        others, holding them or not), without waiting (no reply is asked for)."""
+        rest = {
+            i: sorted(workers)
+            for i, workers in self.sent.items()
+            if workers and i not in self.registered
+        }
+        if rest:
+            self.session.send(self._message(rest))

@@ -3,8 +3,8 @@
 Owns gathering (waiting on all the futures with one wake-up, taking small results
 from the news that they finished instead of fetching them, noticing results lost
 between that news and the fetch, giving the values back in the shape they came in)
-and scattering (pickling the data in the caller's thread, naming it, placing its
-copies on workers, making its Futures).
+and scattering (pickling the data in the caller's thread, naming it, making its
+Futures, letting them go if the scatter fails; the session places the copies).
 
 It must not keep state, nor fetch or send but through what it is given: the
 ``FutureOwner`` whose futures it gathers (``fetch_values``), the ``Session`` it
@@ -20,7 +20,6 @@ from typing import Any
 
 import psutil
 
-from regrow.client import queries
 from regrow.client.futures import (
     CANCELLED,
     ERROR,
@@ -219,27 +218,19 @@ async def scatter(
     wanted: list[str] | None,
     broadcast: bool,
     replicas: int,
+    timeout: float | None,
 ) -> Any:
-    """Put the items on workers (``wanted``, by address or name, or the least loaded):
-    Futures shaped like ``data``."""
-    all_workers = (await queries.scheduler_info(session))["workers"]
-    if wanted is not None:
-        by_name = {w["name"]: a for a, w in all_workers.items()}
-        targets = [by_name.get(w, w) for w in wanted]
-        unknown = [t for t in targets if t not in all_workers]
-        if unknown:
-            raise ValueError(f"scatter: no such worker(s): {unknown}")
-    else:
-        targets = sorted(all_workers, key=lambda a: all_workers[a]["memory"])
-    if not targets:
-        raise RuntimeError("scatter: the cluster has no workers")
-    n, k = len(targets), min(replicas, len(targets))
-    placement = [
-        list(targets) if broadcast else [targets[(i + j) % n] for j in range(k)]
-        for i in range(len(items))
-    ]
+    """Put the items on workers (``wanted``, by address or name, or the least loaded)
+    and register them with the scheduler: Futures shaped like ``data``."""
+    # Made first: the scheduler's news of the keys must find them.
     futures = [new_future(key) for key, _, _, _ in items]
-    await session.scatter(items, placement, replicas=n if broadcast else replicas)
+    try:
+        await session.scatter(items, wanted, broadcast, replicas, timeout)
+    except BaseException:
+        # Not handed out: let the keys go (the scheduler frees whatever was placed).
+        for f in futures:
+            f.release()
+        raise
     # Shaped like the data: a dict of futures, a list, or one.
     if isinstance(data, dict):
         return dict(zip(names or [], futures, strict=True))
