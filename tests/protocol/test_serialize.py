@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from regrow.protocol import serialize
 from regrow.protocol.framing import FrameDecoder, encode_packet
 from regrow.protocol.messages import PutDataMsg, pack_messages, unpack_messages
 from regrow.protocol.serialize import digest, dumps, dumps_with_refs, loads, loads_with_refs, sizeof
@@ -206,3 +208,68 @@ def test_sizeof_of_data_frames_counts_their_buffers() -> None:
     # A dict subclass that sizes its items deeply itself is still sampled.
     parts = {i: df.iloc[i * 100 : (i + 1) * 100] for i in range(32)}
     assert sizeof(parts) == pytest.approx(sum(sizeof(p) for p in parts.values()), rel=0.2)
+
+
+# ------------------------------------------------ imports while unpickling
+# (the race itself, with real threads and processes: tests/integration/test_import_race.py)
+@pytest.mark.parametrize(
+    ("obj", "names_none"),
+    [
+        ((1, "a", 2.5, None, b"b"), True),
+        ({"k": [1, 2]}, True),
+        ("Ó", False),  # 0x93 in its UTF-8: the careful path, for nothing
+        (np.float64(1.5), False),
+        (np.arange(3), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_streams_naming_no_module_take_the_plain_path(obj: Any, names_none: bool) -> None:
+    [stream, *_] = dumps(obj)
+    assert serialize._names_no_module(stream) is names_none
+    assert serialize._names_no_module(memoryview(bytearray(stream))) is names_none
+    # A protocol without STACK_GLOBAL, or a stream too long to search: the careful path.
+    assert not serialize._names_no_module(pickle.dumps(obj, protocol=2))
+    assert not serialize._names_no_module(pickle.dumps([obj, b"x" * 100_000], protocol=5))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        b"x" * 1_000_000,
+        [str(i) for i in range(30_000)],
+        {"a": np.arange(10), "b": [np.float64(i) for i in range(10_000)]},
+    ],
+    ids=["bytes", "list", "numpy"],
+)
+@pytest.mark.parametrize("protocol", [5, 0])
+def test_a_large_stream_in_a_received_buffer_round_trips(obj: Any, protocol: int) -> None:
+    """A large frame 0 arrives as a memoryview (of a mapping): read with no copy of it,
+    through read, readinto (protocol 5) and readline (protocol 0)."""
+    stream = pickle.dumps(obj, protocol=protocol)
+    assert len(stream) > serialize._SEARCHED
+    out = loads([memoryview(bytearray(stream))])
+    if isinstance(obj, dict):
+        np.testing.assert_array_equal(out["a"], obj["a"])
+        assert out["b"] == obj["b"]
+    else:
+        assert out == obj
+    out = loads_with_refs([memoryview(bytearray(stream))], {})
+    assert type(out) is type(obj)
+
+
+def test_a_module_held_by_a_function_comes_back() -> None:
+    """cloudpickle writes a module a function holds as subimport(name): it is imported
+    in order, and the function gets the module."""
+    import os.path as osp
+
+    fn = loads(dumps(lambda: osp.join("a", "b")))
+    assert fn() == os.path.join("a", "b")
+
+
+def test_a_missing_module_is_reported_as_pickle_reports_it() -> None:
+    for module in (b"regrow_no_such_module", b"regrow.no_such_module"):
+        stream = b"\x80\x05\x8c" + bytes([len(module)]) + module + b"\x8c\x01x\x93."
+        with pytest.raises(ModuleNotFoundError):
+            pickle.loads(stream)
+        with pytest.raises(ModuleNotFoundError):
+            loads([stream])

@@ -3,11 +3,16 @@
 Large bytes-like objects (numpy arrays, bytes) come out as buffers of their own,
 not copied into the pickle stream, so they can be written to the socket as they
 are. Only clients and workers call ``loads``; the scheduler never does.
+
+Unpickling imports the modules a stream names, and it happens on a process's event loop
+while other threads (a worker's tasks, a client's user code) may be importing the same
+package: ``loads`` imports them top-level package first (see ``_import_in_order``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import pickle
 import sys
@@ -76,7 +81,134 @@ def standard_dumps(obj: object, buffers: list[pickle.PickleBuffer]) -> bytes | N
 
 
 def loads(frames: Sequence[Buffer]) -> Any:
-    return pickle.loads(frames[0], buffers=frames[1:])
+    data = frames[0]
+    if _names_no_module(data):
+        return pickle.loads(data, buffers=frames[1:])
+    return _Unpickler(_file(data), buffers=frames[1:]).load()
+
+
+# Python takes a module's import lock before its parent's: ``pickle.loads`` of a numpy
+# array imports ``numpy._core.numeric``, holding that module's lock while it imports
+# ``numpy``. If another thread is initialising numpy at that moment (a task's first
+# ``import numpy``), it holds ``numpy``'s lock and soon needs ``numpy._core.numeric``'s:
+# the two locks cross. Python then raises ``_DeadlockError`` in one thread, or lets it
+# go on with a half-initialised module ("cannot import name ... from partially
+# initialized module"), and numpy's C extension, loaded once, cannot be loaded again:
+# every later ``import numpy`` in the process fails ("cannot load module more than once
+# per process"). Importing parents first, each holding no other module's lock, the
+# unpickling thread only waits for the other to finish (as a plain ``import numpy``
+# would), whichever comes first.
+def _import_in_order(module: str) -> None:
+    """Import ``module`` and its parents top-down, unless it is imported already."""
+    if _ready(module):
+        return
+    parts = module.split(".")
+    for end in range(1, len(parts) + 1):
+        if not _ready(name := ".".join(parts[:end])):
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return  # find_class tries again, and raises what is wrong
+
+
+# Modules seen fully imported: most streams name only these, checked by one lookup.
+_imported: set[str] = set()
+
+
+def _ready(name: str) -> bool:
+    """Whether module ``name`` is imported and initialised (then remembered in
+    ``_imported``): Python marks its spec ``_initializing`` while it is being imported,
+    by this thread or another, until its code has run."""
+    module = sys.modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return False
+    _imported.add(name)
+    return True
+
+
+def _subimport(name: str) -> Any:
+    """cloudpickle's ``subimport`` (a module referred to by a function pickled by
+    value), importing in order: its ``__import__`` is a submodule's lock first too."""
+    _import_in_order(name)
+    return cloudpickle.cloudpickle.subimport(name)
+
+
+class _Unpickler(pickle.Unpickler):
+    """Imports each module the stream names with ``_import_in_order`` first."""
+
+    def find_class(self, module: str, name: str, /) -> Any:
+        if module not in _imported:
+            _import_in_order(module)
+        found = _find_class(self, module, name)
+        return _subimport if found is _cloudpickle_subimport else found
+
+
+_find_class = pickle.Unpickler.find_class
+_cloudpickle_subimport = cloudpickle.cloudpickle.subimport
+
+# Frame 0 up to this size is searched for the STACK_GLOBAL opcode; a larger one is
+# unpickled by ``_Unpickler`` whatever it holds (the search is no longer cheap).
+_SEARCHED = 64 * 1024
+
+
+def _names_no_module(data: Buffer) -> bool:
+    """Whether the stream ``data`` surely names no module, so that unpickling it imports
+    nothing: the fast path of numbers, strings and their containers (see ``_plain``).
+
+    Protocols 4 and 5 name a module with STACK_GLOBAL (byte 0x93) alone: GLOBAL and INST
+    belong to older protocols, EXT* to codes registered with ``copyreg.add_extension``,
+    which nothing here does. The byte may also be data (part of a number or a string):
+    then the careful path is taken for nothing.
+    """
+    if type(data) is not bytes:
+        if memoryview(data).nbytes > _SEARCHED:
+            return False
+        data = bytes(data)
+    # 0x93 as an int: memchr at once, where a bytes needle costs ~4x as much to set up.
+    return 2 <= len(data) <= _SEARCHED and 0x93 not in data and data[0] == 0x80 and data[1] >= 4
+
+
+def _file(data: Buffer) -> io.BytesIO | _BufferFile:
+    """A file to unpickle ``data`` from: io.BytesIO shares bytes, copies anything else."""
+    if type(data) is bytes:
+        return io.BytesIO(data)
+    view = memoryview(data)
+    return io.BytesIO(view) if view.nbytes <= _SEARCHED else _BufferFile(view)
+
+
+class _BufferFile:
+    """A large buffer read as a file with no copy of it (a received frame is a mapping):
+    ``pickle.Unpickler`` reads its frames of up to 64 KiB with ``read`` and a large
+    bytes object straight into place with ``readinto``."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._pos
+        self._pos = len(self._view) if n < 0 else min(start + n, len(self._view))
+        return self._view[start : self._pos].tobytes()
+
+    def readinto(self, buffer: memoryview) -> int:
+        target = memoryview(buffer).cast("B")
+        start = self._pos
+        n = min(len(target), len(self._view) - start)
+        target[:n] = self._view[start : start + n]
+        self._pos = start + n
+        return n
+
+    def readline(self) -> bytes:
+        # Only protocol 0's opcodes read lines (short ones): the pickles made here have none.
+        start = end = self._pos
+        while end < len(self._view):
+            chunk = self._view[end : end + 256].tobytes()
+            newline = chunk.find(b"\n")
+            end += len(chunk) if newline < 0 else newline + 1
+            if newline >= 0:
+                break
+        self._pos = end
+        return self._view[start:end].tobytes()
 
 
 class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -117,8 +249,10 @@ def dumps_with_refs(
     return [file.getbuffer(), *(b.raw() for b in buffers)], refs
 
 
-class _RefUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, buffers: Iterable[Any], data: Mapping[str, Any]) -> None:
+class _RefUnpickler(_Unpickler):
+    def __init__(
+        self, file: io.BytesIO | _BufferFile, buffers: Iterable[Any], data: Mapping[str, Any]
+    ) -> None:
         super().__init__(file, buffers=buffers)
         self._data = data
 
@@ -127,7 +261,7 @@ class _RefUnpickler(pickle.Unpickler):
 
 
 def loads_with_refs(frames: Sequence[Buffer], data: Mapping[str, Any]) -> Any:
-    return _RefUnpickler(io.BytesIO(frames[0]), frames[1:], data).load()
+    return _RefUnpickler(_file(frames[0]), frames[1:], data).load()
 
 
 def digest(frames: Iterable[Buffer]) -> str:

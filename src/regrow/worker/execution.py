@@ -48,6 +48,33 @@ def loads_locked(frames: Sequence[Buffer]) -> Any:
         return loads(frames)
 
 
+# What an interpreter says once a package's import failed half-way: the C extension it
+# had loaded cannot be loaded again (numpy's words; PyO3's), so every later import of the
+# package fails in this process. Two threads importing one package at once can leave it
+# so (see serialize._import_in_order): _DeadlockError is Python's word for that.
+_CANNOT_IMPORT_AGAIN = (
+    "cannot load module more than once per process",
+    "may only be initialized once per interpreter process",
+)
+
+
+def broken_imports(exc: BaseException) -> str | None:
+    """Why ``exc`` shows that this interpreter can no longer import some package, or
+    None. Its causes are searched too: numpy wraps the ImportError it met in its own."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__name__ == "_DeadlockError":  # importlib's: not public
+            return f"two threads' imports deadlocked ({cause})"
+        if isinstance(cause, ImportError):
+            for text in _CANNOT_IMPORT_AGAIN:
+                if text in str(cause):  # numpy's own message quotes it among many lines
+                    return f"a package can no longer be imported here (ImportError: {text})"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def get_worker() -> Worker:
     """The worker running the current task (call from inside a task)."""
     worker = getattr(_thread_state, "worker", None)
@@ -223,6 +250,9 @@ class TaskThreads:
             if run is not None and run.attempt == event.attempt:
                 del self.runs[event.key]
         self.deliver(outcomes)
+        for event in outcomes:
+            if isinstance(event, wev.ExecuteFailed):
+                self.worker.check_imports(event.error, f"task {event.key!r} failed")
 
     def _execute(self, run: Run) -> Outcome:
         start = time.perf_counter()

@@ -71,6 +71,7 @@ from regrow.worker.execution import (
     RunSpec,
     TaskInterrupted,
     TaskThreads,
+    broken_imports,
     get_worker,
     serialize_error,
 )
@@ -159,6 +160,7 @@ class Worker:
         self.tasks_bg: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
         self.closed = asyncio.Event()
+        self._imports_broken = False
 
     # What tests and ``get_worker()`` users look at.
     @property
@@ -441,6 +443,19 @@ class Worker:
                 stimulus_id=self._sid("interrupt-deadline"),
             )
         )
+
+    def check_imports(self, exc: BaseException, what: str) -> None:
+        """Exit for the nanny to start a fresh worker if ``exc`` shows that this
+        interpreter can no longer import some package (``execution.broken_imports``):
+        every later task needing it would fail here. ``what`` failed with ``exc``."""
+        reason = broken_imports(exc)
+        if reason is None or self._imports_broken:
+            return
+        self._imports_broken = True
+        if not self.nanny:
+            logger.error("%s: %s; this worker has no nanny to replace it", what, reason)
+            return
+        spawn(self._exit_for_nanny(f"{what}: {reason}"), self.tasks_bg, "exit")
 
     async def _exit_for_nanny(self, reason: str) -> None:
         logger.warning("%s; exiting so that the nanny starts a fresh worker", reason)

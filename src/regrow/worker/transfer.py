@@ -256,7 +256,11 @@ class Transfers:
         values: dict[str, Any] = {}
         for key, nf in zip(keys, counts, strict=True):
             # All or nothing: if one value cannot be unpickled, none is kept.
-            values[key] = loads_locked(frames[pos : pos + nf])
+            try:
+                values[key] = loads_locked(frames[pos : pos + nf])
+            except Exception as exc:
+                self.worker.check_imports(exc, f"unpickling scattered {key!r} failed")
+                raise
             pos += nf
         nbytes: dict[str, int] = {}
         types: dict[str, str] = {}
@@ -293,6 +297,7 @@ class Transfers:
                     value = loads_locked(parts)
                 except Exception as exc:
                     unreadable.append(exc)
+                    self.worker.check_imports(exc, f"unpickling {key!r} from {holder} failed")
                     return
                 nbytes = sizeof(value)
                 self.data.set(key, value, nbytes)
