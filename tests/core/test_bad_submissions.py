@@ -566,6 +566,8 @@ def test_journal_rows_in_any_order_and_bad_rows_are_erred() -> None:
     assert "the journal" in h.logs[-1].message
     out = h.handle(ev.RecoveryFinished())
     assert computes(out) == {"y": "w1"}
+    assert "b" in h.state.tasks  # kept while clients may still resend what needs it
+    h.handle(ev.ReattachGraceEnded())
     assert "b" not in h.state.tasks  # a cycle member nobody wants is forgotten
     h.run_to_completion()
     h.release("c", "z", "a", "u", "e")
@@ -611,3 +613,37 @@ def test_scheduler_info_stays_sendable_whatever_workers_report() -> None:
     assert queries.info(state)["workers"]["tcp://w:1"]["memory"] == 2**63 - 1
     state.workers["tcp://w:1"].nbytes = -(2**64)
     assert queries.info(state)["workers"]["tcp://w:1"]["memory"] == 0
+
+
+def test_a_resent_submission_finds_the_inputs_a_restart_restored() -> None:
+    # Found by the chaos soak: a dask graph sent in two messages, the first journaled
+    # (its tasks restored, wanted by nobody yet), the second lost with the scheduler.
+    # The client resends the second once back; its tasks name the first's, which must
+    # still be there, not forgotten when recovery finished.
+    h = Harness()
+    h.add_worker("w1")
+    h.handle(ev.StateRestored(tasks=(restored("x"), restored("y", "x")), wants=()))
+    h.handle(ev.RecoveryFinished())
+    assert set(h.state.tasks) == {"x", "y"}
+    h.submit("c", [spec("final", "y")], wanted=["final"])
+    assert not reports(h.history, cmd.ReportErred)
+    h.run_to_completion()
+    assert h.task_state("final") == "memory"
+    h.handle(ev.ReattachGraceEnded())
+    assert h.task_state("final") == "memory"
+    h.release("c", "final")
+    assert h.state.tasks == {}
+
+
+def test_restored_tasks_nobody_needs_go_when_the_grace_ends() -> None:
+    h = Harness()
+    h.add_worker("w1")
+    h.handle(ev.StateRestored(tasks=(restored("x"), restored("y", "x")), wants=()))
+    h.handle(
+        ev.WorkerAdded(worker="w2", keys=(("x", 8),), stimulus_id="w2")
+    )  # a worker back with x
+    h.handle(ev.RecoveryFinished())
+    assert h.task_state("x") == "memory"
+    out = h.handle(ev.ReattachGraceEnded())
+    assert h.state.tasks == {}
+    assert ("w2", "x") in freed(out)

@@ -292,5 +292,11 @@ class StateRestored(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReattachGraceEnded(Event):
+    """Clients back from a scheduler restart had ``client_grace`` to resend submissions
+    the journal may have missed: restored tasks nobody needs now may be forgotten."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecoveryFinished(Event):
     """The workers that were coming back are back: compute what is still missing."""

@@ -35,7 +35,7 @@ def validate_state(state: SchedulerState) -> None:
         if ts.state == MEMORY:
             if not ts.who_has and ts.inline is None:
                 _fail(f"{ts!r} in memory but held by no worker, nor kept by the scheduler")
-            if not (ts.who_wants or ts.waiters or state.recovering):
+            if not (ts.who_wants or ts.waiters or state.recovering or state.keeping_restored):
                 _fail(f"{ts!r} in memory but nobody needs it (leak)")
         else:
             if ts.who_has:
@@ -73,7 +73,7 @@ def validate_state(state: SchedulerState) -> None:
             if waiter.state not in (WAITING, QUEUED, PROCESSING):
                 _fail(f"{ts!r} has waiter {waiter!r} that is not waiting")
         if ts.state in (RELEASED, ERRED) and not (
-            ts.who_wants or ts.dependents or state.recovering
+            ts.who_wants or ts.dependents or state.recovering or state.keeping_restored
         ):
             _fail(f"{ts!r} is {ts.state} with no client and no dependents (should be forgotten)")
         for dep in ts.dependencies:

@@ -439,13 +439,31 @@ def state_restored(state: SchedulerState, event: ev.StateRestored) -> None:
 
 
 def recovery_finished(state: SchedulerState) -> None:
-    """Compute what clients want that no worker brought back; free what nobody needs."""
+    """Compute what clients want that no worker brought back. What nobody needs is kept
+    until ``ReattachGraceEnded``: a client resends the submissions the journal may have
+    missed once it is back, and one may name tasks of an earlier submission that was
+    written (say the inputs of a dask graph's last task, sent in a later message);
+    forgotten now, they would make its resent tasks err."""
     state.recovering = False
+    state.keeping_restored = True
     recomputed = 0
     for ts in list(state.tasks.values()):
         if ts.state == RELEASED and ts.who_wants:
             recomputed += 1
             state._compute(ts)
+    state._broadcast(
+        "workers",
+        f"scheduler recovered from its journal: {len(state.tasks)} tasks, "
+        f"{recomputed} wanted result(s) computed again",
+    )
+    state._fill_all()
+
+
+def reattach_grace_ended(state: SchedulerState) -> None:
+    """Clients had their chance to resend: free what nobody needs."""
+    if not state.keeping_restored:
+        return
+    state.keeping_restored = False
     for ts in list(state.tasks.values()):
         if state.tasks.get(ts.key) is not ts:
             continue
@@ -454,9 +472,3 @@ def recovery_finished(state: SchedulerState) -> None:
             state._check_forget(ts)
         elif ts.state in (RELEASED, ERRED) and not state._needed(ts):
             state._check_forget(ts)
-    state._broadcast(
-        "workers",
-        f"scheduler recovered from its journal: {len(state.tasks)} tasks, "
-        f"{recomputed} wanted result(s) computed again",
-    )
-    state._fill_all()

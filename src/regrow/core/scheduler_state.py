@@ -131,6 +131,9 @@ class SchedulerState:
         self.on_transition: Callable[[TaskState, str, str], None] | None = None
         # Between StateRestored and RecoveryFinished: held results are collected, nothing runs.
         self.recovering = False
+        # From RecoveryFinished to ReattachGraceEnded: restored tasks nobody needs yet are
+        # kept, for submissions clients resend to depend on (recovery.recovery_finished).
+        self.keeping_restored = False
         self.avg_duration = default_task_duration
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerRecord] = {}
@@ -242,6 +245,8 @@ class SchedulerState:
                     recovery.state_restored(self, event)
                 case ev.RecoveryFinished():
                     recovery.recovery_finished(self)
+                case ev.ReattachGraceEnded():
+                    recovery.reattach_grace_ended(self)
                 case _:
                     raise TypeError(f"unknown event {event!r}")
             if self.suspects:
@@ -703,7 +708,9 @@ class SchedulerState:
             if ts is None or ts.state not in (MEMORY, RELEASED):
                 stale.append(key)
                 continue
-            if ts.state == RELEASED and not (self.recovering or self._needed(ts)):
+            if ts.state == RELEASED and not (
+                self.recovering or self.keeping_restored or self._needed(ts)
+            ):
                 stale.append(key)
                 continue
             if ts.state == RELEASED:

@@ -238,6 +238,12 @@ class Scheduler:
         self.handle(ev.RecoveryFinished(stimulus_id=self._sid("recovered")))
         self.recovered.set()
         loop = asyncio.get_running_loop()
+        loop.call_later(
+            self.settings.client_grace,
+            lambda: None
+            if self.stopped.is_set()
+            else self.handle(ev.ReattachGraceEnded(stimulus_id=self._sid("reattach-grace"))),
+        )
         for client in clients - set(self.client_comms):
             # Clients that do not come back within the grace period let their results go.
             self._client_goodbye[client] = loop.call_later(
