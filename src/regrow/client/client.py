@@ -719,12 +719,7 @@ class Client:
         """Tell the scheduler this client no longer wants ``keys`` (ones it asked for in
         a submission without making Futures for them)."""
 
-        def release() -> None:
-            self._keys.drop_unheld(keys)
-            for key in keys:
-                self._session.release(key)
-
-        self._loop.call_soon(release)
+        self._loop.call_soon(self._session.release_unheld, keys)
 
     # --------------------------------------------------------------- closing
     def shutdown(self) -> None:

@@ -96,6 +96,9 @@ class Session:
         # Submissions the scheduler has not yet confirmed (journaled): sent again after
         # a reconnect, so a scheduler that died before writing them still gets them.
         self.unacked: dict[int, tuple[SubmitMsg, list[Buffer] | tuple[()]]] = {}
+        # Keys wanted without Futures (a dask graph's inputs of later batches) to let go
+        # once the submissions up to a seq are confirmed: see release_unheld.
+        self.unheld_releases: list[tuple[int, list[str]]] = []
         self.seq = itertools.count(1)
         self.scheduler_id = ""
         self.journaled = False
@@ -161,6 +164,7 @@ class Session:
             logger.info("reattached to the scheduler (journaled): %d futures", len(keys))
         else:
             self.unacked.clear()
+            self._release_confirmed(None)
             client._fail_pending(
                 "the scheduler restarted without a journal, so the work it held is gone"
             )
@@ -235,6 +239,8 @@ class Session:
             case SubmitAckMsg():
                 for seq in [s for s in self.unacked if s <= msg.seq]:
                     del self.unacked[seq]
+                if self.unheld_releases:
+                    self._release_confirmed(msg.seq)
             case SchedulerClosingMsg():
                 pass  # the connection closes next; reconnecting decides what follows
             case _:
@@ -250,6 +256,33 @@ class Session:
         msg.seq = seq
         self.unacked[seq] = (msg, frames)
         self.send(msg, frames)
+
+    def release_unheld(self, keys: list[str]) -> None:
+        """Let go of ``keys``, wanted by submissions without Futures for them, once every
+        submission sent so far is confirmed. A journaled scheduler that dies before
+        writing the last of them comes back without it; reattaching, we then still want
+        these keys (``KeyTable.held_keys``), so it keeps them for the submission we
+        resend, which reads them (found by the chaos soak: a dask graph's later batch
+        named inputs the restarted scheduler had forgotten)."""
+        last = max(self.unacked, default=0)
+        if last:
+            self.unheld_releases.append((last, keys))
+        else:
+            self._let_go(keys)
+
+    def _release_confirmed(self, seq: int | None) -> None:
+        """Release what waited for submissions up to ``seq`` (None: everything)."""
+        due = [keys for s, keys in self.unheld_releases if seq is None or s <= seq]
+        self.unheld_releases = [
+            (s, keys) for s, keys in self.unheld_releases if seq is not None and s > seq
+        ]
+        for keys in due:
+            self._let_go(keys)
+
+    def _let_go(self, keys: list[str]) -> None:
+        self.keys.drop_unheld(keys)
+        for key in keys:
+            self.release(key)
 
     def release(self, key: str) -> None:
         self.release_buffer.append(key)

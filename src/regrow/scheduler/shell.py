@@ -240,9 +240,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         loop.call_later(
             self.settings.client_grace,
-            lambda: None
-            if self.stopped.is_set()
-            else self.handle(ev.ReattachGraceEnded(stimulus_id=self._sid("reattach-grace"))),
+            lambda: (
+                None
+                if self.stopped.is_set()
+                else self.handle(ev.ReattachGraceEnded(stimulus_id=self._sid("reattach-grace")))
+            ),
         )
         for client in clients - set(self.client_comms):
             # Clients that do not come back within the grace period let their results go.
