@@ -17,11 +17,6 @@ from regrow.testing import MakeCluster, wait_until
 from .tasks import inc
 
 
-def _restart(cluster: object) -> None:
-    restart = cluster.restart_scheduler_process  # type: ignore[attr-defined]
-    restart()
-
-
 def test_a_scatter_acknowledged_is_journaled(make_cluster: MakeCluster, tmp_path: Path) -> None:
     cluster, client = make_cluster(n_workers=2, journal=tmp_path / "j.db")
     for trial in range(5):
@@ -82,7 +77,7 @@ def test_replicas_survive_a_holder_frozen_then_a_scheduler_kill(
         )
     wait_until(lambda: len(workers(client)) == 3, timeout=30, what="A back")
     start = time.time()
-    _restart(cluster)
+    cluster.restart_scheduler_process()
     lengths = client.gather(client.map(len, futures), timeout=60)
     assert lengths == [100_000 * (i + 1) for i in range(4)]
     assert all(f.status == "finished" for f in futures)

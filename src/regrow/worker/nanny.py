@@ -160,8 +160,8 @@ class Nanny:
                         address=self.address, name=self.name or "", replaces=self.replaces
                     )
                 )
-                self.replaces = ""  # said once: a reconnection replaces nobody
                 await registered(comm, NannyRegisteredMsg, "the nanny")
+                self.replaces = ""  # said once it registered: a reconnection replaces nobody
                 self.scheduler = comm
                 spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
                 return
