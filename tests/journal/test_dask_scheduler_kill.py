@@ -63,9 +63,10 @@ def test_inputs_of_later_batches_stay_wanted_until_confirmed(
         future = client.compute(lazy)
         # The sent batches wait for confirmation, and with them the release: once the
         # client's loop has done all it was handed (a round trip through it), the inputs
-        # are still wanted.
+        # are still wanted. (The loop runs callbacks in order: this step comes after
+        # every call the submission handed it.)
         wait_until(lambda: len(client._session.unacked) >= 2, timeout=30, what="batches sent")
-        client._loop.run(asyncio.sleep(0.05), timeout=10)
+        client._loop.run(asyncio.sleep(0), timeout=10)
         unheld = set(client._keys._unheld)
         assert unheld, "no input of a later batch is wanted"
         assert unheld <= set(client._keys.held_keys())
