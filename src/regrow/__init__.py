@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         as_completed,
         wait,
     )
-    from regrow.deploy import LocalCluster
+    from regrow.deploy import LocalCluster, SLURMCluster
     from regrow.security import Security
     from regrow.worker import get_worker
 
@@ -51,6 +51,7 @@ _LAZY = {
     "as_completed": "regrow.client.futures",
     "wait": "regrow.client.futures",
     "LocalCluster": "regrow.deploy",
+    "SLURMCluster": "regrow.deploy",
     "Security": "regrow.security",
     "get_worker": "regrow.worker",
 }
@@ -86,6 +87,7 @@ __all__ = [
     "ProtocolError",
     "RegrowError",
     "RemoteError",
+    "SLURMCluster",
     "SchedulerLostError",
     "Security",
     "TooManyTasksError",

@@ -56,6 +56,33 @@ def _check_security(security: Security, role: Role) -> None:
         raise click.UsageError(str(exc)) from None
 
 
+def _interface(name: str) -> str:
+    from regrow.protocol.reach import interface_address
+
+    try:
+        return interface_address(name)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _read_scheduler_file(path: str, timeout: float) -> str:
+    from regrow.protocol.reach import read_scheduler_file
+
+    try:
+        return read_scheduler_file(path, timeout or None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _slurm_defaults() -> dict[str, str]:
+    """Inside a Slurm job, worker defaults from its environment (else nothing)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return {}
+    from regrow.deploy.slurm import worker_defaults
+
+    return worker_defaults(os.environ)
+
+
 def _raise_fd_limit() -> None:
     """A server holds a descriptor per peer: raise the soft limit to the hard one."""
     with contextlib.suppress(ImportError, ValueError, OSError):
@@ -67,16 +94,33 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(level: str, log_file: str | None = None) -> None:
+    """Log to stderr at ``level``; with ``log_file`` (a cluster's ``get_logs()``), also
+    append there, at INFO or finer, with the pid (a nanny and its worker share it)."""
+    stderr_level = getattr(logging, level.upper(), logging.INFO)
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=stderr_level, format=fmt, stream=sys.stderr)
+    if log_file:
+        root = logging.getLogger()
+        for handler in root.handlers:
+            handler.setLevel(stderr_level)
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setLevel(min(stderr_level, logging.INFO))
+        to_file.setFormatter(
+            logging.Formatter("%(asctime)s [%(process)d] %(name)s %(levelname)s %(message)s")
+        )
+        root.addHandler(to_file)
+        root.setLevel(min(stderr_level, logging.INFO))
 
 
 def _write_ready(path: str | None, address: str) -> None:
+    """Say where this process serves: in the file ``path`` (written whole, atomically),
+    or on stdout as one line for ``-`` (how SSHCluster learns it over SSH)."""
     if not path:
+        return
+    if path == "-":
+        sys.stdout.write(f"{address}\n")
+        sys.stdout.flush()
         return
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -119,11 +163,28 @@ def _serve(
     os._exit(0)
 
 
+def _write_scheduler_file(path: str | None, address: str) -> None:
+    """``{"address": ...}`` as JSON, written whole (workers and clients may be polling)."""
+    if not path:
+        return
+    import json
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"type": "Scheduler", "address": address, "pid": os.getpid()}, f)
+    os.replace(tmp, path)
+
+
 def _run_service(
-    make: Callable[[], Service], parent_pid: int | None, ready_file: str | None, announce: str = ""
+    make: Callable[[], Service],
+    parent_pid: int | None,
+    ready_file: str | None,
+    announce: str = "",
+    scheduler_file: str | None = None,
 ) -> None:
     """Run a scheduler, worker or nanny in this process until it stops or is signalled;
-    once it serves, write its address to ``ready_file`` (how LocalCluster learns it)."""
+    once it serves, write its address to ``ready_file`` (how LocalCluster learns it)
+    and, for a scheduler, to ``scheduler_file``."""
 
     async def go(stop: asyncio.Event) -> None:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -133,10 +194,33 @@ def _run_service(
         if ready.done():
             if announce:
                 logging.getLogger("regrow").info(announce, ready.result())
+            _write_scheduler_file(scheduler_file, ready.result())
             _write_ready(ready_file, ready.result())
         await task
 
     _serve(go, parent_pid)
+
+
+def _dashboard_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--dashboard-address: HOST:PORT or :PORT, checked now (a usage error, not later)."""
+    from regrow.protocol.health import parse_http_address
+
+    if value is not None:
+        try:
+            parse_http_address(value)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    return value
+
+
+def _dashboard_option(healthy: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--dashboard-address",
+        default=None,
+        callback=_dashboard_address,
+        help="Serve GET /health over HTTP at HOST:PORT (:PORT: every interface): "
+        f"200 ok {healthy}, else 503 and why [default: off].",
+    )
 
 
 _common = [
@@ -149,8 +233,11 @@ _common = [
                  help="This process's private key (PEM)."),
     click.option("--insecure", is_flag=True, default=False,
                  help="Listen beyond loopback with neither a token nor TLS (warns)."),
-    click.option("--ready-file", hidden=True, default=None),
+    click.option("--ready-file", hidden=True, default=None,
+                 help="Write the address here once serving ('-': print it on stdout)."),
     click.option("--parent-pid", hidden=True, type=int, default=None),
+    click.option("--log-file", hidden=True, type=click.Path(dir_okay=False), default=None,
+                 help="Also append the log here (at INFO or finer)."),
     click.option("--log-level", default="INFO", show_default=True,
                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
 ]  # fmt: skip
@@ -169,8 +256,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")  # fmt: skip
+@click.option("--interface", default=None,
+              help="Listen on this network interface's address (e.g. eth0, ib0).")  # fmt: skip
 @click.option("--port", default=8786, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the address here as JSON, for workers and clients to read.")  # fmt: skip
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
 @click.option("--journal", type=click.Path(dir_okay=False), default=None,
@@ -183,10 +275,13 @@ def main() -> None:
               help="Worker deaths a task may cause before KilledWorker [default: 3].")  # fmt: skip
 @click.option("--worker-saturation", type=float, default=None, hidden=True)
 @click.option("--steal-interval", type=float, default=None, hidden=True)
+@_dashboard_option("once it serves")
 @common
 def scheduler(
     host: str,
+    interface: str | None,
     port: int,
+    scheduler_file: str | None,
     token_file: str | None,
     journal: str | None,
     journal_new: bool,
@@ -194,18 +289,22 @@ def scheduler(
     allowed_failures: int | None,
     worker_saturation: float | None,
     steal_interval: float | None,
+    dashboard_address: str | None,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
     insecure: bool,
     ready_file: str | None,
     parent_pid: int | None,
+    log_file: str | None,
     log_level: str,
 ) -> None:
     """Run a scheduler."""
     from regrow.scheduler import Scheduler
 
-    _logging(log_level)
+    _logging(log_level, log_file)
+    if interface:
+        host = _interface(interface)
     token = _token(token_file)
     security = _security("scheduler", tls_ca_file, tls_cert, tls_key)
     _check_security(security, "scheduler")
@@ -227,22 +326,46 @@ def scheduler(
             journal_new=journal_new,
             security=security,
             insecure=insecure,
+            dashboard_address=dashboard_address,
         ),
         parent_pid,
         ready_file,
         announce="regrow scheduler at %s",
+        scheduler_file=scheduler_file,
     )
 
 
 @main.command()
-@click.argument("scheduler_address")
-@click.option("--nthreads", default=1, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--name", default=None, help="Worker name (default: its address).")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.argument("scheduler_address", required=False)
+@click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+              help="Read the scheduler's address from this file (waiting for it to "
+                   "appear), instead of SCHEDULER_ADDRESS.")  # fmt: skip
+@click.option("--nthreads", default=None, type=click.IntRange(1, 1024),
+              help="Task threads [default: 1; in a Slurm job, its CPUs per task].")  # fmt: skip
+@click.option("--name", default=None,
+              help="Worker name [default: its address; in a Slurm job, "
+                   "slurm-JOBID-PROCID].")  # fmt: skip
+@click.option("--host", default=None,
+              help="Address to listen on [default: 127.0.0.1 for a scheduler on loopback, "
+                   "else this host's address on the route to the scheduler]; 0.0.0.0 for "
+                   "every interface.")  # fmt: skip
+@click.option("--interface", default=None,
+              help="Listen on (and advertise) this network interface's address.")  # fmt: skip
+@click.option("--contact-address", default="",
+              help="HOST or HOST:PORT other hosts reach this worker at (behind NAT, in a "
+                   "container) [default: the address it listens on; with --host 0.0.0.0, "
+                   "that of the interface routing to the scheduler].")  # fmt: skip
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Port of the nanny (or of the worker, with --no-nanny).")  # fmt: skip
-@click.option("--memory-limit", default="0", show_default=True,
-              help="Bytes this worker may use (e.g. 4GB); 0 for no limit.")  # fmt: skip
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to keep trying to reach a scheduler that is not up yet "
+                   "(0: for ever).")  # fmt: skip
+@click.option("--death-timeout", default=None, type=click.FloatRange(min=0),
+              help="Seconds to keep trying to reach a scheduler it lost before closing "
+                   "[default: for ever].")  # fmt: skip
+@click.option("--memory-limit", default=None,
+              help="Bytes this worker may use (e.g. 4GB); 0 for no limit [default: 0; in "
+                   "a Slurm job, its memory].")  # fmt: skip
 @click.option("--nanny/--no-nanny", default=True, show_default=True,
               help="Run the worker under a nanny that restarts it when it dies.")  # fmt: skip
 @click.option("--nanny-address", default="", hidden=True)
@@ -255,39 +378,72 @@ def scheduler(
     hidden=True,
     help="Started by a cluster in place of a nanny that died: which, and how.",
 )
+@_dashboard_option("while registered with the scheduler and its worker runs (the nanny's)")
 @common
 def worker(
-    scheduler_address: str,
-    nthreads: int,
+    scheduler_address: str | None,
+    scheduler_file: str | None,
+    nthreads: int | None,
     name: str | None,
-    host: str,
+    host: str | None,
+    interface: str | None,
+    contact_address: str,
     port: int,
-    memory_limit: str,
+    timeout: float,
+    death_timeout: float | None,
+    memory_limit: str | None,
     nanny: bool,
     nanny_address: str,
     standby: bool,
     token_file: str | None,
     replaces: str,
+    dashboard_address: str | None,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
     insecure: bool,
     ready_file: str | None,
     parent_pid: int | None,
+    log_file: str | None,
     log_level: str,
 ) -> None:
     """Run a worker (under a nanny) for the scheduler at SCHEDULER_ADDRESS."""
     from regrow.deploy import parse_bytes
-    from regrow.protocol.comm import parse_address
+    from regrow.protocol.comm import is_loopback, parse_address
+    from regrow.protocol.reach import route_to, split_contact
     from regrow.worker import Worker
     from regrow.worker.nanny import Nanny
 
-    _logging(log_level)
+    _logging(log_level, log_file)
+    if (scheduler_address is None) == (scheduler_file is None):
+        raise click.UsageError("give SCHEDULER_ADDRESS or --scheduler-file (one, not both)")
+    if scheduler_file is not None:
+        scheduler_address = _read_scheduler_file(scheduler_file, timeout)
+    assert scheduler_address is not None
+    # Inside a Slurm job (srun regrow worker ...): what the job was given, unless set here.
+    slurm = _slurm_defaults()
+    nthreads = nthreads or int(slurm.get("nthreads", 1))
+    name = name or slurm.get("name")
+    memory_limit = memory_limit or slurm.get("memory_limit", "0")
     try:
         parse_address(scheduler_address)
         limit = parse_bytes(memory_limit)
+        split_contact(contact_address)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if contact_address and split_contact(contact_address)[1] and nanny:
+        raise click.UsageError(
+            "with a nanny, --contact-address takes a host only (the nanny and its worker "
+            "listen on two ports); give HOST, or use --no-nanny"
+        )
+    if dashboard_address and not nanny:
+        raise click.UsageError("--dashboard-address is served by the nanny: not with --no-nanny")
+    if interface:
+        host = _interface(interface)
+        contact_address = contact_address or host
+    elif host is None:
+        scheduler_host = parse_address(scheduler_address)[0]
+        host = "127.0.0.1" if is_loopback(scheduler_host) else route_to(scheduler_address)
     token = _token(token_file)
     security = _security("worker", tls_ca_file, tls_cert, tls_key)
     _check_security(security, "worker")
@@ -310,9 +466,19 @@ def worker(
             settings=settings,
             security=security,
             insecure=insecure,
+            timeout=timeout or None,
+            contact_address=contact_address,
+            death_timeout=death_timeout,
         )
         if nanny:
-            return Nanny(scheduler_address, log_level=log_level, replaces=replaces, **common)
+            return Nanny(
+                scheduler_address,
+                log_level=log_level,
+                log_file=log_file,
+                replaces=replaces,
+                dashboard_address=dashboard_address,
+                **common,
+            )
         return Worker(scheduler_address, nanny=nanny_address, **common)
 
     _run_service(make, parent_pid, ready_file)

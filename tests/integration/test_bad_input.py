@@ -8,6 +8,7 @@ log) the tests read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import operator
@@ -18,6 +19,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -483,7 +485,7 @@ def test_silent_peer_does_not_block_others(server: Server, good: Client) -> None
 
 
 class FakeServer:
-    """Accepts one connection on loopback, writes ``payload``, then closes it."""
+    """Accepts connections on loopback; to each it writes ``payload``, then closes it."""
 
     def __init__(self, payload: bytes) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -494,17 +496,20 @@ class FakeServer:
 
     def _serve(self) -> None:
         self.sock.settimeout(10)
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            conn.sendall(self.payload)
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.payload)
 
     def __enter__(self) -> FakeServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in _serve
         self.sock.close()
         self.thread.join(10)
 
@@ -518,15 +523,19 @@ class FakeServer:
     ],
 )
 def test_client_to_a_server_that_is_not_regrow(payload: bytes) -> None:
-    with FakeServer(payload) as fake, pytest.raises(OSError, match="could not connect"):
-        Client(fake.address, token=TOKEN, set_as_default=False, timeout=5)
+    """Not a scheduler starting up: it answers, wrongly. That fails at once, not after
+    the client's timeout of trying again."""
+    started = time.monotonic()
+    with FakeServer(payload) as fake, pytest.raises(OSError, match=r"handshake|not a regrow"):
+        Client(fake.address, token=TOKEN, set_as_default=False, timeout=30)
+    assert time.monotonic() - started < 10
 
 
 def test_client_to_nowhere() -> None:
     with socket.create_server(("127.0.0.1", 0)) as s:
         port = s.getsockname()[1]
     with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
-        Client(f"tcp://127.0.0.1:{port}", token=TOKEN, set_as_default=False, timeout=5)
+        Client(f"tcp://127.0.0.1:{port}", token=TOKEN, set_as_default=False, timeout=1)
 
 
 # --------------------------------------------------------------- binding
@@ -638,7 +647,11 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("nanny", ["--nanny", "--no-nanny"])
 def test_cli_worker_with_unreachable_scheduler(nanny: str) -> None:
-    proc = run_cli("worker", "tcp://127.0.0.1:1", nanny, token=TOKEN)
+    # It keeps trying for --timeout (a scheduler may start after it), then gives up.
+    proc = run_cli(
+        "worker", "tcp://127.0.0.1:1", nanny, "--timeout", "1", "--log-level", "WARNING",
+        token=TOKEN,
+    )  # fmt: skip
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

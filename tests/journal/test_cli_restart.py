@@ -56,3 +56,32 @@ def test_cli_scheduler_restarted_by_hand(tmp_path: Path) -> None:
         assert sorted(client.run(pid).values()) == worker_pids
         # New work is accepted as usual.
         assert client.submit(slow_inc, 100, 0.0).result(timeout=30) == 101
+
+
+def test_a_journaled_scheduler_stopped_by_sigterm_keeps_its_workers(tmp_path: Path) -> None:
+    """A rollout or a moved pod stops the scheduler with SIGTERM: with a journal it is
+    coming back, so its workers stay up (the same processes) with their results, and
+    nothing is recomputed. Only a client's shutdown() stops the workers."""
+    journal = tmp_path / "j.db"
+    with (
+        cli_cluster(tmp_path, journal) as cluster,
+        Client(cluster.address, token=cluster.token, set_as_default=False) as client,
+    ):
+        before = {w["pid"] for w in client.scheduler_info()["workers"].values()}
+        futures = [client.submit(pid, pure=False) for _ in range(6)]
+        ran_on = client.gather(futures)
+        assert cluster.scheduler is not None
+        cluster.scheduler.terminate()  # SIGTERM, to the pid we started
+        assert cluster.scheduler.wait(timeout=30) == 0
+        assert all(w.poll() is None for w in cluster.workers), "a nanny exited"
+        cluster.start_scheduler()
+        wait_until(
+            lambda: {w["pid"] for w in client.scheduler_info()["workers"].values()} == before,
+            timeout=30,
+            what="the same worker processes registered again",
+        )
+        assert client.gather(futures) == ran_on
+        assert client.scheduler_info()["counts"].get("recomputed", 0) == 0
+        client.shutdown()
+        for w in cluster.workers:
+            assert w.wait(timeout=30) == 0

@@ -53,6 +53,7 @@ from regrow.protocol.messages import (
     ShutdownMsg,
     TaskEntry,
 )
+from regrow.protocol.reach import read_scheduler_file
 from regrow.protocol.serialize import dumps
 from regrow.security import Security
 
@@ -114,7 +115,12 @@ class Client:
         settings: Settings | None = None,
         asynchronous: bool = False,
         security: Security | None = None,
+        scheduler_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        if scheduler_file is not None:
+            if address is not None:
+                raise ValueError("Client() takes an address or scheduler_file=, not both")
+            address = read_scheduler_file(os.fspath(scheduler_file), timeout)
         self.status = "connecting"
         self.asynchronous = asynchronous
         self._own_cluster: Any = None

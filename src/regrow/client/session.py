@@ -63,6 +63,7 @@ from regrow.protocol.messages import (
     WhoHasMsg,
     op_of,
 )
+from regrow.protocol.reach import until_reached
 from regrow.protocol.serialize import loads
 
 if TYPE_CHECKING:
@@ -117,7 +118,11 @@ class Session:
         # of any other it has us want (a release it lost with its death).
         held = self.keys.held_keys() if reattach else None
         comm.send(RegisterClientMsg(client=c.id, reattach=reattach, keys=held))
-        reply = await registered(comm, ClientRegisteredMsg, "this client", OSError)
+        try:
+            reply = await registered(comm, ClientRegisteredMsg, "this client", OSError)
+        except BaseException:
+            await comm.close()
+            raise
         previous = self.scheduler_id
         self.scheduler_id = reply.id
         self.journaled = reply.journal
@@ -131,17 +136,18 @@ class Session:
         return comm
 
     async def start(self, timeout: float) -> None:
+        """Connect and register; a scheduler not up yet (or restarting) is tried again
+        until ``timeout`` (``until_reached``), one that refuses us fails at once."""
+
+        async def attempt(left: float) -> None:
+            await self._register(min(left, self.client.settings.connect_timeout), reattach=False)
+
+        address = self.client.scheduler_address
         try:
-            await self._register(timeout, reattach=False)
-        except TimeoutError as exc:
-            raise OSError(
-                f"could not connect to a regrow scheduler at {self.client.scheduler_address} "
-                f"within {timeout} s" + (f": {exc}" if str(exc) else "")
-            ) from None
+            await until_reached(attempt, address, timeout, "a regrow scheduler")
         except (OSError, CommClosedError) as exc:
             raise OSError(
-                f"could not connect to a regrow scheduler at {self.client.scheduler_address}: "
-                f"{exc or type(exc).__name__}"
+                str(exc) or f"could not connect to a regrow scheduler at {address}"
             ) from None
 
     def _reattach(self, same: bool) -> None:

@@ -8,6 +8,7 @@ dies (children watch their parent).
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -27,6 +28,7 @@ import psutil
 
 from regrow.client.loop import LoopThread
 from regrow.config import Settings
+from regrow.deploy.cluster import Cluster, wait_ready
 from regrow.security import Role, Security
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ class WorkerProcess:
         self.proc = proc
         self.ready_file = ready_file
         self.address = ""
+        # Stopped on purpose (scaled down): its exit is no death to make up for.
+        self.stopping = False
 
     @property
     def pid(self) -> int:
@@ -94,13 +98,16 @@ class WorkerProcess:
         return f"<WorkerProcess {self.name} pid={self.pid} {self.address}>"
 
 
-class LocalCluster:
+class LocalCluster(Cluster):
     """A scheduler and ``n_workers`` workers on this machine.
 
     With ``processes=True`` (the default) each is its own process, talking TCP
     on loopback; with ``processes=False`` they all run in a background thread of
-    this process (quick to start, handy for debugging).
+    this process (quick to start, handy for debugging). ``scale``, ``adapt``,
+    ``get_logs`` and the rest of the cluster interface: see ``Cluster``.
     """
+
+    token: str  # always one: made up when not given
 
     def __init__(
         self,
@@ -133,6 +140,7 @@ class LocalCluster:
         self.timeout = timeout
         self.log_level = log_level
         self.memory_limit = _memory_limit(memory_limit, self.n_workers)
+        self._init_cluster()
         self.scheduler_address = ""
         self.scheduler_proc: subprocess.Popen[bytes] | None = None
         self.workers: list[WorkerProcess] = []
@@ -142,7 +150,8 @@ class LocalCluster:
         self._inproc_workers: list[Worker] = []
         self._names = iter(range(1 << 30))
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._log_handler: _MemoryLog | None = None
         _live.add(self)
         try:
             if processes:
@@ -154,7 +163,9 @@ class LocalCluster:
             raise
 
     # ---------------------------------------------------------- processes
-    def _spawn(self, args: list[str], ready_file: str, role: Role) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], ready_file: str, role: Role, log: str
+    ) -> subprocess.Popen[bytes]:
         cmd = [
             sys.executable,
             "-m",
@@ -166,33 +177,22 @@ class LocalCluster:
             str(os.getpid()),
             "--log-level",
             self.log_level,
+            "--log-file",
+            os.path.join(self._tmp.name, f"{log}.log"),
         ]
         env = _child_env(self.token, self.settings)
         env.update(self.security.to_env(role))
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], ready_file: str, what: str) -> str:
-        deadline = time.monotonic() + self.timeout
-        delay = 0.005
-        while time.monotonic() < deadline:
-            if os.path.exists(ready_file):
-                with open(ready_file) as f:
-                    return f.read().strip()
-            code = proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"{what} (pid {proc.pid}) exited with code {code} while starting"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        raise TimeoutError(f"{what} (pid {proc.pid}) not ready within {self.timeout} s")
+        return wait_ready(proc, ready_file, self.timeout, what)
 
     def _start_scheduler(self, port: int) -> None:
         ready = os.path.join(self._tmp.name, f"scheduler-{self.scheduler_restarts}.ready")
         args = ["scheduler", "--host", self.host, "--port", str(port)]
         if self.journal is not None:
             args += ["--journal", self.journal]
-        self.scheduler_proc = self._spawn(args, ready, "scheduler")
+        self.scheduler_proc = self._spawn(args, ready, "scheduler", "scheduler")
         self.scheduler_address = self._wait_ready(self.scheduler_proc, ready, "scheduler")
 
     def _start_processes(self, port: int) -> None:
@@ -272,8 +272,9 @@ class LocalCluster:
             args.append("--no-nanny")
         if replaces:
             args += ["--replaces", replaces]
-        wp = WorkerProcess(name, self._spawn(args, ready, "worker"), ready)
-        self.workers.append(wp)
+        wp = WorkerProcess(name, self._spawn(args, ready, "worker", f"worker-{name}"), ready)
+        with self._lock:
+            self.workers.append(wp)
         if self.nanny:
             threading.Thread(
                 target=self._watch_nanny, args=(wp,), name=f"regrow-nanny-watch-{name}", daemon=True
@@ -285,10 +286,10 @@ class LocalCluster:
         a new one, with a worker of a new name. One that exits cleanly (told to close:
         the scheduler shut down, or its worker was retired) is not."""
         code = wp.proc.wait()
-        if code == 0:
+        if code == 0 or wp.stopping:
             return
         with self._lock:
-            if self._closed:
+            if self._closed or wp.stopping:
                 return
             logger.warning(
                 "the nanny of worker %s (pid %d) exited with %s; starting a new one",
@@ -315,19 +316,80 @@ class LocalCluster:
     def scale_up(self, n: int) -> list[WorkerProcess]:
         """Start ``n`` more workers and wait until each has registered."""
         if not self.processes:
-            raise NotImplementedError("scale_up works with processes=True")
+            raise NotImplementedError("scale_up works with processes=True (else: scale)")
         new = [self._start_worker_proc() for _ in range(n)]
         for wp in new:
             wp.address = self._wait_ready(wp.proc, wp.ready_file, f"worker {wp.name}")
         return new
 
+    # ------------------------------------------------- the Cluster hooks
+    def _unit_names(self) -> list[str]:
+        if self.processes:
+            with self._lock:
+                return [wp.name for wp in self.workers if wp.proc.poll() is None]
+        return [str(w.name) for w in self._inproc_workers if not w.stopped.is_set()]
+
+    def _start_units(self, n: int) -> None:
+        if self._closed:
+            raise RuntimeError("this cluster is closed")
+        if not self.processes:
+            assert self._loop is not None
+            self._loop.run(self._start_inprocess_workers(n), timeout=self.timeout)
+            return
+        with self._lock:
+            new = [self._start_worker_proc() for _ in range(n)]
+        threading.Thread(
+            target=self._await_ready, args=(new,), name="regrow-scale-up", daemon=True
+        ).start()
+
+    def _await_ready(self, new: list[WorkerProcess]) -> None:
+        for wp in new:
+            try:
+                wp.address = self._wait_ready(wp.proc, wp.ready_file, f"worker {wp.name}")
+            except (RuntimeError, TimeoutError) as exc:
+                if not self._closed and not wp.stopping:
+                    logger.error("worker %s did not start: %s", wp.name, exc)
+
+    def _stop_unit(self, name: str) -> None:
+        if not self.processes:
+            for w in self._inproc_workers:
+                if str(w.name) == name:
+                    assert self._loop is not None
+                    self._loop.run(w.close(), timeout=self.timeout)
+            return
+        with self._lock:
+            wp = next((wp for wp in self.workers if wp.name == name), None)
+            if wp is None:
+                return
+            wp.stopping = True
+            self.workers.remove(wp)
+        stop_processes([wp.proc], self.timeout)
+
+    def _threads_per_worker(self) -> int:
+        return self.threads_per_worker
+
+    def get_logs(self) -> dict[str, str]:
+        """What each process logged (INFO and up): ``{"scheduler": ..., "worker 0": ...}``
+        (a nanny and its worker share one log; each line names its pid). For an
+        in-process cluster, this process's regrow log while the cluster ran."""
+        if self._log_handler is not None:
+            return {"cluster": "\n".join(self._log_handler.lines)}
+        logs: dict[str, str] = {}
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.listdir(self._tmp.name)):
+                if entry.endswith(".log"):
+                    with open(os.path.join(self._tmp.name, entry), errors="replace") as f:
+                        logs[entry[:-4].replace("-", " ", 1)] = f.read()
+        return logs
+
     # ---------------------------------------------------------- in-process
     def _start_inprocess(self, port: int) -> None:
         # Imported here: a client that starts processes needs neither shell in its own.
         from regrow.scheduler import Scheduler
-        from regrow.worker import Worker
 
         self._loop = LoopThread("regrow-cluster")
+        self._log_handler = _MemoryLog()
+        logging.getLogger("regrow").addHandler(self._log_handler)
 
         async def start() -> None:
             self._inproc_scheduler = Scheduler(
@@ -339,21 +401,26 @@ class LocalCluster:
                 security=self.security,
             )
             self.scheduler_address = await self._inproc_scheduler.start()
-            for i in range(self.n_workers):
-                w = Worker(
-                    self.scheduler_address,
-                    nthreads=self.threads_per_worker,
-                    name=str(i),
-                    token=self.token,
-                    host=self.host,
-                    memory_limit=self.memory_limit,
-                    settings=self.settings,
-                    security=self.security,
-                )
-                await w.start()
-                self._inproc_workers.append(w)
+            await self._start_inprocess_workers(self.n_workers)
 
         self._loop.run(start(), timeout=self.timeout)
+
+    async def _start_inprocess_workers(self, n: int) -> None:
+        from regrow.worker import Worker
+
+        for _ in range(n):
+            w = Worker(
+                self.scheduler_address,
+                nthreads=self.threads_per_worker,
+                name=str(next(self._names)),
+                token=self.token,
+                host=self.host,
+                memory_limit=self.memory_limit,
+                settings=self.settings,
+                security=self.security,
+            )
+            await w.start()
+            self._inproc_workers.append(w)
 
     # --------------------------------------------------------------- close
     @property
@@ -368,6 +435,8 @@ class LocalCluster:
             if self._closed:
                 return
             self._closed = True
+        with contextlib.suppress(Exception):
+            self._close_common()
         if self._loop is not None:
 
             async def stop() -> None:
@@ -383,14 +452,13 @@ class LocalCluster:
         if self.scheduler_proc is not None:
             stop_processes([self.scheduler_proc], timeout)
         stop_processes([wp.proc for wp in self.workers], timeout)
+        if self._log_handler is not None:
+            logging.getLogger("regrow").removeHandler(self._log_handler)
         self._tmp.cleanup()
         _live.discard(self)
 
     def __enter__(self) -> LocalCluster:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -398,9 +466,22 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return (
-            f"<LocalCluster {self.scheduler_address} workers={self.n_workers} "
+            f"<LocalCluster {self.scheduler_address} workers={len(self._unit_names())} "
             f"threads={self.threads_per_worker}>"
         )
+
+
+class _MemoryLog(logging.Handler):
+    """The last 10,000 lines regrow logged in this process (an in-process cluster's
+    ``get_logs``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self.lines: collections.deque[str] = collections.deque(maxlen=10_000)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:

@@ -123,6 +123,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class HandshakeClosedError(CommClosedError):
+    """The peer hung up before the handshake was done: it was stopping, or it is no
+    regrow server, or it expects TLS and we spoke plain TCP (or the other way round)."""
+
+
 class RemoteCallError(RegrowError):
     """The peer could not carry out a request; carries the peer's reason."""
 
@@ -1000,7 +1005,7 @@ async def connect(
             conn.abort()
             reason = conn.close_reason
             hint = "it expects TLS (a tls:// address)" if tls is None else "it refused us"
-            raise CommClosedError(
+            raise HandshakeClosedError(
                 f"{address} closed the connection during the handshake: it stopped, it is "
                 f"not a regrow server, or {hint}" + (f" ({reason})" if reason else "")
             ) from exc
@@ -1185,6 +1190,10 @@ async def serve(
         waiters.append(asyncio.ensure_future(stop.wait()))
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        # Told to stop (a signal): a service that can hand its work over does first.
+        leave = getattr(service, "leave", None)
+        if stop is not None and stop.is_set() and leave is not None:
+            await leave()
     finally:
         for w in waiters:
             w.cancel()

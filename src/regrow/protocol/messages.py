@@ -483,6 +483,21 @@ class NannyRegisteredMsg(Message, tag="nanny-registered", kw_only=True):
     scheduler: str
 
 
+class LeavingMsg(Message, tag="leaving", kw_only=True):
+    """Nanny to scheduler: I was told to stop (SIGTERM: a job ended, a pod deleted);
+    retire my worker gracefully first. Answered with ``left``."""
+
+    worker: str
+
+
+class LeftMsg(Message, tag="left", kw_only=True):
+    """Scheduler to nanny: the answer to ``leaving``. ``retired``: its results were moved
+    and a close follows; else the worker could not go without losing the last copy of
+    a result, and the nanny stops it anyway (what only it held is recomputed)."""
+
+    retired: bool
+
+
 class WorkerDiedMsg(Message, tag="worker-died", kw_only=True):
     """The nanny's worker died, and why."""
 
@@ -662,6 +677,8 @@ AnyMessage = (
     | RegisterNannyMsg
     | NannyRegisteredMsg
     | WorkerDiedMsg
+    | LeavingMsg
+    | LeftMsg
     | KillWorkerMsg
     | HelloPeerMsg
     | GetDataReply

@@ -34,6 +34,7 @@ class JournalKeeper:
         self._dirty: dict[str, TaskState] = {}
         self._acks: list[tuple[Connection, Message]] = []
         self._workers: frozenset[str] = frozenset()
+        self._stopping = False
 
     # ----------------------------------------------------------- recording
     def record(self, event: ev.Event, tasks: dict[str, TaskState]) -> None:
@@ -81,6 +82,8 @@ class JournalKeeper:
         one of them (any may hold a copy of a result), and for no worker that was gone.
         ``workers`` None (recovering: those not back yet are still awaited) leaves them."""
         journal = self.journal
+        if self._stopping:
+            return
         if workers is not None and (
             len(workers) != len(self._workers) or not self._workers.issuperset(workers)
         ):
@@ -113,8 +116,11 @@ class JournalKeeper:
         self._dirty.clear()
 
     def forget_pending(self) -> None:
-        """Stopping: what happened up to now is kept; the stop is not a release."""
+        """Stopping: what happened up to now is kept; the stop is not a release, and
+        the connections it closes are no workers lost (the next scheduler waits for
+        them, and they hold their results: a journaled scheduler's stop keeps them)."""
         self._dirty.clear()
+        self._stopping = True
 
     def ack_when_written(self, comm: Connection, ack: Message) -> None:
         """Send ``ack`` once the transaction holding what it acknowledges is committed."""

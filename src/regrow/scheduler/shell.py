@@ -1,7 +1,8 @@
 """The scheduler process's shell: connections in, events to the core, commands out.
 
 Owns: the listener, one connection per worker, nanny and client, the periodic tick,
-client requests waiting for the core's answer, a client's reconnection grace.
+client requests waiting for the core's answer, a client's reconnection grace, and what
+its health endpoint (``--dashboard-address``, ``protocol.health``) answers.
 Reading messages into events is ``scheduler.messages``; the journal's side of things
 is ``scheduler.journaling``.
 Must not: decide anything about tasks or workers (that is ``core.scheduler_state``:
@@ -36,6 +37,7 @@ from regrow.protocol.comm import (
     trim_soon,
 )
 from regrow.protocol.framing import Buffer
+from regrow.protocol.health import HealthServer, parse_http_address
 from regrow.protocol.messages import (
     Ack,
     AcquireReplicasMsg,
@@ -56,6 +58,8 @@ from regrow.protocol.messages import (
     KeyInterruptedMsg,
     KeyLostMsg,
     KillWorkerMsg,
+    LeavingMsg,
+    LeftMsg,
     Message,
     MissingDataMsg,
     NannyRegisteredMsg,
@@ -84,6 +88,7 @@ from regrow.protocol.messages import (
     WorkerRegisteredMsg,
     op_of,
 )
+from regrow.protocol.reach import OUTSIDE, WILDCARDS, advertise
 from regrow.scheduler.journal import Journal
 from regrow.scheduler.journaling import JournalKeeper, restored_tasks
 from regrow.scheduler.messages import task_specs, worker_event
@@ -105,9 +110,18 @@ class Scheduler:
         journal_new: bool = False,
         security: Security | None = None,
         insecure: bool = False,
+        dashboard_address: str | None = None,
     ) -> None:
         self.host = host
         self.security = security or Security()
+        # GET /health over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given;
+        # http_address is then where ('http://host:port').
+        self.dashboard = parse_http_address(dashboard_address) if dashboard_address else None
+        self.health = HealthServer(self._health) if self.dashboard else None
+        self._shutdown_requested = False  # a client asked: stop the workers too
+        # Nannies stopping (SIGTERM) whose workers are being retired: request -> nanny.
+        self._leaving: dict[str, Connection] = {}
+        self.http_address = ""
         self.port = port
         self.token = token
         self.settings = settings or Settings()
@@ -167,29 +181,50 @@ class Scheduler:
         if self.keeper is not None:
             await self._restore(self.keeper)
         self.address = await self.listener.start(self.host, self.port)
+        if self.host in WILDCARDS:
+            # Listening on every interface: say the address other hosts reach us at (in
+            # the ready and scheduler files, the log), not 0.0.0.0.
+            self.address = self.listener.address = advertise(self.address, self.host, "", OUTSIDE)
         spawn(self._tick_loop(), self.tasks, "scheduler-tick")
         if self.keeper is not None:
             spawn(self.keeper.run(), self.tasks, "scheduler-journal")
         logger.info("scheduler at %s (pid %d)", self.address, os.getpid())
+        if self.health is not None and self.dashboard is not None:
+            self.http_address = await self.health.start(*self.dashboard)
+            logger.info("scheduler health at %s/health", self.http_address)
         return self.address
+
+    def _health(self) -> str | None:
+        """What GET /health says: healthy from the moment the scheduler serves (also
+        while a journaled restart waits for its workers: they must be let in)."""
+        if self.stopped.is_set():
+            return "the scheduler is closing"
+        if not self.address:
+            return "the scheduler is not serving yet"
+        return None
 
     async def close(self) -> None:
         await close_once(self.stopped, self.closed, self._shutdown)
 
     async def _shutdown(self) -> None:
+        # A journaled scheduler stopped by a signal (an operator, a rollout, a pod moved)
+        # is coming back: its workers stay, keep their results and wait for it. Only a
+        # client's shutdown(), or a scheduler without a journal, stops them.
+        keep_workers = self.keeper is not None and not self._shutdown_requested
         if self.keeper is not None:
             # What happened up to now is kept; the stop itself is not a release of anything.
             self.state.on_transition = None
             self.keeper.forget_pending()
-        # A worker with a nanny is stopped by its nanny (else the nanny would replace it).
-        for comm in list(self.nanny_comms.values()):
-            with contextlib.suppress(CommClosedError):
-                comm.send(CloseMsg())
+        if not keep_workers:
+            # A worker with a nanny is stopped by its nanny (else it would be replaced).
+            for comm in list(self.nanny_comms.values()):
+                with contextlib.suppress(CommClosedError):
+                    comm.send(CloseMsg())
         for address, comm in list(self.worker_comms.items()):
             ws = self.state.workers.get(address)
             managed = ws is not None and ws.nanny in self.nanny_comms
             with contextlib.suppress(CommClosedError):
-                comm.send(SchedulerClosingMsg() if managed else CloseMsg())
+                comm.send(SchedulerClosingMsg() if managed or keep_workers else CloseMsg())
         for comm in list(self.client_comms.values()):
             with contextlib.suppress(CommClosedError):
                 comm.send(SchedulerClosingMsg())
@@ -198,6 +233,8 @@ class Scheduler:
         await asyncio.sleep(0)  # let the batched sends flush
         await cancel_others(self.tasks)  # a shutdown request runs in one of them
         await self.listener.close()
+        if self.health is not None:
+            await self.health.close()
         if self.keeper is not None:
             keeper, self.keeper = self.keeper, None
             await keeper.close()
@@ -360,6 +397,9 @@ class Scheduler:
                 else:
                     self._to_worker(command.worker, CloseMsg())
             case cmd.ReportRetired():
+                nanny = self._leaving.pop(command.request, None)
+                if nanny is not None and not nanny.closed:
+                    nanny.send(LeftMsg(retired=bool(command.workers)))
                 pending = self._retire_requests.pop(command.request, None)
                 if pending is not None and not pending[0].closed:
                     pending[0].reply(pending[1], RetireWorkersReply(workers=list(command.workers)))
@@ -491,6 +531,19 @@ class Scheduler:
                                     reason=f"its nanny reports it {m.reason}",
                                     out_of_memory=m.out_of_memory,
                                     stimulus_id=self._sid("worker-died"),
+                                    now=time.monotonic(),
+                                )
+                            )
+                        case LeavingMsg():
+                            # Answered (left) once the core reports the retirement.
+                            request = self._sid("leaving")
+                            self._leaving[request] = comm
+                            logger.info("nanny %s is stopping: retiring %s", address, m.worker)
+                            self.handle(
+                                ev.RetireWorkersRequested(
+                                    request=request,
+                                    workers=(m.worker,),
+                                    stimulus_id=request,
                                     now=time.monotonic(),
                                 )
                             )
@@ -694,6 +747,7 @@ class Scheduler:
             case RestartMsg():
                 spawn(self._restart_for(comm, msg), self.tasks, "restart")
             case ShutdownMsg():
+                self._shutdown_requested = True
                 comm.reply(msg, Ack())
                 spawn(self.close(), self.tasks, "shutdown")
             case PingMsg():

@@ -4,7 +4,9 @@ Owns one worker process at a time. Enforces the memory limit (a worker above
 ``kill_fraction`` of it is killed and replaced), tells the scheduler why each
 worker died (exit code, signal, memory limit), and kills its worker hard when the
 scheduler asks (restart, a task that will not stop). Its own address stays the
-same across worker restarts. It never runs user code.
+same across worker restarts. It never runs user code. With ``dashboard_address`` it
+serves GET /health (``protocol.health``): healthy while it is registered with the
+scheduler and its worker process runs.
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ from regrow.protocol.comm import (
     registered,
     spawn,
 )
+from regrow.protocol.health import HealthServer, parse_http_address
 from regrow.protocol.messages import (
     Ack,
     CloseMsg,
     KillWorkerMsg,
+    LeavingMsg,
+    LeftMsg,
     Message,
     NannyRegisteredMsg,
     PingMsg,
@@ -46,6 +51,7 @@ from regrow.protocol.messages import (
     WorkerDiedMsg,
     op_of,
 )
+from regrow.protocol.reach import advertise, death_clock, split_contact, until_reached
 from regrow.security import Security
 from regrow.worker import memory
 
@@ -77,11 +83,27 @@ class Nanny:
         memory_limit: int = 0,
         settings: Settings | None = None,
         log_level: str = "WARNING",
+        log_file: str | None = None,
         security: Security | None = None,
         insecure: bool = False,
         replaces: str = "",
+        timeout: float | None = 60.0,
+        contact_address: str = "",
+        death_timeout: float | None = None,
+        dashboard_address: str | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
+        # GET /health over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given;
+        # http_address is then where ('http://host:port').
+        self.dashboard = parse_http_address(dashboard_address) if dashboard_address else None
+        self.health = HealthServer(self._health) if self.dashboard else None
+        self.http_address = ""
+        # How long start() keeps trying to reach a scheduler that is not up (yet).
+        self.timeout = timeout
+        # How long it keeps trying to reach a scheduler it lost before it closes (and
+        # stops its worker); None: for ever. As dask's --death-timeout.
+        self.death_timeout = death_timeout
+        self.contact_address = contact_address
         self.replaces = replaces
         self.nthreads = nthreads
         self.token = token
@@ -90,6 +112,7 @@ class Nanny:
         self.memory_limit = memory_limit
         self.settings = settings or Settings()
         self.log_level = log_level
+        self.log_file = log_file
         self.security = security or Security()
         self.insecure = insecure
         self.listener = Listener(
@@ -118,13 +141,27 @@ class Nanny:
         self.stopped = asyncio.Event()
         self.closed = asyncio.Event()
         self._worker_up = asyncio.Event()
+        self._contact_host = ""
+        # leave(): the scheduler's answer, and how long to wait for the retirement.
+        self._left: asyncio.Future[bool] | None = None
+        self.leave_timeout = 20.0
 
     # ------------------------------------------------------------------ life
     async def start(self) -> str:
-        self.address = await self.listener.start(self.host, self.port)
+        bound = await self.listener.start(self.host, self.port)
+        # The nanny's contact port is its own; its worker (another port) shares the host.
+        self._contact_host = split_contact(self.contact_address)[0]
+        self.address = self.listener.address = advertise(
+            bound, self.host, self.contact_address, self.scheduler_address
+        )
         if self.name is None:
             self.name = self.address
-        await self._connect_scheduler(first=True)
+        if self.health is not None and self.dashboard is not None:
+            # Before the scheduler is reached: until then it answers why it is not ready.
+            self.http_address = await self.health.start(*self.dashboard)
+            logger.info("nanny health at %s/health", self.http_address)
+        # The scheduler may not be up yet (or be restarting): keep trying until timeout.
+        await until_reached(self._register, self.scheduler_address, self.timeout)
         await self._start_worker()
         spawn(self._supervise(), self.tasks, "nanny-supervise")
         if self.memory_limit:
@@ -134,6 +171,34 @@ class Nanny:
     async def close(self) -> None:
         await close_once(self.stopped, self.closed, self._shutdown)
 
+    async def leave(self) -> None:
+        """Told to stop (SIGTERM: a batch job ending, a pod deleted, an operator): first
+        have the scheduler retire the worker gracefully, so that its results are moved
+        to other workers, not recomputed; then close. Bounded by ``leave_timeout``
+        (batch systems and Kubernetes send SIGKILL some 30 s after SIGTERM); without a
+        scheduler, or a worker, there is nothing to hand over."""
+        comm = self.scheduler
+        if self.stopped.is_set() or comm is None or comm.closed or not self._worker_up.is_set():
+            return
+        self._left = asyncio.get_running_loop().create_future()
+        comm.send(LeavingMsg(worker=self.worker_address))
+        try:
+            async with asyncio.timeout(self.leave_timeout):
+                retired = await self._left
+                if retired:
+                    await self.stopped.wait()  # the scheduler's close follows
+        except TimeoutError:
+            logger.warning(
+                "stopping: the worker was not retired within %g s; stopping it anyway",
+                self.leave_timeout,
+            )
+            return
+        if not retired:
+            logger.warning(
+                "stopping: the worker holds the last copy of results no other worker can "
+                "take; stopping it anyway (they will be computed again)"
+            )
+
     async def _shutdown(self) -> None:
         await self._stop_worker()
         await self._drop_standby()
@@ -141,35 +206,61 @@ class Nanny:
         if self.scheduler is not None:
             await self.scheduler.close()
         await self.listener.close()
+        if self.health is not None:
+            await self.health.close()
         self._tmp.cleanup()
 
+    def _health(self) -> str | None:
+        """What GET /health says: healthy while the nanny is registered with the
+        scheduler and its worker process runs; else why not."""
+        if self.stopped.is_set():
+            return "the nanny is closing"
+        if self.scheduler is None or self.scheduler.closed:
+            return f"not registered with the scheduler at {self.scheduler_address}"
+        proc = self.proc
+        if proc is None or proc.returncode is not None or not self._worker_up.is_set():
+            last = f" (the last one {self.deaths[-1][1]})" if self.deaths else ""
+            return f"the worker process is not running yet{last}"
+        return None
+
     # ------------------------------------------------------------- scheduler
-    async def _connect_scheduler(self, first: bool = False) -> None:
+    async def _register(self, timeout: float | None = None) -> None:
+        comm = await connect(
+            self.scheduler_address,
+            token=self.token,
+            settings=self.settings,
+            timeout=None if timeout is None else min(timeout, self.settings.connect_timeout),
+            security=self.security,
+            role="worker",
+        )
+        try:
+            comm.send(
+                RegisterNannyMsg(address=self.address, name=self.name or "", replaces=self.replaces)
+            )
+            await registered(comm, NannyRegisteredMsg, "the nanny")
+        except BaseException:
+            await comm.close()
+            raise
+        self.replaces = ""  # said once it registered: a reconnection replaces nobody
+        self.scheduler = comm
+        spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
+
+    async def _connect_scheduler(self) -> None:
         delays = reconnect_delays()
+        give_up = death_clock(self.death_timeout)
         while not self.stopped.is_set():
             try:
-                comm = await connect(
-                    self.scheduler_address,
-                    token=self.token,
-                    settings=self.settings,
-                    security=self.security,
-                    role="worker",
-                )
-                comm.send(
-                    RegisterNannyMsg(
-                        address=self.address, name=self.name or "", replaces=self.replaces
-                    )
-                )
-                await registered(comm, NannyRegisteredMsg, "the nanny")
-                self.replaces = ""  # said once it registered: a reconnection replaces nobody
-                self.scheduler = comm
-                spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
+                await self._register()
                 return
             except (OSError, TimeoutError, CommClosedError) as exc:
-                if first:
-                    raise OSError(
-                        f"could not reach the scheduler at {self.scheduler_address}: {exc}"
-                    ) from None
+                if give_up():
+                    logger.error(
+                        "no scheduler at %s for %g s (--death-timeout): closing",
+                        self.scheduler_address,
+                        self.death_timeout,
+                    )
+                    await self.close()
+                    return
                 delay = next(delays)
                 logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
             await asyncio.sleep(delay)
@@ -184,6 +275,8 @@ class Nanny:
                     refuse(comm, msg, exc, "the scheduler", logger)
         except CommClosedError:
             pass
+        if self._left is not None and not self._left.done():
+            self._left.set_result(False)  # leaving, and nobody left to hand over to
         if not self.stopped.is_set():
             logger.warning("lost the scheduler; reconnecting")
             await self._connect_scheduler()
@@ -202,6 +295,9 @@ class Nanny:
                 comm.reply(msg, reply)
             case NannyRegisteredMsg():
                 pass
+            case LeftMsg():
+                if self._left is not None and not self._left.done():
+                    self._left.set_result(msg.retired)
             case _:
                 raise ProtocolError(f"a nanny is not sent {op_of(msg)!r}")
 
@@ -237,6 +333,10 @@ class Nanny:
             str(self.nthreads),
             "--host",
             self.host,
+            "--contact-address",
+            self._contact_host,
+            "--timeout",
+            str(self.timeout if self.timeout is not None else 0),
             "--memory-limit",
             str(self.memory_limit),
             "--parent-pid",
@@ -246,6 +346,8 @@ class Nanny:
         ]
         if self.insecure:
             cmd.append("--insecure")
+        if self.log_file:
+            cmd += ["--log-file", self.log_file]
         env = dict(os.environ)
         if self.token:
             env["REGROW_TOKEN"] = self.token

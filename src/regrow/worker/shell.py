@@ -64,6 +64,7 @@ from regrow.protocol.messages import (
     WorkerRegisteredMsg,
     op_of,
 )
+from regrow.protocol.reach import advertise, death_clock, until_reached
 from regrow.security import Security
 from regrow.worker import memory
 from regrow.worker.execution import (
@@ -100,6 +101,9 @@ class Worker:
         validate: bool = False,
         security: Security | None = None,
         insecure: bool = False,
+        timeout: float | None = 60.0,
+        contact_address: str = "",
+        death_timeout: float | None = None,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
@@ -110,6 +114,12 @@ class Worker:
         self.security = security or Security()
         self.host = host
         self.port = port
+        # How long start() keeps trying to reach a scheduler that is not up (yet).
+        self.timeout = timeout
+        # How long it keeps trying to reach a scheduler it lost before it closes (None:
+        # for ever), as dask's --death-timeout: a batch job whose scheduler died ends.
+        self.death_timeout = death_timeout
+        self.contact_address = contact_address
         self.memory_limit = memory_limit
         self.settings = settings or Settings()
         self.id = uuid.uuid4().hex
@@ -194,22 +204,35 @@ class Worker:
             pool = min(pool, self.memory_limit // 8)
         framing.POOL.limit = pool
         self.threads.start(asyncio.get_running_loop())
-        self.address = await self.listener.start(self.host, self.port)
-        await self._register()
+        bound = await self.listener.start(self.host, self.port)
+        self.address = self.listener.address = advertise(
+            bound, self.host, self.contact_address, self.scheduler_address
+        )
+        # The scheduler may not be up yet (or be restarting): keep trying until timeout.
+        await until_reached(self._register, self.scheduler_address, self.timeout)
         spawn(self._heartbeats(), self.tasks_bg, "worker-heartbeat")
         if self.memory_limit:
             spawn(self._memory_monitor(), self.tasks_bg, "worker-memory")
         return self.address
 
-    async def _register(self) -> None:
+    async def _register(self, timeout: float | None = None) -> None:
         """Connect to the scheduler and register (again, after a lost connection)."""
         comm = await connect(
             self.scheduler_address,
             token=self.token,
             settings=self.settings,
+            timeout=None if timeout is None else min(timeout, self.settings.connect_timeout),
             security=self.security,
             role="worker",
         )
+        try:
+            reply = await self._send_registration(comm)
+        except BaseException:
+            await comm.close()
+            raise
+        self._after_registration(comm, reply.drop)
+
+    async def _send_registration(self, comm: Connection) -> WorkerRegisteredMsg:
         comm.send(
             RegisterWorkerMsg(
                 id=self.id,
@@ -222,8 +245,9 @@ class Worker:
                 keys=[(k, self.data.size_of(k)) for k in self.data],
             )
         )
-        reply = await registered(comm, WorkerRegisteredMsg, "registration")
-        drop = reply.drop
+        return await registered(comm, WorkerRegisteredMsg, "registration")
+
+    def _after_registration(self, comm: Connection, drop: bool) -> None:
         if drop:
             logger.warning(
                 "the scheduler had removed this worker; dropping %d keys", len(self.data)
@@ -266,6 +290,7 @@ class Worker:
         )
         self.handle(wev.SchedulerLost(stimulus_id=self._sid("scheduler-lost")))
         delays = reconnect_delays()
+        give_up = death_clock(self.death_timeout)
         while not self.stopped.is_set():
             try:
                 await self._register()
@@ -273,6 +298,14 @@ class Worker:
             except (OSError, TimeoutError, CommClosedError, ProtocolError) as exc:
                 delay = next(delays)
                 logger.info("scheduler still unreachable (%s); next try in %.2f s", exc, delay)
+            if give_up():
+                logger.error(
+                    "no scheduler at %s for %g s (--death-timeout): closing",
+                    self.scheduler_address,
+                    self.death_timeout,
+                )
+                await self.close()
+                return
             await asyncio.sleep(delay)
 
     async def _heartbeats(self) -> None:

@@ -1,0 +1,105 @@
+"""HTTP beside a scheduler or a nanny: ``GET /health``, for Kubernetes' probes.
+
+Owns: one small aiohttp server on a port of its own (``--dashboard-address``), serving
+``GET /health`` (and ``HEAD``): 200 and ``ok`` while its owner's check passes, 503 and
+the check's reason, one line, while it does not; and reading the ``--dashboard-address``
+value (``HOST:PORT``, or ``:PORT`` for every interface, as dask's).
+Must not: serve anything else yet (the dashboard will join this server), decide what
+healthy means (its owner's ``check`` does), put anything secret in a reason (the
+endpoint answers anyone, unauthenticated), or import aiohttp before ``start`` (a
+process that serves no HTTP must not pay for its import).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+logger = logging.getLogger("regrow.health")
+
+# None when healthy, else why not (one line).
+Check = Callable[[], "str | None"]
+
+# How long close() lets a request in flight finish.
+_SHUTDOWN_TIMEOUT = 1.0
+
+
+def parse_http_address(value: str) -> tuple[str, int]:
+    """``'HOST:PORT'``, ``'[IPV6]:PORT'`` or ``':PORT'`` -> ``(host, port)``; the host is
+    ``''`` for ``':PORT'`` (every interface, IPv4 and IPv6). Port 0 picks a free one."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"dashboard address {value!r} is not HOST:PORT or :PORT (e.g. 0.0.0.0:8787, :8787)"
+        )
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(f"dashboard address {value!r}: write an IPv6 host in brackets, [::1]:8787")
+    return host.strip("[]"), int(port)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class HealthServer:
+    """``GET /health`` on ``host:port`` once started: ``check()`` says whether all is well.
+    ``url`` is where it serves (``http://host:port``, the port a port 0 got)."""
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> str:
+        """Listen (``host`` ``''``: every interface); return the URL it serves at."""
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        self._runner = runner
+        # '' is every interface, both families; with port 0 each family would get a port
+        # of its own, so that one means IPv4's.
+        site = web.TCPSite(runner, host or (None if port else "0.0.0.0"), port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.close()
+            # The errno's words; a name that does not resolve has a negative one.
+            code = exc.errno or 0
+            why = os.strerror(code) if code > 0 else exc.strerror or str(exc)
+            where = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+            raise OSError(f"cannot serve HTTP at {where}: {why}") from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        self.url = _url(str(bound_host), int(bound_port))
+        return self.url
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def status(self) -> tuple[int, str]:
+        """What ``GET /health`` answers now: (200, 'ok') or (503, the reason)."""
+        try:
+            reason = self.check()
+        except Exception as exc:  # a broken check is a failed one, not a 500 page
+            logger.exception("health check failed")
+            reason = f"health check failed: {type(exc).__name__}: {exc}"
+        if reason is None:
+            return 200, "ok"
+        return 503, " ".join(reason.split()) or "unhealthy"
+
+    async def _health(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        code, text = self.status()
+        return web.Response(status=code, text=text + "\n", headers={"Cache-Control": "no-store"})
