@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         as_completed,
         wait,
     )
-    from regrow.deploy import LocalCluster, SLURMCluster
+    from regrow.deploy import LocalCluster, SLURMCluster, SSHCluster
     from regrow.security import Security
     from regrow.worker import get_worker
 
@@ -52,6 +52,7 @@ _LAZY = {
     "wait": "regrow.client.futures",
     "LocalCluster": "regrow.deploy",
     "SLURMCluster": "regrow.deploy",
+    "SSHCluster": "regrow.deploy",
     "Security": "regrow.security",
     "get_worker": "regrow.worker",
 }
@@ -88,6 +89,7 @@ __all__ = [
     "RegrowError",
     "RemoteError",
     "SLURMCluster",
+    "SSHCluster",
     "SchedulerLostError",
     "Security",
     "TooManyTasksError",

@@ -2,5 +2,6 @@
 
 from regrow.deploy.local import LocalCluster, parse_bytes, stop_processes
 from regrow.deploy.slurm import SLURMCluster
+from regrow.deploy.ssh import SSHCluster
 
-__all__ = ["LocalCluster", "SLURMCluster", "parse_bytes", "stop_processes"]
+__all__ = ["LocalCluster", "SLURMCluster", "SSHCluster", "parse_bytes", "stop_processes"]
