@@ -36,15 +36,22 @@ from typing import TypeVar
 
 import psutil
 
+from regrow.config import Settings
 from regrow.errors import AuthenticationError, CommClosedError, ProtocolError
 from regrow.protocol.comm import (
+    Connection,
     HandshakeClosedError,
+    connect,
     format_address,
     parse_address,
     reconnect_delays,
+    registered,
 )
+from regrow.protocol.messages import Message
+from regrow.security import Security
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 logger = logging.getLogger("regrow.comm")
 
 _TRANSIENT_ERRNOS = frozenset(
@@ -70,6 +77,37 @@ OUTSIDE = "tcp://8.8.8.8:53"
 
 # Handshakes in a row a peer may hang up on before we believe it means it.
 HANDSHAKE_TRIES = 3
+
+
+async def register_with(
+    address: str,
+    msg: Message,
+    expected: type[M],
+    what: str,
+    *,
+    token: str | None,
+    settings: Settings,
+    security: Security,
+    timeout: float | None = None,
+) -> tuple[Connection, M]:
+    """Connect to the scheduler at ``address`` as a worker or nanny, send the
+    registration ``msg`` and return the connection with the scheduler's ``expected``
+    answer. One attempt, of at most ``timeout`` (else ``connect_timeout``) to connect;
+    the connection is closed if anything fails."""
+    comm = await connect(
+        address,
+        token=token,
+        settings=settings,
+        timeout=None if timeout is None else min(timeout, settings.connect_timeout),
+        security=security,
+        role="worker",
+    )
+    try:
+        comm.send(msg)
+        return comm, await registered(comm, expected, what)
+    except BaseException:
+        await comm.close()
+        raise
 
 
 def transient(exc: BaseException) -> bool:

@@ -30,10 +30,8 @@ from regrow.protocol.comm import (
     Listener,
     cancel_others,
     close_once,
-    connect,
     reconnect_delays,
     refuse,
-    registered,
     spawn,
 )
 from regrow.protocol.health import HealthServer, parse_http_address
@@ -51,7 +49,13 @@ from regrow.protocol.messages import (
     WorkerDiedMsg,
     op_of,
 )
-from regrow.protocol.reach import advertise, death_clock, split_contact, until_reached
+from regrow.protocol.reach import (
+    advertise,
+    death_clock,
+    register_with,
+    split_contact,
+    until_reached,
+)
 from regrow.security import Security
 from regrow.worker import memory
 
@@ -225,22 +229,16 @@ class Nanny:
 
     # ------------------------------------------------------------- scheduler
     async def _register(self, timeout: float | None = None) -> None:
-        comm = await connect(
+        comm, _ = await register_with(
             self.scheduler_address,
+            RegisterNannyMsg(address=self.address, name=self.name or "", replaces=self.replaces),
+            NannyRegisteredMsg,
+            "the nanny",
             token=self.token,
             settings=self.settings,
-            timeout=None if timeout is None else min(timeout, self.settings.connect_timeout),
             security=self.security,
-            role="worker",
+            timeout=timeout,
         )
-        try:
-            comm.send(
-                RegisterNannyMsg(address=self.address, name=self.name or "", replaces=self.replaces)
-            )
-            await registered(comm, NannyRegisteredMsg, "the nanny")
-        except BaseException:
-            await comm.close()
-            raise
         self.replaces = ""  # said once it registered: a reconnection replaces nobody
         self.scheduler = comm
         spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")

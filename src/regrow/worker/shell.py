@@ -34,10 +34,8 @@ from regrow.protocol.comm import (
     Listener,
     cancel_others,
     close_once,
-    connect,
     reconnect_delays,
     refuse,
-    registered,
     spawn,
 )
 from regrow.protocol.framing import Buffer
@@ -64,7 +62,7 @@ from regrow.protocol.messages import (
     WorkerRegisteredMsg,
     op_of,
 )
-from regrow.protocol.reach import advertise, death_clock, until_reached
+from regrow.protocol.reach import advertise, death_clock, register_with, until_reached
 from regrow.security import Security
 from regrow.worker import memory
 from regrow.worker.execution import (
@@ -217,37 +215,27 @@ class Worker:
 
     async def _register(self, timeout: float | None = None) -> None:
         """Connect to the scheduler and register (again, after a lost connection)."""
-        comm = await connect(
+        msg = RegisterWorkerMsg(
+            id=self.id,
+            address=self.address,
+            name=self.name or self.address,
+            nthreads=self.nthreads,
+            pid=os.getpid(),
+            memory_limit=self.memory_limit,
+            nanny=self.nanny,
+            keys=[(k, self.data.size_of(k)) for k in self.data],
+        )
+        comm, reply = await register_with(
             self.scheduler_address,
+            msg,
+            WorkerRegisteredMsg,
+            "registration",
             token=self.token,
             settings=self.settings,
-            timeout=None if timeout is None else min(timeout, self.settings.connect_timeout),
             security=self.security,
-            role="worker",
+            timeout=timeout,
         )
-        try:
-            reply = await self._send_registration(comm)
-        except BaseException:
-            await comm.close()
-            raise
-        self._after_registration(comm, reply.drop)
-
-    async def _send_registration(self, comm: Connection) -> WorkerRegisteredMsg:
-        comm.send(
-            RegisterWorkerMsg(
-                id=self.id,
-                address=self.address,
-                name=self.name or self.address,
-                nthreads=self.nthreads,
-                pid=os.getpid(),
-                memory_limit=self.memory_limit,
-                nanny=self.nanny,
-                keys=[(k, self.data.size_of(k)) for k in self.data],
-            )
-        )
-        return await registered(comm, WorkerRegisteredMsg, "registration")
-
-    def _after_registration(self, comm: Connection, drop: bool) -> None:
+        drop = reply.drop
         if drop:
             logger.warning(
                 "the scheduler had removed this worker; dropping %d keys", len(self.data)
