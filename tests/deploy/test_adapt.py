@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from regrow import Client, LocalCluster
+from regrow import Client, Future, LocalCluster
 from regrow.deploy.adaptive import AdaptivePolicy, Load, WorkerLoad
 from regrow.testing import wait_until
 
@@ -34,24 +34,37 @@ def runs_per_task(runs: Path) -> collections.Counter[int]:
     return collections.Counter(int(name.split("-")[0]) for name in os.listdir(runs))
 
 
+class Gated:
+    """``gated_double`` tasks: they wait for ``gate`` and leave a file per run in ``runs``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.gate, self.runs = tmp / "gate", tmp / "runs"
+        self.runs.mkdir()
+
+    def map(self, client: Client, n: int) -> list[Future]:
+        return client.map(gated_double, range(n), gate=str(self.gate), runs=str(self.runs))
+
+    def ran_once_each(self, n: int) -> bool:
+        return runs_per_task(self.runs) == {i: 1 for i in range(n)}
+
+
 def test_adapt_grows_under_a_queue_and_shrinks_when_idle_recomputing_nothing(
     empty_cluster: tuple[LocalCluster, Client], tmp_path: Path
 ) -> None:
     cluster, client = empty_cluster
-    gate, runs = tmp_path / "gate", tmp_path / "runs"
-    runs.mkdir()
+    tasks = Gated(tmp_path)
     adaptive = cluster.adapt(minimum=0, maximum=2, interval=0.1, wait_count=3)
     assert n_workers(client) == 0
-    futures = client.map(gated_double, range(6), gate=str(gate), runs=str(runs))
+    futures = tasks.map(client, 6)
     # Six tasks wait for threads: it grows to its maximum, and no further.
     wait_until(lambda: n_workers(client) == 2, timeout=30, what="adapt grows to 2 workers")
-    gate.touch()
+    tasks.gate.touch()
     assert client.gather(futures) == [2 * i for i in range(6)]
     # Idle, but holding results: retired down to one worker, which must keep them all.
     wait_until(lambda: n_workers(client) == 1, timeout=30, what="adapt shrinks to 1 worker")
     assert len(cluster._unit_names()) == 1
     assert client.gather(futures) == [2 * i for i in range(6)]
-    assert runs_per_task(runs) == {i: 1 for i in range(6)}, "a task ran twice"
+    assert tasks.ran_once_each(6), "a task ran twice"
     counts = client.scheduler_info()["counts"]
     assert counts.get("recomputed", 0) == 0 and counts.get("lost", 0) == 0, counts
     # Nothing held: down to the minimum, 0.
@@ -70,18 +83,17 @@ def test_scale_up_and_down_moves_results(
     empty_cluster: tuple[LocalCluster, Client], tmp_path: Path
 ) -> None:
     cluster, client = empty_cluster
-    gate, runs = tmp_path / "gate", tmp_path / "runs"
-    runs.mkdir()
-    gate.touch()
+    tasks = Gated(tmp_path)
+    tasks.gate.touch()
     cluster.scale(3)
     cluster.wait_for_workers(3, timeout=30)
-    futures = client.map(gated_double, range(9), gate=str(gate), runs=str(runs))
+    futures = tasks.map(client, 9)
     assert client.gather(futures) == [2 * i for i in range(9)]
     cluster.scale(1)
     assert n_workers(client) == 1
     assert len(client.who_has(futures)) == 9
     assert client.gather(futures) == [2 * i for i in range(9)]
-    assert runs_per_task(runs) == {i: 1 for i in range(9)}, "a task ran twice"
+    assert tasks.ran_once_each(9), "a task ran twice"
     # scale() takes jobs= as dask-jobqueue's, and stops adapt.
     adaptive = cluster.adapt(minimum=2, maximum=4, interval=0.1)
     wait_until(lambda: n_workers(client) == 2, timeout=30, what="adapt's minimum")

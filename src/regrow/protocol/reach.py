@@ -167,6 +167,33 @@ async def until_reached(
             await asyncio.sleep(delay)
 
 
+async def reconnect(
+    register: Callable[[], Awaitable[None]],
+    address: str,
+    death_timeout: float | None,
+    stopped: asyncio.Event,
+) -> bool:
+    """Try ``register()`` on a scheduler that went away until it works (True), the
+    service stops (True: nothing to do), or ``death_timeout`` passes (False: the
+    caller closes, as dask's --death-timeout)."""
+    delays = reconnect_delays()
+    give_up = death_clock(death_timeout)
+    while not stopped.is_set():
+        try:
+            await register()
+            return True
+        except (OSError, TimeoutError, CommClosedError, ProtocolError) as exc:
+            delay = next(delays)
+            logger.info("the scheduler at %s is still unreachable (%s)", address, exc)
+        if give_up():
+            logger.error(
+                "no scheduler at %s for %g s (--death-timeout): closing", address, death_timeout
+            )
+            return False
+        await asyncio.sleep(delay)
+    return True
+
+
 def death_clock(seconds: float | None) -> Callable[[], bool]:
     """A check that turns true ``seconds`` after it was made (never, for None): how long
     a worker or nanny that lost its scheduler keeps trying before it closes."""

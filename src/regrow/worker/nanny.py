@@ -30,7 +30,6 @@ from regrow.protocol.comm import (
     Listener,
     cancel_others,
     close_once,
-    reconnect_delays,
     refuse,
     spawn,
 )
@@ -51,7 +50,7 @@ from regrow.protocol.messages import (
 )
 from regrow.protocol.reach import (
     advertise,
-    death_clock,
+    reconnect,
     register_with,
     split_contact,
     until_reached,
@@ -244,24 +243,10 @@ class Nanny:
         spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
 
     async def _connect_scheduler(self) -> None:
-        delays = reconnect_delays()
-        give_up = death_clock(self.death_timeout)
-        while not self.stopped.is_set():
-            try:
-                await self._register()
-                return
-            except (OSError, TimeoutError, CommClosedError) as exc:
-                if give_up():
-                    logger.error(
-                        "no scheduler at %s for %g s (--death-timeout): closing",
-                        self.scheduler_address,
-                        self.death_timeout,
-                    )
-                    await self.close()
-                    return
-                delay = next(delays)
-                logger.info("scheduler unreachable (%s); retrying in %.2f s", exc, delay)
-            await asyncio.sleep(delay)
+        if not await reconnect(
+            self._register, self.scheduler_address, self.death_timeout, self.stopped
+        ):
+            await self.close()
 
     async def _scheduler_loop(self, comm: Connection) -> None:
         try:

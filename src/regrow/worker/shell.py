@@ -34,7 +34,6 @@ from regrow.protocol.comm import (
     Listener,
     cancel_others,
     close_once,
-    reconnect_delays,
     refuse,
     spawn,
 )
@@ -62,7 +61,7 @@ from regrow.protocol.messages import (
     WorkerRegisteredMsg,
     op_of,
 )
-from regrow.protocol.reach import advertise, death_clock, register_with, until_reached
+from regrow.protocol.reach import advertise, reconnect, register_with, until_reached
 from regrow.security import Security
 from regrow.worker import memory
 from regrow.worker.execution import (
@@ -277,24 +276,10 @@ class Worker:
             self.scheduler_address,
         )
         self.handle(wev.SchedulerLost(stimulus_id=self._sid("scheduler-lost")))
-        delays = reconnect_delays()
-        give_up = death_clock(self.death_timeout)
-        while not self.stopped.is_set():
-            try:
-                await self._register()
-                return
-            except (OSError, TimeoutError, CommClosedError, ProtocolError) as exc:
-                delay = next(delays)
-                logger.info("scheduler still unreachable (%s); next try in %.2f s", exc, delay)
-            if give_up():
-                logger.error(
-                    "no scheduler at %s for %g s (--death-timeout): closing",
-                    self.scheduler_address,
-                    self.death_timeout,
-                )
-                await self.close()
-                return
-            await asyncio.sleep(delay)
+        if not await reconnect(
+            self._register, self.scheduler_address, self.death_timeout, self.stopped
+        ):
+            await self.close()
 
     async def _heartbeats(self) -> None:
         while True:
