@@ -1,4 +1,4 @@
-"""The ``regrow`` command: scheduler, worker, demo, chaos.
+"""The ``regrow`` command: scheduler, worker, status, journal, demo, chaos.
 
 Bad flags or an unreachable scheduler end in one line on stderr and a non-zero
 exit, never a traceback.
@@ -482,6 +482,84 @@ def worker(
         return Worker(scheduler_address, nanny=nanny_address, **common)
 
     _run_service(make, parent_pid, ready_file)
+
+
+@main.command()
+@click.argument("scheduler_address")
+@click.option("--json", "as_json", is_flag=True, default=False,
+              help="Print the scheduler's snapshot as JSON (one line each refresh).")  # fmt: skip
+@click.option("--watch", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until interrupted (Ctrl-C).")  # fmt: skip
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to keep trying to reach the scheduler.")  # fmt: skip
+@click.option("--tls-ca-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None)
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None)
+def status(
+    scheduler_address: str,
+    as_json: bool,
+    watch: float | None,
+    token_file: str | None,
+    timeout: float,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
+    """Show the workers of the scheduler at SCHEDULER_ADDRESS and its task counts."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from regrow.client.client import Client
+    from regrow.protocol.comm import parse_address
+    from regrow.status import as_json as to_json
+    from regrow.status import render
+
+    try:
+        parse_address(scheduler_address)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    token = _token(token_file)
+    security = _security("client", tls_ca_file, tls_cert, tls_key)
+    console = Console()
+    try:
+        client = Client(
+            scheduler_address,
+            token=token,
+            security=security,
+            timeout=timeout,
+            set_as_default=False,
+        )
+    except (OSError, RegrowError, ValueError) as exc:
+        click.echo(f"regrow: error: {exc}", err=True)
+        sys.exit(1)
+    try:
+        with client:
+            if watch is None:
+                info = client.scheduler_info()
+                if as_json:
+                    click.echo(to_json(info))
+                else:
+                    console.print(render(info, client.scheduler_address))
+                return
+            if as_json:
+                while True:
+                    click.echo(to_json(client.scheduler_info()))
+                    sys.stdout.flush()
+                    time.sleep(watch)
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    live.update(render(client.scheduler_info(), client.scheduler_address))
+                    live.refresh()
+                    time.sleep(watch)
+    except KeyboardInterrupt:
+        pass
+    except (OSError, RegrowError) as exc:
+        click.echo(f"regrow: error: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.group()
