@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         wait,
     )
     from regrow.deploy import LocalCluster, SLURMCluster, SSHCluster
+    from regrow.progress import progress
     from regrow.security import Security
     from regrow.worker import get_worker
 
@@ -55,6 +56,7 @@ _LAZY = {
     "SSHCluster": "regrow.deploy",
     "Security": "regrow.security",
     "get_worker": "regrow.worker",
+    "progress": "regrow.progress",
 }
 
 
@@ -96,5 +98,6 @@ __all__ = [
     "as_completed",
     "get_client",
     "get_worker",
+    "progress",
     "wait",
 ]

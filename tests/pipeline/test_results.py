@@ -178,3 +178,21 @@ def test_finished_job_frees_the_cluster(client: Client) -> None:
 
     wait_until(empty, timeout=10, what="the cluster holds nothing of the finished job")
     assert result.done() and result.progress[2].done == 1
+
+
+def test_regrow_progress_draws_a_pipelines_stages(client: Client) -> None:
+    import io
+
+    from rich.console import Console
+
+    from regrow import progress
+
+    inputs = tasks.numeric_inputs(60)
+    job = run_pipeline(client, numeric_pipeline(), inputs, input_batch=5)
+    out = io.StringIO()
+    progress(job, console=Console(file=out, width=120))
+    assert job.done()
+    rows = {line.split()[1]: line for line in out.getvalue().splitlines() if "│" in line}
+    assert "12/12" in rows["square"] and "finished" in rows["square"]
+    assert "1/1" in rows["final"]
+    assert sorted(job.gather(timeout=TIMEOUT)) == tasks.numeric_expected(inputs)
