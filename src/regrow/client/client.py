@@ -20,6 +20,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -65,6 +66,11 @@ T = TypeVar("T")
 P = ParamSpec("P")
 # Sessions of asynchronous clients closing after their client was garbage-collected.
 _closing_sessions: set[asyncio.Task[Any]] = set()
+
+
+def _log_handler_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("an event handler raised", exc_info=task.exception())
 
 
 def default_client_for(scheduler_address: str) -> Client | None:
@@ -140,6 +146,9 @@ class Client:
         # Called (key, worker) from the IO thread when a running task's worker died.
         self._interrupt_listeners: list[Callable[[str, str], None]] = []
         self._events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=10_000)
+        # subscribe_topic: topic -> handler; the tasks of coroutine handlers running.
+        self._topic_handlers: dict[str, Callable[[tuple[float, str]], Any]] = {}
+        self._handler_tasks: set[asyncio.Future[Any]] = set()
         # The loop the session runs in: set here, or when an asynchronous client starts.
         self._loop: ClientLoop
         self._session: Session
@@ -310,6 +319,11 @@ class Client:
             self.want_keys(missing)
 
     def run_done_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
+        self._in_callback_thread(fn, future, "done-callback")
+
+    def _in_callback_thread(self, fn: Callable[[T], Any], arg: T, what: str) -> None:
+        """Call ``fn(arg)`` in the client's callback thread (one, so in order); log what
+        it raises."""
         with self._callbacks_lock:
             if self._callbacks is None:
                 self._callbacks = concurrent.futures.ThreadPoolExecutor(
@@ -319,9 +333,9 @@ class Client:
 
         def call() -> None:
             try:
-                fn(future)
+                fn(arg)
             except Exception:
-                logger.exception("done-callback %r raised", fn)
+                logger.exception("%s %r raised", what, fn)
 
         try:
             pool.submit(call)
@@ -330,8 +344,40 @@ class Client:
 
     # ---------------------------------------------------------------- events
     def _record_event(self, topic: str, message: str) -> None:
-        self._events.append((time.time(), topic, message))
+        event = (time.time(), topic, message)
+        self._events.append(event)
         logger.info("[%s] %s", topic, message)
+        handler = self._topic_handlers.get(topic)
+        if handler is None:
+            return
+        if inspect.iscoroutinefunction(handler):
+            task = asyncio.ensure_future(handler((event[0], event[2])))
+            task.add_done_callback(_log_handler_failure)
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
+        else:
+            self._in_callback_thread(handler, (event[0], event[2]), f"handler of topic {topic!r}")
+
+    def subscribe_topic(self, topic: str, handler: Callable[[tuple[float, str]], Any]) -> None:
+        """Call ``handler((time, message))`` for every event on ``topic`` from now on, as
+        dask.distributed's: in the client's callback thread, in order; a coroutine
+        function is run in the client's loop (an asynchronous client). One handler per
+        topic: a new one replaces the last. Topics: see ``get_events``."""
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"subscribe_topic() takes a topic name, got {topic!r}")
+        if not callable(handler):
+            raise TypeError(f"subscribe_topic() takes a callable handler, got {handler!r}")
+        if inspect.iscoroutinefunction(handler) and not self.asynchronous:
+            raise TypeError(
+                "a coroutine function handles events on an asynchronous Client only; "
+                "give this client a plain function"
+            )
+        self._topic_handlers[topic] = handler
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        """Stop calling the handler of ``topic``; ValueError if it has none."""
+        if self._topic_handlers.pop(topic, None) is None:
+            raise ValueError(f"no handler subscribed to topic {topic!r}")
 
     def get_events(self, topic: str | None = None) -> list[tuple[float, str, str]]:
         """What the scheduler told this client happened: ``(time, topic, message)``.
