@@ -11,25 +11,12 @@ them.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from regrow.client.futures import Future
-
-_HEX = re.compile(r"^[0-9a-f]{8,}$")
-
-
-def key_prefix(key: str) -> str:
-    """The task group of a key: ``'inc-3fa8...'`` -> ``'inc'``, ``"('sum-ab12', 3)"`` ->
-    ``'sum'``, as dask's ``key_split`` groups them."""
-    text = key
-    if text.startswith("("):
-        text = text[1:].split(",", 1)[0].strip("'\" ")
-    words = [w for w in text.split("-") if w]
-    kept = [w for w in words if not _HEX.match(w) and not w.isdigit()]
-    return "-".join(kept) or text or "task"
+from regrow.core.queries import key_group as key_prefix
 
 
 def futures_in(obj: Any) -> Iterator[Future]:

@@ -12,6 +12,30 @@ if TYPE_CHECKING:
     from regrow.core.scheduler_state import SchedulerState
 
 
+def key_group(key: str) -> str:
+    """The task group of a key, its name without the token, as dask's ``key_split``
+    groups them: ``'inc-3fa8...'`` -> ``'inc'``, ``"('sum-ab12...', 3)"`` -> ``'sum'``."""
+    text = key
+    if text.startswith("("):
+        text = text[1:].split(",", 1)[0].strip("'\" ")
+    words = [w for w in text.split("-") if w]
+    kept = [w for w in words if not _is_token(w)]
+    return "-".join(kept) or text or "task"
+
+
+def _is_token(word: str) -> bool:
+    return word.isdigit() or (len(word) >= 8 and all(c in "0123456789abcdef" for c in word))
+
+
+def task_groups(state: SchedulerState) -> dict[str, dict[str, int]]:
+    """``{group: {state: tasks}}`` over every task the scheduler knows."""
+    out: dict[str, dict[str, int]] = {}
+    for key, ts in state.tasks.items():
+        states = out.setdefault(key_group(key), {})
+        states[ts.state] = states.get(ts.state, 0) + 1
+    return out
+
+
 def who_has(state: SchedulerState, keys: Iterable[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for key in keys:

@@ -1,17 +1,24 @@
-"""HTTP beside a scheduler or a nanny: ``GET /health``, for Kubernetes' probes.
+"""HTTP beside a scheduler or a nanny: ``GET /health`` for Kubernetes' probes, and
+``GET /metrics`` for Prometheus.
 
 Owns: one small aiohttp server on a port of its own (``--dashboard-address``), serving
 ``GET /health`` (and ``HEAD``): 200 and ``ok`` while its owner's check passes, 503 and
-the check's reason, one line, while it does not; and reading the ``--dashboard-address``
-value (``HOST:PORT``, or ``:PORT`` for every interface, as dask's).
-Must not: serve anything else yet (the dashboard will join this server), decide what
-healthy means (its owner's ``check`` does), put anything secret in a reason (the
-endpoint answers anyone, unauthenticated), or import aiohttp before ``start`` (a
-process that serves no HTTP must not pay for its import).
+the check's reason, one line, while it does not; ``GET /metrics`` where its owner gives
+the text (the scheduler); who may read ``/metrics``: anyone on a loopback address, else
+only a request that shows the cluster token (``Authorization: Bearer TOKEN``, as
+Prometheus' ``authorization`` setting sends it), since metrics name task groups and
+workers; and reading the ``--dashboard-address`` value (``HOST:PORT``, or ``:PORT``
+for every interface, as dask's).
+Must not: decide what healthy means (its owner's ``check`` does) or what the metrics
+are, put anything secret in a reason (``/health`` answers anyone: a probe has no
+token), or import aiohttp before ``start`` (a process that serves no HTTP must not pay
+for its import).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -42,6 +49,13 @@ def parse_http_address(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -50,9 +64,17 @@ class HealthServer:
     """``GET /health`` on ``host:port`` once started: ``check()`` says whether all is well.
     ``url`` is where it serves (``http://host:port``, the port a port 0 got)."""
 
-    def __init__(self, check: Check) -> None:
+    def __init__(
+        self,
+        check: Check,
+        metrics: Callable[[], bytes] | None = None,
+        token: str | None = None,
+    ) -> None:
         self.check = check
+        self.metrics = metrics
+        self.token = token
         self.url = ""
+        self._open = True  # serving on loopback only: /metrics needs no token
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> str:
@@ -61,6 +83,8 @@ class HealthServer:
 
         app = web.Application()
         app.router.add_get("/health", self._health)
+        if self.metrics is not None:
+            app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
@@ -80,6 +104,7 @@ class HealthServer:
             raise OSError(f"cannot serve HTTP at {where}: {why}") from None
         bound_host, bound_port = runner.addresses[0][:2]
         self.url = _url(str(bound_host), int(bound_port))
+        self._open = all(_loopback(str(a[0])) for a in runner.addresses)
         return self.url
 
     async def close(self) -> None:
@@ -97,6 +122,34 @@ class HealthServer:
         if reason is None:
             return 200, "ok"
         return 503, " ".join(reason.split()) or "unhealthy"
+
+    def allowed(self, authorization: str) -> bool:
+        """May a request with this ``Authorization`` header read ``/metrics``?"""
+        if self._open or self.token is None:
+            return True
+        scheme, _, given = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        if not self.allowed(request.headers.get("Authorization", "")):
+            return web.Response(
+                status=401,
+                text="the cluster token is needed: Authorization: Bearer TOKEN\n",
+                headers={"WWW-Authenticate": 'Bearer realm="regrow"'},
+            )
+        assert self.metrics is not None
+        body = self.metrics()
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+                "Cache-Control": "no-store",
+            },
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         from aiohttp import web

@@ -117,7 +117,11 @@ class Scheduler:
         # GET /health over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given;
         # http_address is then where ('http://host:port').
         self.dashboard = parse_http_address(dashboard_address) if dashboard_address else None
-        self.health = HealthServer(self._health) if self.dashboard else None
+        self.health = (
+            HealthServer(self._health, metrics=self._metrics, token=token)
+            if self.dashboard
+            else None
+        )
         self._shutdown_requested = False  # a client asked: stop the workers too
         # Nannies stopping (SIGTERM) whose workers are being retired: request -> nanny.
         self._leaving: dict[str, Connection] = {}
@@ -193,6 +197,12 @@ class Scheduler:
             self.http_address = await self.health.start(*self.dashboard)
             logger.info("scheduler health at %s/health", self.http_address)
         return self.address
+
+    def _metrics(self) -> bytes:
+        """``GET /metrics``: the state as it is now (scheduler/metrics.py)."""
+        from regrow.scheduler.metrics import exposition
+
+        return exposition(self.state)
 
     def _health(self) -> str | None:
         """What GET /health says: healthy from the moment the scheduler serves (also

@@ -1,0 +1,111 @@
+"""The scheduler's state in Prometheus' text format (``GET /metrics``).
+
+Owns: what each metric is and where it comes from. Every value is read from the core
+at scrape time (``queries.info`` and ``queries.task_groups``): nothing is kept or
+counted here, so a scheduler nobody scrapes pays nothing. Made with the official
+``prometheus-client`` (imported at the first scrape).
+
+- gauges: ``regrow_workers`` (by status), ``regrow_tasks`` (by state),
+  ``regrow_task_group_tasks`` (by group and state), ``regrow_clients``,
+  ``regrow_tasks_queued``, ``regrow_suspects``; per worker (label ``worker``, its
+  address, and ``name``): ``regrow_worker_threads``, ``regrow_worker_processing``,
+  ``regrow_worker_results``, ``regrow_worker_held_bytes``, ``regrow_worker_spilled_bytes``,
+  ``regrow_worker_process_memory_bytes`` (its last heartbeat), ``regrow_worker_memory_limit_bytes``,
+  ``regrow_worker_transfer_bytes`` (bytes its replies have in flight);
+- counters, since this scheduler process started: ``regrow_tasks_finished``,
+  ``regrow_tasks_erred``, ``regrow_tasks_recomputed``, ``regrow_tasks_rescheduled``,
+  ``regrow_tasks_stolen``, ``regrow_results_lost``, ``regrow_workers_lost``
+  (each exposed with the ``_total`` suffix).
+
+Must not: change the state, or do IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from regrow.core import queries
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from regrow.core.scheduler_state import SchedulerState
+
+_WORKER_GAUGES = (
+    ("threads", "nthreads", "Task threads of the worker."),
+    ("processing", "processing", "Tasks the worker is running or has queued."),
+    ("results", "nkeys", "Results the worker holds."),
+    ("held_bytes", "memory", "Bytes of the results the worker holds."),
+    ("spilled_bytes", "spilled", "Bytes of results the worker spilled to disk."),
+    ("process_memory_bytes", "rss", "The worker process's memory, as its last heartbeat said."),
+    ("memory_limit_bytes", "memory_limit", "The worker's memory limit (0: none)."),
+    ("transfer_bytes", "in_flight", "Bytes the worker's replies to peers have in flight."),
+)
+
+_COUNTERS = (
+    ("tasks_finished", "finished", "Tasks that finished."),
+    ("tasks_erred", "erred", "Tasks that erred."),
+    ("tasks_recomputed", "recomputed", "Results computed again after their holder was lost."),
+    ("tasks_rescheduled", "rescheduled", "Running tasks sent elsewhere after a worker was lost."),
+    ("tasks_stolen", "stolen", "Tasks moved to a less busy worker."),
+    ("results_lost", "lost", "Results lost with every worker that held them."),
+    ("workers_lost", "workers_lost", "Workers removed because they died or went silent."),
+)
+
+
+class _Collector:
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        info: dict[str, Any] = queries.info(self.state)
+        workers = info["workers"]
+        by_status: dict[str, int] = {}
+        for w in workers.values():
+            by_status[str(w["status"])] = by_status.get(str(w["status"]), 0) + 1
+        family = GaugeMetricFamily("regrow_workers", "Workers, by status.", labels=["status"])
+        for status, n in sorted(by_status.items()):
+            family.add_metric([status], n)
+        yield family
+        family = GaugeMetricFamily("regrow_tasks", "Tasks, by state.", labels=["state"])
+        for state, n in sorted(info["tasks"].items()):
+            family.add_metric([state], n)
+        yield family
+        family = GaugeMetricFamily(
+            "regrow_task_group_tasks",
+            "Tasks, by group (the key's prefix) and state.",
+            labels=["group", "state"],
+        )
+        for group, states in sorted(queries.task_groups(self.state).items()):
+            for state, n in sorted(states.items()):
+                family.add_metric([group, state], n)
+        yield family
+        yield GaugeMetricFamily("regrow_clients", "Clients connected.", value=info["clients"])
+        yield GaugeMetricFamily(
+            "regrow_tasks_queued", "Tasks waiting for a free thread.", value=info["queued"]
+        )
+        yield GaugeMetricFamily(
+            "regrow_suspects", "Tasks suspected of killing workers.", value=len(info["suspects"])
+        )
+        for name, field, doc in _WORKER_GAUGES:
+            family = GaugeMetricFamily(f"regrow_worker_{name}", doc, labels=["worker", "name"])
+            for address, w in sorted(workers.items()):
+                value = w.get(field)
+                if isinstance(value, int | float):
+                    family.add_metric([address, str(w["name"])], value)
+            yield family
+        counts = info["counts"]
+        for name, field, doc in _COUNTERS:
+            yield CounterMetricFamily(f"regrow_{name}", doc, value=counts.get(field, 0))
+
+
+def exposition(state: SchedulerState) -> bytes:
+    """The scheduler's metrics now, in Prometheus' text format."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(state))
+    return generate_latest(registry)
