@@ -78,7 +78,7 @@ def _slurm_defaults() -> dict[str, str]:
     """Inside a Slurm job, worker defaults from its environment (else nothing)."""
     if "SLURM_JOB_ID" not in os.environ:
         return {}
-    from regrow.deploy.slurm import worker_defaults
+    from regrow.worker.batch import worker_defaults
 
     return worker_defaults(os.environ)
 
@@ -122,9 +122,14 @@ def _write_ready(path: str | None, address: str) -> None:
         sys.stdout.write(f"{address}\n")
         sys.stdout.flush()
         return
-    tmp = f"{path}.tmp"
+    _write_whole(path, address)
+
+
+def _write_whole(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees all of it or no file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        f.write(address)
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -169,10 +174,7 @@ def _write_scheduler_file(path: str | None, address: str) -> None:
         return
     import json
 
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"type": "Scheduler", "address": address, "pid": os.getpid()}, f)
-    os.replace(tmp, path)
+    _write_whole(path, json.dumps({"type": "Scheduler", "address": address, "pid": os.getpid()}))
 
 
 def _run_service(
@@ -223,7 +225,7 @@ def _dashboard_option(healthy: str) -> Callable[[Callable[..., Any]], Callable[.
     )
 
 
-_common = [
+_tls = [
     click.option("--tls-ca-file", type=click.Path(dir_okay=False), default=None,
                  help="CA certificate (PEM): peers must present certificates it signed.  "
                       "[else $REGROW_TLS_CA_FILE]"),
@@ -231,6 +233,10 @@ _common = [
                  help="This process's certificate (PEM), signed by the CA."),
     click.option("--tls-key", type=click.Path(dir_okay=False), default=None,
                  help="This process's private key (PEM)."),
+]  # fmt: skip
+
+_common = [
+    *_tls,
     click.option("--insecure", is_flag=True, default=False,
                  help="Listen beyond loopback with neither a token nor TLS (warns)."),
     click.option("--ready-file", hidden=True, default=None,
@@ -243,10 +249,18 @@ _common = [
 ]  # fmt: skip
 
 
-def common(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed(_common):
-        fn = opt(fn)
-    return fn
+def _options(options: list[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator that adds ``options``, in their order."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return add
+
+
+common = _options(_common)
 
 
 @click.group()
@@ -408,7 +422,7 @@ def worker(
     log_level: str,
 ) -> None:
     """Run a worker (under a nanny) for the scheduler at SCHEDULER_ADDRESS."""
-    from regrow.deploy import parse_bytes
+    from regrow.config import parse_bytes
     from regrow.protocol.comm import is_loopback, parse_address
     from regrow.protocol.reach import route_to, split_contact
     from regrow.worker import Worker
@@ -494,9 +508,7 @@ def worker(
               help="File holding the cluster token (else $REGROW_TOKEN).")  # fmt: skip
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds to keep trying to reach the scheduler.")  # fmt: skip
-@click.option("--tls-ca-file", type=click.Path(dir_okay=False), default=None)
-@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None)
-@click.option("--tls-key", type=click.Path(dir_okay=False), default=None)
+@_options(_tls)
 def status(
     scheduler_address: str,
     as_json: bool,

@@ -141,6 +141,16 @@ class Settings:
             values[name] = value
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The REGROW_<FIELD> variables of the settings that differ from the defaults:
+        how a process hands its settings to those it starts (``from_env`` reads them)."""
+        default = type(self)()
+        return {
+            f"REGROW_{f.name.upper()}": str(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -157,3 +167,19 @@ def _parse(name: str, raw: str, type_: Any) -> Any:
     except ValueError:
         raise ValueError(f"REGROW_{name.upper()}={raw!r} is not a valid {kind}") from None
     return raw
+
+
+def parse_bytes(text: str) -> int:
+    """'4GB', '512 MiB', '1e9' -> bytes."""
+    s = text.strip().replace(" ", "")
+    units = {
+        "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+        "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1,
+    }  # fmt: skip
+    lower = s.lower()
+    unit = next((u for u in units if lower.endswith(u)), "")
+    number, mult = (lower[: -len(unit)], units[unit]) if unit else (lower, 1)
+    try:
+        return int(float(number) * mult)
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a size (try '4GB' or '512MiB')") from None

@@ -4,6 +4,7 @@ when idle by retiring workers gracefully (their results moved, nothing recompute
 from __future__ import annotations
 
 import collections
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,7 +125,9 @@ def test_scale_and_adapt_reject_bad_arguments(
     assert cluster._adaptive is None
 
 
-def test_scale_inprocess_cluster() -> None:
+def test_scale_inprocess_cluster(caplog: pytest.LogCaptureFixture) -> None:
+    # get_logs() of an in-process cluster keeps what regrow's loggers let through.
+    caplog.set_level(logging.INFO, logger="regrow")
     with (
         LocalCluster(n_workers=1, processes=False) as cluster,
         Client(cluster, set_as_default=False) as client,
@@ -136,7 +139,8 @@ def test_scale_inprocess_cluster() -> None:
         cluster.scale(1)
         assert n_workers(client) == 1
         assert client.gather(futures) == [0, 2, 4, 6]
-        assert "cluster" in cluster.get_logs()
+        logs = cluster.get_logs()["cluster"]
+        assert "registered" in logs and "retired" in logs, logs[-2000:]
 
 
 # ------------------------------------------------------------ the pure policy

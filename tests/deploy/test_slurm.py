@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from regrow import Client, SLURMCluster
-from regrow.deploy.slurm import worker_defaults
 from regrow.protocol.comm import is_loopback, parse_address
 from regrow.protocol.reach import outward_host
 from regrow.testing import children_of, wait_until
+from regrow.worker.batch import worker_defaults
 
 from .slurm_env import SlurmEnv, slurm  # noqa: F401  (the fixture)
 

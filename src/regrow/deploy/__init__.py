@@ -1,6 +1,7 @@
 """Cluster managers: one module per way of starting processes, behind one interface."""
 
-from regrow.deploy.local import LocalCluster, parse_bytes, stop_processes
+from regrow.config import parse_bytes
+from regrow.deploy.local import LocalCluster, stop_processes
 from regrow.deploy.slurm import SLURMCluster
 from regrow.deploy.ssh import SSHCluster
 

@@ -144,7 +144,6 @@ class Adaptive:
         self.cluster = cluster
         self.policy = policy
         self.interval = float(interval)
-        self.rounds = 0
         self.last_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="regrow-adaptive", daemon=True)
@@ -168,7 +167,6 @@ class Adaptive:
                     return
                 self.last_error = exc
                 logger.warning("adapt: this round failed (%s); trying again", exc)
-            self.rounds += 1
 
     def adapt_once(self) -> None:
         cluster = self.cluster
@@ -185,7 +183,7 @@ class Adaptive:
                 load.demand,
                 n,
             )
-            cluster._scale(n, prefer=retire)
+            cluster._scale(n, prefer=retire, workers=info["workers"])
 
     def stop(self) -> None:
         self._stop.set()

@@ -76,10 +76,9 @@ class Cluster(ABC):
         """``{"scheduler": text, "<worker name>": text, ...}``: what each process logged."""
 
     # ---------------------------------------------------------- the API
-    @property
-    def dashboard_link(self) -> str | None:
-        """The scheduler's web page, where it serves one (``--dashboard-address``)."""
-        return getattr(self, "_dashboard_link", None)
+    # The scheduler's web page, where a deployment serves one: none does yet (its
+    # dashboard is issue 16's; ``--dashboard-address`` serves /health and /metrics only).
+    dashboard_link: str | None = None
 
     def scale(self, n: int | None = None, *, jobs: int | None = None) -> None:
         """Have ``n`` workers (``jobs=``: the same, counted in batch jobs of one worker).
@@ -98,16 +97,29 @@ class Cluster(ABC):
         self._stop_adaptive()
         self._scale(n)
 
-    def _scale(self, n: int, prefer: list[str] | None = None) -> None:
+    def _scale(
+        self,
+        n: int,
+        prefer: list[str] | None = None,
+        workers: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """To ``n`` units; retiring, ``prefer`` these names first. ``workers``: the
+        scheduler's worker info if the caller just asked for it (adapt did)."""
         with self._scale_lock:
             names = self._unit_names()
             if n > len(names):
                 self._start_units(n - len(names))
             elif n < len(names):
-                self._retire(len(names) - n, names, prefer or [])
+                self._retire(len(names) - n, names, prefer or [], workers)
 
-    def _retire(self, k: int, names: list[str], prefer: list[str]) -> None:
-        info = self._client().scheduler_info()["workers"]
+    def _retire(
+        self,
+        k: int,
+        names: list[str],
+        prefer: list[str],
+        workers: dict[str, dict[str, Any]] | None,
+    ) -> None:
+        info = workers if workers is not None else self._client().scheduler_info()["workers"]
         by_name = {str(w.get("name", a)): (a, w) for a, w in info.items()}
         # Not registered yet: nothing to move, stop them first (newest first).
         starting = [name for name in reversed(names) if name not in by_name]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from regrow.client.loop import LoopThread
-from regrow.config import Settings
+from regrow.config import Settings, parse_bytes
 from regrow.deploy.cluster import Cluster, wait_ready
 from regrow.security import Role, Security
 
@@ -62,12 +61,7 @@ def default_layout(
 def _child_env(token: str, settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["REGROW_TOKEN"] = token
-    # Settings reach the children as REGROW_* variables, which Settings.from_env reads.
-    default = Settings()
-    for f in dataclasses.fields(Settings):
-        value = getattr(settings, f.name)
-        if value != getattr(default, f.name):
-            env[f"REGROW_{f.name.upper()}"] = str(value)
+    env.update(settings.to_env())
     # Functions pickled by reference must import in the workers as they do here.
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     if os.getcwd() not in paths:
@@ -435,8 +429,10 @@ class LocalCluster(Cluster):
             if self._closed:
                 return
             self._closed = True
-        with contextlib.suppress(Exception):
+        try:
             self._close_common()
+        except Exception as exc:  # the processes must be stopped whatever happened here
+            logger.warning("closing the cluster's own client failed: %s", exc)
         if self._loop is not None:
 
             async def stop() -> None:
@@ -509,22 +505,6 @@ def _memory_limit(limit: int | str | None, n_workers: int) -> int:
     if isinstance(limit, int):
         return limit
     return parse_bytes(limit)
-
-
-def parse_bytes(text: str) -> int:
-    """'4GB', '512 MiB', '1e9' -> bytes."""
-    s = text.strip().replace(" ", "")
-    units = {
-        "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-        "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1,
-    }  # fmt: skip
-    lower = s.lower()
-    unit = next((u for u in units if lower.endswith(u)), "")
-    number, mult = (lower[: -len(unit)], units[unit]) if unit else (lower, 1)
-    try:
-        return int(float(number) * mult)
-    except ValueError:
-        raise ValueError(f"cannot read {text!r} as a size (try '4GB' or '512MiB')") from None
 
 
 @atexit.register

@@ -8,9 +8,9 @@ the jobs must see: a shared filesystem, as dask-jobqueue assumes) holding the to
 (mode 0600: the token appears in no script, command line or job environment), the TLS
 files of the workers, and the jobs' logs unless ``log_directory`` is given.
 
-Also ``worker_defaults(environ)``: inside a Slurm allocation, what ``regrow worker``
-should default to (threads, memory limit, a distinct name per task), from Slurm's
-environment, so that ``srun regrow worker ADDRESS`` needs no more flags.
+What ``regrow worker`` takes from Slurm's environment inside an allocation (so that
+``srun regrow worker ADDRESS`` needs no more flags) is ``regrow.worker.batch``'s: a
+worker process must not import the deploy layer to start.
 
 A job that leaves the queue (it ended, was cancelled, hit its walltime, was preempted)
 is forgotten at the next look at ``squeue``, so ``scale`` and ``adapt`` replace it; the
@@ -42,9 +42,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from regrow.config import Settings
+from regrow.config import Settings, parse_bytes
 from regrow.deploy.cluster import Cluster, wait_for, wait_ready
-from regrow.deploy.local import _child_env, parse_bytes, stop_processes
+from regrow.deploy.local import _child_env, stop_processes
 from regrow.protocol.comm import format_address, is_loopback, parse_address
 from regrow.protocol.reach import WILDCARDS, interface_address, outward_host
 from regrow.security import Security
@@ -662,58 +662,6 @@ def _read_text(path: str) -> str:
 
 
 # ---------------------------------------------------------------- srun defaults
-def worker_defaults(environ: Mapping[str, str]) -> dict[str, str]:
-    """Defaults for ``regrow worker`` inside a Slurm allocation (``SLURM_JOB_ID`` set),
-    from Slurm's environment; ``{}`` outside one. Keys are the worker's option names:
-
-    - ``nthreads``: ``SLURM_CPUS_PER_TASK`` (set when the job asked ``-c``);
-    - ``memory_limit`` (bytes): ``SLURM_MEM_PER_CPU`` x the task's CPUs, else
-      ``SLURM_MEM_PER_NODE`` shared among the step's tasks on this node (Slurm's MB
-      are MiB);
-    - ``name``: ``slurm-<SLURM_JOB_ID>-<SLURM_PROCID>``, so each task of
-      ``srun -n 4 regrow worker ADDRESS`` registers under its own name.
-    """
-    job = environ.get("SLURM_JOB_ID", "").strip()
-    if not job:
-        return {}
-    out = {"name": f"slurm-{job}-{environ.get('SLURM_PROCID', '0').strip() or '0'}"}
-    cpus = _positive(environ.get("SLURM_CPUS_PER_TASK"))
-    if cpus is not None:
-        out["nthreads"] = str(cpus)
-    per_cpu = _positive(environ.get("SLURM_MEM_PER_CPU"))
-    per_node = _positive(environ.get("SLURM_MEM_PER_NODE"))
-    if per_cpu is not None:
-        out["memory_limit"] = str(per_cpu * (cpus or 1) * 2**20)
-    elif per_node is not None:
-        tasks = _tasks_on_this_node(environ)
-        out["memory_limit"] = str(per_node * 2**20 // tasks)
-    return out
-
-
-def _positive(value: str | None) -> int | None:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        return None
-    return number if number > 0 else None
-
-
-def _tasks_on_this_node(environ: Mapping[str, str]) -> int:
-    """How many tasks of this step share this node: ``SLURM_STEP_TASKS_PER_NODE`` (or
-    the job's ``SLURM_TASKS_PER_NODE``), e.g. ``2(x3),1``, at ``SLURM_NODEID``."""
-    text = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE") or ""
-    counts: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
-        if m is None:
-            return 1
-        counts += [int(m.group(1))] * int(m.group(2) or 1)
-    node = _positive(environ.get("SLURM_NODEID")) or 0
-    if node < len(counts) and counts[node] > 0:
-        return counts[node]
-    return 1
-
-
 @atexit.register
 def _close_all() -> None:
     for cluster in list(_live):

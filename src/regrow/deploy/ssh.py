@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
@@ -108,18 +107,6 @@ def cli_flags(options: Mapping[str, Any], known: Mapping[str, str], what: str) -
         else:
             args += [flag, str(value)]
     return args
-
-
-def _settings_env(settings: Settings) -> dict[str, str]:
-    """REGROW_* variables for the settings that differ from the defaults (as
-    LocalCluster hands its children; none of them is a secret)."""
-    default = Settings()
-    env = {}
-    for f in dataclasses.fields(Settings):
-        value = getattr(settings, f.name)
-        if value != getattr(default, f.name):
-            env[f"REGROW_{f.name.upper()}"] = str(value)
-    return env
 
 
 def remote_command(python: str, args: Sequence[str], env: Mapping[str, str]) -> str:
@@ -282,7 +269,7 @@ class SSHCluster(Cluster):
         self._hosts = [
             _Host(i, str(h), dict(options[i]), pythons[i]) for i, h in enumerate(self.hosts)
         ]
-        self._env = _settings_env(self.settings)
+        self._env = self.settings.to_env()
         self._lock = threading.Lock()
         self._units: dict[str, _Remote] = {}  # worker units started and not stopped
         self._logs: dict[str, deque[str]] = {}
