@@ -10,6 +10,10 @@ import pytest
 from regrow import Client, LocalCluster
 from regrow.testing import MakeCluster, children_of, wait_until
 
+# Schedulers the tests start serve no dashboard unless a test asks (on port 0): none
+# binds 8787, and none pays for aiohttp it does not use.
+os.environ["REGROW_DASHBOARD_ADDRESS"] = ""
+
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:

@@ -203,7 +203,9 @@ def _run_service(
     _serve(go, parent_pid)
 
 
-def _dashboard_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def _dashboard_address(
+    ctx: click.Context, param: click.Parameter | None, value: str | None
+) -> str | None:
     """--dashboard-address: HOST:PORT or :PORT, checked now (a usage error, not later)."""
     from regrow.protocol.health import parse_http_address
 
@@ -289,7 +291,17 @@ def main() -> None:
               help="Worker deaths a task may cause before KilledWorker [default: 3].")  # fmt: skip
 @click.option("--worker-saturation", type=float, default=None, hidden=True)
 @click.option("--steal-interval", type=float, default=None, hidden=True)
-@_dashboard_option("once it serves")
+@click.option(
+    "--dashboard-address",
+    default=None,
+    callback=_dashboard_address,
+    help="Serve the dashboard, GET /health and GET /metrics over HTTP at HOST:PORT "
+    "(:PORT: every interface; off loopback they ask for the token) "
+    "[default: $REGROW_DASHBOARD_ADDRESS, else 127.0.0.1:8787 or the next free port].",
+)
+@click.option("--dashboard/--no-dashboard", default=True,
+              help="Serve the dashboard's pages (--no-dashboard: only /health and /metrics, "
+                   "and only with --dashboard-address).")  # fmt: skip
 @common
 def scheduler(
     host: str,
@@ -304,6 +316,7 @@ def scheduler(
     worker_saturation: float | None,
     steal_interval: float | None,
     dashboard_address: str | None,
+    dashboard: bool,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -329,6 +342,11 @@ def scheduler(
         heartbeat_timeout=heartbeat_timeout,
         allowed_failures=allowed_failures,
     )
+    http_address = dashboard_address
+    if http_address is None and dashboard:
+        http_address = _dashboard_address(
+            click.get_current_context(), None, settings.dashboard_address or None
+        )
 
     _run_service(
         lambda: Scheduler(
@@ -340,7 +358,10 @@ def scheduler(
             journal_new=journal_new,
             security=security,
             insecure=insecure,
-            dashboard_address=dashboard_address,
+            dashboard_address=http_address,
+            dashboard=dashboard,
+            # Not asked for a port: 8787 taken moves to the next free one.
+            dashboard_tries=1 if dashboard_address else 16,
         ),
         parent_pid,
         ready_file,

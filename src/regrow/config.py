@@ -123,6 +123,10 @@ class Settings:
     # over the moment its worker dies: a fresh worker registers ~20 ms after a SIGKILL
     # instead of ~200 ms. Costs one idle process per nanny (~30 MB resident, 18 MB of it its own).
     standby_worker: bool = True
+    # Where a scheduler serves its dashboard (and /health, /metrics) unless told: HOST:PORT
+    # or :PORT (every interface); '' for nowhere. Loopback by default: off loopback it
+    # asks for the cluster token. Taken, the port moves to the next free one.
+    dashboard_address: str = "127.0.0.1:8787"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

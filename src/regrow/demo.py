@@ -12,13 +12,13 @@ import os
 import re
 import signal
 import sysconfig
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 _WORD = re.compile(r"[A-Za-z_]+")
@@ -43,7 +43,7 @@ def stdlib_files(limit: int) -> list[str]:
 
 
 def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int:
-    from regrow import Client, LocalCluster, as_completed
+    from regrow import Client, LocalCluster, as_completed, progress
 
     console = Console(stderr=False)
     files = stdlib_files(max_files)
@@ -62,6 +62,8 @@ def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int
         console.print(
             f"cluster up in {time.perf_counter() - start:.2f} s at {cluster.scheduler_address}"
         )
+        if client.dashboard_link:
+            console.print(f"dashboard: {client.dashboard_link} (the timeline shows the kill)")
         t0 = time.perf_counter()
         counts = client.map(count_words, files)
         # Pairwise tree reduction: each level's tasks depend on the level below.
@@ -76,24 +78,27 @@ def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int
         total = level[0]
         all_futures = counts + tree
         victim: dict[str, Any] | None = None
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            bar = progress.add_task("tasks", total=len(all_futures))
+
+        def kill_one() -> None:
+            # A third of the way through, SIGKILL the first worker (while the bars draw).
+            nonlocal victim
             for i, _ in enumerate(as_completed(all_futures)):
-                progress.advance(bar)
-                if kill and victim is None and i >= len(all_futures) * 0.3 and n_workers > 1:
+                if i >= len(all_futures) * 0.3:
                     workers = client.scheduler_info()["workers"]
                     victim = next(iter(workers.values()))
                     os.kill(int(victim["pid"]), signal.SIGKILL)
-                    progress.console.print(
+                    console.print(
                         f"[yellow]killed worker {victim['name']} (pid {victim['pid']}) with "
                         f"SIGKILL after {i + 1} tasks[/yellow]"
                     )
+                    return
+
+        killer = threading.Thread(target=kill_one, name="demo-kill", daemon=True)
+        if kill and n_workers > 1:
+            killer.start()
+        progress(all_futures, console=console)
+        if killer.ident is not None:
+            killer.join(timeout=60)
         result = total.result()
         elapsed = time.perf_counter() - t0
         restarted = ""
@@ -110,7 +115,8 @@ def run_demo(n_workers: int = 2, max_files: int = 400, kill: bool = True) -> int
             else:
                 restarted = "its nanny did not bring a fresh worker back within 30 s"
         info = client.scheduler_info()
-        events = [m for _, _, m in client.get_events("workers") if "lost" in m]
+        lost = client.get_events("workers")
+        events = [m["text"] for _, _, m in lost if m["action"] == "worker-lost"]
     serial = Counter[str]()
     for f in files:
         serial.update(count_words(f))

@@ -6,6 +6,9 @@
   a test exactly as an operator would, and stop only those, by PID.
 - ``veth_link(name)``: a second "host" on Linux: a network namespace joined to this one by
   a veth pair on a free /30, removed on exit (root and iproute2's ``ip`` needed).
+- ``headless_browser()``: a real headless chromium driven through selenium (Debian's
+  ``chromium`` and ``chromium-driver``), for the dashboard; ``browser_missing()`` says why
+  none can run here.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -198,3 +201,66 @@ __all__ = [
     "wait_ready",
     "wait_until",
 ]
+
+
+# ------------------------------------------------------------------ a real browser
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMEDRIVER = ("/usr/bin/chromedriver",)
+# Headless, no sandbox (root in CI), and nothing that reaches the network by itself.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--window-size=1400,1000",
+)
+
+
+def browser_missing() -> str | None:
+    """Why no headless browser can run here (None: one can)."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    if not any(shutil.which(p) for p in CHROMIUM):
+        return "chromium is not installed (apt-get install chromium chromium-driver)"
+    if not any(shutil.which(p) for p in CHROMEDRIVER):
+        return "chromedriver is not installed (apt-get install chromium-driver)"
+    return None
+
+
+@contextlib.contextmanager
+def headless_browser(width: int = 1400, height: int = 1000) -> Iterator[Any]:
+    """A fresh headless chromium (a profile directory of its own) as a selenium driver;
+    quit at the end."""
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = next(p for p in CHROMIUM if shutil.which(p))
+    driver_path = next(p for p in CHROMEDRIVER if shutil.which(p))
+    with tempfile.TemporaryDirectory(prefix="regrow-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--window-size={width},{height}")
+        options.add_argument(f"--user-data-dir={profile}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def console_errors(driver: Any) -> list[str]:
+    """The page's console messages of level SEVERE (uncaught errors, failed loads)."""
+    return [str(e["message"]) for e in driver.get_log("browser") if e.get("level") == "SEVERE"]

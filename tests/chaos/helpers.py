@@ -56,7 +56,7 @@ def wait_for_workers(
 
 def worker_events(client: Client, since: float = 0.0) -> list[str]:
     """Messages of the scheduler's 'workers' topic received since ``since`` (time.time())."""
-    return [msg for t, _, msg in client.get_events("workers") if t >= since]
+    return [msg["text"] for t, _, msg in client.get_events("workers") if t >= since]
 
 
 def lost_events(client: Client, since: float = 0.0) -> list[str]:

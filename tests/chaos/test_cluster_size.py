@@ -34,7 +34,7 @@ def test_a_killed_nanny_is_replaced(make_cluster: MakeCluster) -> None:
     # The client's event log says what happened, and why.
     replaced = f"the nanny of worker {victim.name} (pid {victim.pid}), killed by SIGKILL"
     wait_until(
-        lambda: any(replaced in m for _, _, m in client.get_events("workers")),
+        lambda: any(replaced in m["text"] for _, _, m in client.get_events("workers")),
         timeout=10,
         what="the replacement in get_events('workers')",
     )

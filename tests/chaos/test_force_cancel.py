@@ -91,7 +91,11 @@ def test_force_cancel_uninterruptible(make_cluster: MakeCluster, tmp_path: Path)
     assert client.gather(others, timeout=60) == list(range(1, 41))
     assert all(f.status == "finished" for f in others)
     assert stuck.cancelled()
-    retired = [m for _, _, m in client.get_events("workers") if addr in m and "did not stop" in m]
+    retired = [
+        m["text"]
+        for _, _, m in client.get_events("workers")
+        if addr in m["text"] and "did not stop" in m["text"]
+    ]
     assert retired, client.get_events("workers")
     assert len(workers(client)) == 2
 

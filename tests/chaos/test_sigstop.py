@@ -45,7 +45,9 @@ def test_sigstop(make_cluster: MakeCluster) -> None:
         assert gone_after <= HEARTBEAT_TIMEOUT + 1, gone_after
         wait_until(lambda: lost_events(client, since=start), timeout=5, what="a 'lost' event")
         [lost] = [
-            (t, m) for t, _, m in client.get_events("workers") if t >= start and ") lost:" in m
+            (t, m["text"])
+            for t, _, m in client.get_events("workers")
+            if t >= start and ") lost:" in m["text"]
         ]
         assert victim in lost[1] and "no heartbeat" in lost[1], lost
         assert lost[0] - stopped_wall <= HEARTBEAT_TIMEOUT + 1, (lost[0] - stopped_wall, lost)

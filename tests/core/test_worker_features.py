@@ -155,5 +155,5 @@ def test_clients_hear_about_workers_joining_and_leaving() -> None:
     h.remove_worker("w1")
     topics = [(e.client, e.topic) for e in h.client_events]
     assert topics == [("cl", "workers"), ("cl", "workers")]
-    assert "alice" in h.client_events[0].message
-    assert "lost" in h.client_events[1].message
+    assert "alice" in h.client_events[0].data["text"]
+    assert "lost" in h.client_events[1].data["text"]

@@ -102,7 +102,7 @@ def test_worker_holding_the_only_copy_stays_when_no_other_worker(
     assert list(workers(client)) == [only]
     assert workers(client)[only]["status"] == "running"
     wait_until(
-        lambda: any("not retired" in m for _, _, m in client.get_events("workers")),
+        lambda: any("not retired" in m["text"] for _, _, m in client.get_events("workers")),
         timeout=10,
         what="the client told why the worker stayed",
     )

@@ -1,10 +1,11 @@
-"""``Client.subscribe_topic``: a handler called with ``(time, message)`` for each event."""
+"""``Client.subscribe_topic``: a handler called with ``(time, event)`` for each event."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -16,19 +17,24 @@ def test_a_handler_sees_each_event_of_its_topic_until_unsubscribed(
     make_cluster: MakeCluster,
 ) -> None:
     cluster, client = make_cluster(n_workers=1)
-    seen: list[tuple[float, str]] = []
+    seen: list[tuple[float, dict[str, Any]]] = []
     threads: set[str] = set()
 
-    def handler(event: tuple[float, str]) -> None:
+    def handler(event: tuple[float, dict[str, Any]]) -> None:
         seen.append(event)
         threads.add(threading.current_thread().name)
 
     client.subscribe_topic("workers", handler)
     before = time.time()
     (new,) = cluster.scale_up(1)
-    wait_until(lambda: any("joined" in m for _, m in seen), timeout=10, what="the join event")
-    stamp, message = next(e for e in seen if "joined" in e[1])
-    assert before <= stamp <= time.time() and f"({new.name}) joined" in message
+    wait_until(
+        lambda: any(m["action"] == "worker-added" for _, m in seen),
+        timeout=10,
+        what="the join event",
+    )
+    stamp, message = next(e for e in seen if e[1]["action"] == "worker-added")
+    assert before - 0.1 <= stamp <= time.time() and f"({new.name}) joined" in message["text"]
+    assert message["name"] == new.name and message["worker"].startswith("tcp://")
     assert threads == {t for t in threads if t.startswith("regrow-callback")}
     assert (stamp, "workers", message) in client.get_events("workers")
     client.unsubscribe_topic("workers")
@@ -41,7 +47,7 @@ def test_a_handler_sees_each_event_of_its_topic_until_unsubscribed(
     with pytest.raises(TypeError, match="callable"):
         client.subscribe_topic("workers", "print")  # type: ignore[arg-type]
 
-    async def coroutine_handler(event: tuple[float, str]) -> None:
+    async def coroutine_handler(event: tuple[float, dict[str, Any]]) -> None:
         pass
 
     with pytest.raises(TypeError, match="asynchronous Client only"):
@@ -54,9 +60,9 @@ def test_a_coroutine_handler_on_an_asynchronous_client(make_cluster: MakeCluster
     async def main() -> list[str]:
         seen: list[str] = []
 
-        async def handler(event: tuple[float, str]) -> None:
+        async def handler(event: tuple[float, dict[str, Any]]) -> None:
             await asyncio.sleep(0)
-            seen.append(event[1])
+            seen.append(event[1]["text"])
 
         async with Client(cluster, asynchronous=True, set_as_default=False) as client:
             client.subscribe_topic("workers", handler)

@@ -81,5 +81,7 @@ def test_replicas_survive_a_holder_frozen_then_a_scheduler_kill(
     lengths = client.gather(client.map(len, futures), timeout=60)
     assert lengths == [100_000 * (i + 1) for i in range(4)]
     assert all(f.status == "finished" for f in futures)
-    lost = [m for t, _, m in client.get_events("workers") if t >= start and "lost" in m]
+    lost = [
+        m["text"] for t, _, m in client.get_events("workers") if t >= start and "lost" in m["text"]
+    ]
     assert not any("scattered" in m for m in lost), lost

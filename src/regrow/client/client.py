@@ -50,6 +50,7 @@ from regrow.protocol.messages import (
     CancelMsg,
     CloseClientMsg,
     DesireKeysMsg,
+    LogEventMsg,
     RestartMsg,
     ShutdownMsg,
     TaskEntry,
@@ -145,9 +146,12 @@ class Client:
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
         # Called (key, worker) from the IO thread when a running task's worker died.
         self._interrupt_listeners: list[Callable[[str, str], None]] = []
-        self._events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=10_000)
+        self._dashboard = ""  # where the scheduler serves its dashboard (it says so)
+        self._events: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(
+            maxlen=10_000
+        )
         # subscribe_topic: topic -> handler; the tasks of coroutine handlers running.
-        self._topic_handlers: dict[str, Callable[[tuple[float, str]], Any]] = {}
+        self._topic_handlers: dict[str, Callable[[tuple[float, dict[str, Any]]], Any]] = {}
         self._handler_tasks: set[asyncio.Future[Any]] = set()
         # The loop the session runs in: set here, or when an asynchronous client starts.
         self._loop: ClientLoop
@@ -343,10 +347,13 @@ class Client:
             call()  # pool shut down with the client: run inline
 
     # ---------------------------------------------------------------- events
-    def _record_event(self, topic: str, message: str) -> None:
-        event = (time.time(), topic, message)
+    def _record_event(self, topic: str, text: str, data: dict[str, Any] | None = None) -> None:
+        # The event's own record (docs/events.md); from an older scheduler, its text only.
+        message = dict(data) if data else {"action": "", "text": text}
+        stamp = message.pop("time", None)
+        event = (stamp if isinstance(stamp, float) else time.time(), topic, message)
         self._events.append(event)
-        logger.info("[%s] %s", topic, message)
+        logger.info("[%s] %s", topic, text)
         handler = self._topic_handlers.get(topic)
         if handler is None:
             return
@@ -358,11 +365,13 @@ class Client:
         else:
             self._in_callback_thread(handler, (event[0], event[2]), f"handler of topic {topic!r}")
 
-    def subscribe_topic(self, topic: str, handler: Callable[[tuple[float, str]], Any]) -> None:
-        """Call ``handler((time, message))`` for every event on ``topic`` from now on, as
+    def subscribe_topic(
+        self, topic: str, handler: Callable[[tuple[float, dict[str, Any]]], Any]
+    ) -> None:
+        """Call ``handler((time, event))`` for every event on ``topic`` from now on, as
         dask.distributed's: in the client's callback thread, in order; a coroutine
         function is run in the client's loop (an asynchronous client). One handler per
-        topic: a new one replaces the last. Topics: see ``get_events``."""
+        topic: a new one replaces the last. Topics and events: see ``get_events``."""
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"subscribe_topic() takes a topic name, got {topic!r}")
         if not callable(handler):
@@ -379,11 +388,32 @@ class Client:
         if self._topic_handlers.pop(topic, None) is None:
             raise ValueError(f"no handler subscribed to topic {topic!r}")
 
-    def get_events(self, topic: str | None = None) -> list[tuple[float, str, str]]:
-        """What the scheduler told this client happened: ``(time, topic, message)``.
+    def log_event(self, topic: str, msg: Any) -> Any:
+        """Log an event on ``topic`` at the scheduler, as dask.distributed's: it joins the
+        cluster's timeline (the dashboard shows it) and every client's ``get_events``.
+        ``msg`` is a dict of plain values (str, numbers, bools, lists, dicts), or any
+        other plain value, kept as ``{"text": str(msg)}``; ``action`` and ``text`` in
+        it name and describe the event."""
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"log_event() takes a topic name, got {topic!r}")
+        data = dict(msg) if isinstance(msg, dict) else {"text": str(msg)}
+        if not all(isinstance(k, str) for k in data):
+            raise TypeError("log_event() takes a dict with str keys")
+        return self._sync(self._send(LogEventMsg(topic=topic, data=data)))
 
-        Topics: ``workers`` (joined, lost, and what was recovered), ``warnings``
-        (for example an impure task computed a second time).
+    async def _send(self, msg: LogEventMsg) -> None:
+        self._session.send(msg)
+
+    def get_events(self, topic: str | None = None) -> list[tuple[float, str, dict[str, Any]]]:
+        """What the scheduler told this client happened: ``(time, topic, event)``, oldest
+        first; ``time`` is wall-clock seconds when it happened.
+
+        Each ``event`` is a dict: ``action`` (what happened, e.g. ``"worker-lost"``),
+        ``text`` (one line for people), ``seq`` (its number at this scheduler) and the
+        action's own fields (docs/events.md lists them all). Topics: ``workers``
+        (joined, lost, retired, replaced), ``recovery`` (results computed again, tasks
+        suspected, isolated or blamed, a scheduler restored from its journal) and
+        ``warnings`` (an impure task computed a second time).
         """
         return [e for e in list(self._events) if topic is None or e[1] == topic]
 
@@ -878,8 +908,31 @@ class Client:
                 else:
                     self.close(timeout=2)
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard (None: it serves none), with the token in the link
+        when it is off loopback, as Jupyter's links; the terminal and Jupyter show it."""
+        from regrow.protocol.health import dashboard_link
+
+        return dashboard_link(self._dashboard, self.token) or None
+
     def __repr__(self) -> str:
-        return f"<Client {self.id} scheduler={self.scheduler_address!r} status={self.status}>"
+        link = f" dashboard={self.dashboard_link}" if self._dashboard else ""
+        return f"<Client {self.id} scheduler={self.scheduler_address!r} status={self.status}{link}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the scheduler, the status and the dashboard's link."""
+        from html import escape
+
+        link = self.dashboard_link
+        dashboard = (
+            f'<a href="{escape(link)}" target="_blank">{escape(link)}</a>' if link else "none"
+        )
+        return (
+            f"<div><strong>regrow Client</strong> {escape(self.id)}<br>"
+            f"scheduler: {escape(str(self.scheduler_address))} ({escape(self.status)})<br>"
+            f"dashboard: {dashboard}</div>"
+        )
 
 
 def _installed(package: str) -> bool:

@@ -126,6 +126,7 @@ class Session:
         previous = self.scheduler_id
         self.scheduler_id = reply.id
         self.journaled = reply.journal
+        self.client._dashboard = reply.dashboard
         self.comm = comm
         if reattach:
             self._reattach(same=self.journaled and self.scheduler_id == previous)
@@ -241,7 +242,7 @@ class Session:
                 for listener in list(self.client._interrupt_listeners):
                     listener(msg.key, msg.worker)
             case EventMsg():
-                self.client._record_event(msg.topic, msg.message)
+                self.client._record_event(msg.topic, msg.message, msg.data)
             case SubmitAckMsg():
                 for seq in [s for s in self.unacked if s <= msg.seq]:
                     del self.unacked[seq]

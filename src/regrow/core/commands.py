@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,11 +102,12 @@ class AcquireReplicas(Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReportEvent(Command):
-    """Something a client should see in its event log (topic: workers, recovery, warnings)."""
+    """Something a client should see in its event log (topic: workers, recovery, warnings):
+    ``data`` is the whole event (core.timeline), its ``text`` included."""
 
     client: str
     topic: str
-    message: str
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

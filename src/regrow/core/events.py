@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +66,15 @@ class KeysReleased(Event):
 
     client: str
     keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventLogged(Event):
+    """A client logged an event (``Client.log_event``): ``data`` is a plain dict."""
+
+    client: str
+    topic: str
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

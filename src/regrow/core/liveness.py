@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core import timeline
 from regrow.core.records import CLOSED, LEAVING
 
 if TYPE_CHECKING:
@@ -115,8 +116,13 @@ def death_reported(state: SchedulerState, event: ev.WorkerDeathReported) -> None
 def nanny_joined(state: SchedulerState, event: ev.NannyJoined) -> None:
     """A cluster keeps its size: a nanny started in place of one that died is news."""
     if event.replaces:
-        state._broadcast(
-            "workers", f"nanny {event.nanny} ({event.name}) started in place of {event.replaces}"
+        timeline.record(
+            state,
+            "nanny-replaced",
+            f"nanny {event.nanny} ({event.name}) started in place of {event.replaces}",
+            nanny=event.nanny,
+            name=event.name,
+            replaces=event.replaces,
         )
 
 
@@ -129,5 +135,6 @@ def tick(state: SchedulerState, now: float) -> None:
                 state._remove_worker(ws, ws.reason, graceful=False)
         elif now - ws.last_seen > timeout:
             reason = f"no heartbeat for {now - ws.last_seen:.1f} s (timeout {timeout} s)"
+            state.counts["heartbeat_misses"] += 1
             state._emit(cmd.CloseWorkerConnection(worker=ws.address, reason=reason))
             state._remove_worker(ws, reason, graceful=ws.status == LEAVING)

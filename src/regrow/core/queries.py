@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 def key_group(key: str) -> str:
     """The task group of a key, its name without the token, as dask's ``key_split``
     groups them: ``'inc-3fa8...'`` -> ``'inc'``, ``"('sum-ab12...', 3)"`` -> ``'sum'``."""
+    if key[:1] != "(":
+        # The common form, NAME-TOKEN with one dash: no list of words to build.
+        head, sep, tail = key.rpartition("-")
+        if sep and "-" not in head and head and _is_token(tail) and not _is_token(head):
+            return head
     text = key
     if text.startswith("("):
         text = text[1:].split(",", 1)[0].strip("'\" ")
@@ -23,8 +28,12 @@ def key_group(key: str) -> str:
     return "-".join(kept) or text or "task"
 
 
+_HEX = "0123456789abcdef"
+
+
 def _is_token(word: str) -> bool:
-    return word.isdigit() or (len(word) >= 8 and all(c in "0123456789abcdef" for c in word))
+    # str.strip runs in C: this is called once per task while a dashboard watches.
+    return word.isdigit() or (len(word) >= 8 and not word.strip(_HEX))
 
 
 def task_groups(state: SchedulerState) -> dict[str, dict[str, int]]:
@@ -58,6 +67,7 @@ _FIELDS = frozenset(
         "paused",
         "status",
         "id",
+        "silence",
     )
 )
 
@@ -88,6 +98,8 @@ def info(state: SchedulerState) -> dict[str, Any]:
                 "paused": ws.paused,
                 "status": ws.status,
                 "id": ws.id,
+                # Seconds since its last message, by the latest event's clock.
+                "silence": max(0.0, state._now - ws.last_seen),
                 # What its heartbeats said (rss, managed, spilled, executing...).
                 **{k: v for k, v in ws.metrics.items() if k not in _FIELDS},
             }

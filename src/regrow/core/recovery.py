@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core import graph
+from regrow.core import graph, timeline
 from regrow.core.placement import allowed
 from regrow.core.records import (
     EMPTY,
@@ -70,6 +70,31 @@ def remove_worker(
     state.free.pop(ws, None)
     if not graceful:
         state.counts["workers_lost"] += 1
+    # The departure comes first in the timeline, before what follows from it (suspects,
+    # recomputations); its counts are filled in below, before anyone is told.
+    how = "retired" if graceful else "lost"
+    if graceful:
+        departure = timeline.record(
+            state,
+            "worker-retired",
+            "",
+            worker=ws.address,
+            name=ws.name,
+            reason=reason,
+            rescheduled=0,
+        )
+    else:
+        departure = timeline.record(
+            state,
+            "worker-lost",
+            "",
+            worker=ws.address,
+            name=ws.name,
+            reason=reason,
+            rescheduled=0,
+            recomputing=0,
+            out_of_memory=out_of_memory,
+        )
     # First take its running tasks off it (and judge them), then deal with the
     # data it held, then reschedule: so a rescheduled task never points at it.
     interrupted = list(ws.processing)
@@ -84,6 +109,17 @@ def remove_worker(
         if not graceful and ran:
             ts.suspicious += 1
             state.deaths.setdefault(ts.key, []).append((ws.address, reason))
+            timeline.record(
+                state,
+                "task-suspected",
+                f"task {ts.key!r} was running when worker {ws.address} died "
+                f"({ts.suspicious} of {state.allowed_failures} such deaths allowed)",
+                key=ts.key,
+                worker=ws.address,
+                reason=reason,
+                deaths=ts.suspicious,
+                allowed=state.allowed_failures,
+            )
             for client in ts.who_wants:
                 state._emit(cmd.ReportInterrupted(client=client.id, key=ts.key, worker=ws.address))
     ws.isolated = None
@@ -99,7 +135,13 @@ def remove_worker(
     doomed: dict[str, TaskError] = {}
     if out_of_memory and not graceful and not ran_any:
         doomed = _memory_losses(state, ws, reason, gone)
-    lost = lost_all(state, gone, doomed)
+    lost = lost_all(
+        state,
+        gone,
+        doomed,
+        cause=f"worker {ws.address} ({ws.name}) lost: {reason}",
+        worker=ws.address,
+    )
     ws.nbytes = 0
     rescheduled = 0
     for ts in interrupted:
@@ -108,15 +150,14 @@ def remove_worker(
         # Only a death is judged: a graceful retirement never kills a task.
         if not graceful and ts.suspicious >= state.allowed_failures:
             deaths = state.deaths.pop(ts.key, [])
-            state._err(
-                ts,
-                TaskError(
-                    blame=ts.key,
-                    kind="KilledWorker",
-                    text="; ".join(f"{w}: {r or 'lost'}" for w, r in deaths),
-                    workers=tuple(w for w, _ in deaths),
-                ),
+            error = TaskError(
+                blame=ts.key,
+                kind="KilledWorker",
+                text="; ".join(f"{w}: {r or 'lost'}" for w, r in deaths),
+                workers=tuple(w for w, _ in deaths),
             )
+            blamed(state, ts.key, error)
+            state._err(ts, error)
         elif state._needed(ts):
             ts.waiting_on = EMPTY
             rescheduled += 1
@@ -125,12 +166,13 @@ def remove_worker(
             state._drop_waiting(ts)
             state._check_forget(ts)
     state.counts["rescheduled"] += rescheduled
-    how = "retired" if graceful else "lost"
-    state._broadcast(
-        "workers",
+    departure["text"] = (
         f"worker {ws.address} ({ws.name}) {how}: {reason or 'no reason given'}; "
-        f"{rescheduled} running task(s) rescheduled, {lost} lost result(s) being recomputed",
+        f"{rescheduled} running task(s) rescheduled, {lost} lost result(s) being recomputed"
     )
+    departure["rescheduled"] = rescheduled
+    if not graceful:
+        departure["recomputing"] = lost
     replicate(state, under_replicated)
     if not state.suspects:
         undrain(state)
@@ -166,8 +208,25 @@ def _memory_losses(
     return doomed
 
 
+def blamed(state: SchedulerState, key: str, error: TaskError) -> None:
+    """``key`` is judged to kill its workers: it errs with ``error`` (KilledWorker)."""
+    state.counts["erred"] += 1
+    timeline.record(
+        state,
+        "task-blamed",
+        f"task {key!r} blamed for killing its workers: {error.text}",
+        key=key,
+        workers=list(error.workers),
+        error=error.text,
+    )
+
+
 def lost_all(
-    state: SchedulerState, gone: list[TaskState], doomed: dict[str, TaskError] | None = None
+    state: SchedulerState,
+    gone: list[TaskState],
+    doomed: dict[str, TaskError] | None = None,
+    cause: str = "",
+    worker: str = "",
 ) -> int:
     """The last copies of these results are gone: recompute those still needed (those
     in ``doomed`` err with their error instead).
@@ -192,7 +251,7 @@ def lost_all(
             elif dependent.state == WAITING:
                 dependent.waiting_on = added(dependent.waiting_on, ts)
         state._set_state(ts, RELEASED)
-    recomputed = 0
+    recomputed: list[str] = []
     for ts in gone:
         if state.tasks.get(ts.key) is not ts or ts.state == ERRED:
             continue
@@ -201,12 +260,13 @@ def lost_all(
             continue
         error = doomed.get(ts.key) if doomed else None
         if error is not None and ts.state == RELEASED:
+            blamed(state, ts.key, error)
             state._err(ts, error)
             continue
         for client in ts.who_wants:
             state._emit(cmd.ReportLost(client=client.id, key=ts.key))
         state.counts["recomputed"] += 1
-        recomputed += 1
+        recomputed.append(ts.key)
         if ts.state != RELEASED:
             continue  # already brought back as the input of another lost result
         waiters = set(ts.waiters)
@@ -215,7 +275,18 @@ def lost_all(
         for dependent in waiters:
             if dependent.state == WAITING and ts.state != ERRED:
                 dependent.waiting_on = added(dependent.waiting_on, ts)
-    return recomputed
+    if recomputed:
+        timeline.record(
+            state,
+            "tasks-recomputed",
+            f"{len(recomputed)} lost result(s) being computed again: {cause}",
+            cause=cause,
+            worker=worker,
+            count=len(recomputed),
+            groups=timeline.by_group(recomputed),
+            keys=timeline.sample(recomputed),
+        )
+    return len(recomputed)
 
 
 # -------------------------------------------------------------- replicas
@@ -279,7 +350,7 @@ def drop_holders(state: SchedulerState, dep: TaskState, holders: Iterable[str]) 
             hs.has_what.discard(dep)
             hs.nbytes -= dep.nbytes
     if not dep.who_has and dep.inline is None:
-        lost_all(state, [dep])
+        lost_all(state, [dep], cause=f"no worker holds {dep.key!r} after all (its holders said so)")
 
 
 def dependency_missing(state: SchedulerState, event: ev.DependencyMissing) -> None:
@@ -345,6 +416,13 @@ def isolate(state: SchedulerState) -> None:
         target.draining = False
         target.isolated = ts
         state._send_to(ts, target)
+        timeline.record(
+            state,
+            "task-isolated",
+            f"suspect task {ts.key!r} runs alone on worker {target.address}",
+            key=ts.key,
+            worker=target.address,
+        )
     undrain(state)
 
 
@@ -451,10 +529,13 @@ def recovery_finished(state: SchedulerState) -> None:
         if ts.state == RELEASED and ts.who_wants:
             recomputed += 1
             state._compute(ts)
-    state._broadcast(
-        "workers",
+    timeline.record(
+        state,
+        "scheduler-recovered",
         f"scheduler recovered from its journal: {len(state.tasks)} tasks, "
         f"{recomputed} wanted result(s) computed again",
+        tasks=len(state.tasks),
+        recomputed=recomputed,
     )
     state._fill_all()
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core import timeline
 from regrow.core.records import RETIRING, RUNNING, TaskState, WorkerRecord
 
 if TYPE_CHECKING:
@@ -73,7 +74,13 @@ def requested(state: SchedulerState, event: ev.RetireWorkersRequested) -> None:
             ws.status = RETIRING
             ws.reason = "retired on request"
             state._update_free(ws)
-            state._broadcast("workers", f"worker {ws.address} ({ws.name}) retiring")
+            timeline.record(
+                state,
+                "worker-retiring",
+                f"worker {ws.address} ({ws.name}) retiring",
+                worker=ws.address,
+                name=ws.name,
+            )
         # LEAVING or CLOSED: it goes anyway, and the answer says how.
     state.retirements[event.request] = retirement
     progress(state, event.now)
@@ -162,7 +169,7 @@ def _refuse(state: SchedulerState, ws: WorkerRecord, why: str) -> None:
         retirement.pending.pop(ws, None)
     message = f"worker {ws.address} ({ws.name}) not retired: {why}"
     state._emit(cmd.Log(level="warning", message=message))
-    state._broadcast("workers", message)
+    timeline.record(state, "worker-not-retired", message, worker=ws.address, name=ws.name, why=why)
     state._update_free(ws)
     state._fill(ws)
 

@@ -37,7 +37,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from regrow.core import client_requests, liveness, queries, recovery, retirement, stealing
+from regrow.core import (
+    client_requests,
+    liveness,
+    queries,
+    recovery,
+    retirement,
+    stealing,
+    timeline,
+)
 from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.placement import allowed, decide_worker
@@ -111,6 +119,7 @@ class SchedulerState:
         death_report_wait: float = 1.0,
         max_client_tasks: int = 1_000_000,
         log_length: int = 100_000,
+        event_log_length: int = 1_000,
         validate: bool = False,
     ) -> None:
         self.worker_saturation = worker_saturation
@@ -160,6 +169,11 @@ class SchedulerState:
         self._run_ids = itertools.count(first_run_id)
         self._out: list[cmd.Command] = []
         self._stimulus = ""
+        # The current event's ``now`` (the shell's clock): when recorded events happened.
+        self._now = 0.0
+        # The latest cluster events (core.timeline), oldest first; their numbers.
+        self.events: deque[dict[str, Any]] = deque(maxlen=event_log_length)
+        self._event_seq = itertools.count(1)
         # Bounded story of transitions: (key, start, finish, stimulus_id).
         self.log: deque[tuple[str, str, str, str]] = deque(maxlen=log_length)
         self.counts = {
@@ -170,12 +184,16 @@ class SchedulerState:
             "stolen": 0,
             "lost": 0,
             "workers_lost": 0,
+            # Workers removed because their heartbeats stopped coming.
+            "heartbeat_misses": 0,
         }
 
     # ------------------------------------------------------------------ entry
     def handle(self, *events: ev.Event) -> list[cmd.Command]:
         for event in events:
             self._stimulus = event.stimulus_id
+            if event.now > self._now:  # events that carry no clock keep the last one
+                self._now = event.now
             if isinstance(event, ev.FromWorker):
                 liveness.seen(self, event)
             match event:
@@ -191,6 +209,9 @@ class SchedulerState:
                     client_requests.keys_desired(self, event)
                 case ev.KeysCancelled():
                     client_requests.keys_cancelled(self, event)
+                case ev.EventLogged():
+                    timeline.logged(self, event)
+                    continue  # changes no task
                 case ev.DataScattered():
                     client_requests.data_scattered(self, event)
                 case ev.WorkerAdded():
@@ -333,10 +354,12 @@ class SchedulerState:
                 )
                 continue
             if ts.type_name and not ts.pure:
-                self._broadcast(
-                    "warnings",
+                timeline.record(
+                    self,
+                    "impure-recomputed",
                     f"impure task {ts.key!r} (pure=False) is computed again after a loss; "
                     "its new result may differ from the first",
+                    key=ts.key,
                 )
             self._set_state(ts, WAITING)
             erred_dep: TaskState | None = None
@@ -694,7 +717,15 @@ class SchedulerState:
         ws.last_seen = event.now
         self.workers[ws.address] = ws
         self._update_free(ws)
-        self._broadcast("workers", f"worker {ws.address} ({ws.name}) joined")
+        timeline.record(
+            self,
+            "worker-added",
+            f"worker {ws.address} ({ws.name}) joined",
+            worker=ws.address,
+            name=ws.name,
+            nthreads=ws.nthreads,
+            memory_limit=ws.memory_limit,
+        )
         if event.keys and not drop:  # a removed worker drops what it held
             self._adopt(ws, event.keys)
         recovery.replicate(self, list(self.replicas))
@@ -749,10 +780,6 @@ class SchedulerState:
                 dep.waiting_on = discarded(dep.waiting_on, ts)
                 if not dep.waiting_on:
                     self._ready(dep)
-
-    def _broadcast(self, topic: str, message: str) -> None:
-        for client in self.clients.values():
-            self._emit(cmd.ReportEvent(client=client.id, topic=topic, message=message))
 
     def _worker_paused(self, event: ev.WorkerPaused) -> None:
         ws = self.workers.get(event.worker)

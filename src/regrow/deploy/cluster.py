@@ -54,6 +54,7 @@ class Cluster(ABC):
         self._adaptive: Adaptive | None = None
         self._own_client: Client | None = None
         self._client_lock = threading.Lock()
+        self._dashboard_link: str | None = None
 
     # ------------------------------------------------------------ hooks
     @abstractmethod
@@ -76,9 +77,13 @@ class Cluster(ABC):
         """``{"scheduler": text, "<worker name>": text, ...}``: what each process logged."""
 
     # ---------------------------------------------------------- the API
-    # The scheduler's web page, where a deployment serves one: none does yet (its
-    # dashboard is issue 16's; ``--dashboard-address`` serves /health and /metrics only).
-    dashboard_link: str | None = None
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard (None: it serves none), as ``Client.dashboard_link``;
+        asked of the scheduler once, by the cluster's own client."""
+        if self._dashboard_link is None:
+            self._dashboard_link = self._client().dashboard_link or ""
+        return self._dashboard_link or None
 
     def scale(self, n: int | None = None, *, jobs: int | None = None) -> None:
         """Have ``n`` workers (``jobs=``: the same, counted in batch jobs of one worker).

@@ -28,6 +28,7 @@ import psutil
 from regrow.client.loop import LoopThread
 from regrow.config import Settings, parse_bytes
 from regrow.deploy.cluster import Cluster, wait_ready
+from regrow.protocol.health import parse_http_address
 from regrow.security import Role, Security
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from regrow.worker import Worker
 
 _live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+# dashboard_address not given: the setting's (REGROW_DASHBOARD_ADDRESS, else 127.0.0.1:8787).
+DEFAULT: Any = "settings' dashboard_address"
 logger = logging.getLogger("regrow.deploy")
 
 
@@ -117,6 +120,7 @@ class LocalCluster(Cluster):
         nanny: bool = True,
         journal: str | os.PathLike[str] | None = None,
         security: Security | bool | None = None,
+        dashboard_address: str | None = DEFAULT,
         **settings: Any,
     ) -> None:
         self.n_workers, self.threads_per_worker = default_layout(n_workers, threads_per_worker)
@@ -131,6 +135,11 @@ class LocalCluster(Cluster):
             security = Security.temporary()
         self.security = security or Security()
         self.settings = Settings.from_env(**settings)
+        if dashboard_address is not DEFAULT:
+            # None or '': no dashboard. Its scheduler moves off a port in use.
+            self.settings = self.settings.replace(dashboard_address=dashboard_address or "")
+        if self.settings.dashboard_address:
+            parse_http_address(self.settings.dashboard_address)  # a bad one fails here
         self.timeout = timeout
         self.log_level = log_level
         self.memory_limit = _memory_limit(memory_limit, self.n_workers)
@@ -393,6 +402,8 @@ class LocalCluster(Cluster):
                 settings=self.settings,
                 journal=self.journal,
                 security=self.security,
+                dashboard_address=self.settings.dashboard_address or None,
+                dashboard_tries=16,
             )
             self.scheduler_address = await self._inproc_scheduler.start()
             await self._start_inprocess_workers(self.n_workers)

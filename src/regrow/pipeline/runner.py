@@ -553,6 +553,22 @@ class _Runner:
             self.stage_complete,
         )
         victims = [self.runs[r.task.stage][r.task.group] for r in decision.restarts]
+        for run in failed:
+            # The cluster's timeline shows it (the dashboard, every client's get_events).
+            self.client.log_event(
+                "pipeline",
+                {
+                    "action": "pipeline-restarted",
+                    "text": f"job {self.job}: task {self.stages[run.stage].name}"
+                    f"[{run.group!r}] failed ({why}); restarted with "
+                    f"{len(victims) - len(failed)} consumer(s)",
+                    "job": str(self.job),
+                    "stage": self.stages[run.stage].name,
+                    "task": repr(run.group),
+                    "why": why,
+                    "consumers": len(victims) - len(failed),
+                },
+            )
         for victim in victims:
             victim.stale = True
         self.stage_complete[:] = decision.complete

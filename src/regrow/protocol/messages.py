@@ -199,6 +199,14 @@ class MissingDataMsg(Message, tag="missing-data", kw_only=True):
     missing: dict[str, list[str]]
 
 
+class LogEventMsg(Message, tag="log-event", kw_only=True):
+    """An event a client logs (``Client.log_event``): the scheduler keeps it in its
+    timeline and tells every client."""
+
+    topic: str
+    data: dict[str, Any]
+
+
 class CancelMsg(Request[Ack], tag="cancel", kw_only=True):
     """Cancel these keys (``force``: interrupt them if running)."""
 
@@ -283,6 +291,8 @@ class ClientRegisteredMsg(Message, tag="client-registered", kw_only=True):
     scheduler: str
     id: str
     journal: bool = False
+    # Where its dashboard serves ('http://host:port'; '': none).
+    dashboard: str = ""
 
 
 class KeyInMemoryMsg(Message, tag="key-in-memory", kw_only=True):
@@ -324,10 +334,12 @@ class KeyInterruptedMsg(Message, tag="key-interrupted", kw_only=True):
 
 
 class EventMsg(Message, tag="event", kw_only=True):
-    """Something for the client's event log."""
+    """Something for the client's event log: ``data`` is the event's record (its fields,
+    ``time`` in wall-clock seconds; see docs/events.md), ``message`` its text."""
 
     topic: str
     message: str
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class SubmitAckMsg(Message, tag="submit-ack", kw_only=True):
@@ -359,6 +371,11 @@ class HeartbeatMsg(Message, tag="heartbeat", kw_only=True):
     executing: Count = 0
     # New memory made to serve data (pickle streams, mapped spill files) not yet sent.
     in_flight: Count = 0
+    # CPU use since the last heartbeat, percent (100: one core busy).
+    cpu: Count = 0
+    # Bytes of results sent to and received from peers since the worker started.
+    sent: Count = 0
+    received: Count = 0
 
 
 class StartedMsg(Message, tag="started", kw_only=True):
@@ -638,6 +655,7 @@ AnyMessage = (
     | DesireKeysMsg
     | MissingDataMsg
     | CancelMsg
+    | LogEventMsg
     | ScatteredMsg
     | WhoHasReply
     | WhoHasMsg

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection
 from typing import cast
 
@@ -35,6 +36,11 @@ class JournalKeeper:
         self._acks: list[tuple[Connection, Message]] = []
         self._workers: frozenset[str] = frozenset()
         self._stopping = False
+        # For /metrics: when the oldest change not yet committed came (monotonic), how
+        # many transactions were committed, and how long the last one took.
+        self.pending_since: float | None = None
+        self.writes = 0
+        self.last_write = 0.0
 
     # ----------------------------------------------------------- recording
     def record(self, event: ev.Event, tasks: dict[str, TaskState]) -> None:
@@ -70,11 +76,21 @@ class JournalKeeper:
             case ev.RestartRequested():
                 journal.clear()
             case _:
-                pass
+                return
+        if self.pending_since is None and journal.dirty:
+            self.pending_since = time.monotonic()
 
     def transition(self, ts: TaskState, start: str, finish: str) -> None:
         """The core's ``on_transition`` hook: note that ``ts`` moved."""
         self._dirty[ts.key] = ts
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
+
+    def figures(self) -> tuple[float, int, float]:
+        """(lag s, transactions committed, last commit's duration s), for /metrics."""
+        since = self.pending_since
+        lag = time.monotonic() - since if since is not None else 0.0
+        return lag, self.writes, self.last_write
 
     def write_states(self, tasks: dict[str, TaskState], workers: Collection[str] | None) -> None:
         """Write the final state of every task that moved during the last events, and
@@ -132,14 +148,22 @@ class JournalKeeper:
         while True:
             await asyncio.sleep(self.interval)
             if not journal.dirty and not self._acks:
+                # Moves that leave nothing to write (a task started): no lag.
+                self.pending_since = None
                 continue
             batch = journal.take()
             acks, self._acks = self._acks, []
+            since, self.pending_since = self.pending_since, None
+            started = time.monotonic()
             try:
                 await asyncio.to_thread(journal.write, batch)
             except Exception:
                 logger.exception("could not write the journal %s", journal.path)
+                if self.pending_since is None:
+                    self.pending_since = since  # still not committed
                 continue
+            self.writes += 1
+            self.last_write = time.monotonic() - started
             for comm, ack in acks:
                 if not comm.closed:
                     comm.send(ack)

@@ -77,6 +77,9 @@ def worker_event(
                     "in_flight": msg.in_flight,
                     # Tasks handed to its threads: running, or queued for them.
                     "executing": msg.executing,
+                    "cpu": msg.cpu,
+                    "sent": msg.sent,
+                    "received": msg.received,
                 },
                 stimulus_id="heartbeat",
                 now=now,

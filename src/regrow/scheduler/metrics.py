@@ -14,8 +14,13 @@ counted here, so a scheduler nobody scrapes pays nothing. Made with the official
   ``regrow_worker_transfer_bytes`` (bytes its replies have in flight);
 - counters, since this scheduler process started: ``regrow_tasks_finished``,
   ``regrow_tasks_erred``, ``regrow_tasks_recomputed``, ``regrow_tasks_rescheduled``,
-  ``regrow_tasks_stolen``, ``regrow_results_lost``, ``regrow_workers_lost``
-  (each exposed with the ``_total`` suffix).
+  ``regrow_tasks_stolen``, ``regrow_results_lost``, ``regrow_workers_lost``,
+  ``regrow_heartbeat_misses`` (workers removed for silence), and per worker
+  ``regrow_worker_sent_bytes`` / ``regrow_worker_received_bytes`` (each exposed with the
+  ``_total`` suffix); per worker also ``regrow_worker_cpu_percent`` and
+  ``regrow_worker_silence_seconds`` (since its last message);
+- with a journal: ``regrow_journal_lag_seconds`` (age of the oldest change not yet
+  committed), ``regrow_journal_writes_total``, ``regrow_journal_last_write_seconds``.
 
 Must not: change the state, or do IO.
 """
@@ -41,6 +46,17 @@ _WORKER_GAUGES = (
     ("process_memory_bytes", "rss", "The worker process's memory, as its last heartbeat said."),
     ("memory_limit_bytes", "memory_limit", "The worker's memory limit (0: none)."),
     ("transfer_bytes", "in_flight", "Bytes the worker's replies to peers have in flight."),
+    ("cpu_percent", "cpu", "The worker process's CPU use since its last heartbeat (100: a core)."),
+    (
+        "silence_seconds",
+        "silence",
+        "Seconds since the worker's last message (a heartbeat or other).",
+    ),
+)
+
+_WORKER_COUNTERS = (
+    ("sent_bytes", "sent", "Bytes of results the worker sent to peers."),
+    ("received_bytes", "received", "Bytes of results the worker received from peers."),
 )
 
 _COUNTERS = (
@@ -51,12 +67,14 @@ _COUNTERS = (
     ("tasks_stolen", "stolen", "Tasks moved to a less busy worker."),
     ("results_lost", "lost", "Results lost with every worker that held them."),
     ("workers_lost", "workers_lost", "Workers removed because they died or went silent."),
+    ("heartbeat_misses", "heartbeat_misses", "Workers removed because their heartbeats stopped."),
 )
 
 
 class _Collector:
-    def __init__(self, state: SchedulerState) -> None:
+    def __init__(self, state: SchedulerState, journal: JournalFigures | None) -> None:
         self.state = state
+        self.journal = journal
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -97,15 +115,41 @@ class _Collector:
                 if isinstance(value, int | float):
                     family.add_metric([address, str(w["name"])], value)
             yield family
+        for name, field, doc in _WORKER_COUNTERS:
+            counter = CounterMetricFamily(f"regrow_worker_{name}", doc, labels=["worker", "name"])
+            for address, w in sorted(workers.items()):
+                value = w.get(field)
+                if isinstance(value, int | float):
+                    counter.add_metric([address, str(w["name"])], value)
+            yield counter
         counts = info["counts"]
         for name, field, doc in _COUNTERS:
             yield CounterMetricFamily(f"regrow_{name}", doc, value=counts.get(field, 0))
+        if self.journal is not None:
+            lag, writes, last_write = self.journal
+            yield GaugeMetricFamily(
+                "regrow_journal_lag_seconds",
+                "Age of the oldest change not yet committed to the journal (0: none).",
+                value=lag,
+            )
+            yield CounterMetricFamily(
+                "regrow_journal_writes", "Transactions committed to the journal.", value=writes
+            )
+            yield GaugeMetricFamily(
+                "regrow_journal_last_write_seconds",
+                "How long the last journal transaction took to commit.",
+                value=last_write,
+            )
 
 
-def exposition(state: SchedulerState) -> bytes:
+# A journaled scheduler's (lag s, transactions committed, last commit's duration s).
+JournalFigures = tuple[float, int, float]
+
+
+def exposition(state: SchedulerState, journal: JournalFigures | None = None) -> bytes:
     """The scheduler's metrics now, in Prometheus' text format."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(state))
+    registry.register(_Collector(state, journal))
     return generate_latest(registry)

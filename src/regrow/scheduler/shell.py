@@ -19,12 +19,14 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from regrow.config import Settings
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core.records import TaskState
 from regrow.core.scheduler_state import SchedulerState
+from regrow.dashboard.model import Recorder
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol.comm import (
     Connection,
@@ -60,6 +62,7 @@ from regrow.protocol.messages import (
     KillWorkerMsg,
     LeavingMsg,
     LeftMsg,
+    LogEventMsg,
     Message,
     MissingDataMsg,
     NannyRegisteredMsg,
@@ -88,13 +91,25 @@ from regrow.protocol.messages import (
     WorkerRegisteredMsg,
     op_of,
 )
-from regrow.protocol.reach import OUTSIDE, WILDCARDS, advertise
+from regrow.protocol.reach import OUTSIDE, WILDCARDS, advertise, outward_host
 from regrow.scheduler.journal import Journal
 from regrow.scheduler.journaling import JournalKeeper, restored_tasks
 from regrow.scheduler.messages import task_specs, worker_event
 from regrow.security import Security
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 logger = logging.getLogger("regrow.scheduler")
+
+
+def wall(event: dict[str, Any]) -> dict[str, Any]:
+    """A core event (``core.timeline``) with its ``time`` in wall-clock seconds (the core's
+    clock is this process's monotonic one, which means nothing elsewhere)."""
+    out = dict(event)
+    if "time" in out:
+        out["time"] = out["time"] + (time.time() - time.monotonic())
+    return out
 
 
 class Scheduler:
@@ -111,14 +126,25 @@ class Scheduler:
         security: Security | None = None,
         insecure: bool = False,
         dashboard_address: str | None = None,
+        dashboard: bool = True,
+        dashboard_tries: int = 1,
     ) -> None:
         self.host = host
         self.security = security or Security()
-        # GET /health over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given;
-        # http_address is then where ('http://host:port').
+        # Over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given: GET /health,
+        # /metrics and (``dashboard``) the dashboard's pages; http_address is then where
+        # ('http://host:port'). A port in use moves to the next, dashboard_tries in all.
         self.dashboard = parse_http_address(dashboard_address) if dashboard_address else None
+        self.dashboard_tries = dashboard_tries
+        # What the dashboard follows while someone watches it (dashboard.model).
+        self.recorder = Recorder()
         self.health = (
-            HealthServer(self._health, metrics=self._metrics, token=token)
+            HealthServer(
+                self._health,
+                metrics=self._metrics,
+                token=token,
+                routes=self._dashboard_routes if dashboard else None,
+            )
             if self.dashboard
             else None
         )
@@ -194,15 +220,65 @@ class Scheduler:
             spawn(self.keeper.run(), self.tasks, "scheduler-journal")
         logger.info("scheduler at %s (pid %d)", self.address, os.getpid())
         if self.health is not None and self.dashboard is not None:
-            self.http_address = await self.health.start(*self.dashboard)
+            self.http_address = await self.health.start(*self.dashboard, self.dashboard_tries)
+            if self.dashboard[0] in ("", *WILDCARDS):
+                # On every interface: link to it by the address others reach us at.
+                port = self.http_address.rsplit(":", 1)[1]
+                host = outward_host()
+                self.http_address = (
+                    f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                )
             logger.info("scheduler health at %s/health", self.http_address)
+            if self.health.routes is not None:
+                logger.info("dashboard at %s/", self.http_address)
         return self.address
+
+    def _dashboard_routes(self, app: web.Application, server: HealthServer) -> None:
+        from regrow.dashboard.server import Dashboard
+
+        Dashboard(self.state, self.recorder, self._about, self._watching).install(app, server)
+
+    def _dashboard_url(self) -> str:
+        """Where the dashboard serves ('' : it does not)."""
+        return self.http_address if self.health and self.health.routes else ""
+
+    def _about(self) -> dict[str, Any]:
+        """Who the dashboard is about."""
+        return {
+            "address": self.address,
+            "id": self.scheduler_id,
+            "started": self.started_at,
+            "journal": self.keeper is not None,
+        }
+
+    def _watching(self, on: bool) -> None:
+        """Someone started (or the last one stopped) watching the dashboard: follow the
+        tasks by group and the task stream only meanwhile."""
+        if on:
+            self.recorder.attach(self.state)
+        else:
+            self.recorder.detach()
+        self._hook_transitions()
+
+    def _hook_transitions(self) -> None:
+        """The core's transition hook: the journal's, the dashboard's, both or none."""
+        keeper = self.keeper.transition if self.keeper and not self.stopped.is_set() else None
+        recorder = self.recorder.transition if self.recorder.active else None
+        if keeper is not None and recorder is not None:
+
+            def both(ts: TaskState, start: str, finish: str) -> None:
+                keeper(ts, start, finish)
+                recorder(ts, start, finish)
+
+            self.state.on_transition = both
+        else:
+            self.state.on_transition = keeper or recorder
 
     def _metrics(self) -> bytes:
         """``GET /metrics``: the state as it is now (scheduler/metrics.py)."""
         from regrow.scheduler.metrics import exposition
 
-        return exposition(self.state)
+        return exposition(self.state, self.keeper.figures() if self.keeper else None)
 
     def _health(self) -> str | None:
         """What GET /health says: healthy from the moment the scheduler serves (also
@@ -224,6 +300,7 @@ class Scheduler:
         if self.keeper is not None:
             # What happened up to now is kept; the stop itself is not a release of anything.
             self.state.on_transition = None
+            self.recorder.detach()
             self.keeper.forget_pending()
         if not keep_workers:
             # A worker with a nanny is stopped by its nanny (else it would be replaced).
@@ -310,7 +387,14 @@ class Scheduler:
         if keeper is not None:
             for event in events:
                 keeper.record(event, self.state.tasks)
-        for command in self.state.handle(*events):
+        if self.recorder.active:
+            for event in events:
+                self.recorder.observe(event)
+        commands = self.state.handle(*events)
+        if self.recorder.active:
+            for event in events:
+                self.recorder.handled(self.state, event)
+        for command in commands:
             self._execute(command)
         if keeper is not None:
             state = self.state
@@ -379,7 +463,12 @@ class Scheduler:
                 self._to_client(command.client, KeyLostMsg(key=command.key))
             case cmd.ReportEvent():
                 self._to_client(
-                    command.client, EventMsg(topic=command.topic, message=command.message)
+                    command.client,
+                    EventMsg(
+                        topic=command.topic,
+                        message=str(command.data.get("text", "")),
+                        data=wall(command.data),
+                    ),
                 )
             case cmd.ReportInterrupted():
                 self._to_client(
@@ -624,7 +713,10 @@ class Scheduler:
                 self._release_stale(client, set(msg.keys))
             comm.send(
                 ClientRegisteredMsg(
-                    scheduler=self.address, id=self.scheduler_id, journal=self.keeper is not None
+                    scheduler=self.address,
+                    id=self.scheduler_id,
+                    journal=self.keeper is not None,
+                    dashboard=self._dashboard_url(),
                 )
             )
             while True:
@@ -700,6 +792,12 @@ class Scheduler:
                 self.handle(
                     ev.ReplicasMissing(holders=holders, stimulus_id=self._sid("missing-data"))
                 )
+            case LogEventMsg():
+                self.handle(
+                    ev.EventLogged(
+                        client=client, topic=msg.topic, data=msg.data, stimulus_id=self._sid("log")
+                    )
+                )
             case CancelMsg():
                 self.handle(
                     ev.KeysCancelled(
@@ -741,6 +839,8 @@ class Scheduler:
                 info.update(address=self.address, id="scheduler", pid=os.getpid())
                 info["nannies"] = sorted(self.nanny_comms)
                 info["started"] = self.started_at
+                # Where the dashboard is ('' : none), as dask's services say.
+                info["dashboard"] = self._dashboard_url()
                 comm.reply(msg, SchedulerInfoReply(info=info))
             case RetireWorkersMsg():
                 # Answered with the retired workers' addresses once the core is done.

@@ -291,6 +291,9 @@ class Worker:
                     spilled=self.data.slow_bytes,
                     executing=self.state.in_threads,
                     in_flight=self.transfers.in_flight,
+                    cpu=round(self._proc.cpu_percent(None)),
+                    sent=self.transfers.sent,
+                    received=self.transfers.received,
                 )
             )
 

@@ -88,6 +88,9 @@ class Transfers:
         # Bytes of new memory made to serve requests (pickle streams, mapped spill
         # files), until the kernel has taken them: reported with the worker's memory.
         self.in_flight = 0
+        # Bytes of results sent to peers, and received from them (their sizes here).
+        self.sent = 0
+        self.received = 0
         self._freed = asyncio.Event()
 
     def close(self) -> None:
@@ -230,6 +233,7 @@ class Transfers:
                 if kept:
                     reply.striped = stripe.describe(self.striped.keep(comm, kept), kept)
             comm.reply(msg, reply, out)
+            self.sent += sum(memoryview(frame).nbytes for frame in out)
             del out
             await comm.drain()
         finally:
@@ -301,6 +305,7 @@ class Transfers:
                     return
                 nbytes = sizeof(value)
                 self.data.set(key, value, nbytes)
+                self.received += nbytes
                 got[key] = (nbytes, type(value).__name__)
 
         try:
