@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from regrow import Client, LocalCluster
+from regrow import Client, LocalCluster, progress
 from regrow.pipeline import Files, Interface, Pipeline, Stage, group_label, run_pipeline, split
 
 WORD = re.compile(r"[A-Za-z_]+")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         start = time.perf_counter()
         result = run_pipeline(client, pipeline(), Files(files))
-        result.show_progress()
+        progress(result)
         print()
         counts = collections.Counter(dict(result.gather()))
         elapsed = time.perf_counter() - start
