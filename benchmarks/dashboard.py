@@ -50,10 +50,7 @@ from benchmarks.common import (
     main,
     time_limit,
 )
-from benchmarks.tasks import inc
-
-N_SUBMIT = 10_000
-N_MAP = 100_000
+from benchmarks.throughput import N_MAP, N_SUBMIT, map_tasks, submit_loop
 
 ROWS = {
     "submit-closed": (f"dashboard: {N_SUBMIT:,} x submit() + gather, no page open", "tasks/s"),
@@ -130,26 +127,6 @@ def start_regrow() -> Iterator[System]:
         assert cluster.scheduler_proc is not None
         system.scheduler = psutil.Process(cluster.scheduler_proc.pid)  # type: ignore[attr-defined]
         yield system
-
-
-def submit_loop(system: System) -> float:
-    client = system.client
-    start = time.perf_counter()
-    futures = [client.submit(inc, i, pure=False) for i in range(N_SUBMIT)]
-    results = client.gather(futures)
-    elapsed = time.perf_counter() - start
-    check(results == list(range(1, N_SUBMIT + 1)), "submit loop: wrong results")
-    return N_SUBMIT / elapsed
-
-
-def map_tasks(system: System) -> float:
-    client = system.client
-    start = time.perf_counter()
-    futures = client.map(inc, range(N_MAP), pure=False)
-    results = client.gather(futures)
-    elapsed = time.perf_counter() - start
-    check(results == list(range(1, N_MAP + 1)), "map: wrong results")
-    return N_MAP / elapsed
 
 
 def _cpu(driver: Any) -> float:
