@@ -50,11 +50,15 @@ def _kill(cluster: LocalCluster) -> None:
     assert cluster.scheduler_proc is not None
     proc = psutil.Process(cluster.scheduler_proc.pid)
     proc.kill()
-    wait_until(
-        lambda: not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE,
-        timeout=10,
-        what="the scheduler is dead",
-    )
+
+    def dead() -> bool:
+        # The cluster's watcher thread may reap it between the two questions.
+        try:
+            return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(dead, timeout=10, what="the scheduler is dead")
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
