@@ -73,28 +73,17 @@ def remove_worker(
     # The departure comes first in the timeline, before what follows from it (suspects,
     # recomputations); its counts are filled in below, before anyone is told.
     how = "retired" if graceful else "lost"
-    if graceful:
-        departure = timeline.record(
-            state,
-            "worker-retired",
-            "",
-            worker=ws.address,
-            name=ws.name,
-            reason=reason,
-            rescheduled=0,
-        )
-    else:
-        departure = timeline.record(
-            state,
-            "worker-lost",
-            "",
-            worker=ws.address,
-            name=ws.name,
-            reason=reason,
-            rescheduled=0,
-            recomputing=0,
-            out_of_memory=out_of_memory,
-        )
+    lost_only = {} if graceful else {"recomputing": 0, "out_of_memory": out_of_memory}
+    departure = timeline.record(
+        state,
+        f"worker-{how}",
+        "",
+        worker=ws.address,
+        name=ws.name,
+        reason=reason,
+        rescheduled=0,
+        **lost_only,
+    )
     # First take its running tasks off it (and judge them), then deal with the
     # data it held, then reschedule: so a rescheduled task never points at it.
     interrupted = list(ws.processing)

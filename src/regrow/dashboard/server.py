@@ -161,14 +161,15 @@ class Dashboard:
 
         if not self._allowed(request):
             return self._refuse()
-        # A one-off look counts the tasks by group once, unless a feed already does.
+        # A one-off look counts the tasks by group once, unless a feed already does
+        # (nothing here awaits: no feed can open meanwhile).
         attached = not self.recorder.active
         if attached:
             self.recorder.attach(self.state)
         try:
             body = self._message(Cursor(), first=True)
         finally:
-            if attached and not self.viewers:
+            if attached:
                 self.recorder.detach()
         return web.Response(body=body, content_type="application/json", headers=_HEADERS)
 

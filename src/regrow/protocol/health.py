@@ -73,7 +73,8 @@ def dashboard_link(url: str, token: str | None) -> str:
     return f"{url}/"
 
 
-def _url(host: str, port: int) -> str:
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 host in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
@@ -134,7 +135,7 @@ class HealthServer:
                 where = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
                 raise OSError(f"cannot serve HTTP at {where}: {why}") from None
         bound_host, bound_port = runner.addresses[0][:2]
-        self.url = _url(str(bound_host), int(bound_port))
+        self.url = http_url(str(bound_host), int(bound_port))
         self._open = all(_loopback(str(a[0])) for a in runner.addresses)
         return self.url
 

@@ -108,20 +108,16 @@ class _Collector:
         yield GaugeMetricFamily(
             "regrow_suspects", "Tasks suspected of killing workers.", value=len(info["suspects"])
         )
-        for name, field, doc in _WORKER_GAUGES:
-            family = GaugeMetricFamily(f"regrow_worker_{name}", doc, labels=["worker", "name"])
-            for address, w in sorted(workers.items()):
-                value = w.get(field)
-                if isinstance(value, int | float):
-                    family.add_metric([address, str(w["name"])], value)
-            yield family
-        for name, field, doc in _WORKER_COUNTERS:
-            counter = CounterMetricFamily(f"regrow_worker_{name}", doc, labels=["worker", "name"])
-            for address, w in sorted(workers.items()):
-                value = w.get(field)
-                if isinstance(value, int | float):
-                    counter.add_metric([address, str(w["name"])], value)
-            yield counter
+        # Per worker, labelled by its address and name: gauges, then counters.
+        per_worker = ((GaugeMetricFamily, _WORKER_GAUGES), (CounterMetricFamily, _WORKER_COUNTERS))
+        for kind, metrics in per_worker:
+            for name, field, doc in metrics:
+                each = kind(f"regrow_worker_{name}", doc, labels=["worker", "name"])
+                for address, w in sorted(workers.items()):
+                    value = w.get(field)
+                    if isinstance(value, int | float):
+                        each.add_metric([address, str(w["name"])], value)
+                yield each
         counts = info["counts"]
         for name, field, doc in _COUNTERS:
             yield CounterMetricFamily(f"regrow_{name}", doc, value=counts.get(field, 0))

@@ -39,7 +39,7 @@ from regrow.protocol.comm import (
     trim_soon,
 )
 from regrow.protocol.framing import Buffer
-from regrow.protocol.health import HealthServer, parse_http_address
+from regrow.protocol.health import HealthServer, http_url, parse_http_address
 from regrow.protocol.messages import (
     Ack,
     AcquireReplicasMsg,
@@ -112,6 +112,20 @@ def wall(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Walled:
+    """``wall`` once per event: the core emits one ReportEvent per client, all with the
+    same event, in a row; each client gets the same copy (and the same time)."""
+
+    def __init__(self) -> None:
+        self._event: dict[str, Any] | None = None
+        self._walled: dict[str, Any] = {}
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        if event is not self._event:
+            self._event, self._walled = event, wall(event)
+        return self._walled
+
+
 class Scheduler:
     def __init__(
         self,
@@ -138,6 +152,7 @@ class Scheduler:
         self.dashboard_tries = dashboard_tries
         # What the dashboard follows while someone watches it (dashboard.model).
         self.recorder = Recorder()
+        self._wall = _Walled()
         self.health = (
             HealthServer(
                 self._health,
@@ -223,11 +238,8 @@ class Scheduler:
             self.http_address = await self.health.start(*self.dashboard, self.dashboard_tries)
             if self.dashboard[0] in ("", *WILDCARDS):
                 # On every interface: link to it by the address others reach us at.
-                port = self.http_address.rsplit(":", 1)[1]
-                host = outward_host()
-                self.http_address = (
-                    f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-                )
+                port = int(self.http_address.rsplit(":", 1)[1])
+                self.http_address = http_url(outward_host(), port)
             logger.info("scheduler health at %s/health", self.http_address)
             if self.health.routes is not None:
                 logger.info("dashboard at %s/", self.http_address)
@@ -467,7 +479,7 @@ class Scheduler:
                     EventMsg(
                         topic=command.topic,
                         message=str(command.data.get("text", "")),
-                        data=wall(command.data),
+                        data=self._wall(command.data),
                     ),
                 )
             case cmd.ReportInterrupted():
