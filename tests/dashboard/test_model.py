@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +39,9 @@ ABOUT = {"address": "tcp://127.0.0.1:8786", "id": "sched-1", "started": 1.0, "jo
 
 
 def watch(state: SchedulerState, recorder: Recorder) -> None:
-    """Hook ``recorder`` to ``state`` as the scheduler's shell does: it sees every event
-    before the core does (``observe``), every transition (``transition``) and every
-    event again once handled (``handled``), while active. Whatever hook the state had
+    """Hook ``recorder`` to ``state`` as the scheduler's shell does: after every
+    ``handle`` it follows what the core did (``follow``), and where the core's log is
+    short it also takes every move (``hook``), while active. Whatever hook the state had
     (a test harness's) is kept."""
     previous = state.on_transition
     handle = state.handle
@@ -49,17 +49,13 @@ def watch(state: SchedulerState, recorder: Recorder) -> None:
     def on_transition(ts: TaskState, start: str, finish: str) -> None:
         if previous is not None:
             previous(ts, start, finish)
-        if recorder.active:
-            recorder.transition(ts, start, finish)
+        if recorder.active and recorder.hook is not None:
+            recorder.hook(ts, start, finish)
 
     def observed(*events: ev.Event) -> Any:
-        if recorder.active:
-            for event in events:
-                recorder.observe(event)
         out = handle(*events)
         if recorder.active:
-            for event in events:
-                recorder.handled(state, event)
+            recorder.follow(state, events)
         return out
 
     state.on_transition = on_transition
@@ -93,6 +89,7 @@ def counted(recorder: Recorder) -> dict[str, dict[str, int]]:
 
 
 def check_counts(state: SchedulerState, recorder: Recorder) -> None:
+    recorder.catch_up(state)  # as a message does
     assert counted(recorder) == recount(state)
     # The message's totals are the same counts over all groups.
     totals = message(state, recorder, Cursor(), ABOUT, 0.0, 0.0, first=True)["tasks"]
@@ -169,6 +166,7 @@ def test_detach_forgets_everything() -> None:
     recorder.attach(h.state)
     h.submit("c", [spec("inc-1")], wanted=["inc-1"])
     finish(h, "inc-1", duration=0.5, now=3.0)
+    recorder.catch_up(h.state)
     assert recorder.groups and recorder.stream
     seq = recorder.stream_seq
     recorder.detach()
@@ -193,6 +191,7 @@ def test_done_and_failed_survive_the_tasks_being_forgotten() -> None:
     for k in keys[:3]:
         finish(h, k)
     fail(h, keys[3])
+    recorder.catch_up(h.state)
     before = recorder.groups["inc"].row("inc")
     assert (before["done"], before["erred"], before["total"]) == (3, 1, 4)
     # The client lets go of its futures: the tasks are forgotten, the progress stays.
@@ -215,6 +214,7 @@ def test_done_counts_a_result_forgotten_after_its_dependent_finished() -> None:
     assert h.task_state("a-1") == "released"
     h.release("c", "b-1")
     assert h.state.tasks == {}
+    recorder.catch_up(h.state)
     rows = {name: g.row(name) for name, g in recorder.groups.items()}
     assert (rows["a"]["done"], rows["a"]["total"]) == (1, 1), rows
     assert (rows["b"]["done"], rows["b"]["total"]) == (1, 1), rows
@@ -277,9 +277,13 @@ class WatchedWalk(Walk):
     recorder attached part-way, keys named as task groups, and the recount checked after
     every step. No restarts (test_a_restart_forgets_every_task_on_the_dashboard_too)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, log: int | None = None) -> None:
+        """``log``: the core's transition log holds this many moves (the recorder reads
+        it in batches from ``model.MIN_LOG`` up, else takes every move)."""
         super().__init__(seed)
         del self.weights[self.restart]
+        if log is not None:
+            self.sim.state.log = deque(maxlen=log)
         self.recorder = Recorder()
         watch(self.sim.state, self.recorder)
         self.oracle: Oracle | None = None
@@ -333,8 +337,8 @@ class WatchedWalk(Walk):
         assert recount(self.sim.state) == {}, self.sim.state.tasks
 
 
-def walk(seed: int, check: Callable[[WatchedWalk], None]) -> None:
-    w = WatchedWalk(seed)
+def walk(seed: int, check: Callable[[WatchedWalk], None], log: int | None = None) -> None:
+    w = WatchedWalk(seed, log)
     try:
         w.watch_steps(150, lambda: check(w))
     except Exception as exc:
@@ -348,9 +352,43 @@ def test_counts_by_state_match_a_recount_on_random_walks(block: int) -> None:
         walk(seed, lambda w: check_counts(w.sim.state, w.recorder))
 
 
-def test_done_and_failed_match_on_random_walks() -> None:
+@pytest.mark.parametrize("log", ["short", "overflowing"])
+def test_counts_match_whatever_the_log_holds(log: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log shorter than ``MIN_LOG``: the recorder takes every move from the hook. A log
+    read in batches that overflows (more moves in one ``handle`` than it holds): the
+    recorder counts afresh, keeping what the groups' forgotten tasks had done."""
+    if log == "overflowing":
+        monkeypatch.setattr(model, "MIN_LOG", 2)
+    for seed in range(10):
+        walk(seed, lambda w: check_counts(w.sim.state, w.recorder), log=2)
+
+
+def test_an_overflowing_log_keeps_what_forgotten_tasks_did() -> None:
+    h, recorder = watched()
+    h.add_worker("w1", nthreads=2)
+    h.state.log = deque(maxlen=model.MIN_LOG)
+    recorder.attach(h.state)
+    assert recorder.hook is None
+    h.submit("c", [spec("inc-0"), spec("inc-1")], wanted=["inc-0", "inc-1"])
+    finish(h, "inc-0")
+    fail(h, "inc-1")
+    h.release("c", "inc-0", "inc-1")
+    recorder.catch_up(h.state)
+    group = recorder.groups["inc"]
+    assert (group.done, group.failed, group.gone) == (1, 1, 2)
+    # More moves in one batch than the log holds.
+    keys = [f"inc-{i}" for i in range(2, 2 + model.MIN_LOG)]
+    h.submit("c", [spec(k) for k in keys], wanted=keys)
+    check_counts(h.state, recorder)
+    group = recorder.groups["inc"]
+    assert (group.done, group.failed, group.gone) == (1, 1, 2)
+
+
+@pytest.mark.parametrize("log", [None, 2])
+def test_done_and_failed_match_on_random_walks(log: int | None) -> None:
     def check(w: WatchedWalk) -> None:
         assert w.oracle is not None
+        w.recorder.catch_up(w.sim.state)
         live: dict[str, Counter[str]] = {}
         for key, last in w.oracle.last.items():
             live.setdefault(key_group(key), Counter())[last] += 1
@@ -361,7 +399,7 @@ def test_done_and_failed_match_on_random_walks() -> None:
             assert (group.done, group.failed, group.gone) == (done, failed, gone), name
 
     for seed in range(20):
-        walk(seed, check)
+        walk(seed, check, log)
 
 
 def test_old_finished_groups_are_trimmed_past_the_limit() -> None:
@@ -375,6 +413,9 @@ def test_old_finished_groups_are_trimmed_past_the_limit() -> None:
         h.handle(ev.TaskErred(worker="w1", key=key, run_id=h.run_id(key), exception=b"",
                               traceback=b"", text="", now=float(i)))  # fmt: skip
         h.release("c", key)
+        if i % 7 == 0:
+            recorder.catch_up(h.state)  # now and then, as messages do
+    recorder.catch_up(h.state)
     assert len(recorder.groups) == model.KEPT_GROUPS
     # The oldest finished ones went; the newest are kept with their counts.
     assert f"g{n - 1}x" in recorder.groups and "g0x" not in recorder.groups
@@ -388,6 +429,7 @@ def test_old_finished_groups_are_trimmed_past_the_limit() -> None:
         key = f"n{i}y-1"
         h2.submit("c", [spec(key)], wanted=[key])
         h2.release("c", key)
+    rec2.catch_up(h2.state)
     assert "old" in rec2.groups and len(rec2.groups) <= model.KEPT_GROUPS
 
 
@@ -530,8 +572,9 @@ def test_stream_limits() -> None:
 
     def runs(n: int, start: int) -> None:
         for i in range(start, start + n):
-            recorder.observe(
-                ev.TaskFinished(worker="w", key=f"inc-{i}", run_id=1, nbytes=1, now=float(i))
+            recorder.follow(
+                state,
+                (ev.TaskFinished(worker="w", key=f"inc-{i}", run_id=1, nbytes=1, now=float(i)),),
             )
 
     runs(MAX_STREAM + 500, 0)
@@ -555,6 +598,30 @@ def test_stream_limits() -> None:
     assert recorder.stream[0].key == "inc-20010"
 
 
+def test_the_stream_keeps_every_nth_run_past_its_rate() -> None:
+    """Past STREAM_RATE runs a second (the core's clock), the next second keeps every
+    n-th run only, spread over it, and viewers are told how many were left out."""
+    recorder = Recorder()
+    state = SchedulerState()
+    recorder.attach(state)
+    cursor = Cursor()
+    message(state, recorder, cursor, ABOUT, 0.0, 0.0, first=True)
+    rate = 20 * model.STREAM_RATE
+    for second in range(3):
+        for i in range(rate):
+            now = second + i / rate
+            run = ev.TaskFinished(worker="w", key=f"inc-{second}-{i}", run_id=1, nbytes=1, now=now)
+            recorder.follow(state, (run,))
+    # Second 0: all kept (nothing seen before); seconds 1 and 2: every 20th.
+    assert len(recorder.stream) == rate + 2 * model.STREAM_RATE
+    kept = [r.key for r in recorder.stream if r.key.startswith("inc-2-")]
+    assert kept == [f"inc-2-{i}" for i in range(19, rate, 20)]
+    assert recorder.skipped == 2 * (rate - model.STREAM_RATE)
+    delta = message(state, recorder, cursor, ABOUT, 0.0, 0.0, first=False)
+    assert len(delta["stream"]) == MAX_STREAM
+    assert delta["stream_dropped"] == 3 * rate - MAX_STREAM
+
+
 def test_stream_dropped_counts_items_that_fell_out_of_the_recorder() -> None:
     """A viewer that fell STREAM_LENGTH items or more behind is told how many it missed."""
     recorder = Recorder()
@@ -564,7 +631,7 @@ def test_stream_dropped_counts_items_that_fell_out_of_the_recorder() -> None:
     message(state, recorder, cursor, ABOUT, 0.0, 0.0, first=True)
     new = STREAM_LENGTH + 1_000
     for i in range(new):
-        recorder.observe(ev.TaskFinished(worker="w", key=f"inc-{i}", run_id=1, nbytes=1))
+        recorder.follow(state, (ev.TaskFinished(worker="w", key=f"inc-{i}", run_id=1, nbytes=1),))
     delta = message(state, recorder, cursor, ABOUT, 0.0, 0.0, first=False)
     assert len(delta["stream"]) == MAX_STREAM
     assert delta["stream_dropped"] == new - MAX_STREAM
@@ -602,7 +669,9 @@ def test_a_message_with_100_000_tasks_in_flight() -> None:
     recorder.attach(state)
     attached = time.perf_counter()
     for i in range(STREAM_LENGTH):
-        recorder.observe(ev.TaskFinished(worker="tcp://w:0", key=f"old-{i}", run_id=1, nbytes=1))
+        recorder.follow(
+            state, (ev.TaskFinished(worker="tcp://w:0", key=f"old-{i}", run_id=1, nbytes=1),)
+        )
     cursor = Cursor()
     first_started = time.perf_counter()
     first = message(state, recorder, cursor, ABOUT, 0.0, 0.0, first=True)
@@ -610,7 +679,9 @@ def test_a_message_with_100_000_tasks_in_flight() -> None:
     encoded = msgspec.json.encode(first)
     done = time.perf_counter()
     for i in range(MAX_STREAM):
-        recorder.observe(ev.TaskFinished(worker="tcp://w:1", key=f"new-{i}", run_id=1, nbytes=1))
+        recorder.follow(
+            state, (ev.TaskFinished(worker="tcp://w:1", key=f"new-{i}", run_id=1, nbytes=1),)
+        )
     delta_started = time.perf_counter()
     delta = msgspec.json.encode(message(state, recorder, cursor, ABOUT, 0.0, 0.0, first=False))
     delta_done = time.perf_counter()

@@ -298,7 +298,8 @@ def test_viewers_attach_and_detach_the_recorder(make_cluster: MakeCluster) -> No
     second: Feed | None = None
     try:
         first.next()
-        assert scheduler.recorder.active and scheduler.state.on_transition is not None
+        # It reads the core's transition log after each batch: no per-move hook.
+        assert scheduler.recorder.active and scheduler.state.on_transition is None
         # It counted what was there before anyone looked...
         assert scheduler.recorder.groups["inc"].states.get("memory") == 5
         # ... and follows what happens next.

@@ -176,6 +176,9 @@ class SchedulerState:
         self._event_seq = itertools.count(1)
         # Bounded story of transitions: (key, start, finish, stimulus_id).
         self.log: deque[tuple[str, str, str, str]] = deque(maxlen=log_length)
+        # Transitions made in all: the log's newest ``moves - seen`` entries are those
+        # made since a reader had seen ``seen`` (the dashboard's ``Recorder.follow``).
+        self.moves = 0
         self.counts = {
             "finished": 0,
             "erred": 0,
@@ -294,6 +297,7 @@ class SchedulerState:
         if (ts.state, finish) not in TRANSITIONS:
             raise self._illegal(ts, f"transition {ts.state} -> {finish}")
         self.log.append((ts.key, ts.state, finish, self._stimulus))
+        self.moves += 1
         if self.on_transition is not None:
             self.on_transition(ts, ts.state, finish)
         ts.state = finish

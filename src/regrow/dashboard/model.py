@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from regrow.core import events as ev
 from regrow.core.queries import key_group
-from regrow.core.transitions import ERRED, FORGOTTEN, MEMORY, PROCESSING
+from regrow.core.transitions import ERRED, FORGOTTEN, MEMORY, PROCESSING, RELEASED
 
 if TYPE_CHECKING:
     from regrow.core.records import TaskState
@@ -37,13 +37,18 @@ FIRST_EVENTS = 500
 KEPT_GROUPS = 1_000
 # The task-stream items kept for viewers that join later.
 STREAM_LENGTH = 10_000
+# Task runs a second the stream keeps at most (the rest are counted, not kept): the
+# page keeps 10,000 items, enough for its 60 s window at this rate; at more, thousands
+# of runs under one pixel look no different.
+STREAM_RATE = 160
+# The shortest transition log read in batches (``Recorder.follow``); below it, the
+# recorder is called on every move.
+MIN_LOG = 10_000
 
 _STATES = ("waiting", "queued", "processing", "memory", "erred", "released")
 _RUNNING = frozenset(("waiting", "queued", "processing"))
 # Moves that make a group recently active (it is among the 100 shown).
 _ACTIVE = frozenset((PROCESSING, MEMORY, ERRED))
-# The events that make tasks (``Recorder.handled``).
-_MAKERS = frozenset((ev.TasksSubmitted, ev.DataScattered, ev.StateRestored))
 
 
 @dataclass
@@ -87,12 +92,18 @@ _RAN, _DONE, _FAILED = 0, 1, 2
 
 
 class Recorder:
+    """Follows the core while someone watches. It reads the core's transition log when a
+    message is built (``catch_up``) rather than being called on every transition: one
+    loop over thousands of moves costs a fraction of a call per move. Where the log is
+    too short to hold a busy batch (``transition_log_length`` below ``MIN_LOG``), it
+    takes the core's ``on_transition`` hook instead (``hook``)."""
+
     def __init__(self) -> None:
         self.active = False
         self.groups: dict[str, Group] = {}
         # A followed key: 4 x its group's number (in ``_order``) + _RAN / _DONE / _FAILED.
-        # An int, not an object: the hook runs a few times per task, and 100,000 keys
-        # must cost the garbage collector nothing to walk.
+        # An int, not an object: 100,000 keys must cost the garbage collector nothing to
+        # walk.
         self._keys: dict[str, int] = {}
         self._order: list[Group] = []
         self._names: list[str] = []
@@ -100,17 +111,31 @@ class Recorder:
         self.changes = 0
         self.stream: deque[Run] = deque(maxlen=STREAM_LENGTH)
         self._stream_seq = 0
+        # Task runs left out of the stream under load (``_ran``), in all.
+        self.skipped = 0
+        self._stride = 1
+        self._tick = 0
+        self._window = (0.0, 0)  # (core time it ends, runs seen by then)
+        self._seen = 0  # runs seen in all
+        # The core's ``moves`` already counted; the per-move hook where the log is short.
+        self._moves = 0
+        self.hook: Callable[[TaskState, str, str], None] | None = None
+        self._due = MIN_LOG // 2  # new moves that are counted at once (half the log)
 
     # ------------------------------------------------------------ life
     def attach(self, state: SchedulerState) -> None:
         """Someone looks: count the tasks as they are now, then follow them."""
         self.detach()
         self.active = True
-        self._count_new(state, state.tasks)
+        maxlen = state.log.maxlen
+        self.hook = self.transition if maxlen is not None and maxlen < MIN_LOG else None
+        self._due = (maxlen or MIN_LOG) // 2
+        self._recount(state)
 
     def detach(self) -> None:
         """Nobody looks: forget everything (``attach`` counts again)."""
         self.active = False
+        self.hook = None
         self._forget_groups()
         self.stream.clear()
 
@@ -121,104 +146,171 @@ class Recorder:
         self._names.clear()
         self._number.clear()
 
+    def _recount(self, state: SchedulerState, keep: bool = False) -> None:
+        """Count the tasks there are afresh. ``keep``: the groups' counts of forgotten
+        tasks stay (their runs happened); a task released after it finished, not yet
+        forgotten, then counts as not done."""
+        kept: dict[str, tuple[int, int, int]] = {}
+        if keep:
+            live = [[0, 0] for _ in self._order]
+            for code in self._keys.values():
+                if code & 3:
+                    live[code >> 2][(code & 3) - 1] += 1
+            for name, number in self._number.items():
+                g = self._order[number]
+                kept[name] = (g.done - live[number][0], g.failed - live[number][1], g.gone)
+        self._forget_groups()
+        self._count_new(state, state.tasks)
+        for name, (done, failed, gone) in kept.items():
+            if gone:
+                known = self._number.get(name)
+                g = self._order[self._numbered(name) if known is None else known]
+                g.done += done
+                g.failed += failed
+                g.gone += gone
+        self._moves = state.moves
+
     # -------------------------------------------------------- following
+    def follow(self, state: SchedulerState, events: Iterable[ev.Event]) -> None:
+        """The core handled ``events``: add the finished and failed runs to the task
+        stream, and count again what a restart forgot or a restored graph made (neither
+        makes transitions). The moves themselves are counted when a message is built
+        (``catch_up``), or here once half the log is new: a few thousand at a time, not
+        the one or two of each ``handle``."""
+        recount = False
+        for event in events:
+            kind = type(event)
+            if kind is ev.TaskFinished or kind is ev.TaskErred:
+                self._ran(cast("ev.TaskFinished | ev.TaskErred", event), kind is ev.TaskFinished)
+            elif kind is ev.RestartRequested or kind is ev.StateRestored:
+                recount = True
+        if recount:
+            self._recount(state)
+        elif state.moves - self._moves > self._due:
+            self.catch_up(state)
+
+    def catch_up(self, state: SchedulerState) -> None:
+        """Count the moves the core logged since the last call, in one loop."""
+        n = state.moves - self._moves
+        self._moves = state.moves
+        if n and self.hook is None:
+            log = state.log
+            if n > len(log):
+                # More moves than the log holds (one huge batch): count afresh.
+                self._recount(state, keep=True)
+                return
+            batch = list(itertools.islice(reversed(log), n))
+            batch.reverse()
+            self._moved(batch)
+        if len(self._keys) != len(state.tasks):
+            # Tasks made without a move yet (submitted, released, not yet wanted).
+            self._count_new(state, state.tasks)
+
     def transition(self, ts: TaskState, start: str, finish: str) -> None:
-        """The core's ``on_transition``: ``ts`` moved from ``start`` to ``finish``."""
-        key = ts.key
-        code = self._keys.get(key)
-        if code is None:
-            # New: it was made released and not counted (see ``handled``).
-            code = self._code(key, _RAN)
-            group = self._order[code >> 2]
-            states = group.states
-        else:
-            group = self._order[code >> 2]
-            states = group.states
-            states[start] -= 1
-        settled = code & 3
-        if finish == FORGOTTEN:
-            del self._keys[key]
-            self.changes += 1
-            group.touched = self.changes
-            if settled:
-                group.gone += 1
-            if len(self.groups) > KEPT_GROUPS:
-                self._trim()
-            return
-        states[finish] = states.get(finish, 0) + 1
-        if finish in _ACTIVE:
-            # How recently it was active: the groups shown are the latest 100.
-            self.changes += 1
-            group.touched = self.changes
-        if finish == MEMORY:
-            if settled != _DONE:
-                group.done += 1
-                if settled:
-                    group.failed -= 1
-                self._keys[key] = code - settled + _DONE
-        elif finish == ERRED:
-            if settled != _FAILED:
-                group.failed += 1
-                if settled:
-                    group.done -= 1
-                self._keys[key] = code - settled + _FAILED
-        elif settled and finish in _RUNNING:
-            # Computed again (its result was lost, or it is retried): not settled now.
-            if settled == _DONE:
-                group.done -= 1
+        """The core's ``on_transition`` (where its log is short): one move."""
+        self._moved(((ts.key, start, finish, ""),))
+
+    def _moved(self, batch: Iterable[tuple[str, str, str, str]]) -> None:
+        """Count moves ``(key, start, finish, stimulus)``, in the order they were made."""
+        keys = self._keys
+        order = self._order
+        for key, start, finish, _ in batch:
+            code = keys.get(key)
+            if code is None:
+                if start != RELEASED:
+                    continue  # made and moved before this recorder looked: counted then
+                # New: it was made released and not counted yet.
+                code = self._code(key, _RAN)
+                group = order[code >> 2]
+                states = group.states
             else:
-                group.failed -= 1
-            self._keys[key] = code - settled
+                group = order[code >> 2]
+                states = group.states
+                states[start] -= 1
+            settled = code & 3
+            if finish == FORGOTTEN:
+                del keys[key]
+                self.changes += 1
+                group.touched = self.changes
+                if settled:
+                    group.gone += 1
+                if len(self.groups) > KEPT_GROUPS:
+                    self._trim()
+                    keys = self._keys
+                    order = self._order
+                continue
+            states[finish] = states.get(finish, 0) + 1
+            if finish in _ACTIVE:
+                # How recently it was active: the groups shown are the latest 100.
+                self.changes += 1
+                group.touched = self.changes
+            if finish == MEMORY:
+                if settled != _DONE:
+                    group.done += 1
+                    if settled:
+                        group.failed -= 1
+                    keys[key] = code - settled + _DONE
+            elif finish == ERRED:
+                if settled != _FAILED:
+                    group.failed += 1
+                    if settled:
+                        group.done -= 1
+                    keys[key] = code - settled + _FAILED
+            elif settled and finish in _RUNNING:
+                # Computed again (its result was lost, or it is retried): not settled now.
+                if settled == _DONE:
+                    group.done -= 1
+                else:
+                    group.failed -= 1
+                keys[key] = code - settled
+
+    def _ran(self, event: ev.TaskFinished | ev.TaskErred, ok: bool) -> None:
+        """A finished or failed run: a task-stream item. Past ``STREAM_RATE`` runs a
+        second (of the core's clock) only every n-th is kept, n from the last second's
+        rate, the others counted in ``skipped``: the page could not draw them apart."""
+        self._seen += 1
+        now = event.now
+        if now >= self._window[0]:
+            seen = self._window[1]
+            self._stride = max(1, -(-(self._seen - seen) // STREAM_RATE))
+            self._window = (now + 1.0, self._seen)
+        self._tick += 1
+        if self._tick < self._stride:
+            self.skipped += 1
+            return
+        self._tick = 0
+        self._stream_seq += 1
+        key = event.key
+        code = self._keys.get(key)
+        self.stream.append(
+            Run(
+                self._stream_seq,
+                key,
+                self._names[code >> 2] if code is not None else key_group(key),
+                event.worker,
+                now - max(0.0, event.duration),
+                now,
+                ok,
+            )
+        )
 
     def _code(self, key: str, settled: int) -> int:
         name = key_group(key)
         number = self._number.get(name)
         if number is None:
-            number = self._number[name] = len(self._order)
-            group = self.groups.get(name)
-            if group is None:
-                group = self.groups[name] = Group()
-            self._order.append(group)
-            self._names.append(name)
+            number = self._numbered(name)
         code = self._keys[key] = number * 4 + settled
         return code
 
-    def observe(self, event: ev.Event) -> None:
-        """An event the core is about to handle: a finished or failed run is a stream item;
-        a restart forgets every task (without transitions)."""
-        kind = type(event)
-        if kind is ev.TaskFinished or kind is ev.TaskErred:
-            event = cast("ev.TaskFinished | ev.TaskErred", event)
-            self._stream_seq += 1
-            key = event.key
-            code = self._keys.get(key)
-            self.stream.append(
-                Run(
-                    self._stream_seq,
-                    key,
-                    self._names[code >> 2] if code is not None else key_group(key),
-                    event.worker,
-                    event.now - max(0.0, event.duration),
-                    event.now,
-                    kind is ev.TaskFinished,
-                )
-            )
-        elif isinstance(event, ev.RestartRequested):
-            self._forget_groups()
-
-    def handled(self, state: SchedulerState, event: ev.Event) -> None:
-        """The core handled ``event``: count the tasks it made that have not moved yet
-        (they are made released, with no transition), or recount a restored graph."""
-        kind = type(event)
-        if kind not in _MAKERS:
-            return
-        if isinstance(event, ev.TasksSubmitted):
-            self._count_new(state, (spec.key for spec in event.tasks))
-        elif isinstance(event, ev.DataScattered):
-            self._count_new(state, (item.key for item in event.keys))
-        elif isinstance(event, ev.StateRestored):
-            self._forget_groups()
-            self._count_new(state, state.tasks)
+    def _numbered(self, name: str) -> int:
+        """A number for group ``name``, made now (with the group, if it is new)."""
+        number = self._number[name] = len(self._order)
+        group = self.groups.get(name)
+        if group is None:
+            group = self.groups[name] = Group()
+        self._order.append(group)
+        self._names.append(name)
+        return number
 
     def _count_new(self, state: SchedulerState, keys: Iterable[str]) -> None:
         tasks = state.tasks
@@ -265,10 +357,12 @@ class Recorder:
 
 @dataclass
 class Cursor:
-    """What one viewer has been sent: the last stream item and event numbers."""
+    """What one viewer has been sent: the last stream item and event numbers, and the
+    runs the recorder had skipped by then."""
 
     stream: int = 0
     events: int = 0
+    skipped: int = 0
 
 
 def _workers(state: SchedulerState) -> list[dict[str, Any]]:
@@ -346,12 +440,15 @@ def message(
 ) -> dict[str, Any]:
     """The next message for a viewer: a snapshot (``first``) or a delta since ``cursor``
     (advanced). ``now``: wall-clock seconds; ``offset``: wall minus the core's clock."""
+    recorder.catch_up(state)
     groups, more, totals = _groups(recorder)
     stream, dropped = _stream(
         recorder, cursor.stream, FIRST_STREAM if first else MAX_STREAM, offset
     )
     events = _events(state, cursor.events, FIRST_EVENTS if first else len(state.events), offset)
+    dropped += recorder.skipped - cursor.skipped
     cursor.stream = recorder.stream_seq
+    cursor.skipped = recorder.skipped
     if state.events:
         cursor.events = state.events[-1]["seq"]
     return {

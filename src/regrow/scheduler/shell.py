@@ -275,7 +275,7 @@ class Scheduler:
     def _hook_transitions(self) -> None:
         """The core's transition hook: the journal's, the dashboard's, both or none."""
         keeper = self.keeper.transition if self.keeper and not self.stopped.is_set() else None
-        recorder = self.recorder.transition if self.recorder.active else None
+        recorder = self.recorder.hook if self.recorder.active else None
         if keeper is not None and recorder is not None:
 
             def both(ts: TaskState, start: str, finish: str) -> None:
@@ -399,13 +399,9 @@ class Scheduler:
         if keeper is not None:
             for event in events:
                 keeper.record(event, self.state.tasks)
-        if self.recorder.active:
-            for event in events:
-                self.recorder.observe(event)
         commands = self.state.handle(*events)
         if self.recorder.active:
-            for event in events:
-                self.recorder.handled(self.state, event)
+            self.recorder.follow(self.state, events)
         for command in commands:
             self._execute(command)
         if keeper is not None:
