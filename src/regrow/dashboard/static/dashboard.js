@@ -836,7 +836,7 @@
   var ts = {
     canvas: null, ctx: null, wrap: null, tip: null, legend: null,
     w: 0, h: 0, mouse: null, hits: [], hitItems: [], geom: null,
-    lanes: [], laneIndex: new Map(), lastDraw: 0, hovered: null, legendAt: 0, attrs: {}
+    lanes: [], laneIndex: new Map(), lastDraw: 0, redraw: function () {}, hovered: null, legendAt: 0, attrs: {}
   };
 
   function updateLanes() {
@@ -944,8 +944,14 @@
     ctx.lineTo(right, bottom + 0.5);
     ctx.stroke();
 
-    // the tasks, batched by colour
-    var byColor = new Map(), erred = [], hits = [], hitItems = [];
+    // the tasks, batched by colour; in each lane, runs of one colour that touch at this
+    // scale are one rectangle (thousands of tiny ones cost the rasteriser, not the eye)
+    var byColor = new Map(), open = new Map(), erred = [], hits = [], hitItems = [];
+    var flush = function (run) {
+      var list = byColor.get(run[4]);
+      if (!list) { list = []; byColor.set(run[4], list); }
+      list.push(run[0], run[1], run[2] - run[0], run[3]);
+    };
     for (var v = 0; v < vis.length; v++) {
       var item = items[vis[v]];
       var li = laneIndex.get(item.worker);
@@ -956,13 +962,18 @@
       if (w < 1) w = 1;
       var ry = top + li * laneH + pad, rh = Math.max(1, laneH - 2 * pad);
       var col = groupColor(item.group);
-      var list = byColor.get(col);
-      if (!list) { list = []; byColor.set(col, list); }
-      list.push(x0, ry, w, rh);
+      var slot = col + "|" + li, run = open.get(slot);
+      if (run && x0 <= run[2] + 0.5 && x0 >= run[0]) {
+        if (x0 + w > run[2]) run[2] = x0 + w;
+      } else {
+        if (run) flush(run);
+        open.set(slot, [x0, ry, x0 + w, rh, col]);
+      }
       if (item.ok === false) erred.push(x0, ry, w, rh);
       hits.push(x0, ry, w, rh);
       hitItems.push(item);
     }
+    open.forEach(flush);
     byColor.forEach(function (rects, col) {
       ctx.fillStyle = col;
       ctx.beginPath();
@@ -1112,7 +1123,7 @@
       new ResizeObserver(safe(function (entries) {
         var r = entries[0] && entries[0].contentRect;
         if (r) { ts.w = r.width; ts.h = r.height; } else measure();
-        ts.lastDraw = 0;
+        ts.redraw();
       })).observe(ts.canvas);
     } else {
       window.addEventListener("resize", measure);
@@ -1121,26 +1132,28 @@
     ts.canvas.addEventListener("mousemove", safe(function (e) {
       var r = ts.canvas.getBoundingClientRect();
       ts.mouse = { x: e.clientX - r.left, y: e.clientY - r.top };
-      ts.lastDraw = 0;  // redraw at the next frame
+      ts.redraw();
     }));
     ts.canvas.addEventListener("mouseleave", safe(function () {
       ts.mouse = null;
       showTip(null);
-      ts.lastDraw = 0;
+      ts.redraw();
     }));
+    // 4 frames a second, each asked for only then: the window scrolls smoothly enough,
+    // and a page left open costs its machine (often the cluster's own) next to nothing
+    // between frames (a frame requested on every refresh kept chromium 17% busy idle).
+    var pending = false;
     var frame = safe(function (now) {
-      // 4 frames a second: the window scrolls smoothly enough, and a page left open
-      // costs its machine (often the cluster's own) 40% of the drawing 10 fps took.
-      if (streamVisible() && !document.hidden && now - ts.lastDraw >= 245) {
+      pending = false;
+      if (streamVisible() && !document.hidden) {
         ts.lastDraw = now;
         drawStream();
       }
     });
-    var loop = function (now) {
-      requestAnimationFrame(loop);
-      frame(now);
+    ts.redraw = function () {
+      if (!pending) { pending = true; requestAnimationFrame(frame); }
     };
-    requestAnimationFrame(loop);
+    setInterval(function () { if (streamVisible()) ts.redraw(); }, 250);
   }
 
   // ------------------------------------------------------------------ charts (uPlot)
@@ -1252,7 +1265,7 @@
       else links[i].removeAttribute("aria-current");
     }
     sizeStream();
-    ts.lastDraw = 0;
+    ts.redraw();
     timelineChrome();
     refreshCharts();
   }
@@ -1351,7 +1364,7 @@
     });
     window.addEventListener("hashchange", safe(route));
     window.addEventListener("resize", safe(function () { sizeStream(); refreshCharts(); }));
-    document.addEventListener("visibilitychange", safe(function () { if (!document.hidden) { refreshCharts(); ts.lastDraw = 0; } }));
+    document.addEventListener("visibilitychange", safe(function () { if (!document.hidden) { refreshCharts(); ts.redraw(); } }));
     route();
     renderHeader();
     renderWorkers();
