@@ -13,6 +13,8 @@ from regrow.testing import MakeCluster, children_of, wait_until
 # Schedulers the tests start serve no dashboard unless a test asks (on port 0): none
 # binds 8787, and none pays for aiohttp it does not use.
 os.environ["REGROW_DASHBOARD_ADDRESS"] = ""
+# No config file of the machine's (~/.config/regrow, ./regrow.yaml) changes the tests.
+os.environ["REGROW_CONFIG"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -26,19 +26,23 @@ from regrow.errors import (
 )
 
 if TYPE_CHECKING:
-    from regrow.client.client import Client, get_client
+    from regrow.client.client import Client, get_client, worker_client
+    from regrow.client.coordination import Event, Lock, Pub, Queue, Semaphore, Sub, Variable
     from regrow.client.futures import (
         ALL_COMPLETED,
         FIRST_COMPLETED,
         FIRST_EXCEPTION,
         Future,
         as_completed,
+        fire_and_forget,
         wait,
     )
+    from regrow.client.plugins import SchedulerPlugin, WorkerPlugin
     from regrow.deploy import LocalCluster, SLURMCluster, SSHCluster
     from regrow.progress import progress
     from regrow.security import Security
     from regrow.worker import get_worker
+    from regrow.worker.execution import rejoin, secede
 
 __version__ = "0.1.0"
 
@@ -50,12 +54,25 @@ _LAZY = {
     "FIRST_EXCEPTION": "regrow.client.futures",
     "Future": "regrow.client.futures",
     "as_completed": "regrow.client.futures",
+    "fire_and_forget": "regrow.client.futures",
     "wait": "regrow.client.futures",
     "LocalCluster": "regrow.deploy",
     "SLURMCluster": "regrow.deploy",
     "SSHCluster": "regrow.deploy",
     "Security": "regrow.security",
     "get_worker": "regrow.worker",
+    "secede": "regrow.worker.execution",
+    "rejoin": "regrow.worker.execution",
+    "worker_client": "regrow.client.client",
+    "WorkerPlugin": "regrow.client.plugins",
+    "SchedulerPlugin": "regrow.client.plugins",
+    "Event": "regrow.client.coordination",
+    "Lock": "regrow.client.coordination",
+    "Pub": "regrow.client.coordination",
+    "Queue": "regrow.client.coordination",
+    "Semaphore": "regrow.client.coordination",
+    "Sub": "regrow.client.coordination",
+    "Variable": "regrow.client.coordination",
     "progress": "regrow.progress",
 }
 
@@ -81,23 +98,36 @@ __all__ = [
     "CancelledError",
     "Client",
     "CommClosedError",
+    "Event",
     "Future",
     "FutureLostError",
     "InvalidGraphError",
     "KilledWorker",
     "LocalCluster",
+    "Lock",
     "LostDataError",
     "ProtocolError",
+    "Pub",
+    "Queue",
     "RegrowError",
     "RemoteError",
     "SLURMCluster",
     "SSHCluster",
     "SchedulerLostError",
+    "SchedulerPlugin",
     "Security",
+    "Semaphore",
+    "Sub",
     "TooManyTasksError",
+    "Variable",
+    "WorkerPlugin",
     "as_completed",
+    "fire_and_forget",
     "get_client",
     "get_worker",
     "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "worker_client",
 ]

@@ -1,7 +1,8 @@
-"""The ``regrow`` command: scheduler, worker, status, journal, demo, chaos.
+"""The ``regrow`` command: scheduler, worker, status, journal, config, demo, chaos.
 
 Bad flags or an unreachable scheduler end in one line on stderr and a non-zero
-exit, never a traceback.
+exit, never a traceback; so does a bad setting (from a config file, a REGROW_*
+variable or a flag), with exit code 2.
 """
 
 from __future__ import annotations
@@ -17,10 +18,33 @@ from typing import Any
 
 import click
 
-from regrow.config import Settings
+from regrow.config import Resolved, SettingError, Settings, resolve
 from regrow.errors import RegrowError
 from regrow.protocol.comm import Service, serve
 from regrow.security import Role, Security
+
+
+class BadSetting(click.ClickException):
+    """A bad setting: ``Error: <the one line>`` on stderr, exit code 2 (as a bad flag)."""
+
+    exit_code = 2
+
+
+def _resolve(
+    overrides: dict[str, Any] | None = None, flags: dict[str, str] | None = None
+) -> Resolved:
+    """The settings in force: files, REGROW_* variables, then ``overrides`` (None: not
+    given) from the command-line flags ``flags`` names; a bad one is a BadSetting."""
+    try:
+        return resolve(overrides=overrides, flags=flags)
+    except SettingError as exc:
+        raise BadSetting(str(exc)) from None
+
+
+def _settings(**flags: tuple[str, Any]) -> Settings:
+    """The settings, given ``name=(flag, value)`` for the flags that map onto settings."""
+    overrides = {name: value for name, (_, value) in flags.items()}
+    return _resolve(overrides, {name: flag for name, (flag, _) in flags.items()}).settings
 
 
 def _token(token_file: str | None) -> str | None:
@@ -265,7 +289,18 @@ def _options(options: list[Any]) -> Callable[[Callable[..., Any]], Callable[...,
 common = _options(_common)
 
 
-@click.group()
+class _Main(click.Group):
+    """The ``regrow`` group: a bad setting met anywhere below (a LocalCluster of
+    ``regrow demo``, say) ends as one line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingError as exc:
+            raise BadSetting(str(exc)) from None
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="regrow")
 def main() -> None:
     """regrow: a distributed task executor that keeps working when its parts fail."""
@@ -302,6 +337,11 @@ def main() -> None:
 @click.option("--dashboard/--no-dashboard", default=True,
               help="Serve the dashboard's pages (--no-dashboard: only /health and /metrics, "
                    "and only with --dashboard-address).")  # fmt: skip
+@click.option("--allow-scheduler-code", is_flag=True, default=False,
+              help="Let clients run code in the scheduler (run_on_scheduler, scheduler "
+                   "plugins). RISK: whoever holds the token can then run anything as "
+                   "this process; without it the scheduler never unpickles what "
+                   "clients send.")  # fmt: skip
 @common
 def scheduler(
     host: str,
@@ -317,6 +357,7 @@ def scheduler(
     steal_interval: float | None,
     dashboard_address: str | None,
     dashboard: bool,
+    allow_scheduler_code: bool,
     tls_ca_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -336,11 +377,11 @@ def scheduler(
     security = _security("scheduler", tls_ca_file, tls_cert, tls_key)
     _check_security(security, "scheduler")
     _raise_fd_limit()
-    settings = Settings.from_env(
-        worker_saturation=worker_saturation,
-        steal_interval=steal_interval,
-        heartbeat_timeout=heartbeat_timeout,
-        allowed_failures=allowed_failures,
+    settings = _settings(
+        worker_saturation=("--worker-saturation", worker_saturation),
+        steal_interval=("--steal-interval", steal_interval),
+        heartbeat_timeout=("--heartbeat-timeout", heartbeat_timeout),
+        allowed_failures=("--allowed-failures", allowed_failures),
     )
     http_address = dashboard_address
     if http_address is None and dashboard:
@@ -362,6 +403,7 @@ def scheduler(
             dashboard=dashboard,
             # Not asked for a port: 8787 taken moves to the next free one.
             dashboard_tries=1 if dashboard_address else 16,
+            allow_scheduler_code=allow_scheduler_code,
         ),
         parent_pid,
         ready_file,
@@ -401,6 +443,9 @@ def scheduler(
 @click.option("--memory-limit", default=None,
               help="Bytes this worker may use (e.g. 4GB); 0 for no limit [default: 0; in "
                    "a Slurm job, its memory].")  # fmt: skip
+@click.option("--resources", default="",
+              help="Abstract resources of the worker, e.g. GPU=2,MEM=8e9: a task submitted "
+                   "with resources={'GPU': 1} runs only where one is free.")  # fmt: skip
 @click.option("--nanny/--no-nanny", default=True, show_default=True,
               help="Run the worker under a nanny that restarts it when it dies.")  # fmt: skip
 @click.option("--nanny-address", default="", hidden=True)
@@ -427,6 +472,7 @@ def worker(
     timeout: float,
     death_timeout: float | None,
     memory_limit: str | None,
+    resources: str,
     nanny: bool,
     nanny_address: str,
     standby: bool,
@@ -448,8 +494,10 @@ def worker(
     from regrow.protocol.reach import route_to, split_contact
     from regrow.worker import Worker
     from regrow.worker.nanny import Nanny
+    from regrow.worker.shell import parse_resources
 
     _logging(log_level, log_file)
+    settings = _settings()  # a bad one: one line now, not after waiting for a scheduler
     if (scheduler_address is None) == (scheduler_file is None):
         raise click.UsageError("give SCHEDULER_ADDRESS or --scheduler-file (one, not both)")
     if scheduler_file is not None:
@@ -464,6 +512,7 @@ def worker(
         parse_address(scheduler_address)
         limit = parse_bytes(memory_limit)
         split_contact(contact_address)
+        amounts = parse_resources(resources)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if contact_address and split_contact(contact_address)[1] and nanny:
@@ -482,7 +531,6 @@ def worker(
     token = _token(token_file)
     security = _security("worker", tls_ca_file, tls_cert, tls_key)
     _check_security(security, "worker")
-    settings = Settings.from_env()
     if standby:
         # Everything is imported: wait for the nanny's word (end-of-file: not needed).
         line = sys.stdin.readline().split(maxsplit=1)
@@ -504,6 +552,7 @@ def worker(
             timeout=timeout or None,
             contact_address=contact_address,
             death_timeout=death_timeout,
+            resources=amounts,
         )
         if nanny:
             return Nanny(
@@ -557,6 +606,7 @@ def status(
         raise click.UsageError(str(exc)) from None
     token = _token(token_file)
     security = _security("client", tls_ca_file, tls_cert, tls_key)
+    settings = _settings()
     console = Console()
     try:
         client = Client(
@@ -565,6 +615,7 @@ def status(
             security=security,
             timeout=timeout,
             set_as_default=False,
+            settings=settings,
         )
     except (OSError, RegrowError, ValueError) as exc:
         click.echo(f"regrow: error: {exc}", err=True)
@@ -627,6 +678,73 @@ def journal_inspect(path: str) -> None:
         click.echo(f"  {client}  wants {n:,} key(s)")
 
 
+@main.group("config")
+def config_group() -> None:
+    """See the settings in force and where each comes from."""
+
+
+def _assignment(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    """--set NAME=VALUE, as many as given: {name: value} (dashes in NAME as underscores)."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", ctx, param)
+        out[name.strip().replace("-", "_")] = value
+    return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, default=False,
+              help="Print JSON: {files: [...], settings: {name: {value, source}}}.")  # fmt: skip
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              callback=_assignment,
+              help="Set a setting as a command-line flag would (over the files and the "
+                   "REGROW_* variables); may be repeated.")  # fmt: skip
+def config_show(as_json: bool, assignments: dict[str, str]) -> None:
+    """Print every setting in force, its value and where it came from: the default, a
+    config file, a REGROW_* variable or a flag. Config files: the one $REGROW_CONFIG
+    names (empty: none), else ~/.config/regrow/regrow.yaml and ./regrow.yaml."""
+    from regrow.config import config_files, setting_names
+
+    resolved = _resolve(dict(assignments), dict.fromkeys(assignments, "--set"))
+    values = {name: getattr(resolved.settings, name) for name in sorted(setting_names())}
+    if as_json:
+        import json
+
+        out = {
+            "files": list(resolved.files),
+            "settings": {
+                name: {"value": value, "source": resolved.sources[name]}
+                for name, value in values.items()
+            },
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+    looked = ", ".join(str(p) for p in config_files())
+    if resolved.files:
+        click.echo(f"config files read: {', '.join(resolved.files)}")
+    else:
+        click.echo(
+            f"config files read: none (looked for {looked or 'none: REGROW_CONFIG is empty'})"
+        )
+    rows = [("setting", "value", "source")]
+    rows += [(name, _shown(value), resolved.sources[name]) for name, value in values.items()]
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for name, value, source in rows:
+        click.echo(f"{name:<{width[0]}}  {value:<{width[1]}}  {source}")
+
+
 @main.command()
 @click.option("--workers", "n_workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--files", default=400, show_default=True, type=click.IntRange(1, 100_000),
@@ -635,6 +753,7 @@ def demo(n_workers: int, files: int) -> None:
     """Start a local cluster and run a word count over Python's standard library."""
     from regrow.demo import run_demo
 
+    _settings()  # a bad one: one line now, before any process starts
     code = run_demo(n_workers=n_workers, max_files=files)
     sys.exit(code)
 
@@ -679,6 +798,7 @@ def chaos(
 
     from regrow.chaos import SoakConfig, run_soak
 
+    _settings()  # a bad one: one line now, before any process starts
     if json_path is not None:
         parent = os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(parent):

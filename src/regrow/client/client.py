@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -31,7 +33,14 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, 
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from regrow.client import queries, transfer
-from regrow.client.futures import CANCELLED, Future, FutureState, set_owner_lookup
+from regrow.client.futures import (
+    CANCELLED,
+    ERROR,
+    Future,
+    FutureState,
+    _futures_arg,
+    set_owner_lookup,
+)
 from regrow.client.keys import KeyTable
 from regrow.client.loop import CallerLoop, ClientLoop, deferred, shared_loop, within
 from regrow.client.session import Session
@@ -49,9 +58,16 @@ from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import (
     CancelMsg,
     CloseClientMsg,
+    CoordinateMsg,
+    CoordinateReply,
     DesireKeysMsg,
+    ExtraMsg,
     LogEventMsg,
+    RebalanceMsg,
+    ReplicateMsg,
     RestartMsg,
+    RetryMsg,
+    RunOnSchedulerMsg,
     ShutdownMsg,
     TaskEntry,
 )
@@ -88,12 +104,118 @@ def default_client_for(scheduler_address: str) -> Client | None:
 set_owner_lookup(default_client_for)
 
 
-def get_client() -> Client:
-    """The default client of this process (the last one created)."""
+def get_client(timeout: float = 10.0) -> Client:
+    """The default client of this process (the last one created). Inside a task on a
+    worker with none, a client of that worker's scheduler, made once per worker process
+    with the worker's token and TLS material and shared by its tasks (as
+    dask.distributed's): a task may submit tasks and wait on them. A task that waits on
+    others should ``secede()`` first (``worker_client()`` does both)."""
     for client in reversed(_default):
         if client.status == "running":
             return client
-    raise ValueError("no regrow Client is running in this process")
+    from regrow.worker.execution import _thread_state
+
+    worker = getattr(_thread_state, "worker", None)
+    if worker is None:
+        raise ValueError("no regrow Client is running in this process")
+    with _task_client_lock:
+        for client in reversed(_default):
+            if client.status == "running":
+                return client
+        security = worker.security
+        if security.tls_worker_cert and not security.tls_client_cert:
+            # The worker's certificate serves as its tasks' client certificate.
+            security = dataclasses.replace(
+                security,
+                tls_client_cert=security.tls_worker_cert,
+                tls_client_key=security.tls_worker_key,
+            )
+        return Client(
+            worker.scheduler_address,
+            token=worker.token,
+            security=security,
+            settings=worker.settings,
+            timeout=timeout,
+            name=f"tasks-of-{worker.address}-{uuid.uuid4().hex[:8]}",
+        )
+
+
+_task_client_lock = threading.Lock()
+
+
+# dask.distributed's submit/map keywords regrow does not take: passed on to the function,
+# they would fail only in the task, far from the call.
+_DASK_ONLY = {
+    "allow_other_workers": "workers= restricts a task to those workers, always",
+    "actor": "regrow has no actors",
+    "actors": "regrow has no actors",
+    "fifo_timeout": "tasks run by priority, then in the order submitted",
+}
+
+
+def _refuse_dask_only(what: str, kwargs: Mapping[str, Any]) -> None:
+    for name in kwargs:
+        if name in _DASK_ONLY:
+            raise TypeError(
+                f"{what}(): {name}= is dask.distributed's, not taken here ({_DASK_ONLY[name]})"
+            )
+
+
+def _pickle(value: Any) -> bytes:
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(value, protocol=5))
+
+
+def _resources(resources: Any) -> dict[str, float] | None:
+    if resources is None:
+        return None
+    from regrow.worker.shell import check_resources
+
+    return check_resources(resources, "resources=") or None
+
+
+# get_dataset's default when none is given.
+NO_DEFAULT: Any = object()
+
+
+class Datasets(collections.abc.MutableMapping[str, Any]):
+    """``client.datasets``: the published datasets as a mapping, as dask.distributed's."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def __getitem__(self, name: str) -> Any:
+        return self.client.get_dataset(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.client.publish_dataset(value, name=name, override=True)
+
+    def __delitem__(self, name: str) -> None:
+        self.client.unpublish_dataset(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.client.list_datasets())
+
+    def __len__(self) -> int:
+        return len(self.client.list_datasets())
+
+
+@contextlib.contextmanager
+def worker_client(timeout: float = 10.0, separate_thread: bool = True) -> Iterator[Client]:
+    """In a task: ``with worker_client() as client:`` submits and gathers tasks from it,
+    as dask.distributed's. ``separate_thread`` (the default): the task secedes for the
+    block, giving its thread's place to other tasks while it waits, and rejoins after."""
+    from regrow.worker.execution import rejoin, secede
+
+    client = get_client(timeout=timeout)
+    if separate_thread:
+        secede()
+    try:
+        yield client
+    finally:
+        if separate_thread:
+            rejoin()
 
 
 class Client:
@@ -147,6 +269,7 @@ class Client:
         # Called (key, worker) from the IO thread when a running task's worker died.
         self._interrupt_listeners: list[Callable[[str, str], None]] = []
         self._dashboard = ""  # where the scheduler serves its dashboard (it says so)
+        self._plugins: set[str] = set()  # names of the plugins this client registered
         self._events: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(
             maxlen=10_000
         )
@@ -301,6 +424,11 @@ class Client:
     def want_keys(self, keys: list[str]) -> None:
         self._loop.call_soon(self._session.send, DesireKeysMsg(keys=keys))
 
+    def fire_and_forget_keys(self, keys: list[str]) -> None:
+        # Through the loop, as submissions go: sent after every one made before.
+        self._check_running()
+        self._loop.call_soon(self._session.fire_and_forget, keys)
+
     def fetch_values(self, futures: list[Future], timeout: float | None = None) -> dict[str, Any]:
         values, keys = transfer.inline_values(futures)
         if keys:
@@ -446,11 +574,15 @@ class Client:
         workers: str | Iterable[str] | None = None,
         retries: int = 0,
         priority: int = 0,
+        resources: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> Future:
-        """Run ``func(*args, **kwargs)`` on the cluster; returns a Future at once."""
+        """Run ``func(*args, **kwargs)`` on the cluster; returns a Future at once.
+        ``resources={"GPU": 1}``: it runs only on a worker with that much of each free
+        (``regrow worker --resources GPU=2``), taking it while it runs."""
         if not callable(func):
             raise TypeError(f"submit() needs a callable first argument, got {type(func).__name__}")
+        _refuse_dask_only("submit", kwargs)
         retries, priority = check_options(retries, priority)
         self._check_running()
         return self._tasks.submit(
@@ -463,6 +595,7 @@ class Client:
             retries=retries,
             priority=priority,
             send=self._send_tasks,
+            resources=_resources(resources),
         )
 
     def map(
@@ -475,6 +608,7 @@ class Client:
         retries: int = 0,
         priority: int = 0,
         batch_size: int = MAP_BATCH,
+        resources: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> list[Future]:
         """``submit`` for each item of the zipped iterables, sent in batches."""
@@ -482,6 +616,7 @@ class Client:
             raise TypeError(f"map() needs a callable first argument, got {type(func).__name__}")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        _refuse_dask_only("map", kwargs)
         for it in iterables:
             if isinstance(it, Mapping) or not isinstance(it, Iterable):
                 raise TypeError(f"map() takes iterables (not {type(it).__name__})")
@@ -498,6 +633,7 @@ class Client:
             priority=priority,
             batch_size=batch_size,
             send=self._send_tasks,
+            resources=_resources(resources),
         )
 
     def _new_future(self, key: str) -> Future:
@@ -605,6 +741,30 @@ class Client:
             if f.key in self._keys and not f.done():
                 f._state.cancel()
 
+    def retry(self, futures: Future | Iterable[Future]) -> None:
+        """Compute erred futures again, as dask.distributed's: each erred task, and the
+        erred inputs it erred through, runs again (other futures are left as they are).
+        Once this returns they are pending; awaitable on an asynchronous client."""
+        fs = _futures_arg(futures, "retry()")
+        for f in fs:
+            if f.client is not self:
+                raise ValueError(f"retry(): future {f.key!r} belongs to another client")
+        self._check_running()
+        return self._sync(self._retry(fs))
+
+    async def _retry(self, fs: list[Future]) -> None:
+        keys = list(dict.fromkeys(f.key for f in fs if f.status == ERROR))
+        if not keys:
+            return
+        # Pending from now on (in the loop, where the news of keys is handled): the
+        # scheduler's answers settle them again, the first of which may come before
+        # the reply to this request.
+        for key in keys:
+            st = self._keys.state(key)
+            if st is not None and st.status == ERROR:
+                st.reset()
+        await self._session.request(RetryMsg(keys=keys))
+
     def run(
         self,
         function: Callable[..., Any],
@@ -630,8 +790,20 @@ class Client:
     def scheduler_info(self) -> dict[str, Any]:
         return self._sync(self._ask(queries.scheduler_info))
 
-    def nthreads(self) -> dict[str, int]:
-        return self._sync(self._ask(queries.nthreads))
+    def nthreads(self, workers: str | Iterable[str] | None = None) -> dict[str, int]:
+        """``{worker address: its threads}``, of every worker or of ``workers``
+        (addresses or names; unknown ones are left out)."""
+        wanted = _worker_list(workers, "nthreads()")
+        return self._sync(self._ask(queries.nthreads, wanted))
+
+    ncores = nthreads  # dask.distributed's older name
+
+    def has_what(self, workers: str | Iterable[str] | None = None) -> dict[str, list[str]]:
+        """``{worker address: [keys of the results it holds]}``, of every worker or of
+        ``workers`` (addresses or names; an unknown one holds nothing), as
+        dask.distributed's; ``who_has`` is the other way round."""
+        wanted = _worker_list(workers, "has_what()")
+        return self._sync(self._ask(queries.has_what, wanted))
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         return self._sync(self._ask(queries.wait_for_workers, n_workers, timeout))
@@ -639,6 +811,206 @@ class Client:
     def nannies(self) -> dict[str, str]:
         """``{nanny address: its current worker's address}``: stable names across restarts."""
         return self._sync(self._ask(queries.nannies))
+
+    def replicate(
+        self, futures: Future | Iterable[Future], n: int | None = None, timeout: float = 60.0
+    ) -> None:
+        """Keep ``n`` copies (None: one on every worker) of each future's result, on as
+        many workers: waits for the futures, then until the copies exist. Unlike
+        dask.distributed's, the scheduler keeps that many from then on: a copy lost with
+        its worker is made again elsewhere."""
+        fs = [futures] if isinstance(futures, Future) else list(futures)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"n must be an int >= 1 or None, got {n!r}")
+        for f in fs:
+            if not isinstance(f, Future):
+                raise TypeError(f"replicate takes futures, got {type(f).__name__}")
+        return self._sync(self._replicate(fs, n, timeout))
+
+    async def _replicate(self, fs: list[Future], n: int | None, timeout: float) -> None:
+        from regrow.client.futures import ALL_COMPLETED, _wait_async
+
+        if not fs:
+            return
+        await _wait_async(fs, timeout, ALL_COMPLETED)
+        keys = [f.key for f in fs]
+        await self._session.request(ReplicateMsg(keys=keys, n=n or 0))
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = len((await queries.scheduler_info(self._session))["workers"])
+            want = min(n or workers, workers)
+            holders = await queries.who_has(self._session, keys)
+            if all(len(holders.get(k, [])) >= want for k in keys):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicate: {want} copies not made within {timeout} s")
+            await asyncio.sleep(0.05)
+
+    def rebalance(
+        self,
+        futures: Future | Iterable[Future] | None = None,
+        workers: str | Iterable[str] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """Spread the results of ``futures`` (None: all) evenly over ``workers`` (None:
+        all), as dask.distributed's: from workers holding more than their share to
+        those holding less, each moved as a copy and then a drop (nothing recomputed).
+        Returns once the moves are over."""
+        keys = None
+        if futures is not None:
+            fs = [futures] if isinstance(futures, Future) else list(futures)
+            if not all(isinstance(f, Future) for f in fs):
+                raise TypeError("rebalance takes futures (or None for every result)")
+            keys = [f.key for f in fs]
+        return self._sync(self._rebalance(keys, check_workers(workers), timeout))
+
+    async def _rebalance(
+        self, keys: list[str] | None, workers: list[str] | None, timeout: float
+    ) -> None:
+        await self._session.request(RebalanceMsg(keys=keys, workers=workers))
+        deadline = time.monotonic() + timeout
+        while (await queries.scheduler_info(self._session)).get("rebalancing"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rebalance: moves not over within {timeout} s")
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------- code for workers and scheduler
+    def upload_file(self, filename: str | os.PathLike[str], load: bool = True) -> None:
+        """Send a .py, .zip or .egg file to every worker, and to every worker that joins
+        later: a .py is imported (again, if it was), a .zip or .egg put on sys.path, as
+        dask.distributed's. Raises if a worker could not take it (a SyntaxError...)."""
+        path = os.fspath(filename)
+        if os.path.splitext(path)[1] not in (".py", ".zip", ".egg"):
+            raise ValueError(f"upload_file takes a .py, .zip or .egg file, got {path!r}")
+        with open(path, "rb") as f:
+            payload = f.read()
+        return self._sync(self._extra("file", os.path.basename(path), payload))
+
+    def register_plugin(
+        self, plugin: Any, name: str | None = None, idempotent: bool = False
+    ) -> None:
+        """Register a ``WorkerPlugin`` (set up in every worker, now and later) or a
+        ``SchedulerPlugin`` (refused unless the scheduler allows clients' code:
+        ``regrow scheduler --allow-scheduler-code``), as dask.distributed's. One per
+        name (``name``, else the plugin's ``name`` attribute, else its class): a new one
+        replaces the old, unless ``idempotent``."""
+        from regrow.client.plugins import plugin_kind
+
+        kind = plugin_kind(plugin)
+        label = name or getattr(plugin, "name", None) or f"{type(plugin).__name__}"
+        if not isinstance(label, str):
+            raise TypeError(f"a plugin's name must be a str, got {label!r}")
+        try:
+            payload = _pickle(plugin)
+        except Exception as exc:
+            raise TypeError(f"the plugin cannot be pickled: {type(exc).__name__}: {exc}") from exc
+        if idempotent and label in self._plugins:
+            return None
+        self._plugins.add(label)
+        return self._sync(self._extra(kind, label, payload))
+
+    register_worker_plugin = register_plugin
+
+    async def _extra(self, kind: str, name: str, payload: bytes) -> None:
+        reply, _ = await self._session.request(ExtraMsg(kind=kind, name=name, payload=payload))
+        if reply.errors:
+            where, error = next(iter(sorted(reply.errors.items())))
+            more = f" (and {len(reply.errors) - 1} other(s))" if len(reply.errors) > 1 else ""
+            raise RuntimeError(f"{kind} {name!r} failed on {where}{more}: {error}")
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function(*args, **kwargs)`` in the scheduler (with ``dask_scheduler=``
+        the scheduler, if it takes it). Refused, with the reason, unless the scheduler
+        was started with ``--allow-scheduler-code``."""
+        if not callable(function):
+            raise TypeError(f"run_on_scheduler needs a callable, got {type(function).__name__}")
+        return self._sync(self._run_on_scheduler(_pickle((function, args, kwargs))))
+
+    async def _run_on_scheduler(self, payload: bytes) -> Any:
+        import cloudpickle
+
+        reply, frames = await self._session.request(RunOnSchedulerMsg(payload=payload))
+        value = cloudpickle.loads(b"".join(bytes(f) for f in frames))
+        if not reply.ok:
+            raise value
+        return value
+
+    # ------------------------------------------------------- coordination
+    async def _coordinate(self, msg: CoordinateMsg, timeout: float | None) -> CoordinateReply:
+        """A request to a lock, queue, variable... held by the scheduler
+        (client/coordination.py)."""
+        reply, _ = await self._session.request(msg, timeout=timeout)
+        return reply
+
+    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
+                        **kwargs: Any) -> None:  # fmt: skip
+        """Publish values (futures kept computed, or any picklable value) under names, for
+        any client of the cluster to ``get_dataset``, as dask.distributed's:
+        ``publish_dataset(x, name="x")`` or ``publish_dataset(x=x, y=y)``. A name taken
+        already is an error unless ``override``."""
+        from regrow.client.coordination import pack
+
+        if args:
+            if name is None:
+                raise TypeError("publish_dataset(value) needs name=...; or use keywords")
+            if len(args) != 1:
+                raise TypeError("publish_dataset takes one positional value (with name=)")
+            kwargs[name] = args[0]
+        for label in kwargs:
+            if not label:
+                raise TypeError("a dataset's name must be a non-empty str")
+        items = {label: pack(value) for label, value in kwargs.items()}
+        return self._sync(self._publish(items, override))
+
+    async def _publish(self, items: dict[str, tuple[bytes, list[str]]], override: bool) -> None:
+        for label, (payload, keys) in items.items():
+            msg = CoordinateMsg(
+                kind="dataset",
+                name=label,
+                action="publish",
+                payload=payload,
+                keys=keys,
+                number=float(override),
+            )
+            reply = await self._coordinate(msg, None)
+            if reply.error:
+                raise KeyError(reply.error)
+
+    def get_dataset(self, name: str, default: Any = NO_DEFAULT) -> Any:
+        """A published dataset (``KeyError`` if there is none, unless ``default``)."""
+        return self._sync(self._get_dataset(name, default))
+
+    async def _get_dataset(self, name: str, default: Any) -> Any:
+        import cloudpickle
+
+        reply = await self._coordinate(CoordinateMsg(kind="dataset", name=name, action="get"), None)
+        if not reply.ok:
+            if default is not NO_DEFAULT:
+                return default
+            raise KeyError(reply.error or f"no dataset named {name!r}")
+        return cloudpickle.loads(reply.payload or b"")
+
+    def unpublish_dataset(self, name: str) -> None:
+        return self._sync(self._unpublish(name))
+
+    async def _unpublish(self, name: str) -> None:
+        msg = CoordinateMsg(kind="dataset", name=name, action="unpublish")
+        reply = await self._coordinate(msg, None)
+        if not reply.ok:
+            raise KeyError(reply.error or f"no dataset named {name!r}")
+
+    def list_datasets(self) -> Any:
+        """The names of the published datasets, sorted."""
+        return self._sync(self._list_datasets())
+
+    async def _list_datasets(self) -> list[str]:
+        reply = await self._coordinate(CoordinateMsg(kind="dataset", name="", action="list"), None)
+        return [n for n in (reply.payload or b"").decode().split("\n") if n]
+
+    @property
+    def datasets(self) -> Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"]``."""
+        return Datasets(self)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Restart every worker and clear the scheduler (the seed's five steps).
@@ -933,6 +1305,20 @@ class Client:
             f"scheduler: {escape(str(self.scheduler_address))} ({escape(self.status)})<br>"
             f"dashboard: {dashboard}</div>"
         )
+
+
+def _worker_list(workers: Any, what: str) -> list[str] | None:
+    """A ``workers=`` argument (an address or name, or a list of them; None: all) as a
+    list; TypeError naming ``what`` for anything else."""
+    if workers is not None and not isinstance(workers, str | Iterable):
+        raise TypeError(
+            f"{what} takes a worker address or name, or a list of them, "
+            f"got {type(workers).__name__}"
+        )
+    try:
+        return check_workers(workers)
+    except TypeError:
+        raise TypeError(f"{what} takes worker addresses or names, got {workers!r}") from None
 
 
 def _installed(package: str) -> bool:

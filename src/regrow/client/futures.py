@@ -14,9 +14,9 @@ this module must not import the client module, nor touch a client's internals.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
@@ -329,6 +329,15 @@ class FutureOwner(Protocol):
         """``Client.cancel``: awaitable on an asynchronous owner."""
         ...
 
+    def retry(self, futures: Future | Iterable[Future]) -> None:
+        """``Client.retry``: awaitable on an asynchronous owner."""
+        ...
+
+    def fire_and_forget_keys(self, keys: list[str]) -> None:
+        """Have the scheduler compute ``keys`` even once no Future holds them
+        (``fire_and_forget``); sent after every submission made before."""
+        ...
+
 
 # How an unpickled Future finds its client: the client module sets this when it is
 # imported (this module must not import it). Unset, this process has no client.
@@ -472,6 +481,15 @@ class Future:
         """Cancel this future (``Client.cancel``: awaitable on an asynchronous client)."""
         return self._client.cancel([self], force=force)
 
+    def retry(self) -> None:
+        """Compute this future's task again if it erred, as dask.distributed's
+        (``Client.retry``: awaitable on an asynchronous client). It is pending once
+        this returns; a future that did not err is left as it is."""
+        client = self._client
+        if client is None:
+            raise ValueError(f"future {self.key!r} was released: it cannot be retried")
+        return client.retry([self])
+
     def release(self) -> None:
         """Drop this future's hold on its key now (instead of at garbage collection)."""
         client, self._client = self._client, None  # type: ignore[assignment]
@@ -497,6 +515,20 @@ class Future:
     def __repr__(self) -> str:
         extra = f", type: {self._state.type_name}" if self._state.type_name else ""
         return f"<Future: {self.status}{extra}, key: {self.key}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: status (coloured), type and size once known, key."""
+        from html import escape
+
+        colour = {"finished": "green", "error": "red", "cancelled": "grey"}.get(
+            self.status, "#b45309"
+        )
+        parts = [f'<span style="color:{colour}">{escape(self.status)}</span>']
+        if self._state.type_name:
+            parts.append(f"type: {escape(self._state.type_name)}")
+        if self._state.nbytes:
+            parts.append(f"{self._state.nbytes:,} bytes")
+        return f"<strong>Future:</strong> {escape(self.key)} " + ", ".join(parts)
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -601,107 +633,304 @@ def _when_returning(futures: list[Future], return_when: str, fire: Callable[[], 
         f._state.add_listener(poke)
 
 
-class as_completed(Iterator[Any], AsyncIterator[Any]):
-    """Iterate over futures as they complete (any order), optionally with results.
+def _futures_arg(futures: Any, what: str) -> list[Future]:
+    """``futures`` (one Future, or an iterable of them) as a list; TypeError naming
+    ``what`` for anything else."""
+    if isinstance(futures, Future):
+        return [futures]
+    if isinstance(futures, str | bytes | dict) or not isinstance(futures, Iterable):
+        raise TypeError(f"{what} takes regrow Futures, got {type(futures).__name__}")
+    out = list(futures)
+    for f in out:
+        if not isinstance(f, Future):
+            raise TypeError(f"{what} takes regrow Futures, got a {type(f).__name__} among them")
+    return out
 
-    ``async for`` iterates without blocking the running event loop.
+
+def fire_and_forget(obj: Any) -> None:
+    """Compute the tasks of ``obj``'s futures even once nothing holds them, as
+    dask.distributed's: the scheduler keeps them running after every Future for them is
+    gone, and after their client has closed, then lets their results go once each is
+    done (in memory or erred). ``obj``: a Future, lists, tuples, sets or dicts of them
+    (nested as deep as you like; other values in them are skipped), or a dask
+    collection persisted on a regrow client."""
+    futures = _fired(obj)
+    by_owner: dict[int, tuple[FutureOwner, dict[str, None]]] = {}
+    for f in futures:
+        owner = f._client
+        if owner is None:
+            raise ValueError(f"fire_and_forget(): future {f.key!r} was released")
+        by_owner.setdefault(id(owner), (owner, {}))[1][f.key] = None
+    for owner, keys in by_owner.values():
+        owner.fire_and_forget_keys(list(keys))
+
+
+def _fired(obj: Any) -> list[Future]:
+    """The futures in ``fire_and_forget``'s argument; TypeError if it can hold none."""
+    if not (
+        isinstance(obj, Future | list | tuple | set | frozenset | dict)
+        or hasattr(obj, "__dask_graph__")
+    ):
+        raise TypeError(
+            "fire_and_forget() takes a Future, lists, tuples, sets or dicts of Futures, "
+            f"or a persisted dask collection, got {type(obj).__name__}"
+        )
+    out: list[Future] = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Future):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif hasattr(item, "__dask_graph__"):
+            # A persisted collection: its graph's values are Futures, or dask's nodes
+            # wrapping one (DataNode.value).
+            graph = item.__dask_graph__()
+            for value in dict(graph or {}).values():
+                inner = getattr(value, "value", None)
+                stack.append(value if isinstance(value, Future) else inner)
+    return out
+
+
+class as_completed(Iterator[Any], AsyncIterator[Any]):
+    """Iterate over futures as they complete (any order), as dask.distributed's.
+
+    Each future is yielded once per time it was added (``add``, ``update``), which may
+    be at any time, also while iterating; iteration ends once every future added is
+    yielded. ``with_results=True`` yields ``(future, result)`` pairs; an erred
+    future's exception is then raised, or with ``raise_errors=False`` yielded in place
+    of the result (a cancelled future gives its CancelledError, raising nothing).
+    ``timeout``: TimeoutError when no future completes within that many seconds of a
+    wait (each ``next``, or batch, waits up to that long: the pipeline driver polls
+    with it). ``batches()`` yields lists of all the futures completed so
+    far instead, at once; ``next_batch``, ``count``, ``is_empty``, ``has_ready`` and
+    ``clear`` as dask's. Safe from several threads; ``async for`` iterates without
+    blocking the running event loop.
     """
 
     def __init__(
         self,
-        futures: Iterable[Future] = (),
+        futures: Iterable[Future] | Future | None = None,
         with_results: bool = False,
         raise_errors: bool = True,
         timeout: float | None = None,
     ) -> None:
-        self.with_results = with_results
-        self.raise_errors = raise_errors
+        if timeout is not None:
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+                raise TypeError(
+                    f"as_completed() timeout= takes seconds or None, got {type(timeout).__name__}"
+                )
+            if not timeout >= 0:
+                raise ValueError(f"as_completed() timeout= must be >= 0 seconds, got {timeout!r}")
+        self.with_results = bool(with_results)
+        self.raise_errors = bool(raise_errors)
         self.timeout = timeout
-        self._queue: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._pending = 0
-        # What wakes each ``async for`` waiting on an empty queue (see _get_async).
+        self._arrived = threading.Condition(self._lock)
+        # Completed, not yet yielded, in the order they completed.
+        self._ready: collections.deque[Future] = collections.deque()
+        # Added and not completed yet.
+        self._waiting = 0
+        # Bumped by clear(): futures added before then are not waited for any more.
+        self._epoch = 0
+        # What wakes each ``async for`` waiting for a future (see _take_async).
         self._wakers: list[Callable[[], None]] = []
-        self.update(futures)
+        if futures is not None:
+            self.update(futures)
 
+    # ------------------------------------------------------------- adding
     def add(self, future: Future) -> None:
+        """Yield ``future`` too, once it completes (at once if it has)."""
         if not isinstance(future, Future):
-            raise TypeError(f"expected a regrow Future, got {type(future).__name__}")
+            raise TypeError(
+                f"as_completed.add() takes a regrow Future, got {type(future).__name__}"
+            )
         with self._lock:
-            self._pending += 1
+            self._waiting += 1
+            epoch = self._epoch
 
         def arrived(_: FutureState) -> None:
-            self._queue.put(future)
-            if self._wakers:
-                with self._lock:
-                    wakers, self._wakers = self._wakers, []
-                for fire in wakers:
-                    fire()
+            with self._lock:
+                if self._epoch != epoch:
+                    return  # cleared meanwhile
+                self._waiting -= 1
+                self._ready.append(future)
+                self._arrived.notify_all()
+                wakers, self._wakers = self._wakers, []
+            for fire in wakers:
+                fire()
 
-        future._state.add_listener(arrived)
+        future._state.add_listener(arrived)  # called at once if it settled already
 
-    def update(self, futures: Iterable[Future]) -> None:
-        for f in futures:
+    def update(self, futures: Iterable[Future] | Future) -> None:
+        """``add`` each of ``futures``."""
+        for f in _futures_arg(futures, "as_completed.update()"):
             self.add(f)
 
-    def count(self) -> int:
+    def clear(self) -> None:
+        """Forget every future added: those completed not yet yielded, and those still
+        to complete (they will not be yielded); iteration then ends."""
         with self._lock:
-            return self._pending
+            self._epoch += 1
+            self._ready.clear()
+            self._waiting = 0
+            self._arrived.notify_all()
+            wakers, self._wakers = self._wakers, []
+        for fire in wakers:
+            fire()
+
+    # ------------------------------------------------------------ looking
+    def count(self) -> int:
+        """How many futures are still to be yielded: completed or not."""
+        with self._lock:
+            return self._waiting + len(self._ready)
 
     def is_empty(self) -> bool:
         return self.count() == 0
 
+    def has_ready(self) -> bool:
+        """Whether a completed future waits to be yielded (``next`` would not block)."""
+        with self._lock:
+            return bool(self._ready)
+
+    def _timed_out(self) -> TimeoutError:
+        """What to raise past the deadline (the caller holds the lock)."""
+        return TimeoutError(
+            f"as_completed: {self._waiting} future(s) not completed within {self.timeout} s"
+        )
+
+    # ------------------------------------------------------- synchronous
     def __iter__(self) -> as_completed:
         return self
 
     def __next__(self) -> Any:
         with self._lock:
-            if self._pending == 0:
+            self._wait_ready()
+            future = self._ready.popleft()
+        return self._pair(future) if self.with_results else future
+
+    def _deadline(self) -> float | None:
+        """When a wait starting now gives up (``timeout``, read at each wait)."""
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _wait_ready(self) -> None:
+        """Holding the lock: block until a completed future is ready; StopIteration when
+        none is to come, TimeoutError after ``timeout`` s."""
+        deadline = self._deadline()
+        while not self._ready:
+            if not self._waiting:
                 raise StopIteration
-        try:
-            future = self._queue.get(timeout=self.timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no future completed within {self.timeout} s") from None
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                raise self._timed_out()
+            self._arrived.wait(left)
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        """Every future completed and not yet yielded (with its result if
+        ``with_results``); with ``block``, waits for one first if none is, unless none
+        is to come (then []). With ``raise_errors``, an erred future's exception is
+        raised when it comes first; one later in the batch ends it, to be raised next."""
         with self._lock:
-            self._pending -= 1
+            if block:
+                try:
+                    self._wait_ready()
+                except StopIteration:
+                    return []
+            batch = list(self._ready)
+            self._ready.clear()
         if not self.with_results:
-            return future
-        if future.status == ERROR and not self.raise_errors:
-            return future, future.exception()
+            return batch
+        return self._pairs(batch)
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield lists of the futures completed so far (or ``(future, result)`` pairs),
+        each as soon as one is there, until every future added is yielded."""
+        while True:
+            batch = self.next_batch(block=True)
+            if not batch:
+                return
+            yield batch
+
+    def _pair(self, future: Future) -> tuple[Future, Any]:
+        if future.status in (ERROR, CANCELLED):
+            return self._failed(future)
+        # Completed: ``timeout`` bounds waiting for completion, not fetching values.
         return future, future.result()
 
+    def _failed(self, future: Future) -> tuple[Future, BaseException]:
+        """The pair of an erred or cancelled future; raises an erred one's exception
+        with ``raise_errors``."""
+        st = future._state
+        if st.status == CANCELLED:
+            return future, CancelledError(f"future {future.key!r} was cancelled")
+        if self.raise_errors:
+            raise st.exception()
+        return future, st.exception()
+
+    def _split(self, batch: list[Future]) -> list[Future]:
+        """With ``raise_errors``: the batch up to its first erred future (that one, when
+        first), the rest put back to be yielded next."""
+        if not self.raise_errors:
+            return batch
+        cut = next((i for i, f in enumerate(batch) if f.status == ERROR), None)
+        if cut is None:
+            return batch
+        keep, rest = batch[: max(cut, 1)], batch[max(cut, 1) :]
+        if rest:
+            with self._lock:
+                self._ready.extendleft(reversed(rest))
+        return keep
+
+    def _pairs(self, batch: list[Future]) -> list[tuple[Future, Any]]:
+        batch = self._split(batch)
+        finished = [f for f in batch if f.status not in (ERROR, CANCELLED)]
+        values: dict[str, Any] = {}
+        for owner, fs in _by_owner(finished):  # one fetch per client for the lot
+            values.update(owner.fetch_values(fs))
+        out: list[tuple[Future, Any]] = []
+        for f in batch:
+            if f.key in values:
+                out.append((f, values[f.key]))
+            else:  # erred or cancelled; or lost since it finished: waited for again
+                out.append(self._pair(f))
+        return out
+
+    # ------------------------------------------------------ asynchronous
     def __aiter__(self) -> as_completed:
         return self
 
     async def __anext__(self) -> Any:
-        with self._lock:
-            if self._pending == 0:
-                raise StopAsyncIteration
-        future = await self._get_async()
-        with self._lock:
-            self._pending -= 1
+        future = await self._take_async()
         if not self.with_results:
             return future
-        if future.status == ERROR and not self.raise_errors:
-            return future, future._exception_now()
+        if future.status in (ERROR, CANCELLED):
+            return self._failed(future)
         return future, await future._result_async()
 
-    async def _get_async(self) -> Future:
+    async def _take_async(self) -> Future:
+        deadline = self._deadline()
         while True:
-            try:
-                return self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            waiter, fire = _loop_waker()
             with self._lock:
+                if self._ready:
+                    return self._ready.popleft()
+                if not self._waiting:
+                    raise StopAsyncIteration
+                left = _left(deadline)
+                if left is not None and left <= 0:
+                    raise self._timed_out()
+                waiter, fire = _loop_waker()
                 self._wakers.append(fire)
-            # Put before we listed our waker? Then it is in the queue now; else the
-            # putter finds our waker after putting.
-            if self._queue.empty() and not await _wait_for(waiter, self.timeout):
-                raise TimeoutError(f"no future completed within {self.timeout} s")
+            await _wait_for(waiter, left)  # woken, or timed out: look again
 
-    def next_batch(self, block: bool = True) -> list[Any]:
-        out = [next(self)] if block and not self.is_empty() else []
-        while not self._queue.empty():
-            out.append(next(self))
-        return out
+
+def _by_owner(futures: list[Future]) -> list[tuple[FutureOwner, list[Future]]]:
+    """``futures`` grouped by the client that holds them (released ones left out)."""
+    out: dict[int, tuple[FutureOwner, list[Future]]] = {}
+    for f in futures:
+        owner = f._client
+        if owner is not None:
+            out.setdefault(id(owner), (owner, []))[1].append(f)
+    return list(out.values())

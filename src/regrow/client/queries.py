@@ -1,8 +1,8 @@
 """What a client asks of the cluster: its workers, where keys are, code run on workers.
 
 Owns the coroutines behind ``Client.scheduler_info``, ``nthreads``, ``nannies``,
-``wait_for_workers``, ``who_has``, ``run`` and ``retire_workers``: each a request through
-the session and what its reply means.
+``wait_for_workers``, ``who_has``, ``has_what``, ``run`` and ``retire_workers``: each a
+request through the session and what its reply means.
 
 It must not keep state, nor touch futures or the client: each function gets the
 ``Session`` to ask through, and runs in its loop (the client's ``_sync`` puts it there).
@@ -16,7 +16,7 @@ from typing import Any
 
 from regrow.client.session import Session
 from regrow.protocol.framing import Buffer
-from regrow.protocol.messages import RetireWorkersMsg, SchedulerInfoMsg, WhoHasMsg
+from regrow.protocol.messages import HasWhatMsg, RetireWorkersMsg, SchedulerInfoMsg, WhoHasMsg
 
 
 async def scheduler_info(session: Session) -> dict[str, Any]:
@@ -24,8 +24,15 @@ async def scheduler_info(session: Session) -> dict[str, Any]:
     return reply.info
 
 
-async def nthreads(session: Session) -> dict[str, int]:
-    return {a: w["nthreads"] for a, w in (await scheduler_info(session))["workers"].items()}
+async def nthreads(session: Session, workers: list[str] | None = None) -> dict[str, int]:
+    """``{address: threads}`` of every worker, or of ``workers`` (addresses or names;
+    those the scheduler does not know are left out)."""
+    info = (await scheduler_info(session))["workers"]
+    if workers is None:
+        return {a: w["nthreads"] for a, w in info.items()}
+    by_name = {w["name"]: a for a, w in info.items()}
+    chosen = [by_name.get(w, w) for w in workers]
+    return {a: info[a]["nthreads"] for a in chosen if a in info}
 
 
 async def nannies(session: Session) -> dict[str, str]:
@@ -44,6 +51,13 @@ async def wait_for_workers(session: Session, n_workers: int, timeout: float | No
 async def who_has(session: Session, keys: list[str]) -> dict[str, list[str]]:
     reply, _ = await session.request(WhoHasMsg(keys=keys))
     return reply.who_has
+
+
+async def has_what(session: Session, workers: list[str] | None) -> dict[str, list[str]]:
+    """``{worker address: [keys it holds]}`` of every worker, or of ``workers``
+    (addresses or names; one the scheduler does not know holds nothing)."""
+    reply, _ = await session.request(HasWhatMsg(workers=workers))
+    return reply.has_what
 
 
 async def run(session: Session, frames: list[Buffer], wanted: list[str] | None) -> dict[str, Any]:

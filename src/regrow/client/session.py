@@ -40,11 +40,14 @@ from regrow.protocol.messages import (
     ClientRegisteredMsg,
     DesireKeysMsg,
     EventMsg,
+    FireAndForgetMsg,
+    HasWhatMsg,
     KeyCancelledMsg,
     KeyErredMsg,
     KeyInMemoryMsg,
     KeyInterruptedMsg,
     KeyLostMsg,
+    KeyRetriedMsg,
     Message,
     MissingDataMsg,
     PingMsg,
@@ -53,6 +56,7 @@ from regrow.protocol.messages import (
     RegisterClientMsg,
     ReleaseKeysMsg,
     Request,
+    RetryMsg,
     RunMsg,
     ScatteredEntry,
     ScatteredMsg,
@@ -74,7 +78,7 @@ logger = logging.getLogger("regrow.client")
 # Requests that may be sent again after the scheduler was lost (they change nothing,
 # or nothing more the second time). A scatter's registration is not one of them as
 # such: the scatter starts again with the new scheduler (see ``Scattering``).
-_REPEATABLE = (WhoHasMsg, SchedulerInfoMsg, PingMsg, CancelMsg)
+_REPEATABLE = (WhoHasMsg, HasWhatMsg, SchedulerInfoMsg, PingMsg, CancelMsg, RetryMsg)
 
 
 def _repeatable(msg: Message) -> bool:
@@ -94,6 +98,9 @@ class Session:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.release_buffer: list[str] = []
         self.release_scheduled = False
+        # Keys fired and forgotten while the scheduler was away: sent once it is back,
+        # before the releases of their futures.
+        self.fired_buffer: list[str] = []
         # Submissions the scheduler has not yet confirmed (journaled): sent again after
         # a reconnect, so a scheduler that died before writing them still gets them.
         self.unacked: dict[int, tuple[SubmitMsg, list[Buffer] | tuple[()]]] = {}
@@ -131,6 +138,9 @@ class Session:
         if reattach:
             self._reattach(same=self.journaled and self.scheduler_id == previous)
         self.connected.set()
+        if self.fired_buffer:
+            keys, self.fired_buffer = self.fired_buffer, []
+            self.send(FireAndForgetMsg(keys=keys))
         if self.release_buffer:
             self._flush_releases()  # futures released while the scheduler was away
         spawn(self._listen(comm), self.tasks, "client-listen")
@@ -238,6 +248,10 @@ class Session:
                 st = self.keys.state(msg.key)
                 if st is not None:
                     st.lost()
+            case KeyRetriedMsg():
+                st = self.keys.state(msg.key)
+                if st is not None and st.done():
+                    st.reset()
             case KeyInterruptedMsg():
                 for listener in list(self.client._interrupt_listeners):
                     listener(msg.key, msg.worker)
@@ -257,6 +271,15 @@ class Session:
         if self.comm is None or self.comm.closed:
             return
         self.comm.send(msg, frames)
+
+    def fire_and_forget(self, keys: list[str]) -> None:
+        """Have the scheduler compute ``keys`` whatever becomes of their futures: sent
+        after every submission made before (the same stream, in order), and kept for
+        the scheduler's return if it is away."""
+        if not self.connected.is_set() or self.comm is None or self.comm.closed:
+            self.fired_buffer.extend(keys)
+            return
+        self.send(FireAndForgetMsg(keys=keys))
 
     def submit(self, msg: SubmitMsg, frames: list[Buffer] | tuple[()]) -> None:
         seq = next(self.seq)

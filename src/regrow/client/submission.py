@@ -126,6 +126,7 @@ class TaskBuilder:
         workers: list[str] | None,
         retries: int,
         priority: int,
+        resources: dict[str, float] | None = None,
     ) -> tuple[TaskEntry, list[Buffer]]:
         """One call's task entry and its frames."""
         arg_frames, deps = dumps_with_refs((args, dict(kwargs)), future_ref)
@@ -149,6 +150,7 @@ class TaskBuilder:
             retries=retries,
             workers=workers or None,
             pure=bool(pure),
+            resources=resources or None,
         )
         return entry, frames
 
@@ -164,6 +166,7 @@ class TaskBuilder:
         retries: int,
         priority: int,
         send: Send,
+        resources: dict[str, float] | None = None,
     ) -> Future:
         """One task, sent: its Future."""
         entry, frames = self.task(
@@ -176,6 +179,7 @@ class TaskBuilder:
             workers=workers,
             retries=retries,
             priority=priority,
+            resources=resources,
         )
         future = self._new_future(entry.key)
         send([entry], frames, [future.key])
@@ -194,6 +198,7 @@ class TaskBuilder:
         priority: int,
         batch_size: int,
         send: Send,
+        resources: dict[str, float] | None = None,
     ) -> list[Future]:
         """A task per item of the zipped iterables, sent ``batch_size`` at a time: their
         Futures. ``key``: a name prefix, or one key per task."""
@@ -220,6 +225,7 @@ class TaskBuilder:
                 workers=workers,
                 retries=retries,
                 priority=priority,
+                resources=resources,
             )
             if name_prefix is not None:
                 entry.key = f"{name_prefix}-{entry.key.rpartition('-')[2]}"

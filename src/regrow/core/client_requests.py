@@ -21,6 +21,14 @@ from regrow.core.transitions import ERRED, MEMORY, PROCESSING, RELEASED
 if TYPE_CHECKING:
     from regrow.core.scheduler_state import SchedulerState
 
+# The scheduler's own pseudo-client (as dask.distributed's): it wants the keys clients
+# fired and forgot (``fire_and_forget``) until each is done, in memory or erred. No
+# client may register under this id (the shell refuses it), and it never disconnects.
+FIRE_AND_FORGET = "fire-and-forget"
+# Errors a retry cannot mend: the graph itself is wrong (a cycle, an unknown input), and
+# the task that has them was never linked to its inputs.
+_PERMANENT = frozenset({"InvalidGraphError", "FutureLostError"})
+
 
 def tasks_submitted(state: SchedulerState, event: ev.TasksSubmitted) -> None:
     """New tasks enter the graph; the client holds futures for ``event.wanted``.
@@ -47,6 +55,8 @@ def tasks_submitted(state: SchedulerState, event: ev.TasksSubmitted) -> None:
         ts.pure = spec.pure
         if spec.workers:
             ts.restrictions = frozenset(spec.workers)
+        if spec.resources:
+            ts.resources = dict(spec.resources)
         state.tasks[key] = ts
         fresh.append(ts)
     # Linked once every new task exists: a dependency may come later in the message.
@@ -194,6 +204,88 @@ def client_disconnected(state: SchedulerState, client_id: str) -> None:
         return
     keys_released(state, client_id, [ts.key for ts in list(client.wants)])
     del state.clients[client_id]
+
+
+def keys_fired(state: SchedulerState, event: ev.KeysFiredAndForgotten) -> None:
+    """``fire_and_forget``: the scheduler itself wants ``event.keys`` (its pseudo-client
+    ``FIRE_AND_FORGET``), so they are computed even once every client let go of them, or
+    left; each is let go once done (``fired_settled``). A key done already needs nothing
+    more, nor does an unknown one (its submission was refused, or it was cancelled)."""
+    fired = state._client(FIRE_AND_FORGET)
+    for key in event.keys:
+        ts = state.tasks.get(key)
+        if ts is None or ts.state in (MEMORY, ERRED):
+            continue
+        ts.who_wants = added(ts.who_wants, fired)
+        fired.wants.add(ts)
+        if ts.state == RELEASED:
+            state._compute(ts)
+    if not fired.wants:
+        del state.clients[FIRE_AND_FORGET]
+
+
+def note_done(state: SchedulerState, ts: TaskState) -> None:
+    """``ts`` just went to memory or erred (``_set_state``): if it was fired and
+    forgotten, let it go once the event is dealt with (``fired_settled``)."""
+    fired = state.clients.get(FIRE_AND_FORGET)
+    if fired is not None and fired in ts.who_wants:
+        state.fired_done.append(ts)
+
+
+def fired_settled(state: SchedulerState) -> None:
+    """Let go of the fired-and-forgotten keys that are done, as a client releasing them
+    would: after the event that settled them, never in the middle of a transition. The
+    state calls it only when not recovering: a result a worker brings back then may be
+    the input of a restored task, computed when the recovery ends."""
+    done, state.fired_done = state.fired_done, []
+    fired = state.clients.get(FIRE_AND_FORGET)
+    if fired is None:
+        return
+    keys = [ts.key for ts in done if ts.state in (MEMORY, ERRED) and ts in fired.wants]
+    keys_released(state, FIRE_AND_FORGET, keys)
+    if not fired.wants:
+        del state.clients[FIRE_AND_FORGET]
+
+
+def retry_requested(state: SchedulerState, event: ev.RetryRequested) -> None:
+    """``Future.retry``: each erred key, and the erred inputs it erred through, goes
+    back to released and is computed again as any wanted key is; the clients that want
+    any of them are told it is pending again (``ReportRetried``). A key that did not err
+    is reported as it stands, as ``keys_desired`` does; so is one whose error no rerun
+    mends (the graph is wrong: ``_PERMANENT``)."""
+    client = state._client(event.client)
+    for key in event.keys:
+        ts = state.tasks.get(key)
+        if ts is None:
+            _report_unknown(
+                state, client, key, f"the scheduler does not know key {key!r} (it was released)"
+            )
+            continue
+        if ts.state == ERRED:
+            _unerr(state, ts)
+        want(state, client, ts, report=True)
+
+
+def _unerr(state: SchedulerState, root: TaskState) -> None:
+    """``root`` (erred) and the erred inputs it erred through back to released, their
+    errors dropped; nothing at all if one of them has a ``_PERMANENT`` error."""
+    chain: list[TaskState] = []
+    seen: set[TaskState] = set()
+    stack = [root]
+    while stack:
+        ts = stack.pop()
+        if ts in seen:
+            continue
+        seen.add(ts)
+        if ts.error is not None and ts.error.kind in _PERMANENT:
+            return
+        chain.append(ts)
+        stack.extend(dep for dep in ts.dependencies if dep.state == ERRED)
+    for ts in chain:
+        state._set_state(ts, RELEASED)
+        ts.error = None
+        for c in ts.who_wants:
+            state._emit(cmd.ReportRetried(client=c.id, key=ts.key))
 
 
 def keys_cancelled(state: SchedulerState, event: ev.KeysCancelled) -> None:

@@ -85,6 +85,15 @@ class ReportLost(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReportRetried(Command):
+    """``key`` erred and is computed again (a client asked, ``Future.retry``): the
+    client's future for it is pending again."""
+
+    client: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Interrupt(Command):
     """Stop ``key`` on ``worker`` even though it is running (``cancel(force=True)``)."""
 
@@ -108,6 +117,19 @@ class ReportEvent(Command):
     client: str
     topic: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer(Command):
+    """The answer to a coordination ``request`` of ``client`` (core.coordination):
+    ``ok`` (granted, found, set...), a held value's pickled bytes, a count, or why not."""
+
+    client: str
+    request: str
+    ok: bool
+    payload: bytes | None = None
+    number: float = 0.0
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,8 @@ class TaskSpec:
     retries: int = 0
     workers: tuple[str, ...] | None = None
     pure: bool = True
+    # Abstract resources it needs from a worker while it runs (``{"GPU": 1}``).
+    resources: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +52,45 @@ class TasksSubmitted(Event):
     client: str
     tasks: tuple[TaskSpec, ...]
     wanted: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysReplicated(Event):
+    """A client asks for ``n`` copies of each of ``keys`` (0: one on every worker),
+    kept from now on (a lost copy is made again)."""
+
+    keys: tuple[str, ...]
+    n: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebalanceRequested(Event):
+    """Spread the results of ``keys`` (None: all) evenly over ``workers`` (addresses or
+    names; None: all), moving copies (core.rebalance)."""
+
+    keys: tuple[str, ...] | None = None
+    workers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Coordinate(Event):
+    """A client's request to a coordination primitive (core.coordination): ``kind``
+    (lock, semaphore, event, variable, queue, dataset, pubsub), its ``name`` and
+    ``op``; ``payload``: a value, pickled by the client (never unpickled here), with the
+    ``keys`` of the futures in it; ``number``: max_leases, maxsize or override;
+    ``ident``: a lease or subscriber id; ``timeout``: how long it may wait (None: for
+    ever). Answered by ``cmd.Answer`` to ``request``."""
+
+    client: str
+    request: str
+    kind: str
+    name: str
+    op: str
+    payload: bytes | None = None
+    keys: tuple[str, ...] = ()
+    number: float = 0.0
+    ident: str = ""
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +123,23 @@ class KeysCancelled(Event):
     client: str
     keys: tuple[str, ...]
     force: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysFiredAndForgotten(Event):
+    """A client asks for ``keys`` to be computed even once it holds no future for them
+    (``fire_and_forget``): the scheduler wants them itself until they are done."""
+
+    client: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRequested(Event):
+    """A client asks for its erred ``keys`` to be computed again (``Future.retry``)."""
+
+    client: str
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +178,9 @@ class WorkerAdded(Event):
     nanny: str = ""
     # Results it already holds, as (key, nbytes): a worker that outlived a scheduler.
     keys: tuple[tuple[str, int], ...] = ()
+    # Its abstract resources (``{"GPU": 2}``): tasks that need some run only where
+    # enough are free.
+    resources: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +236,15 @@ class TasksStarted(FromWorker):
     """``worker`` began running ``keys`` (handed them to a task thread)."""
 
     keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSeceded(FromWorker):
+    """Run ``run_id`` of ``key`` left its thread to wait on other tasks (``secede()``):
+    it holds no slot of ``worker`` from now on."""
+
+    key: str
+    run_id: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

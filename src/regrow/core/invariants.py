@@ -98,8 +98,16 @@ def validate_state(state: SchedulerState) -> None:
         for ts in ws.has_what:
             if ws not in ts.who_has:
                 _fail(f"{ws!r} holds {ts!r} one-way")
+        used: dict[str, float] = {}
+        for ts in ws.processing:
+            for name, n in (ts.resources or {}).items():
+                used[name] = used.get(name, 0.0) + n
+        if any(abs(used.get(k, 0.0) - ws.used.get(k, 0.0)) > 1e-6 for k in {*used, *ws.used}):
+            _fail(f"{ws!r} resources in use {ws.used} != its tasks' {used}")
+        if not ws.long_running <= ws.processing.keys():
+            _fail(f"{ws!r} has long-running tasks it is not processing")
         takes_tasks = (
-            len(ws.processing) < ws.slots
+            len(ws.processing) - len(ws.long_running) < ws.slots
             and not ws.paused
             and ws.isolated is None
             and not ws.draining

@@ -26,9 +26,32 @@ _LRU_CANDIDATES = 4
 
 
 def allowed(ts: TaskState, ws: WorkerRecord) -> bool:
-    """Whether ``ts``'s restrictions (worker addresses, names or nannies) admit ``ws``."""
+    """Whether ``ts``'s restrictions (worker addresses, names or nannies) admit ``ws``,
+    and whether ``ws`` has the resources ``ts`` needs free now."""
     r = ts.restrictions
-    return r is None or ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
+    if r is not None and not (
+        ws.address in r or ws.name in r or (bool(ws.nanny) and ws.nanny in r)
+    ):
+        return False
+    need = ts.resources
+    if need:
+        have, used = ws.resources, ws.used
+        for name, n in need.items():
+            if have.get(name, 0.0) - used.get(name, 0.0) < n:
+                return False
+    return True
+
+
+def take(ts: TaskState, ws: WorkerRecord, sign: float) -> None:
+    """``ts`` starts (``sign`` 1) or stops (-1) using its resources on ``ws``."""
+    if ts.resources:
+        used = ws.used
+        for name, n in ts.resources.items():
+            left = used.get(name, 0.0) + sign * n
+            if left > 1e-9:
+                used[name] = left
+            else:
+                used.pop(name, None)
 
 
 def decide_worker(
@@ -48,7 +71,7 @@ def decide_worker(
         total += nbytes
         for ws in dep.who_has:
             held[ws] = held.get(ws, 0) + nbytes
-    if ts.restrictions is not None:
+    if ts.restrictions is not None or ts.resources:
         candidates = [ws for ws in free if allowed(ts, ws)]
     else:
         candidates = list(islice(free, _LRU_CANDIDATES))
@@ -57,7 +80,7 @@ def decide_worker(
     best: WorkerRecord | None = None
     best_cost = 0.0
     for ws in candidates:
-        cost = len(ws.processing) / ws.nthreads * avg_duration
+        cost = (len(ws.processing) - len(ws.long_running)) / ws.nthreads * avg_duration
         cost += (total - held.get(ws, 0)) / bandwidth
         if best is None or cost < best_cost:
             best, best_cost = ws, cost

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from regrow.core.client_requests import FIRE_AND_FORGET
+from regrow.core.coordination import HOLDER
+
 if TYPE_CHECKING:
     from regrow.core.scheduler_state import SchedulerState
 
@@ -50,6 +53,28 @@ def who_has(state: SchedulerState, keys: Iterable[str]) -> dict[str, list[str]]:
     for key in keys:
         ts = state.tasks.get(key)
         out[key] = sorted(ws.address for ws in ts.who_has) if ts is not None else []
+    return out
+
+
+def client_count(state: SchedulerState) -> int:
+    """The clients the scheduler knows, its own pseudo-clients (fire-and-forget, the
+    coordination primitives' holder) aside."""
+    return len(state.clients) - (FIRE_AND_FORGET in state.clients) - (HOLDER in state.clients)
+
+
+def has_what(state: SchedulerState, workers: Iterable[str] | None) -> dict[str, list[str]]:
+    """``{worker address: the keys it holds, sorted}`` for every worker, or for
+    ``workers`` (addresses or names; one the scheduler does not know holds nothing)."""
+    if workers is None:
+        return {a: sorted(ts.key for ts in ws.has_what) for a, ws in state.workers.items()}
+    by_name = {ws.name: ws for ws in state.workers.values()}
+    out: dict[str, list[str]] = {}
+    for wanted in workers:
+        ws = state.workers.get(wanted) or by_name.get(wanted)
+        if ws is None:
+            out[wanted] = []
+        else:
+            out[ws.address] = sorted(ts.key for ts in ws.has_what)
     return out
 
 
@@ -106,9 +131,10 @@ def info(state: SchedulerState) -> dict[str, Any]:
             for ws in state.workers.values()
         },
         "tasks": states,
-        "clients": len(state.clients),
+        "clients": client_count(state),
         "counts": dict(state.counts),
         "queued": state._queued_count,
+        "rebalancing": len(state.rebalancing),
         "suspects": [ts.key for ts in state.suspects],
         "retiring": sorted(ws.address for r in state.retirements.values() for ws in r.pending),
     }

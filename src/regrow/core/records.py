@@ -59,6 +59,7 @@ class TaskState:
         "priority",
         "processing_on",
         "pure",
+        "resources",
         "restrictions",
         "retries",
         "run_id",
@@ -92,6 +93,8 @@ class TaskState:
         self.type_name = ""
         self.retries = 0
         self.restrictions: frozenset[str] | None = None
+        # Abstract resources it takes from its worker while it runs there (``GPU``: 1).
+        self.resources: dict[str, float] | None = None
         self.pure = True
         self.suspicious = 0
         # Times its result was lost with its holder killed for its memory limit while
@@ -154,6 +157,7 @@ class WorkerRecord:
         "id",
         "isolated",
         "last_seen",
+        "long_running",
         "memory_limit",
         "metrics",
         "moving",
@@ -165,8 +169,10 @@ class WorkerRecord:
         "pid",
         "processing",
         "reason",
+        "resources",
         "slots",
         "status",
+        "used",
     )
 
     def __init__(
@@ -187,6 +193,12 @@ class WorkerRecord:
         self.memory_limit = memory_limit
         self.slots = slots
         self.processing: dict[TaskState, None] = {}
+        # Of those, the tasks that seceded from their thread (``secede()``): they wait on
+        # other tasks and hold no slot.
+        self.long_running: set[TaskState] = set()
+        # Its abstract resources (``--resources GPU=2``), and those its tasks take now.
+        self.resources: dict[str, float] = {}
+        self.used: dict[str, float] = {}
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         # Liveness (see core.liveness): when it last said anything (the shell's clock),

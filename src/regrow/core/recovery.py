@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core import graph, timeline
+from regrow.core import graph, rebalance, timeline
+from regrow.core.client_requests import FIRE_AND_FORGET
 from regrow.core.placement import allowed
 from regrow.core.records import (
     EMPTY,
@@ -321,6 +322,8 @@ def replicas_added(state: SchedulerState, event: ev.ReplicasAdded) -> None:
             ts.who_has = added(ts.who_has, ws)
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
+            if state.rebalancing:
+                rebalance.copied(state, ws, ts)
     if stale:
         state._emit(cmd.FreeKeys(worker=ws.address, keys=tuple(stale)))
 
@@ -443,6 +446,8 @@ def restart(state: SchedulerState) -> None:
     state.inline_bytes = 0
     for ws in state.workers.values():
         ws.processing.clear()
+        ws.long_running.clear()
+        ws.used.clear()
         ws.has_what.clear()
         ws.nbytes = 0
         ws.isolated = None
@@ -500,6 +505,8 @@ def state_restored(state: SchedulerState, event: ev.StateRestored) -> None:
     for client_id, key in event.wants:
         wanted = state.tasks.get(key)
         if wanted is not None:
+            if client_id == FIRE_AND_FORGET and wanted.state == ERRED:
+                continue  # fired and forgotten, and done: nothing left to wish
             client = state._client(client_id)
             wanted.who_wants = added(wanted.who_wants, client)
             client.wants.add(wanted)

@@ -41,6 +41,7 @@ from regrow.core import (
     client_requests,
     liveness,
     queries,
+    rebalance,
     recovery,
     retirement,
     stealing,
@@ -48,7 +49,9 @@ from regrow.core import (
 )
 from regrow.core import commands as cmd
 from regrow.core import events as ev
-from regrow.core.placement import allowed, decide_worker
+from regrow.core.client_requests import FIRE_AND_FORGET
+from regrow.core.coordination import Coordination
+from regrow.core.placement import allowed, decide_worker, take
 from regrow.core.records import (
     EMPTY,
     RUNNING,
@@ -153,8 +156,13 @@ class SchedulerState:
         self.suspects: list[TaskState] = []
         # Why each suspect's workers died: key -> [(worker, reason)].
         self.deaths: dict[str, list[tuple[str, str]]] = {}
+        # Results being moved by a rebalance: key -> (sender, recipient) addresses.
+        self.rebalancing: dict[str, tuple[str, str]] = {}
         # Keys to keep that many copies of (scatter(..., replicas=k)).
         self.replicas: dict[str, int] = {}
+        # Fired-and-forgotten tasks that got done during the current event: let go of
+        # once it is dealt with (client_requests.fired_settled).
+        self.fired_done: list[TaskState] = []
         # Ids of removed workers (insertion-ordered, bounded): one that comes back drops
         # what it holds.
         self.removed_ids: dict[str, None] = {}
@@ -176,6 +184,8 @@ class SchedulerState:
         self._event_seq = itertools.count(1)
         # Bounded story of transitions: (key, start, finish, stimulus_id).
         self.log: deque[tuple[str, str, str, str]] = deque(maxlen=log_length)
+        # Locks, queues, variables... held for the clients (core.coordination).
+        self.coordination = Coordination()
         # Transitions made in all: the log's newest ``moves - seen`` entries are those
         # made since a reader had seen ``seen`` (the dashboard's ``Recorder.follow``).
         self.moves = 0
@@ -212,6 +222,10 @@ class SchedulerState:
                     client_requests.keys_desired(self, event)
                 case ev.KeysCancelled():
                     client_requests.keys_cancelled(self, event)
+                case ev.KeysFiredAndForgotten():
+                    client_requests.keys_fired(self, event)
+                case ev.RetryRequested():
+                    client_requests.retry_requested(self, event)
                 case ev.EventLogged():
                     timeline.logged(self, event)
                     continue  # changes no task
@@ -231,6 +245,8 @@ class SchedulerState:
                     recovery.replicas_added(self, event)
                 case ev.ReplicasMissing():
                     recovery.replicas_missing(self, event)
+                case ev.TaskSeceded():
+                    self._task_seceded(event)
                 case ev.TasksStarted():
                     ws = self.workers.get(event.worker)
                     for key in event.keys:
@@ -241,12 +257,24 @@ class SchedulerState:
                     self.clients.setdefault(event.client, ClientState(event.client))
                 case ev.ClientDisconnected():
                     client_requests.client_disconnected(self, event.client)
+                    self.coordination.client_gone(self, event.client)
+                case ev.Coordinate():
+                    self.coordination.handle(self, event)
+                case ev.RebalanceRequested():
+                    rebalance.rebalance(self, event.keys, event.workers)
+                case ev.KeysReplicated():
+                    for key in event.keys:
+                        ts = self.tasks.get(key)
+                        if ts is not None and ts.state == MEMORY:
+                            self.replicas[key] = event.n if event.n > 0 else 1 << 30
+                    recovery.replicate(self, event.keys)
                 case ev.WorkerPaused():
                     self._worker_paused(event)
                 case ev.RestartRequested():
                     recovery.restart(self)
                 case ev.Ticked():
                     liveness.tick(self, event.now)
+                    self.coordination.expire(self, event.now)
                     if self.retirements:
                         retirement.progress(self, event.now)
                     if not self.recovering:
@@ -273,6 +301,8 @@ class SchedulerState:
                     recovery.reattach_grace_ended(self)
                 case _:
                     raise TypeError(f"unknown event {event!r}")
+            if self.fired_done and not self.recovering:
+                client_requests.fired_settled(self)
             if self.suspects:
                 recovery.isolate(self)
             elif self._undrain_pending:
@@ -301,6 +331,8 @@ class SchedulerState:
         if self.on_transition is not None:
             self.on_transition(ts, ts.state, finish)
         ts.state = finish
+        if FIRE_AND_FORGET in self.clients and finish in (MEMORY, ERRED):
+            client_requests.note_done(self, ts)
 
     def story(self, key: str) -> list[tuple[str, str, str, str]]:
         """``key``'s transitions still in the (bounded) log: (key, start, finish, stimulus)."""
@@ -403,7 +435,7 @@ class SchedulerState:
     def _update_free(self, ws: WorkerRecord) -> None:
         """A worker takes new tasks while it has a free slot and is not held back."""
         if (
-            len(ws.processing) < ws.slots
+            len(ws.processing) - len(ws.long_running) < ws.slots
             and not ws.paused
             and ws.isolated is None
             and not ws.draining
@@ -422,6 +454,8 @@ class SchedulerState:
         ts.processing_on = ws
         ts.run_id = next(self._run_ids)
         ws.processing[ts] = None
+        if ts.resources:
+            take(ts, ws, 1.0)
         self._update_free(ws)
         self._emit(
             cmd.Compute(
@@ -442,11 +476,25 @@ class SchedulerState:
         ts.steal_pending = False
         ts.started = False
         if ws is not None:
-            ws.processing.pop(ts, None)
+            if ts in ws.processing:
+                del ws.processing[ts]
+                if ts.resources:
+                    take(ts, ws, -1.0)
+            ws.long_running.discard(ts)
             if ws.isolated is ts:
                 ws.isolated = None
             self._update_free(ws)
         return ws
+
+    def _task_seceded(self, event: ev.TaskSeceded) -> None:
+        """A running task waits on others without its thread: its slot is free."""
+        ws = self.workers.get(event.worker)
+        ts = self.tasks.get(event.key)
+        if ws is None or ts is None or ts.processing_on is not ws or ts.run_id != event.run_id:
+            return  # stale: it finished, moved or was stolen meanwhile
+        ws.long_running.add(ts)
+        self._update_free(ws)
+        self._fill(ws)
 
     def _fill(self, ws: WorkerRecord) -> None:
         """Give a worker with free slots queued tasks, best priority first."""
@@ -718,6 +766,7 @@ class SchedulerState:
         )
         ws.nanny = event.nanny
         ws.id = event.id or event.worker
+        ws.resources = dict(event.resources or {})
         ws.last_seen = event.now
         self.workers[ws.address] = ws
         self._update_free(ws)
@@ -797,6 +846,9 @@ class SchedulerState:
     # --------------------------------------------------------------- queries
     def who_has(self, keys: Iterable[str]) -> dict[str, list[str]]:
         return queries.who_has(self, keys)
+
+    def has_what(self, workers: Iterable[str] | None = None) -> dict[str, list[str]]:
+        return queries.has_what(self, workers)
 
     def info(self) -> dict[str, Any]:
         """A snapshot for clients and dashboards (plain data, safe to send)."""

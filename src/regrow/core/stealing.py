@@ -33,24 +33,25 @@ def balance(state: SchedulerState) -> None:
     # A thief takes new tasks (not paused, draining or isolated) and has idle threads
     # even after the queue was offered to it: what is still queued, it may not run
     # (restrictions), so it does not stop stealing.
-    thieves = [ws for ws in state.free if len(ws.processing) < ws.nthreads]
+    # Tasks that seceded from their threads (long_running) occupy none.
+    thieves = [ws for ws in state.free if _busy(ws) < ws.nthreads]
     if not thieves:
         return
     victims = sorted(
         (
             ws
             for ws in state.workers.values()
-            if len(ws.processing) > ws.nthreads and ws.status != CLOSED  # no one to ask
+            if _busy(ws) > ws.nthreads and ws.status != CLOSED  # no one to ask
         ),
-        key=lambda ws: len(ws.processing) / ws.nthreads,
+        key=lambda ws: _busy(ws) / ws.nthreads,
         reverse=True,
     )
     for thief in thieves:
-        want = thief.nthreads - len(thief.processing)
+        want = thief.nthreads - _busy(thief)
         for victim in victims:
             if want <= 0:
                 break
-            surplus = len(victim.processing) - victim.nthreads
+            surplus = _busy(victim) - victim.nthreads
             # The most recently assigned tasks are the least likely to have started.
             for ts in reversed(list(victim.processing)):
                 if surplus <= 0 or want <= 0:
@@ -65,6 +66,11 @@ def balance(state: SchedulerState) -> None:
                 state._emit(cmd.Steal(worker=victim.address, key=ts.key))
                 surplus -= 1
                 want -= 1
+
+
+def _busy(ws: WorkerRecord) -> int:
+    """Tasks that hold a thread of ``ws`` (or wait for one there)."""
+    return len(ws.processing) - len(ws.long_running)
 
 
 def _transfer_bytes(ts: TaskState, ws: WorkerRecord) -> int:

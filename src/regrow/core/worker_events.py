@@ -104,6 +104,24 @@ class ExecuteFailed(WorkerEvent):
 
 
 @dataclass(slots=True, kw_only=True)
+class TaskSeceded(WorkerEvent):
+    """Run ``attempt`` of ``key`` called ``secede()``: it waits on other tasks and gives
+    its thread's place to the next task (the threads start another one)."""
+
+    key: str
+    attempt: int
+
+
+@dataclass(slots=True, kw_only=True)
+class TaskRejoined(WorkerEvent):
+    """Run ``attempt`` of ``key``, seceded, called ``rejoin()`` and has a thread's place
+    again (another thread left for it)."""
+
+    key: str
+    attempt: int
+
+
+@dataclass(slots=True, kw_only=True)
 class GatherFinished(WorkerEvent):
     """A transfer from ``holder`` ended. ``got``: the keys now stored here, with their
     sizes and types. ``refusal``: the holder answered, but its data cannot reach us (it

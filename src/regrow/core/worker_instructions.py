@@ -93,6 +93,14 @@ class LogWarning(Instruction):
 
 # ------------------------------------------------------------- to the scheduler
 @dataclass(slots=True, kw_only=True)
+class SendLongRunning(Instruction):
+    """Tell the scheduler that run ``run_id`` of ``key`` seceded: it holds no slot."""
+
+    key: str
+    run_id: int
+
+
+@dataclass(slots=True, kw_only=True)
 class SendStarted(Instruction):
     """Tell the scheduler these tasks are about to run (before any can kill us)."""
 

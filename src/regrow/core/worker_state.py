@@ -99,6 +99,10 @@ class WorkerTask:
     attempt: int = 0
     # The order to carry out once its running thread is done (state RERUN).
     rerun: ev.ComputeRequested | None = None
+    # Its run left its thread's place (``secede()``): not counted in ``in_threads``;
+    # ``rejoined``: it took a place again (counted, possibly past the usual limit).
+    seceded: bool = False
+    rejoined: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -160,6 +164,8 @@ class WorkerState:
         self.avg_duration = 1.0
         self.executed = 0
         self.log: deque[tuple[str, str, str, str]] = deque(maxlen=log_length)
+        # Transitions made in all (worker plugins read the newest from ``log``).
+        self.moves = 0
         self._out: list[ins.Instruction] = []
         self._stimulus = ""
 
@@ -185,6 +191,10 @@ class WorkerState:
                     if stolen:
                         self._free(event.key)
                     self._emit(ins.SendStealResponse(key=event.key, stolen=stolen))
+                case ev.TaskSeceded():
+                    self._task_seceded(event)
+                case ev.TaskRejoined():
+                    self._task_rejoined(event)
                 case ev.InterruptRequested():
                     self._interrupt(event.key)
                 case ev.InterruptDeadlinePassed():
@@ -234,6 +244,7 @@ class WorkerState:
                 f"(stimulus {self._stimulus!r}); story: {self.story(ts.key)[-10:]}"
             )
         self.log.append((ts.key, ts.state, finish, self._stimulus))
+        self.moves += 1
         ts.state = finish
         if finish not in LIVE and self.tasks.get(ts.key) is ts:
             del self.tasks[ts.key]
@@ -382,6 +393,32 @@ class WorkerState:
         for ts in starting:
             self._emit(ins.Execute(key=ts.key, attempt=ts.attempt, run_spec=ts.run_spec))
 
+    def _running(self, key: str, attempt: int) -> WorkerTask | None:
+        ts = self.tasks.get(key)
+        if ts is None or ts.attempt != attempt or ts.state not in THREADED:
+            return None  # stale: that run's outcome already came back
+        return ts
+
+    def _task_seceded(self, event: ev.TaskSeceded) -> None:
+        """A run waits on other tasks: its place goes to the next ready task, and the
+        scheduler counts it in no slot (while the scheduler still wants it)."""
+        ts = self._running(event.key, event.attempt)
+        if ts is None or ts.seceded:
+            return
+        ts.seceded = True
+        ts.rejoined = False
+        self.in_threads -= 1
+        if ts.state == EXECUTING:
+            self._emit(ins.SendLongRunning(key=ts.key, run_id=ts.run_id))
+
+    def _task_rejoined(self, event: ev.TaskRejoined) -> None:
+        ts = self._running(event.key, event.attempt)
+        if ts is None or not ts.seceded:
+            return
+        ts.seceded = False
+        ts.rejoined = True
+        self.in_threads += 1
+
     def _thread_done(self, key: str, attempt: int, duration: float) -> WorkerTask:
         ts = self.tasks.get(key)
         if ts is None or ts.attempt != attempt or ts.state not in THREADED:
@@ -389,7 +426,11 @@ class WorkerState:
                 f"{key!r}: an outcome of run {attempt} that no thread was running; "
                 f"story: {self.story(key)[-10:]}"
             )
-        self.in_threads -= 1
+        if ts.seceded:
+            ts.seceded = False  # its place was given up when it seceded
+        else:
+            self.in_threads -= 1
+        ts.rejoined = False
         self.executed += 1
         self.avg_duration = 0.9 * self.avg_duration + 0.1 * duration
         return ts
@@ -570,12 +611,14 @@ class WorkerState:
     # ----------------------------------------------------------- invariants
     def check(self) -> None:
         """Raise AssertionError if the state contradicts itself."""
-        threaded = 0
+        threaded = rejoined = 0
         queued = {key for _, _, key in self.ready}
         for key, ts in self.tasks.items():
             assert ts.key == key, ts
             assert ts.state in LIVE, f"{key!r} kept in final state {ts.state}"
-            threaded += ts.state in THREADED
+            threaded += ts.state in THREADED and not ts.seceded
+            rejoined += ts.rejoined
+            assert not (ts.seceded or ts.rejoined) or ts.state in THREADED, (key, ts.state)
             assert (ts.rerun is not None) == (ts.state == RERUN), (key, ts.state, ts.rerun)
             if ts.state == WAITING:
                 assert ts.missing, f"{key!r} waits for nothing"
@@ -587,7 +630,7 @@ class WorkerState:
             if ts.state == READY:
                 assert key in queued, f"{key!r} is ready but not queued"
         assert threaded == self.in_threads, (threaded, self.in_threads)
-        assert self.in_threads <= self.nthreads * (1 + AHEAD), self.in_threads
+        assert self.in_threads <= self.nthreads * (1 + AHEAD) + rejoined, self.in_threads
         flying = {fs.holder for fs in self.fetches.values() if fs.holder}
         assert self.gathers >= len(flying) and self.gathers <= self.max_gathers, (
             self.gathers,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from regrow.core import events as ev
-from regrow.core.queries import key_group
+from regrow.core.queries import client_count, key_group
 from regrow.core.transitions import ERRED, FORGOTTEN, MEMORY, PROCESSING, RELEASED
 
 if TYPE_CHECKING:
@@ -454,7 +454,11 @@ def message(
     return {
         "version": 1,
         "now": now,
-        "scheduler": {**scheduler, "recovering": state.recovering, "clients": len(state.clients)},
+        "scheduler": {
+            **scheduler,
+            "recovering": state.recovering,
+            "clients": client_count(state),
+        },
         "workers": _workers(state),
         "tasks": totals,
         "groups": groups,

@@ -85,6 +85,25 @@ class Cluster(ABC):
             self._dashboard_link = self._client().dashboard_link or ""
         return self._dashboard_link or None
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the kind of cluster, its scheduler, its workers (as units
+        started) and the dashboard's link."""
+        from html import escape
+
+        try:
+            link = self.dashboard_link
+        except Exception:  # closed, or not reachable: shown without it
+            link = None
+        dashboard = (
+            f'<a href="{escape(link)}" target="_blank">{escape(link)}</a>' if link else "none"
+        )
+        return (
+            f"<div><strong>{escape(type(self).__name__)}</strong><br>"
+            f"scheduler: {escape(str(self.scheduler_address))}<br>"
+            f"workers: {len(self._unit_names())}<br>"
+            f"dashboard: {dashboard}</div>"
+        )
+
     def scale(self, n: int | None = None, *, jobs: int | None = None) -> None:
         """Have ``n`` workers (``jobs=``: the same, counted in batch jobs of one worker).
 

@@ -95,6 +95,44 @@ class WorkerProcess:
         return f"<WorkerProcess {self.name} pid={self.pid} {self.address}>"
 
 
+# dask.distributed's LocalCluster arguments that mean nothing here, and why.
+_DASK_ONLY = {
+    "scheduler_kwargs": "is not taken: give the scheduler's settings as keywords "
+    "(e.g. worker_saturation=4) or REGROW_* variables",
+    "worker_kwargs": "is not taken: give threads_per_worker, memory_limit, resources, or "
+    "settings as keywords",
+    "protocol": "is not taken: regrow speaks tcp:// (tls:// with security=)",
+    "interface": "is not taken: give host=",
+    "ip": "is not taken: give host=",
+    "asynchronous": "is not taken: LocalCluster starts at once; use "
+    "Client(cluster, asynchronous=True) in a loop",
+    "blocked_handlers": "is not taken: regrow has no handler names to block",
+    "service_kwargs": "is not taken: the dashboard's address is dashboard_address=",
+    "scheduler_sync_interval": "is not taken",
+}
+
+
+def _level_name(silence_logs: int | str | bool) -> str:
+    """dask's ``silence_logs`` as a log level name (True: WARNING, False: DEBUG)."""
+    import logging
+
+    if silence_logs is True:
+        return "WARNING"
+    if silence_logs is False:
+        return "DEBUG"
+    if isinstance(silence_logs, int):
+        name = logging.getLevelName(silence_logs)
+        if isinstance(name, str) and not name.startswith("Level "):
+            return name
+    if isinstance(silence_logs, str) and silence_logs.upper() in (
+        "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"
+    ):  # fmt: skip
+        return silence_logs.upper()
+    raise ValueError(
+        f"LocalCluster(silence_logs=...) takes True, False or a log level, got {silence_logs!r}"
+    )
+
+
 class LocalCluster(Cluster):
     """A scheduler and ``n_workers`` workers on this machine.
 
@@ -121,8 +159,32 @@ class LocalCluster(Cluster):
         journal: str | os.PathLike[str] | None = None,
         security: Security | bool | None = None,
         dashboard_address: str | None = DEFAULT,
+        resources: dict[str, float] | None = None,
+        silence_logs: int | str | bool | None = None,
+        worker_class: Any = None,
+        allow_scheduler_code: bool = False,
         **settings: Any,
     ) -> None:
+        for name in settings:
+            if name in _DASK_ONLY:
+                raise TypeError(f"LocalCluster(): {name}= {_DASK_ONLY[name]}")
+        if (
+            worker_class is not None
+            and getattr(worker_class, "__module__", "").split(".")[0] != "regrow"
+        ):
+            raise TypeError(
+                "LocalCluster(worker_class=...): regrow runs its own Worker (under a Nanny "
+                "with nanny=True); another class cannot be started here"
+            )
+        if silence_logs is not None:
+            # dask's silence_logs: the level below which the cluster's processes log
+            # nothing (False: log everything).
+            log_level = _level_name(silence_logs)
+        from regrow.worker.shell import check_resources
+
+        self.resources = check_resources(resources or {}, "LocalCluster(resources=)")
+        # The scheduler's opt-in to run clients' code (regrow scheduler --help).
+        self.allow_scheduler_code = bool(allow_scheduler_code)
         self.n_workers, self.threads_per_worker = default_layout(n_workers, threads_per_worker)
         self.processes = processes
         self.nanny = nanny
@@ -195,6 +257,8 @@ class LocalCluster(Cluster):
         args = ["scheduler", "--host", self.host, "--port", str(port)]
         if self.journal is not None:
             args += ["--journal", self.journal]
+        if self.allow_scheduler_code:
+            args.append("--allow-scheduler-code")
         self.scheduler_proc = self._spawn(args, ready, "scheduler", "scheduler")
         self.scheduler_address = self._wait_ready(self.scheduler_proc, ready, "scheduler")
 
@@ -271,6 +335,8 @@ class LocalCluster(Cluster):
             "--memory-limit",
             str(self.memory_limit),
         ]
+        if self.resources:
+            args += ["--resources", ",".join(f"{k}={v!r}" for k, v in self.resources.items())]
         if not self.nanny:
             args.append("--no-nanny")
         if replaces:
@@ -404,6 +470,7 @@ class LocalCluster(Cluster):
                 security=self.security,
                 dashboard_address=self.settings.dashboard_address or None,
                 dashboard_tries=16,
+                allow_scheduler_code=self.allow_scheduler_code,
             )
             self.scheduler_address = await self._inproc_scheduler.start()
             await self._start_inprocess_workers(self.n_workers)
@@ -423,6 +490,7 @@ class LocalCluster(Cluster):
                 memory_limit=self.memory_limit,
                 settings=self.settings,
                 security=self.security,
+                resources=self.resources,
             )
             await w.start()
             self._inproc_workers.append(w)

@@ -92,7 +92,14 @@ def parse_address(address: str) -> tuple[str, int]:
             f"unsupported address scheme in {address!r}; use tcp://host:port or tls://host:port"
         )
     host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or int(port) > 65535
+        or host.startswith("[") != host.endswith("]")
+        or any(c in host for c in "/ \t\n")
+    ):
         raise ValueError(f"address {address!r} is not of the form tcp://host:port")
     return host.strip("[]"), int(port)
 
@@ -134,7 +141,14 @@ class RemoteCallError(RegrowError):
 
 _ERROR_TYPES: dict[str, type[Exception]] = {
     name: getattr(builtins, name)
-    for name in ("ValueError", "KeyError", "TypeError", "TimeoutError", "RuntimeError")
+    for name in (
+        "ValueError",
+        "KeyError",
+        "TypeError",
+        "TimeoutError",
+        "RuntimeError",
+        "PermissionError",
+    )
 }
 _ERROR_TYPES.update(ProtocolError=ProtocolError, AuthenticationError=AuthenticationError)
 
@@ -822,9 +836,18 @@ class Listener:
             raise ProtocolError(f"expected 'auth', got {op_of(msg)!r}")
         cnonce = msg.nonce
         if not handshake.verify(handshake.client_mac(self.token, nonce, cnonce), msg.mac):
-            conn.send(DeniedMsg(reason="wrong token"))
+            if msg.tokenless:
+                reason = (
+                    "no token given, and this cluster needs its token (Client(token=...), "
+                    "REGROW_TOKEN or --token-file)"
+                )
+            elif self.token is None:
+                reason = "a token given, and this cluster has none (connect without one)"
+            else:
+                reason = "wrong token"
+            conn.send(DeniedMsg(reason=reason))
             await conn.close()
-            raise AuthenticationError("wrong token")
+            raise AuthenticationError(reason)
         conn.send(WelcomeMsg(mac=handshake.server_mac(self.token, nonce, cnonce)))
         conn._authenticated()
 
@@ -993,7 +1016,7 @@ async def connect(
             nonce = msg.nonce
             cnonce = handshake.new_nonce()
             mac = handshake.client_mac(token, nonce, cnonce)
-            conn.send(AuthMsg(nonce=cnonce, mac=mac))
+            conn.send(AuthMsg(nonce=cnonce, mac=mac, tokenless=not token))
             reply, _ = await conn.recv()
             if isinstance(reply, DeniedMsg):
                 raise AuthenticationError(f"{address} refused us: {reply.reason}")

@@ -42,6 +42,8 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Priority = Annotated[int, msgspec.Meta(ge=-(2**63) + 1, le=2**63 - 1)]
 # Durations and timeouts: finite (le refuses inf, ge refuses NaN), never negative.
 Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
+# An amount of an abstract resource (a worker's GPUs, a task's share of them).
+Amount = Annotated[float, msgspec.Meta(ge=0.0, le=1e18)]
 Positive = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 # Nonces and MACs of the handshake (32 bytes each).
 Token = Annotated[bytes, msgspec.Meta(max_length=64)]
@@ -132,10 +134,12 @@ class HelloMsg(Message, tag="hello", kw_only=True):
 
 
 class AuthMsg(Message, tag="auth", kw_only=True):
-    """Client to server: its nonce and proof that it knows the token."""
+    """Client to server: its nonce and proof that it knows the token (``tokenless``: it
+    was given none, so a refusal can say so rather than call it wrong)."""
 
     nonce: Token
     mac: Token
+    tokenless: bool = False
 
 
 class WelcomeMsg(Message, tag="welcome", kw_only=True):
@@ -171,6 +175,8 @@ class TaskEntry(Record, kw_only=True):
     retries: Count = msgspec.field(default=0, name="r")
     workers: list[str] | None = msgspec.field(default=None, name="w")
     pure: bool = True
+    # Abstract resources it needs while it runs ({"GPU": 1}).
+    resources: dict[str, Amount] | None = msgspec.field(default=None, name="res")
 
 
 class SubmitMsg(Message, tag="submit", kw_only=True):
@@ -207,11 +213,49 @@ class LogEventMsg(Message, tag="log-event", kw_only=True):
     data: dict[str, Any]
 
 
+class ReplicateMsg(Request[Ack], tag="replicate", kw_only=True):
+    """Keep ``n`` copies of each of these keys (0: one on every worker), from now on."""
+
+    keys: list[str]
+    n: Count = 0
+
+
+class RebalanceMsg(Request[Ack], tag="rebalance", kw_only=True):
+    """Spread these keys' results (None: all) evenly over these workers (None: all)."""
+
+    keys: list[str] | None = None
+    workers: list[str] | None = None
+
+
 class CancelMsg(Request[Ack], tag="cancel", kw_only=True):
     """Cancel these keys (``force``: interrupt them if running)."""
 
     keys: list[str]
     force: bool = False
+
+
+class FireAndForgetMsg(Message, tag="fire-and-forget", kw_only=True):
+    """Compute these keys even once no client holds them (``fire_and_forget``)."""
+
+    keys: list[str]
+
+
+class RetryMsg(Request[Ack], tag="retry", kw_only=True):
+    """Compute these erred keys again (``Future.retry``)."""
+
+    keys: list[str]
+
+
+class HasWhatReply(Reply, tag="has-what-reply", kw_only=True):
+    """The keys each worker holds (none for an unknown worker)."""
+
+    has_what: dict[str, list[str]]
+
+
+class HasWhatMsg(Request[HasWhatReply], tag="has-what", kw_only=True):
+    """Which keys do these workers (addresses or names; None: all) hold?"""
+
+    workers: list[str] | None = None
 
 
 class ScatteredEntry(Record, kw_only=True):
@@ -228,6 +272,30 @@ class ScatteredMsg(Request[Ack], tag="scattered", kw_only=True):
 
     keys: list[ScatteredEntry]
     replicas: Positive = 1
+
+
+class CoordinateReply(Reply, tag="coordinate-reply", kw_only=True):
+    """A coordination request's answer: granted or found (``ok``), a held value's
+    pickled bytes, a count, or why not (``error``)."""
+
+    ok: bool
+    payload: bytes | None = None
+    number: float = 0.0
+    error: str = ""
+
+
+class CoordinateMsg(Request[CoordinateReply], tag="coordinate", kw_only=True):
+    """A request to a lock, semaphore, event, variable, queue, dataset or pub/sub topic
+    held by the scheduler (see ``core.coordination``)."""
+
+    kind: str
+    name: str
+    action: str
+    payload: bytes | None = None
+    keys: list[str] = msgspec.field(default_factory=list)
+    number: float = 0.0
+    ident: str = ""
+    timeout: Seconds | None = None
 
 
 class WhoHasReply(Reply, tag="who-has-reply", kw_only=True):
@@ -326,6 +394,12 @@ class KeyLostMsg(Message, tag="key-lost", kw_only=True):
     key: str
 
 
+class KeyRetriedMsg(Message, tag="key-retried", kw_only=True):
+    """A wanted key that erred is computed again (a client retried it): pending."""
+
+    key: str
+
+
 class KeyInterruptedMsg(Message, tag="key-interrupted", kw_only=True):
     """A key was running on a worker that died: it runs again elsewhere."""
 
@@ -360,6 +434,8 @@ class RegisterWorkerMsg(Message, tag="register-worker", kw_only=True):
     memory_limit: Count = 0
     nanny: str = ""
     keys: list[tuple[str, Count]] = []
+    # Its abstract resources ({"GPU": 2}).
+    resources: dict[str, Amount] = {}
 
 
 class HeartbeatMsg(Message, tag="heartbeat", kw_only=True):
@@ -382,6 +458,13 @@ class StartedMsg(Message, tag="started", kw_only=True):
     """The worker began these tasks."""
 
     keys: list[str]
+
+
+class LongRunningMsg(Message, tag="long-running", kw_only=True):
+    """Run ``run_id`` of ``key`` seceded from its thread (``secede()``)."""
+
+    key: str
+    run_id: Count = msgspec.field(name="run")
 
 
 class TaskFinishedMsg(Message, tag="task-finished", kw_only=True):
@@ -638,6 +721,30 @@ class RunMsg(Request[RunReply], tag="run", kw_only=True):
     """Run the pickled (function, args, kwargs) of the frames here."""
 
 
+class ExtraReply(Reply, tag="extra-reply", kw_only=True):
+    """What went wrong where: ``{worker address: error}`` (empty: applied everywhere)."""
+
+    errors: dict[str, str] = {}
+
+
+class ExtraMsg(Request[ExtraReply], tag="extra", kw_only=True):
+    """Something every worker gets, now and when it joins: a file to import (``kind``
+    'file', ``name`` its file name) or a pickled worker plugin ('worker-plugin'; a
+    'scheduler-plugin' only where the scheduler allows scheduler code). Client to
+    scheduler, and scheduler to worker."""
+
+    kind: str
+    name: str
+    payload: bytes
+
+
+class RunOnSchedulerMsg(Request[RunReply], tag="run-on-scheduler", kw_only=True):
+    """Run the pickled (function, args, kwargs) in the scheduler: refused unless it was
+    started with --allow-scheduler-code (until then, never unpickled)."""
+
+    payload: bytes
+
+
 # ------------------------------------------------------------------ the unions
 Handshake = HelloMsg | AuthMsg | WelcomeMsg | DeniedMsg
 
@@ -655,6 +762,10 @@ AnyMessage = (
     | DesireKeysMsg
     | MissingDataMsg
     | CancelMsg
+    | FireAndForgetMsg
+    | RetryMsg
+    | HasWhatReply
+    | HasWhatMsg
     | LogEventMsg
     | ScatteredMsg
     | WhoHasReply
@@ -672,12 +783,21 @@ AnyMessage = (
     | KeyErredMsg
     | KeyCancelledMsg
     | KeyLostMsg
+    | KeyRetriedMsg
     | KeyInterruptedMsg
     | EventMsg
     | SubmitAckMsg
     | RegisterWorkerMsg
     | HeartbeatMsg
     | StartedMsg
+    | LongRunningMsg
+    | ReplicateMsg
+    | RebalanceMsg
+    | ExtraMsg
+    | ExtraReply
+    | RunOnSchedulerMsg
+    | CoordinateMsg
+    | CoordinateReply
     | TaskFinishedMsg
     | TaskErredMsg
     | AddReplicasMsg

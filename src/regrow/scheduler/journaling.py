@@ -18,7 +18,7 @@ from collections.abc import Collection
 from typing import cast
 
 from regrow.core import events as ev
-from regrow.core.client_requests import new_specs
+from regrow.core.client_requests import FIRE_AND_FORGET, new_specs
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, TaskState
 from regrow.protocol.comm import Connection
 from regrow.protocol.framing import Buffer
@@ -36,6 +36,10 @@ class JournalKeeper:
         self._acks: list[tuple[Connection, Message]] = []
         self._workers: frozenset[str] = frozenset()
         self._stopping = False
+        # Keys the journal has the scheduler's fire-and-forget pseudo-client want.
+        self._fired: set[str] = set()
+        # Keys that left erred since the last write.
+        self._unerred: set[str] = set()
         # For /metrics: when the oldest change not yet committed came (monotonic), how
         # many transactions were committed, and how long the last one took.
         self.pending_since: float | None = None
@@ -65,9 +69,16 @@ class JournalKeeper:
                     if item.key not in tasks:
                         journal.task_added(item.key, [], None, 0, 0, None, True, event.replicas)
                     journal.want(event.client, item.key, True)
-            case ev.KeysDesired():
+            case ev.KeysDesired() | ev.RetryRequested():
                 for key in event.keys:
                     journal.want(event.client, key, True)
+            case ev.KeysFiredAndForgotten():
+                # As the core does: only what is not done yet is wanted (fired).
+                for key in event.keys:
+                    ts = tasks.get(key)
+                    if ts is not None and ts.state not in (MEMORY, ERRED):
+                        journal.want(FIRE_AND_FORGET, key, True)
+                        self._fired.add(key)
             case ev.KeysReleased() | ev.KeysCancelled():
                 for key in event.keys:
                     journal.want(event.client, key, False)
@@ -75,6 +86,7 @@ class JournalKeeper:
                 journal.client_gone(event.client)
             case ev.RestartRequested():
                 journal.clear()
+                self._fired.clear()
             case _:
                 return
         if self.pending_since is None and journal.dirty:
@@ -83,6 +95,10 @@ class JournalKeeper:
     def transition(self, ts: TaskState, start: str, finish: str) -> None:
         """The core's ``on_transition`` hook: note that ``ts`` moved."""
         self._dirty[ts.key] = ts
+        if start == ERRED:
+            # Retried (or cancelled): its error must go, even if it is computing by the
+            # time it is written (states between released and memory are not written).
+            self._unerred.add(ts.key)
         if self.pending_since is None:
             self.pending_since = time.monotonic()
 
@@ -107,6 +123,8 @@ class JournalKeeper:
             journal.workers_now(sorted(self._workers))
         if not self._dirty:
             return
+        if self._fired:
+            self._write_fired_done(tasks)
         for key, ts in self._dirty.items():
             if tasks.get(key) is not ts:
                 journal.task_forgotten(key)
@@ -127,9 +145,22 @@ class JournalKeeper:
                         "workers": list(e.workers),
                     },
                 )
-            elif ts.state == RELEASED:
+            elif ts.state == RELEASED or key in self._unerred:
                 journal.task_state(key, RELEASED)
         self._dirty.clear()
+        self._unerred.clear()
+
+    def _write_fired_done(self, tasks: dict[str, TaskState]) -> None:
+        """The core let go of fired-and-forgotten keys once done, with no client asking:
+        write that of those that moved, or a restart would compute them again."""
+        for key, ts in self._dirty.items():
+            if key not in self._fired:
+                continue
+            if tasks.get(key) is not ts:
+                self._fired.discard(key)  # forgotten: its wants go with it
+            elif all(c.id != FIRE_AND_FORGET for c in ts.who_wants):
+                self.journal.want(FIRE_AND_FORGET, key, False)
+                self._fired.discard(key)
 
     def forget_pending(self) -> None:
         """Stopping: what happened up to now is kept; the stop is not a release, and
@@ -174,7 +205,9 @@ class JournalKeeper:
 
     # ------------------------------------------------------------ restoring
     async def load(self) -> Snapshot:
-        return await asyncio.to_thread(self.journal.load)
+        snap = await asyncio.to_thread(self.journal.load)
+        self._fired = {key for client, key in snap.wants if client == FIRE_AND_FORGET}
+        return snap
 
 
 def restored_tasks(snap: Snapshot) -> tuple[tuple[ev.RestoredTask, ...], set[str]]:

@@ -19,6 +19,7 @@ from regrow.protocol.messages import (
     AddReplicasMsg,
     DependencyMissingMsg,
     HeartbeatMsg,
+    LongRunningMsg,
     Message,
     PausedMsg,
     RetiringMsg,
@@ -52,6 +53,14 @@ def worker_event(
         case StartedMsg():
             return ev.TasksStarted(
                 worker=worker, keys=tuple(msg.keys), stimulus_id=sid("started"), now=now
+            )
+        case LongRunningMsg():
+            return ev.TaskSeceded(
+                worker=worker,
+                key=msg.key,
+                run_id=msg.run_id,
+                stimulus_id=sid("long-running"),
+                now=now,
             )
         case TaskErredMsg():
             if len(frames) != 2:
@@ -157,6 +166,7 @@ def task_specs(
                 retries=t.retries,
                 workers=tuple(t.workers) if t.workers else None,
                 pure=t.pure,
+                resources=dict(t.resources) if t.resources else None,
             )
         )
         pos += nf

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from regrow.config import Settings
 from regrow.core import commands as cmd
 from regrow.core import events as ev
+from regrow.core.client_requests import FIRE_AND_FORGET
 from regrow.core.records import TaskState
 from regrow.core.scheduler_state import SchedulerState
 from regrow.dashboard.model import Recorder
@@ -48,17 +49,25 @@ from regrow.protocol.messages import (
     CloseClientMsg,
     CloseMsg,
     ComputeMsg,
+    CoordinateMsg,
+    CoordinateReply,
     DesireKeysMsg,
     DropStateMsg,
     ErrorReply,
     EventMsg,
+    ExtraMsg,
+    ExtraReply,
+    FireAndForgetMsg,
     FreeKeysMsg,
+    HasWhatMsg,
+    HasWhatReply,
     InterruptMsg,
     KeyCancelledMsg,
     KeyErredMsg,
     KeyInMemoryMsg,
     KeyInterruptedMsg,
     KeyLostMsg,
+    KeyRetriedMsg,
     KillWorkerMsg,
     LeavingMsg,
     LeftMsg,
@@ -68,15 +77,20 @@ from regrow.protocol.messages import (
     NannyRegisteredMsg,
     PingMsg,
     PingReply,
+    RebalanceMsg,
     RefusedMsg,
     RegisterClientMsg,
     RegisterNannyMsg,
     RegisterWorkerMsg,
     ReleaseKeysMsg,
+    ReplicateMsg,
     RestartMsg,
     RestartReply,
     RetireWorkersMsg,
     RetireWorkersReply,
+    RetryMsg,
+    RunOnSchedulerMsg,
+    RunReply,
     ScatteredMsg,
     SchedulerClosingMsg,
     SchedulerInfoMsg,
@@ -112,6 +126,29 @@ def wall(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def run_here(payload: bytes, scheduler: Scheduler) -> tuple[bool, list[Buffer]]:
+    """``run_on_scheduler``: call the pickled ``(function, args, kwargs)`` here (with
+    ``dask_scheduler=`` the scheduler if it takes it); the pickled outcome."""
+    import inspect
+
+    import cloudpickle
+
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+        try:
+            takes = "dask_scheduler" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if takes:
+            kwargs = {**kwargs, "dask_scheduler": scheduler}
+        return True, [cloudpickle.dumps(fn(*args, **kwargs), protocol=5)]
+    except Exception as exc:
+        try:
+            return False, [cloudpickle.dumps(exc, protocol=5)]
+        except Exception:
+            return False, [cloudpickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))]
+
+
 class _Walled:
     """``wall`` once per event: the core emits one ReportEvent per client, all with the
     same event, in a row; each client gets the same copy (and the same time)."""
@@ -142,8 +179,18 @@ class Scheduler:
         dashboard_address: str | None = None,
         dashboard: bool = True,
         dashboard_tries: int = 1,
+        allow_scheduler_code: bool = False,
     ) -> None:
         self.host = host
+        # Whether clients may run their code here (run_on_scheduler, scheduler plugins):
+        # the operator's opt-in (--allow-scheduler-code). Without it nothing a client
+        # sends is ever unpickled in the scheduler.
+        self.allow_scheduler_code = allow_scheduler_code
+        # What every worker gets, now and when it joins (upload_file, worker plugins),
+        # by name, in the order given; and the scheduler plugins (with the opt-in).
+        self.extras: dict[str, ExtraMsg] = {}
+        self.plugins: dict[str, Any] = {}
+        self._plugin_moves = 0
         self.security = security or Security()
         # Over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given: GET /health,
         # /metrics and (``dashboard``) the dashboard's pages; http_address is then where
@@ -200,6 +247,9 @@ class Scheduler:
         self.nanny_comms: dict[str, Connection] = {}
         # Client requests answered once the core says so: retire-workers, by request id.
         self._retire_requests: dict[str, tuple[Connection, RetireWorkersMsg]] = {}
+        # ... and coordination requests (core.coordination), by the id given to each.
+        self._coordinate_requests: dict[str, tuple[Connection, CoordinateMsg]] = {}
+        self._coordinate_ids = itertools.count(1)
         self._workers_changed = asyncio.Event()
         self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
         self.keeper: JournalKeeper | None = None
@@ -305,6 +355,13 @@ class Scheduler:
         await close_once(self.stopped, self.closed, self._shutdown)
 
     async def _shutdown(self) -> None:
+        for plugin in list(self.plugins.values()):
+            close = getattr(plugin, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    logger.exception("a scheduler plugin's close raised")
         # A journaled scheduler stopped by a signal (an operator, a rollout, a pod moved)
         # is coming back: its workers stay, keep their results and wait for it. Only a
         # client's shutdown(), or a scheduler without a journal, stops them.
@@ -382,8 +439,9 @@ class Scheduler:
                 else self.handle(ev.ReattachGraceEnded(stimulus_id=self._sid("reattach-grace")))
             ),
         )
-        for client in clients - set(self.client_comms):
-            # Clients that do not come back within the grace period let their results go.
+        for client in clients - set(self.client_comms) - {FIRE_AND_FORGET}:
+            # Clients that do not come back within the grace period let their results go
+            # (not the scheduler's own fire-and-forget wishes: no client holds those).
             self._client_goodbye[client] = loop.call_later(
                 self.settings.client_grace, self._client_gone, client
             )
@@ -402,6 +460,8 @@ class Scheduler:
         commands = self.state.handle(*events)
         if self.recorder.active:
             self.recorder.follow(self.state, events)
+        if self.plugins:
+            self._tell_plugins()
         for command in commands:
             self._execute(command)
         if keeper is not None:
@@ -469,6 +529,8 @@ class Scheduler:
                 self._to_client(command.client, KeyCancelledMsg(key=command.key))
             case cmd.ReportLost():
                 self._to_client(command.client, KeyLostMsg(key=command.key))
+            case cmd.ReportRetried():
+                self._to_client(command.client, KeyRetriedMsg(key=command.key))
             case cmd.ReportEvent():
                 self._to_client(
                     command.client,
@@ -491,6 +553,12 @@ class Scheduler:
                     command.worker,
                     WorkerRegisteredMsg(scheduler=self.address, drop=command.drop),
                 )
+                # Uploaded files and worker plugins first: before any task is sent it.
+                for extra in self.extras.values():
+                    self._to_worker(
+                        command.worker,
+                        ExtraMsg(kind=extra.kind, name=extra.name, payload=extra.payload),
+                    )
                 self._workers_changed.set()
             case cmd.CloseWorkerConnection():
                 comm = self.worker_comms.get(command.worker)
@@ -510,6 +578,18 @@ class Scheduler:
                 pending = self._retire_requests.pop(command.request, None)
                 if pending is not None and not pending[0].closed:
                     pending[0].reply(pending[1], RetireWorkersReply(workers=list(command.workers)))
+            case cmd.Answer():
+                asked = self._coordinate_requests.pop(command.request, None)
+                if asked is not None and not asked[0].closed:
+                    asked[0].reply(
+                        asked[1],
+                        CoordinateReply(
+                            ok=command.ok,
+                            payload=command.payload,
+                            number=command.number,
+                            error=command.error,
+                        ),
+                    )
             case cmd.Log():
                 logger.log(
                     logging.WARNING if command.level == "warning" else logging.INFO,
@@ -574,6 +654,7 @@ class Scheduler:
             memory_limit=msg.memory_limit,
             nanny=msg.nanny,
             keys=tuple(msg.keys),
+            resources=dict(msg.resources) or None,
             stimulus_id=self._sid("worker-added"),
             now=time.monotonic(),
         )
@@ -700,6 +781,9 @@ class Scheduler:
 
     async def _serve_client(self, comm: Connection, msg: RegisterClientMsg) -> None:
         client = msg.client
+        if client == FIRE_AND_FORGET:
+            # The scheduler's own pseudo-client: one under its name could drop its wishes.
+            raise ProtocolError(f"the client id {client!r} is reserved")
         await self.recovered.wait()
         old = self.client_comms.get(client)
         if old is not None:
@@ -758,8 +842,92 @@ class Scheduler:
                 ev.KeysReleased(client=client, keys=tuple(stale), stimulus_id=self._sid("stale"))
             )
 
+    # ------------------------------------------------- code from clients
+    async def _extra(self, comm: Connection, msg: ExtraMsg) -> None:
+        """A file or a plugin for every worker: kept for those that join later, sent to
+        those here now; the answer says which of them failed to take it, and why."""
+        if msg.kind == "scheduler-plugin":
+            error = self._scheduler_plugin(msg)
+            comm.reply(msg, ExtraReply(errors={self.address: error} if error else {}))
+            return
+        if msg.kind not in ("file", "worker-plugin") or not msg.name:
+            comm.reply(msg, ErrorReply(error=f"unknown extra kind {msg.kind!r}"))
+            return
+        self.extras.pop(msg.name, None)
+        self.extras[msg.name] = msg
+        workers = list(self.worker_comms.items())
+
+        async def one(address: str, worker: Connection) -> tuple[str, str]:
+            try:
+                reply, _ = await worker.request(
+                    ExtraMsg(kind=msg.kind, name=msg.name, payload=msg.payload), timeout=60
+                )
+            except (CommClosedError, TimeoutError) as exc:
+                return address, f"no answer: {exc or type(exc).__name__}"
+            return address, reply.errors.get(address, "")
+
+        done = await asyncio.gather(*(one(a, w) for a, w in workers))
+        if not comm.closed:
+            comm.reply(msg, ExtraReply(errors={a: e for a, e in done if e}))
+
+    def _refusal(self, what: str) -> str:
+        return (
+            f"{what} refused: this scheduler runs no code sent by clients (it would have "
+            "to unpickle it, and anyone holding the token could then run anything in "
+            "it); its operator can allow it with regrow scheduler --allow-scheduler-code"
+        )
+
+    def _tell_plugins(self) -> None:
+        """Each scheduler plugin's ``transition(key, start, finish, stimulus_id=...)``
+        for the moves the core made since the last call (read from its log)."""
+        state = self.state
+        n = min(state.moves - self._plugin_moves, len(state.log))
+        self._plugin_moves = state.moves
+        if n <= 0:
+            return
+        moves = list(itertools.islice(reversed(state.log), n))
+        for plugin in list(self.plugins.values()):
+            transition = getattr(plugin, "transition", None)
+            if transition is None:
+                continue
+            try:
+                for key, start, finish, stimulus in reversed(moves):
+                    transition(key, start, finish, stimulus_id=stimulus)
+            except Exception:
+                logger.exception("a scheduler plugin's transition raised")
+
+    def _scheduler_plugin(self, msg: ExtraMsg) -> str:
+        if not self.allow_scheduler_code:
+            return self._refusal("a scheduler plugin")
+        try:
+            import cloudpickle
+
+            plugin = cloudpickle.loads(msg.payload)
+            old = self.plugins.pop(msg.name, None)
+            if old is not None and hasattr(old, "close"):
+                old.close()
+            if hasattr(plugin, "start"):
+                plugin.start(self)
+            self._plugin_moves = self.state.moves
+            self.plugins[msg.name] = plugin
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return ""
+
+    def _run_on_scheduler(
+        self, comm: Connection, msg: RunOnSchedulerMsg, frames: list[Buffer]
+    ) -> None:
+        if not self.allow_scheduler_code:
+            refusal = self._refusal("run_on_scheduler")
+            comm.reply(msg, ErrorReply(error=refusal, etype="PermissionError"))
+            return
+        ok, out = run_here(msg.payload, self)
+        comm.reply(msg, RunReply(ok=ok), out)
+
     def _client_gone(self, client: str) -> None:
         self._client_goodbye.pop(client, None)
+        for request in [r for r in self._coordinate_requests if r.startswith(client + "/")]:
+            del self._coordinate_requests[request]
         if client not in self.client_comms:
             self.handle(ev.ClientDisconnected(client=client, stimulus_id=self._sid("client-gone")))
             trim_soon()  # what it held is freed: give it back to the system
@@ -789,6 +957,29 @@ class Scheduler:
                         client=client, keys=tuple(msg.keys), stimulus_id=self._sid("release")
                     )
                 )
+            case ExtraMsg():
+                spawn(self._extra(comm, msg), self.tasks, "extra")
+            case RunOnSchedulerMsg():
+                self._run_on_scheduler(comm, msg, frames)
+            case CoordinateMsg():
+                request = f"{client}/{next(self._coordinate_ids)}"
+                self._coordinate_requests[request] = (comm, msg)
+                self.handle(
+                    ev.Coordinate(
+                        client=client,
+                        request=request,
+                        kind=msg.kind,
+                        name=msg.name,
+                        op=msg.action,
+                        payload=msg.payload,
+                        keys=tuple(msg.keys),
+                        number=msg.number,
+                        ident=msg.ident,
+                        timeout=msg.timeout,
+                        now=time.monotonic(),
+                        stimulus_id=self._sid("coordinate"),
+                    )
+                )
             case DesireKeysMsg():
                 self.handle(
                     ev.KeysDesired(
@@ -806,6 +997,22 @@ class Scheduler:
                         client=client, topic=msg.topic, data=msg.data, stimulus_id=self._sid("log")
                     )
                 )
+            case RebalanceMsg():
+                self.handle(
+                    ev.RebalanceRequested(
+                        keys=None if msg.keys is None else tuple(msg.keys),
+                        workers=None if msg.workers is None else tuple(msg.workers),
+                        stimulus_id=self._sid("rebalance"),
+                    )
+                )
+                comm.reply(msg, Ack())
+            case ReplicateMsg():
+                self.handle(
+                    ev.KeysReplicated(
+                        keys=tuple(msg.keys), n=msg.n, stimulus_id=self._sid("replicate")
+                    )
+                )
+                comm.reply(msg, Ack())
             case CancelMsg():
                 self.handle(
                     ev.KeysCancelled(
@@ -813,6 +1020,20 @@ class Scheduler:
                         keys=tuple(msg.keys),
                         force=msg.force,
                         stimulus_id=self._sid("cancel"),
+                    )
+                )
+                comm.reply(msg, Ack())
+            case FireAndForgetMsg():
+                self.handle(
+                    ev.KeysFiredAndForgotten(
+                        client=client, keys=tuple(msg.keys), stimulus_id=self._sid("fire")
+                    )
+                )
+            case RetryMsg():
+                # The news of the keys retried (pending again) goes out before the answer.
+                self.handle(
+                    ev.RetryRequested(
+                        client=client, keys=tuple(msg.keys), stimulus_id=self._sid("retry")
                     )
                 )
                 comm.reply(msg, Ack())
@@ -842,6 +1063,8 @@ class Scheduler:
                     self.keeper.ack_when_written(comm, Ack(rid=msg.rid))
             case WhoHasMsg():
                 comm.reply(msg, WhoHasReply(who_has=self.state.who_has(msg.keys)))
+            case HasWhatMsg():
+                comm.reply(msg, HasWhatReply(has_what=self.state.has_what(msg.workers)))
             case SchedulerInfoMsg():
                 info = self.state.info()
                 info.update(address=self.address, id="scheduler", pid=os.getpid())

@@ -83,6 +83,32 @@ def get_worker() -> Worker:
     return worker  # type: ignore[no-any-return]
 
 
+def _current_run(name: str) -> tuple[Worker, Run]:
+    run = getattr(_thread_state, "run", None)
+    worker = getattr(_thread_state, "worker", None)
+    if run is None or worker is None:
+        raise ValueError(f"{name}() called outside of a task running on a regrow worker")
+    return worker, run
+
+
+def secede() -> None:
+    """Give this task's thread place to the next task while it waits on other tasks (as
+    dask.distributed's ``secede``): call it before waiting on futures submitted from
+    the task, so that tasks waiting on tasks never hold every thread. The worker starts
+    another thread; the scheduler counts this task in none of the worker's slots. Does
+    nothing in a task that already seceded."""
+    worker, run = _current_run("secede")
+    worker.threads.secede(run)
+
+
+def rejoin() -> None:
+    """Take a thread's place again after ``secede()``: waits until one of the worker's
+    threads is free (it then leaves), so the worker runs no more tasks at once than it
+    has threads. Does nothing in a task that has not seceded."""
+    worker, run = _current_run("rejoin")
+    worker.threads.rejoin(run)
+
+
 class TaskInterrupted(BaseException):
     """Raised inside a task's thread by ``cancel(force=True)``.
 
@@ -126,7 +152,12 @@ class Run:
     abandoned: bool = False
     thread: int = 0
     in_user_code: bool = False
+    seceded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# Put on the threads' queue by ``rejoin``: the thread that takes it leaves.
+_LEAVE = "leave"
 
 
 def _seal(value: Any) -> tuple[Any, shm.Sealed | None]:
@@ -178,7 +209,10 @@ class TaskThreads:
         self.deliver = deliver
         self.seal_results = seal_results
         self.runs: dict[str, Run] = {}
-        self._work: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Run | str | None] = queue.SimpleQueue()
+        # One release per thread that left for a rejoining task (``rejoin``).
+        self._left = threading.Semaphore(0)
+        self._stopping = False
         self._outcomes: list[Outcome] = []
         self._outcomes_lock = threading.Lock()
         self._drain_scheduled = False
@@ -195,8 +229,39 @@ class TaskThreads:
             thread.start()
 
     def stop(self) -> None:
+        self._stopping = True
+        self._threads = [t for t in self._threads if t.is_alive()]
         for _ in self._threads:
             self._work.put(None)
+
+    # --------------------------------------------------- from a task's thread
+    def secede(self, run: Run) -> None:
+        """``run``'s thread gives its place up: another thread takes runs meanwhile."""
+        if run.seceded or self._stopping:
+            return
+        run.seceded = True
+        thread = threading.Thread(
+            target=self._task_thread, name=f"regrow-task-{len(self._threads)}", daemon=True
+        )
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+        self._tell(wev.TaskSeceded(key=run.key, attempt=run.attempt, stimulus_id="secede"))
+
+    def rejoin(self, run: Run) -> None:
+        """``run``'s thread takes a place again once another thread has left one."""
+        if not run.seceded:
+            return
+        self._work.put(_LEAVE)
+        while not self._left.acquire(timeout=1.0):
+            if self._stopping:
+                return
+        run.seceded = False
+        self._tell(wev.TaskRejoined(key=run.key, attempt=run.attempt, stimulus_id="rejoin"))
+
+    def _tell(self, event: wev.WorkerEvent) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
+                self._loop.call_soon_threadsafe(self.worker.handle, event)
 
     # -------------------------------------------------------- from the loop
     def submit(self, key: str, attempt: int, spec: RunSpec) -> None:
@@ -232,7 +297,11 @@ class TaskThreads:
             run = self._work.get()
             if run is None:
                 return
+            if isinstance(run, str):  # _LEAVE: a rejoining task takes this place
+                self._left.release()
+                return
             outcome = self._execute(run)
+            _thread_state.run = None
             with self._outcomes_lock:
                 self._outcomes.append(outcome)
                 wake = not self._drain_scheduled
@@ -240,6 +309,8 @@ class TaskThreads:
             if wake and self._loop is not None:
                 with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
                     self._loop.call_soon_threadsafe(self._drain)
+            if run.seceded:
+                return  # it gave its place to another thread when it seceded: it leaves
 
     def _drain(self) -> None:
         with self._outcomes_lock:
@@ -257,6 +328,7 @@ class TaskThreads:
     def _execute(self, run: Run) -> Outcome:
         start = time.perf_counter()
         _thread_state.worker = self.worker
+        _thread_state.run = run
         sid = f"execute-{run.key}"
         if run.abandoned:  # freed while it waited in the threads' queue
             return wev.ExecuteFailed(

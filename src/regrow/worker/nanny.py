@@ -94,6 +94,7 @@ class Nanny:
         contact_address: str = "",
         death_timeout: float | None = None,
         dashboard_address: str | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
         # GET /health over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given;
@@ -113,6 +114,7 @@ class Nanny:
         self.host = host
         self.port = port
         self.memory_limit = memory_limit
+        self.resources = dict(resources or {})
         self.settings = settings or Settings()
         self.log_level = log_level
         self.log_file = log_file
@@ -322,6 +324,8 @@ class Nanny:
             str(self.timeout if self.timeout is not None else 0),
             "--memory-limit",
             str(self.memory_limit),
+            "--resources",
+            ",".join(f"{k}={v!r}" for k, v in self.resources.items()),
             "--parent-pid",
             str(os.getpid()),
             "--log-level",

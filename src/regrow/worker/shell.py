@@ -45,9 +45,12 @@ from regrow.protocol.messages import (
     ComputeMsg,
     DependencyMissingMsg,
     DropStateMsg,
+    ExtraMsg,
+    ExtraReply,
     FreeKeysMsg,
     HeartbeatMsg,
     InterruptMsg,
+    LongRunningMsg,
     Message,
     PausedMsg,
     RegisterWorkerMsg,
@@ -73,12 +76,48 @@ from regrow.worker.execution import (
     get_worker,
     serialize_error,
 )
+from regrow.worker.extras import Extras
 from regrow.worker.spill import SpillBuffer
 from regrow.worker.transfer import Transfers
 
 __all__ = ["TaskInterrupted", "Worker", "get_worker"]
 
 logger = logging.getLogger("regrow.worker")
+
+
+def check_resources(resources: Any, what: str) -> dict[str, float]:
+    """``{"GPU": 1, "MEM": 8e9}`` checked: names are non-empty strs, amounts numbers
+    >= 0 (a ValueError or TypeError names the bad one)."""
+    if not isinstance(resources, dict):
+        raise TypeError(f"{what} must be a dict like {{'GPU': 1}}, got {type(resources).__name__}")
+    out: dict[str, float] = {}
+    for name, amount in resources.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{what}: a resource's name must be a non-empty str, got {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise TypeError(f"{what}: {name}={amount!r} is not a number")
+        if not 0 <= amount < float("inf"):
+            raise ValueError(f"{what}: {name}={amount!r} must be a finite number >= 0")
+        out[name] = float(amount)
+    return out
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``"GPU=1,MEM=8e9"`` (dask's ``--resources``) as ``{"GPU": 1.0, "MEM": 8e9}``."""
+    out: dict[str, float] = {}
+    for part in text.replace(" ", ",").split(","):
+        if not part:
+            continue
+        name, sep, amount = part.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = float(amount)
+        except ValueError:
+            raise ValueError(
+                f"--resources: {part!r} is not NAME=AMOUNT (e.g. GPU=1,MEM=8e9)"
+            ) from None
+    return check_resources(out, "--resources")
 
 
 class Worker:
@@ -101,9 +140,13 @@ class Worker:
         timeout: float | None = 60.0,
         contact_address: str = "",
         death_timeout: float | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
+        # Abstract resources tasks may ask for (``{"GPU": 2}``): the scheduler places a
+        # task that needs some only where enough are free.
+        self.resources = check_resources(resources or {}, "worker resources")
         self.scheduler_address = scheduler_address
         self.nthreads = nthreads
         self.name = name
@@ -168,6 +211,7 @@ class Worker:
         self.stopped = asyncio.Event()
         self.closed = asyncio.Event()
         self._imports_broken = False
+        self.extras = Extras(self)
 
     # What tests and ``get_worker()`` users look at.
     @property
@@ -223,6 +267,7 @@ class Worker:
             memory_limit=self.memory_limit,
             nanny=self.nanny,
             keys=[(k, self.data.size_of(k)) for k in self.data],
+            resources=self.resources,
         )
         comm, reply = await register_with(
             self.scheduler_address,
@@ -256,6 +301,7 @@ class Worker:
         await cancel_others(self.tasks_bg)
         await self.listener.close()
         self.threads.stop()
+        self.extras.close()
         self.data.close()
 
     async def _scheduler_loop(self, comm: Connection) -> None:
@@ -328,6 +374,8 @@ class Worker:
     def handle(self, *events: wev.WorkerEvent) -> None:
         for instruction in self.state.handle(*events):
             self._carry_out(instruction)
+        if self.extras.plugins:
+            self.extras.tell(self.state)
 
     def _outcomes(self, events: list[Outcome]) -> None:
         if not self.stopped.is_set():
@@ -347,6 +395,8 @@ class Worker:
                 # Out on the socket before the task can kill us (see WorkerState).
                 if self.scheduler is not None:
                     self.scheduler.flush()
+            case ins.SendLongRunning():
+                self._send(LongRunningMsg(key=instruction.key, run_id=instruction.run_id))
             case ins.Execute():
                 spec = instruction.run_spec
                 assert isinstance(spec, RunSpec)
@@ -512,6 +562,12 @@ class Worker:
                 self._scheduler_closing = True
             case WorkerRegisteredMsg():
                 pass
+            case ExtraMsg():
+                # In order with the tasks that follow: they may import what it brings.
+                error = self.extras.apply(msg.kind, msg.name, msg.payload)
+                if self.scheduler is not None:
+                    errors = {self.address: error} if error else {}
+                    self.scheduler.reply(msg, ExtraReply(errors=errors))
             case _:
                 raise ProtocolError(f"the scheduler does not send {op_of(msg)!r}")
 
