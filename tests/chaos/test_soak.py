@@ -29,6 +29,9 @@ def _tail(text: str, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# A minute of chaos: run apart from the suite (pytest -m slow, as .ci/run does), which
+# must stay under 10 minutes.
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_soak(tmp_path: Path) -> None:
     path = tmp_path / "report.json"

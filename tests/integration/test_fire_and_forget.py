@@ -119,7 +119,9 @@ def test_a_fired_task_survives_a_scheduler_restart(
 ) -> None:
     """The wish is journaled: a scheduler killed while the fired task waits, its client
     gone, comes back still wanting it, runs it to the end and then lets it go."""
-    cluster, client = make_cluster(journal=tmp_path / "j.db")
+    # client_grace: how long the restarted scheduler waits for absent clients (the
+    # probe below) before it lets their keys go; 10 s by default.
+    cluster, client = make_cluster(journal=tmp_path / "j.db", client_grace=1.0)
     out = tmp_path / "written"
     gate = Gate(tmp_path, 0)
     first = client.submit(gated, "payload", *gate.args)
