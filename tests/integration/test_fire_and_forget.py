@@ -28,13 +28,11 @@ def _cluster_empty(cluster: LocalCluster, clients: int = 1) -> bool:
     )
 
 
-def test_a_fired_task_runs_after_its_client_closed_then_is_released(
-    make_cluster: MakeCluster, tmp_path: Path
-) -> None:
-    cluster, client = make_cluster()
+def fire_a_gated_chain_and_leave(client: Client, tmp_path: Path) -> tuple[Path, Gate]:
+    """A chain (gated, then a file written) fired and forgotten, its first task held
+    back by the gate until the client is gone: the file it will write, and the gate."""
     out = tmp_path / "written"
     gate = Gate(tmp_path, 0)
-    # Held back until the client is gone: the chain must outlive it.
     first = client.submit(gated, "payload", *gate.args)
     last = client.submit(touch, str(out), first)
     fire_and_forget(last)
@@ -42,6 +40,14 @@ def test_a_fired_task_runs_after_its_client_closed_then_is_released(
     del first, last
     gc.collect()
     client.close()
+    return out, gate
+
+
+def test_a_fired_task_runs_after_its_client_closed_then_is_released(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster, client = make_cluster()
+    out, gate = fire_a_gated_chain_and_leave(client, tmp_path)
     assert not out.exists()
     gate.open()
     with Client(cluster, set_as_default=False) as second:
@@ -122,15 +128,7 @@ def test_a_fired_task_survives_a_scheduler_restart(
     # client_grace: how long the restarted scheduler waits for absent clients (the
     # probe below) before it lets their keys go; 10 s by default.
     cluster, client = make_cluster(journal=tmp_path / "j.db", client_grace=1.0)
-    out = tmp_path / "written"
-    gate = Gate(tmp_path, 0)
-    first = client.submit(gated, "payload", *gate.args)
-    last = client.submit(touch, str(out), first)
-    fire_and_forget(last)
-    gate.wait_started()
-    del first, last
-    gc.collect()
-    client.close()
+    out, gate = fire_a_gated_chain_and_leave(client, tmp_path)
     with Client(cluster, set_as_default=False) as probe:
         wait_until(lambda: probe.scheduler_info()["clients"] == 1, what="the client is gone")
         # A journaled scheduler acknowledges a scatter once it is written, with all that

@@ -67,7 +67,7 @@ def test_worker_client_submits_and_gathers(make_cluster: MakeCluster) -> None:
     assert client.submit(total, 20).result(timeout=60) == sum(x * x for x in range(20))
 
 
-def test_get_worker_and_get_client_outside_a_task_say_why() -> None:
+def test_secede_rejoin_and_get_worker_outside_a_task_say_why() -> None:
     with pytest.raises(ValueError, match="outside of a task"):
         regrow.secede()
     with pytest.raises(ValueError, match="outside of a task"):

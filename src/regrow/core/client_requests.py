@@ -171,16 +171,22 @@ def want(state: SchedulerState, client: ClientState, ts: TaskState, report: bool
         state._report_erred(client, ts)
 
 
+def _known(state: SchedulerState, client: ClientState, key: str) -> TaskState | None:
+    """``key``'s task, or None after telling ``client`` the scheduler does not know it."""
+    ts = state.tasks.get(key)
+    if ts is None:
+        _report_unknown(
+            state, client, key, f"the scheduler does not know key {key!r} (it was released)"
+        )
+    return ts
+
+
 def keys_desired(state: SchedulerState, event: ev.KeysDesired) -> None:
     client = state._client(event.client)
     for key in event.keys:
-        ts = state.tasks.get(key)
-        if ts is None:
-            _report_unknown(
-                state, client, key, f"the scheduler does not know key {key!r} (it was released)"
-            )
-            continue
-        want(state, client, ts, report=True)
+        ts = _known(state, client, key)
+        if ts is not None:
+            want(state, client, ts, report=True)
 
 
 def keys_released(state: SchedulerState, client_id: str, keys: Iterable[str]) -> None:
@@ -255,11 +261,8 @@ def retry_requested(state: SchedulerState, event: ev.RetryRequested) -> None:
     mends (the graph is wrong: ``_PERMANENT``)."""
     client = state._client(event.client)
     for key in event.keys:
-        ts = state.tasks.get(key)
+        ts = _known(state, client, key)
         if ts is None:
-            _report_unknown(
-                state, client, key, f"the scheduler does not know key {key!r} (it was released)"
-            )
             continue
         if ts.state == ERRED:
             _unerr(state, ts)

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 # The pseudo-client that wants the futures held in variables, queues and datasets.
 HOLDER = "regrow-coordination"
-KINDS = ("lock", "semaphore", "event", "variable", "queue", "dataset", "pubsub")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +360,7 @@ class Coordination:
         self._hold(state, item)
         if q.getters:
             w = q.getters.popleft()
-            self._hand(state, q, w, item)
+            self._hand(state, w, item)
             self._answer(state, event, True)
         elif not q.maxsize or len(q.items) < q.maxsize:
             q.items.append(item)
@@ -372,7 +371,7 @@ class Coordination:
         else:
             q.putters.append((Waiter(event.request, event.client, self._deadline(event)), item))
 
-    def _hand(self, state: SchedulerState, q: Queue, w: Waiter, item: Item) -> None:
+    def _hand(self, state: SchedulerState, w: Waiter, item: Item) -> None:
         """Give ``item`` to the waiting getter ``w``; the queue holds it no more."""
         self._give(state, w.client, item)
         state._emit(cmd.Answer(client=w.client, request=w.request, ok=True, payload=item.payload))
@@ -383,7 +382,7 @@ class Coordination:
         if q.items:
             item = q.items.popleft()
             w = Waiter(event.request, event.client, None)
-            self._hand(state, q, w, item)
+            self._hand(state, w, item)
             self._admit(state, q)
         elif event.timeout is not None and event.timeout <= 0:
             self._answer(state, event, False)

@@ -14,6 +14,9 @@ released (or erred, when the journal restores one that had erred), and a restart
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
+
 RELEASED = "released"
 WAITING = "waiting"
 QUEUED = "queued"
@@ -60,3 +63,17 @@ def diagram() -> str:
         if finishes:
             lines.append(f"{start:>10} -> {', '.join(finishes)}")
     return "\n".join(lines)
+
+
+def moves_since(
+    log: deque[tuple[str, str, str, str]], moves: int, seen: int
+) -> list[tuple[str, str, str, str]] | None:
+    """The entries of a core's transition ``log`` made since a reader had seen ``seen``
+    of its ``moves`` (each core counts them), oldest first; None if more were made than
+    the log still holds (the reader must count afresh)."""
+    n = moves - seen
+    if n > len(log):
+        return None
+    batch = list(itertools.islice(reversed(log), n)) if n > 0 else []
+    batch.reverse()
+    return batch

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from regrow.core import events as ev
 from regrow.core.queries import client_count, key_group
-from regrow.core.transitions import ERRED, FORGOTTEN, MEMORY, PROCESSING, RELEASED
+from regrow.core.transitions import (
+    ERRED,
+    FORGOTTEN,
+    MEMORY,
+    PROCESSING,
+    RELEASED,
+    moves_since,
+)
 
 if TYPE_CHECKING:
     from regrow.core.records import TaskState
@@ -191,16 +198,13 @@ class Recorder:
 
     def catch_up(self, state: SchedulerState) -> None:
         """Count the moves the core logged since the last call, in one loop."""
-        n = state.moves - self._moves
-        self._moves = state.moves
-        if n and self.hook is None:
-            log = state.log
-            if n > len(log):
+        seen, self._moves = self._moves, state.moves
+        if self.hook is None:
+            batch = moves_since(state.log, state.moves, seen)
+            if batch is None:
                 # More moves than the log holds (one huge batch): count afresh.
                 self._recount(state, keep=True)
                 return
-            batch = list(itertools.islice(reversed(log), n))
-            batch.reverse()
             self._moved(batch)
         if len(self._keys) != len(state.tasks):
             # Tasks made without a move yet (submitted, released, not yet wanted).

@@ -27,6 +27,7 @@ from regrow.core import events as ev
 from regrow.core.client_requests import FIRE_AND_FORGET
 from regrow.core.records import TaskState
 from regrow.core.scheduler_state import SchedulerState
+from regrow.core.transitions import moves_since
 from regrow.dashboard.model import Recorder
 from regrow.errors import CommClosedError, ProtocolError
 from regrow.protocol.comm import (
@@ -881,17 +882,17 @@ class Scheduler:
         """Each scheduler plugin's ``transition(key, start, finish, stimulus_id=...)``
         for the moves the core made since the last call (read from its log)."""
         state = self.state
-        n = min(state.moves - self._plugin_moves, len(state.log))
-        self._plugin_moves = state.moves
-        if n <= 0:
+        seen, self._plugin_moves = self._plugin_moves, state.moves
+        # More moves than the log holds: the plugins hear of those it still has.
+        moves = moves_since(state.log, state.moves, max(seen, state.moves - len(state.log)))
+        if not moves:
             return
-        moves = list(itertools.islice(reversed(state.log), n))
         for plugin in list(self.plugins.values()):
             transition = getattr(plugin, "transition", None)
             if transition is None:
                 continue
             try:
-                for key, start, finish, stimulus in reversed(moves):
+                for key, start, finish, stimulus in moves:
                     transition(key, start, finish, stimulus_id=stimulus)
             except Exception:
                 logger.exception("a scheduler plugin's transition raised")

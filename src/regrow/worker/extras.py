@@ -11,12 +11,13 @@ a plugin or an import raises (it is returned, to reach the client that asked).
 from __future__ import annotations
 
 import importlib
-import itertools
 import logging
 import os
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
+
+from regrow.core.transitions import moves_since
 
 if TYPE_CHECKING:
     from regrow.core.worker_state import WorkerState
@@ -85,12 +86,11 @@ class Extras:
 
     def tell(self, state: WorkerState) -> None:
         """Each plugin's ``transition`` for the moves since the last call."""
-        n = min(state.moves - self._moves, len(state.log))
-        self._moves = state.moves
-        if n <= 0:
+        seen, self._moves = self._moves, state.moves
+        # More moves than the log holds: the plugins hear of those it still has.
+        moves = moves_since(state.log, state.moves, max(seen, state.moves - len(state.log)))
+        if not moves:
             return
-        moves = list(itertools.islice(reversed(state.log), n))
-        moves.reverse()
         for plugin in list(self.plugins.values()):
             transition = getattr(plugin, "transition", None)
             if transition is None:
