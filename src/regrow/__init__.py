@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         fire_and_forget,
         wait,
     )
-    from regrow.client.plugins import SchedulerPlugin, WorkerPlugin
+    from regrow.client.plugins import NannyPlugin, SchedulerPlugin, WorkerPlugin
     from regrow.deploy import LocalCluster, SLURMCluster, SSHCluster
     from regrow.progress import progress
     from regrow.security import Security
@@ -65,6 +65,7 @@ _LAZY = {
     "rejoin": "regrow.worker.execution",
     "worker_client": "regrow.client.client",
     "WorkerPlugin": "regrow.client.plugins",
+    "NannyPlugin": "regrow.client.plugins",
     "SchedulerPlugin": "regrow.client.plugins",
     "Event": "regrow.client.coordination",
     "Lock": "regrow.client.coordination",
@@ -106,6 +107,7 @@ __all__ = [
     "LocalCluster",
     "Lock",
     "LostDataError",
+    "NannyPlugin",
     "ProtocolError",
     "Pub",
     "Queue",

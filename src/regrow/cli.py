@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from regrow.config import Resolved, SettingError, Settings, resolve
-from regrow.errors import RegrowError
+from regrow.errors import RegrowError, reason
 from regrow.protocol.comm import Service, serve
 from regrow.security import Role, Security
 
@@ -618,7 +618,7 @@ def status(
             settings=settings,
         )
     except (OSError, RegrowError, ValueError) as exc:
-        click.echo(f"regrow: error: {exc}", err=True)
+        click.echo(f"regrow: error: {reason(exc)}", err=True)
         sys.exit(1)
     try:
         with client:
@@ -642,7 +642,7 @@ def status(
     except KeyboardInterrupt:
         pass
     except (OSError, RegrowError) as exc:
-        click.echo(f"regrow: error: {exc}", err=True)
+        click.echo(f"regrow: error: {reason(exc)}", err=True)
         sys.exit(1)
 
 

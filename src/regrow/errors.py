@@ -103,3 +103,15 @@ __all__ = [
     "SchedulerLostError",
     "TooManyTasksError",
 ]
+
+
+def explain(exc: BaseException) -> str:
+    """``Type: text``, or the type alone when the exception says nothing: a reason
+    never ends in an empty string (``TimeoutError()`` says nothing)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def reason(exc: BaseException) -> str:
+    """The exception's text, or its type when it has none."""
+    return str(exc).strip() or type(exc).__name__

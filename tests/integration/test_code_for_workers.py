@@ -85,7 +85,7 @@ def test_a_worker_plugin_sees_every_task(make_cluster: MakeCluster) -> None:
     cluster.scale(3)
     wait_until(lambda: len(client.scheduler_info()["workers"]) == 3, timeout=60, what="worker")
     assert all(isinstance(m, list) for m in client.run(_moves).values())
-    with pytest.raises(TypeError, match="WorkerPlugin or SchedulerPlugin"):
+    with pytest.raises(TypeError, match="WorkerPlugin, NannyPlugin or SchedulerPlugin"):
         client.register_plugin(object())
 
 
@@ -122,3 +122,62 @@ def test_scheduler_code_runs_with_the_opt_in(make_cluster: MakeCluster) -> None:
         return set(dask_scheduler.plugins["counting"].finished)
 
     assert client.run_on_scheduler(finished) == {f.key for f in futures}
+
+
+class Environ(regrow.NannyPlugin):
+    """As dask.distributed's Environ: variables for the worker processes, which the
+    nannies start again."""
+
+    restart = True
+
+    def __init__(self, marks: str, **environ: str) -> None:
+        self.marks = marks
+        self.environ = environ
+
+    async def setup(self, nanny: Any) -> None:
+        nanny.env.update(self.environ)
+        Path(self.marks, f"setup-{nanny.address.rsplit(':', 1)[1]}").touch()
+
+    def teardown(self, nanny: Any) -> None:
+        Path(self.marks, f"teardown-{nanny.address.rsplit(':', 1)[1]}").touch()
+
+
+class Broken(regrow.NannyPlugin):
+    def setup(self, nanny: Any) -> None:
+        raise OSError("no such package: not-a-package")
+
+
+def _env() -> str:
+    import os
+
+    return os.environ.get("PLUGIN_TEST_VALUE", "")
+
+
+def test_a_nanny_plugin_reaches_every_nanny_and_restarts_workers(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster, client = make_cluster(n_workers=2)
+    before = {w["pid"] for w in client.scheduler_info()["workers"].values()}
+    assert set(client.run(_env).values()) == {""}
+    client.register_plugin(Environ(str(tmp_path), PLUGIN_TEST_VALUE="on"))
+    # restart = True: each worker process was started again, with the variable.
+    wait_until(
+        lambda: (
+            len(client.scheduler_info()["workers"]) == 2
+            and not {w["pid"] for w in client.scheduler_info()["workers"].values()} & before
+        ),
+        timeout=60,
+        what="fresh workers",
+    )
+    assert set(client.run(_env).values()) == {"on"}
+    assert len(list(tmp_path.glob("setup-*"))) == 2
+    # A nanny that joins later sets it up before it starts its worker.
+    cluster.scale(3)
+    wait_until(lambda: len(client.scheduler_info()["workers"]) == 3, timeout=60, what="worker")
+    assert set(client.run(_env).values()) == {"on"}
+    assert len(list(tmp_path.glob("setup-*"))) == 3
+    with pytest.raises(RuntimeError, match="setup failed: OSError: no such package"):
+        client.register_plugin(Broken())
+    client.close()
+    cluster.close()
+    assert len(list(tmp_path.glob("teardown-*"))) == 3

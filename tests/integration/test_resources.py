@@ -87,6 +87,8 @@ def test_jupyter_views_of_cluster_client_and_future(make_cluster: MakeCluster) -
     f.result(timeout=30)
     html = f._repr_html_()
     assert "finished" in html and "bytes" in html
+    [worker] = client.scheduler_info()["workers"]
+    assert f"worker: {worker}" in html
     assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold" not in html
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from regrow.chaos.cluster import Abort, SoakCluster
+from regrow.errors import explain, reason
 
 if TYPE_CHECKING:
     import psutil
@@ -128,10 +129,10 @@ class Faults:
         try:
             ended, gone, what = handler()
         except NoVictim as exc:
-            self.out(f"fault {kind} skipped: {exc}")
+            self.out(f"fault {kind} skipped: {reason(exc)}")
             return
         except TimeoutError as exc:
-            self._recovery_failed(kind, at, f"the fault itself did not complete: {exc}")
+            self._recovery_failed(kind, at, f"the fault itself did not complete: {reason(exc)}")
             return
         self.faults_in_progress.pop(kind, None)
         self.fault_times.append((kind, started, ended))
@@ -142,7 +143,7 @@ class Faults:
         except Exception as exc:
             entry["recovered"] = None
             self.report.fault_log.append(entry)
-            self._recovery_failed(kind, at, f"{what}: {type(exc).__name__}: {exc}")
+            self._recovery_failed(kind, at, f"{what}: {explain(exc)}")
             return
         took = time.monotonic() - ended
         entry["recovered"] = round(took, 3)
@@ -163,7 +164,7 @@ class Faults:
         try:
             workers = {a: (w["name"], w["pid"]) for a, w in self.cluster.workers().items()}
         except Exception as exc:
-            workers = {"?": (f"scheduler_info failed: {exc}", 0)}
+            workers = {"?": (f"scheduler_info failed: {reason(exc)}", 0)}
         entry = {"kind": kind, "at": round(at, 1), "detail": detail, "workers": workers}
         self.report.recovery_failures.append(entry)
         self.out(f"NOT RECOVERED after {kind}: {detail}; workers now {workers}")
@@ -256,7 +257,7 @@ class Faults:
         try:
             new = local.restart_scheduler_process(signal.SIGKILL)
         except (TimeoutError, RuntimeError) as exc:
-            raise Abort(f"the scheduler (pid {old}) did not come back: {exc}") from exc
+            raise Abort(f"the scheduler (pid {old}) did not come back: {reason(exc)}") from exc
         self.cluster.note_process(new, "scheduler")
         return t, set(), f"SIGKILL scheduler (pid {old}; back as pid {new})"
 

@@ -52,6 +52,7 @@ from regrow.chaos.faults import Faults
 from regrow.chaos.report import Report, format_report
 from regrow.chaos.settings import DASK_KINDS, SoakConfig
 from regrow.chaos.workloads import GraphRun, Workloads, difference, numpy_or_none
+from regrow.errors import explain, reason
 
 
 def _raised_at(exc: BaseException) -> str:
@@ -113,13 +114,13 @@ class Soak:
                 self._soak()
             except Abort as exc:
                 self.report.aborted = str(exc)
-                self.out(f"ABORTED: {exc}")
+                self.out(f"ABORTED: {reason(exc)}")
             except KeyboardInterrupt:
                 self.report.aborted = "interrupted (Ctrl-C or SIGTERM)"
                 self.interrupted.set()
                 self.out("interrupted: stopping everything the soak started")
             except Exception as exc:
-                self.report.aborted = f"error: {type(exc).__name__}: {exc}"
+                self.report.aborted = f"error: {explain(exc)}"
                 self.out(f"ABORTED by an error:\n{traceback.format_exc()}")
             finally:
                 self.stop_feeding.set()
@@ -268,7 +269,7 @@ class Soak:
                 outcome, detail = "wrong", difference(got, expected)
         except TimeoutError as exc:
             if g.remaining() > 1.0:
-                outcome, detail = "unexpected", f"TimeoutError before the deadline: {exc}"
+                outcome, detail = "unexpected", f"TimeoutError before the deadline: {reason(exc)}"
                 where = _raised_at(exc)
             else:
                 outcome, detail = "hang", self._hang_detail(g)
@@ -291,10 +292,10 @@ class Soak:
             # being submitted, such as a scatter, lost nothing it had promised.)
             lost = g.phase == "gather"
             outcome = "wrong" if lost else "unexpected"
-            detail = f"{'lost: ' if lost else ''}{type(exc).__name__}: {exc}"
+            detail = f"{'lost: ' if lost else ''}{explain(exc)}"
             where = _raised_at(exc)
         except Exception as exc:
-            outcome, detail = "unexpected", f"{type(exc).__name__}: {exc}"
+            outcome, detail = "unexpected", explain(exc)
             where = _raised_at(exc)
         if self.interrupted.is_set():
             return
@@ -319,7 +320,7 @@ class Soak:
                 call(lambda: client.cancel(futures), 15, "cancel")
                 detail += "; cancelled"
             except Exception as exc:
-                detail += f"; cancel failed: {type(exc).__name__}: {exc}"
+                detail += f"; cancel failed: {explain(exc)}"
         elif g.kind == "pipeline":
             detail += "; a pipeline cannot be cancelled (regrow.pipeline has no cancel)"
         return detail

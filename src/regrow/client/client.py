@@ -52,7 +52,7 @@ from regrow.client.submission import (
     check_workers,
 )
 from regrow.config import Settings
-from regrow.errors import SchedulerLostError
+from regrow.errors import SchedulerLostError, explain
 from regrow.protocol.comm import client_tls, normalize_address, spawn
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import (
@@ -435,6 +435,15 @@ class Client:
             values.update(self._loop.run(self._session.gather(keys), timeout=timeout))
         self._fetched(keys, values)
         return values
+
+    def holders(self, key: str, timeout: float) -> list[str]:
+        if self.asynchronous or self._loop.in_loop() or self.status != "running":
+            return []
+        try:
+            who = self._loop.run(self._ask(queries.who_has, [key]), timeout=timeout)
+        except Exception:
+            return []  # a view: nothing to show beats an error
+        return list(who.get(key) or [])
 
     async def fetch_values_async(
         self, futures: list[Future], timeout: float | None = None
@@ -903,7 +912,7 @@ class Client:
         try:
             payload = _pickle(plugin)
         except Exception as exc:
-            raise TypeError(f"the plugin cannot be pickled: {type(exc).__name__}: {exc}") from exc
+            raise TypeError(f"the plugin cannot be pickled: {explain(exc)}") from exc
         if idempotent and label in self._plugins:
             return None
         self._plugins.add(label)
@@ -938,7 +947,10 @@ class Client:
     # ------------------------------------------------------- coordination
     async def _coordinate(self, msg: CoordinateMsg, timeout: float | None) -> CoordinateReply:
         """A request to a lock, queue, variable... held by the scheduler
-        (client/coordination.py)."""
+        (client/coordination.py). Its call id, made here, stays the same if it is asked
+        again after the scheduler was lost: a change is made once."""
+        if not msg.call:
+            msg.call = uuid.uuid4().hex
         reply, _ = await self._session.request(msg, timeout=timeout)
         return reply
 

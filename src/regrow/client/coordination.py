@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cloudpickle
 
 from regrow.client.futures import Future
+from regrow.errors import explain
 from regrow.protocol.messages import CoordinateMsg, CoordinateReply
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def pack(value: Any) -> tuple[bytes, list[str]]:
     try:
         pickler.dump(value)
     except Exception as exc:
-        raise TypeError(f"the value cannot be pickled: {type(exc).__name__}: {exc}") from exc
+        raise TypeError(f"the value cannot be pickled: {explain(exc)}") from exc
     return buffer.getvalue(), list(dict.fromkeys(pickler.keys))
 
 

@@ -33,6 +33,7 @@ from regrow.errors import (
     RemoteError,
     SchedulerLostError,
     TooManyTasksError,
+    explain,
 )
 
 PENDING = "pending"
@@ -227,7 +228,7 @@ class FutureState:
 
     def set_local_error(self, exc: BaseException) -> None:
         self.exception_blob = b""
-        self.text = f"{type(exc).__name__}: {exc}"
+        self.text = explain(exc)
         self._exception = exc
         self._settle(ERROR)
 
@@ -319,6 +320,11 @@ class FutureOwner(Protocol):
         self, futures: list[Future], timeout: float | None = None
     ) -> dict[str, Any]:
         """``fetch_values``, awaited."""
+        ...
+
+    def holders(self, key: str, timeout: float) -> list[str]:
+        """The workers that hold ``key`` now, asked of the scheduler within ``timeout``
+        ([] if unknown, or if it cannot be asked from here)."""
         ...
 
     def run_done_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
@@ -517,7 +523,8 @@ class Future:
         return f"<Future: {self.status}{extra}, key: {self.key}>"
 
     def _repr_html_(self) -> str:
-        """Jupyter's view: status (coloured), type and size once known, key."""
+        """Jupyter's view: status (coloured), type and size once known, the worker
+        that holds it (asked of the scheduler, briefly), key."""
         from html import escape
 
         colour = {"finished": "green", "error": "red", "cancelled": "grey"}.get(
@@ -528,6 +535,10 @@ class Future:
             parts.append(f"type: {escape(self._state.type_name)}")
         if self._state.nbytes:
             parts.append(f"{self._state.nbytes:,} bytes")
+        if self.status == "finished":
+            holders = self._client.holders(self.key, timeout=2.0)
+            if holders:
+                parts.append(f"worker: {escape(', '.join(holders))}")
         return f"<strong>Future:</strong> {escape(self.key)} " + ", ".join(parts)
 
     def __hash__(self) -> int:

@@ -2,7 +2,8 @@
 subclass of dask.distributed's own, or any object with the same methods).
 
 A ``WorkerPlugin`` runs in every worker, now and in those that join later (the
-scheduler keeps it); a ``SchedulerPlugin`` runs in the scheduler, only where its
+scheduler keeps it); a ``NannyPlugin`` in every nanny, now and later, before the nanny
+starts its worker; a ``SchedulerPlugin`` runs in the scheduler, only where its
 operator allowed clients' code there (``regrow scheduler --allow-scheduler-code``).
 """
 
@@ -29,6 +30,23 @@ class WorkerPlugin:
         """Called for each move of a task on the worker."""
 
 
+class NannyPlugin:
+    """``setup(nanny)`` in each nanny when it arrives (or the nanny starts: before its
+    worker does), ``teardown(nanny)`` when the nanny closes or the plugin is replaced.
+    ``restart = True``: each nanny then starts its worker afresh (its tasks run again
+    elsewhere), so that what ``setup`` changed (environment variables, installed
+    packages) reaches the worker process. ``name``: one plugin per name."""
+
+    name: str | None = None
+    restart: bool = False
+
+    def setup(self, nanny: Any) -> None:
+        """Called once in each nanny."""
+
+    def teardown(self, nanny: Any) -> None:
+        """Called when the nanny closes."""
+
+
 class SchedulerPlugin:
     """``start(scheduler)``, ``transition(key, start, finish, **kwargs)`` for each move
     of a task in the scheduler (released, waiting, queued, processing, memory, erred,
@@ -47,20 +65,18 @@ class SchedulerPlugin:
 
 
 def plugin_kind(plugin: object) -> str:
-    """'worker-plugin' or 'scheduler-plugin', from the classes it derives from (regrow's
-    or dask.distributed's, by name); a NannyPlugin is refused: there is no such hook."""
+    """'worker-plugin', 'nanny-plugin' or 'scheduler-plugin', from the classes it
+    derives from (regrow's or dask.distributed's, by name)."""
     names = {cls.__name__ for cls in type(plugin).__mro__}
     if "SchedulerPlugin" in names:
         return "scheduler-plugin"
     if "NannyPlugin" in names:
-        raise TypeError(
-            "register_plugin: nanny plugins are not supported by regrow (a WorkerPlugin's "
-            "setup runs in every worker, also those its nanny starts again)"
-        )
+        return "nanny-plugin"
     if "WorkerPlugin" in names or any(
         callable(getattr(plugin, m, None)) for m in ("setup", "teardown", "transition")
     ):
         return "worker-plugin"
     raise TypeError(
-        f"register_plugin takes a WorkerPlugin or SchedulerPlugin, got {type(plugin).__name__}"
+        "register_plugin takes a WorkerPlugin, NannyPlugin or SchedulerPlugin, got "
+        f"{type(plugin).__name__}"
     )

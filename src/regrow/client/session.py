@@ -23,7 +23,7 @@ import msgspec
 
 from regrow.client.futures import ERROR
 from regrow.client.keys import KeyTable
-from regrow.errors import CommClosedError, ProtocolError, RegrowError, SchedulerLostError
+from regrow.errors import CommClosedError, ProtocolError, RegrowError, SchedulerLostError, explain
 from regrow.protocol import shm
 from regrow.protocol.comm import (
     Connection,
@@ -38,6 +38,7 @@ from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import (
     CancelMsg,
     ClientRegisteredMsg,
+    CoordinateMsg,
     DesireKeysMsg,
     EventMsg,
     FireAndForgetMsg,
@@ -78,7 +79,15 @@ logger = logging.getLogger("regrow.client")
 # Requests that may be sent again after the scheduler was lost (they change nothing,
 # or nothing more the second time). A scatter's registration is not one of them as
 # such: the scatter starts again with the new scheduler (see ``Scattering``).
-_REPEATABLE = (WhoHasMsg, HasWhatMsg, SchedulerInfoMsg, PingMsg, CancelMsg, RetryMsg)
+_REPEATABLE = (
+    WhoHasMsg,
+    HasWhatMsg,
+    SchedulerInfoMsg,
+    PingMsg,
+    CancelMsg,
+    RetryMsg,
+    CoordinateMsg,  # by its call id, answered once (core.coordination)
+)
 
 
 def _repeatable(msg: Message) -> bool:
@@ -650,7 +659,7 @@ class Scattering:
                         for i in plan[worker]:
                             self.holders[i].append(worker)
                     elif isinstance(exc, _UNREACHABLE):
-                        self._fail(worker, f"{type(exc).__name__}: {exc}")
+                        self._fail(worker, explain(exc))
                     else:
                         fatal = exc
                 if fatal is not None:

@@ -130,6 +130,9 @@ class Answer(Command):
     payload: bytes | None = None
     number: float = 0.0
     error: str = ""
+    # It answers a change (coordination.CHANGES): a journaled scheduler sends it once
+    # the journal holds the change.
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

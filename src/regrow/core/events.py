@@ -372,6 +372,28 @@ class StateRestored(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinationRestored(Event):
+    """A restarted scheduler read its journal: what the coordination primitives held
+    (``(kind, name, row)``, as ``Coordination.row`` made them) and the answers to
+    changes that clients may ask for again."""
+
+    rows: tuple[tuple[str, str, Any], ...]
+    answers: tuple[Answered, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A remembered answer (``cmd.Answer`` without its being durable)."""
+
+    client: str
+    request: str
+    ok: bool
+    payload: bytes | None
+    number: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReattachGraceEnded(Event):
     """Clients back from a scheduler restart had ``client_grace`` to resend submissions
     the journal may have missed: restored tasks nobody needs now may be forgotten."""

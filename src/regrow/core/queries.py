@@ -135,6 +135,8 @@ def info(state: SchedulerState) -> dict[str, Any]:
         "counts": dict(state.counts),
         "queued": state._queued_count,
         "rebalancing": len(state.rebalancing),
+        # Requests to locks, queues, events... waiting to be answered.
+        "coordination_waiting": len(state.coordination.waiting),
         "suspects": [ts.key for ts in state.suspects],
         "retiring": sorted(ws.address for r in state.retirements.values() for ws in r.pending),
     }

@@ -295,6 +295,9 @@ class SchedulerState:
                     retirement.requested(self, event)
                 case ev.StateRestored():
                     recovery.state_restored(self, event)
+                case ev.CoordinationRestored():
+                    for line in self.coordination.restore(event.rows, event.answers):
+                        self._emit(cmd.Log(level="warning", message=f"journal: {line}"))
                 case ev.RecoveryFinished():
                     recovery.recovery_finished(self)
                 case ev.ReattachGraceEnded():

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from regrow.client.futures import Future, as_completed
+from regrow.errors import explain
 from regrow.pipeline import plan
 from regrow.pipeline import stages as st
 from regrow.pipeline.stages import Files, Pipeline, Record
@@ -257,7 +258,7 @@ class _Runner:
                 self._take_interrupts()
         except BaseException as exc:
             self.error = exc
-            self.note(f"job {self.job} failed: {type(exc).__name__}: {exc}")
+            self.note(f"job {self.job} failed: {explain(exc)}")
             self._cancel_everything()
             # The driver's frames in its traceback hold Futures: keep the lines, not them.
             traceback.clear_frames(exc.__traceback__)
@@ -538,7 +539,7 @@ class _Runner:
                 f"retries={self.retries}"
             )
             raise exc
-        self._restart_failed([run], f"{type(exc).__name__}: {exc}")
+        self._restart_failed([run], explain(exc) if exc is not None else "it failed")
 
     def _restart_failed(self, failed: list[_Run], why: str) -> None:
         """Restart the tasks ``failed`` and whatever the policy takes along with them."""

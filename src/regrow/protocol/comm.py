@@ -29,6 +29,8 @@ from regrow.errors import (
     CommClosedError,
     ProtocolError,
     RegrowError,
+    explain,
+    reason,
 )
 from regrow.protocol import handshake
 from regrow.protocol.framing import LARGE, Buffer, FrameDecoder, encode_packet
@@ -154,7 +156,7 @@ _ERROR_TYPES.update(ProtocolError=ProtocolError, AuthenticationError=Authenticat
 
 
 def error_reply(exc: BaseException) -> ErrorReply:
-    return ErrorReply(error=str(exc), etype=type(exc).__name__)
+    return ErrorReply(error=reason(exc), etype=type(exc).__name__)
 
 
 def refuse(
@@ -167,7 +169,7 @@ def refuse(
     traceback goes to the debug log: most of these are the peer's doing.)"""
     if comm.closed or isinstance(exc, CommClosedError):
         return  # the peer is gone: nobody to answer, nothing to close
-    reason = str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"
+    reason = str(exc) if isinstance(exc, ProtocolError) else explain(exc)
     log.debug("handling %r from %s failed", op_of(msg), who, exc_info=exc)
     if isinstance(msg, Request) and msg.rid:
         log.warning("%s: could not do %r: %s", who, op_of(msg), reason)

@@ -26,6 +26,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from regrow.errors import explain
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -150,7 +152,7 @@ class HealthServer:
             reason = self.check()
         except Exception as exc:  # a broken check is a failed one, not a 500 page
             logger.exception("health check failed")
-            reason = f"health check failed: {type(exc).__name__}: {exc}"
+            reason = f"health check failed: {explain(exc)}"
         if reason is None:
             return 200, "ok"
         return 503, " ".join(reason.split()) or "unhealthy"

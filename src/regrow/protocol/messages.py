@@ -32,7 +32,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
-from regrow.errors import ProtocolError
+from regrow.errors import ProtocolError, reason
 from regrow.protocol.framing import Buffer
 
 # ------------------------------------------------------------------ field types
@@ -296,6 +296,9 @@ class CoordinateMsg(Request[CoordinateReply], tag="coordinate", kw_only=True):
     number: float = 0.0
     ident: str = ""
     timeout: Seconds | None = None
+    # The client's id for this call, the same when it asks again after a lost scheduler
+    # (a journaled one answers a change once: see core.coordination).
+    call: str = ""
 
 
 class WhoHasReply(Reply, tag="who-has-reply", kw_only=True):
@@ -578,9 +581,11 @@ class RegisterNannyMsg(Message, tag="register-nanny", kw_only=True):
 
 
 class NannyRegisteredMsg(Message, tag="nanny-registered", kw_only=True):
-    """Answer to register-nanny."""
+    """Answer to register-nanny, with the nanny plugins registered so far (name ->
+    pickled plugin), to set up before the nanny starts its worker."""
 
     scheduler: str
+    plugins: dict[str, bytes] = {}
 
 
 class LeavingMsg(Message, tag="leaving", kw_only=True):
@@ -730,8 +735,8 @@ class ExtraReply(Reply, tag="extra-reply", kw_only=True):
 class ExtraMsg(Request[ExtraReply], tag="extra", kw_only=True):
     """Something every worker gets, now and when it joins: a file to import (``kind``
     'file', ``name`` its file name) or a pickled worker plugin ('worker-plugin'; a
-    'scheduler-plugin' only where the scheduler allows scheduler code). Client to
-    scheduler, and scheduler to worker."""
+    'scheduler-plugin' only where the scheduler allows scheduler code); or every nanny
+    ('nanny-plugin'). Client to scheduler, and scheduler to worker or nanny."""
 
     kind: str
     name: str
@@ -891,7 +896,7 @@ def _encodable(
         except (TypeError, ValueError, OverflowError) as exc:
             _logger.error("cannot send %r: %s: %r", op_of(msg), exc, msg)
             if isinstance(msg, Reply) and msg.rid:
-                error = f"could not send the {op_of(msg)!r}: {exc}"
+                error = f"could not send the {op_of(msg)!r}: {reason(exc)}"
                 out.append((ErrorReply(rid=msg.rid, error=error, etype="ProtocolError"), ()))
             continue
         out.append((msg, frames))

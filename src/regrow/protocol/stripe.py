@@ -33,7 +33,7 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 
-from regrow.errors import CommClosedError, ProtocolError
+from regrow.errors import CommClosedError, ProtocolError, reason
 from regrow.protocol.comm import Connection, ConnectionPool, RemoteCallError
 from regrow.protocol.framing import LARGE, Buffer, uninitialized
 from regrow.protocol.messages import GetPartMsg, StripedFrames
@@ -141,7 +141,7 @@ async def receive(
     try:
         comms = await pool.lease(address, len(work))
     except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
-        raise PartsFailed(f"no connections to {address} for parts: {exc}") from exc
+        raise PartsFailed(f"no connections to {address} for parts: {reason(exc)}") from exc
     ok = False
     fetches = [
         asyncio.ensure_future(_fetch(c, tid, w, buffers, idle_timeout))

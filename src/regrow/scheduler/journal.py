@@ -31,7 +31,8 @@ from regrow.errors import RegrowError
 
 JOURNAL_VERSION = 1
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY,
@@ -54,6 +55,27 @@ CREATE TABLE IF NOT EXISTS wants (
 -- A forgotten task's wants are deleted by key: without this, a scan of the whole table.
 CREATE INDEX IF NOT EXISTS wants_by_key ON wants (key);
 """
+    + """
+-- What each coordination primitive holds (core.coordination's rows), and the answers
+-- to changes that clients may ask for again after a restart (the newest ANSWERS_KEPT).
+CREATE TABLE IF NOT EXISTS coordination (
+    kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS coordination_answers (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client TEXT NOT NULL,
+    request TEXT NOT NULL UNIQUE,
+    ok INTEGER NOT NULL,
+    payload BLOB,
+    number REAL NOT NULL,
+    error TEXT NOT NULL
+);
+"""
+)
+
+# The tables added since version 1 was first written: made in older journals when
+# they are opened (additions only: an older regrow reading the file ignores them).
+_ADDED = _SCHEMA[_SCHEMA.index("-- What each coordination") :]
 
 
 class JournalError(RegrowError):
@@ -85,6 +107,10 @@ class Snapshot:
     # The workers registered when the journal was last written (None: a journal from
     # before this was kept).
     workers: list[str] | None = None
+    # Coordination primitives: (kind, name, row), and remembered answers
+    # (client, request, ok, payload, number, error), oldest first.
+    coordination: list[tuple[str, str, Any]] = field(default_factory=list)
+    answers: list[tuple[str, str, bool, bytes | None, float, str]] = field(default_factory=list)
 
 
 def _pack(obj: object) -> bytes:
@@ -196,6 +222,7 @@ class Journal:
                 # birth of one): made a journal in place.
                 _write_schema(self.db)
                 rows = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
+            self.db.executescript(f"BEGIN; {_ADDED} COMMIT;")
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise JournalError(
@@ -321,6 +348,45 @@ class Journal:
         self._pending.append(("DELETE FROM tasks", ()))
         self._pending.append(("DELETE FROM wants", ()))
 
+    def coordination_row(self, kind: str, name: str, data: object | None) -> None:
+        """What a coordination primitive holds now (None: nothing, its row goes)."""
+        if data is None:
+            self._pending.append(
+                ("DELETE FROM coordination WHERE kind = ? AND name = ?", (kind, name))
+            )
+        else:
+            self._pending.append(
+                ("INSERT OR REPLACE INTO coordination VALUES (?, ?, ?)", (kind, name, _pack(data)))
+            )
+
+    def answer_kept(
+        self,
+        client: str,
+        request: str,
+        ok: bool,
+        payload: bytes | None,
+        number: float,
+        error: str,
+    ) -> None:
+        """An answer to remember (see ``answers_trimmed``)."""
+        self._pending.append(
+            (
+                "INSERT OR REPLACE INTO coordination_answers (client, request, ok, payload,"
+                " number, error) VALUES (?, ?, ?, ?, ?, ?)",
+                (client, request, int(ok), payload, number, error),
+            )
+        )
+
+    def answers_trimmed(self, kept: int) -> None:
+        """Only the newest ``kept`` answers stay."""
+        self._pending.append(
+            (
+                "DELETE FROM coordination_answers WHERE seq <= "
+                "(SELECT MAX(seq) FROM coordination_answers) - ?",
+                (kept,),
+            )
+        )
+
     # -- writing ------------------------------------------------------------------
     @property
     def dirty(self) -> bool:
@@ -391,6 +457,13 @@ class Journal:
                 if not isinstance(workers, list) or not all(isinstance(w, str) for w in workers):
                     raise ValueError("meta 'workers' is not a list of addresses")
                 snap.workers = workers
+            for kind, name, data in self.db.execute("SELECT kind, name, data FROM coordination"):
+                snap.coordination.append((kind, name, _unpack(data)))
+            for client, request, ok, payload, number, error in self.db.execute(
+                "SELECT client, request, ok, payload, number, error FROM coordination_answers"
+                " ORDER BY seq"
+            ):
+                snap.answers.append((client, request, bool(ok), payload, number, error))
         return snap
 
     def summary(self) -> dict[str, Any]:

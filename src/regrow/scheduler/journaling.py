@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import cast
 
 from regrow.core import events as ev
 from regrow.core.client_requests import FIRE_AND_FORGET, new_specs
+from regrow.core.coordination import ANSWERS_KEPT, Coordination
 from regrow.core.scheduler_state import ERRED, MEMORY, RELEASED, TaskState
 from regrow.protocol.comm import Connection
 from regrow.protocol.framing import Buffer
@@ -34,6 +35,8 @@ class JournalKeeper:
         self.interval = interval
         self._dirty: dict[str, TaskState] = {}
         self._acks: list[tuple[Connection, Message]] = []
+        # Replies to send once the transaction holding what they confirm is committed.
+        self._later: list[Callable[[], None]] = []
         self._workers: frozenset[str] = frozenset()
         self._stopping = False
         # Keys the journal has the scheduler's fire-and-forget pseudo-client want.
@@ -150,6 +153,28 @@ class JournalKeeper:
         self._dirty.clear()
         self._unerred.clear()
 
+    def write_coordination(self, coordination: Coordination) -> None:
+        """Write the coordination primitives that changed, the answers to remember and
+        the wants that holding and reading values made."""
+        if self._stopping:
+            return
+        journal = self.journal
+        if coordination.changed:
+            for kind, name in coordination.changed:
+                journal.coordination_row(kind, name, coordination.row(kind, name))
+            coordination.changed.clear()
+        if coordination.answers:
+            for a in coordination.answers:
+                journal.answer_kept(a.client, a.request, a.ok, a.payload, a.number, a.error)
+            journal.answers_trimmed(ANSWERS_KEPT)
+            coordination.answers.clear()
+        if coordination.wants:
+            for client, key, wanted in coordination.wants:
+                journal.want(client, key, wanted)
+            coordination.wants.clear()
+        if self.pending_since is None and journal.dirty:
+            self.pending_since = time.monotonic()
+
     def _write_fired_done(self, tasks: dict[str, TaskState]) -> None:
         """The core let go of fired-and-forgotten keys once done, with no client asking:
         write that of those that moved, or a restart would compute them again."""
@@ -173,17 +198,22 @@ class JournalKeeper:
         """Send ``ack`` once the transaction holding what it acknowledges is committed."""
         self._acks.append((comm, ack))
 
+    def when_written(self, reply: Callable[[], None]) -> None:
+        """Call ``reply`` once what was recorded up to now is committed."""
+        self._later.append(reply)
+
     # -------------------------------------------------------------- writing
     async def run(self) -> None:
         journal = self.journal
         while True:
             await asyncio.sleep(self.interval)
-            if not journal.dirty and not self._acks:
+            if not journal.dirty and not self._acks and not self._later:
                 # Moves that leave nothing to write (a task started): no lag.
                 self.pending_since = None
                 continue
             batch = journal.take()
             acks, self._acks = self._acks, []
+            later, self._later = self._later, []
             since, self.pending_since = self.pending_since, None
             started = time.monotonic()
             try:
@@ -198,6 +228,8 @@ class JournalKeeper:
             for comm, ack in acks:
                 if not comm.closed:
                     comm.send(ack)
+            for reply in later:
+                reply()
 
     async def close(self) -> None:
         await asyncio.to_thread(self.journal.flush)
@@ -208,6 +240,18 @@ class JournalKeeper:
         snap = await asyncio.to_thread(self.journal.load)
         self._fired = {key for client, key in snap.wants if client == FIRE_AND_FORGET}
         return snap
+
+
+def restored_coordination(snap: Snapshot) -> ev.CoordinationRestored | None:
+    """The journal's coordination primitives and remembered answers, as the core's event
+    (None: there are none)."""
+    if not snap.coordination and not snap.answers:
+        return None
+    return ev.CoordinationRestored(
+        rows=tuple(snap.coordination),
+        answers=tuple(ev.Answered(*a) for a in snap.answers),
+        stimulus_id="restore-coordination",
+    )
 
 
 def restored_tasks(snap: Snapshot) -> tuple[tuple[ev.RestoredTask, ...], set[str]]:

@@ -25,11 +25,12 @@ from regrow.config import Settings
 from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.client_requests import FIRE_AND_FORGET
+from regrow.core.coordination import HOLDER
 from regrow.core.records import TaskState
 from regrow.core.scheduler_state import SchedulerState
 from regrow.core.transitions import moves_since
 from regrow.dashboard.model import Recorder
-from regrow.errors import CommClosedError, ProtocolError
+from regrow.errors import CommClosedError, ProtocolError, explain
 from regrow.protocol.comm import (
     Connection,
     Listener,
@@ -108,7 +109,7 @@ from regrow.protocol.messages import (
 )
 from regrow.protocol.reach import OUTSIDE, WILDCARDS, advertise, outward_host
 from regrow.scheduler.journal import Journal
-from regrow.scheduler.journaling import JournalKeeper, restored_tasks
+from regrow.scheduler.journaling import JournalKeeper, restored_coordination, restored_tasks
 from regrow.scheduler.messages import task_specs, worker_event
 from regrow.security import Security
 
@@ -147,7 +148,7 @@ def run_here(payload: bytes, scheduler: Scheduler) -> tuple[bool, list[Buffer]]:
         try:
             return False, [cloudpickle.dumps(exc, protocol=5)]
         except Exception:
-            return False, [cloudpickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))]
+            return False, [cloudpickle.dumps(RuntimeError(explain(exc)))]
 
 
 class _Walled:
@@ -187,9 +188,10 @@ class Scheduler:
         # the operator's opt-in (--allow-scheduler-code). Without it nothing a client
         # sends is ever unpickled in the scheduler.
         self.allow_scheduler_code = allow_scheduler_code
-        # What every worker gets, now and when it joins (upload_file, worker plugins),
-        # by name, in the order given; and the scheduler plugins (with the opt-in).
-        self.extras: dict[str, ExtraMsg] = {}
+        # What every worker (or nanny) gets, now and when it joins (upload_file, worker
+        # and nanny plugins), by kind and name, in the order given; and the scheduler
+        # plugins (with the opt-in).
+        self.extras: dict[tuple[str, str], ExtraMsg] = {}  # (kind, name)
         self.plugins: dict[str, Any] = {}
         self._plugin_moves = 0
         self.security = security or Security()
@@ -251,6 +253,7 @@ class Scheduler:
         # ... and coordination requests (core.coordination), by the id given to each.
         self._coordinate_requests: dict[str, tuple[Connection, CoordinateMsg]] = {}
         self._coordinate_ids = itertools.count(1)
+        self._life = uuid.uuid4().hex[:12]  # tells this process's request ids from others'
         self._workers_changed = asyncio.Event()
         self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
         self.keeper: JournalKeeper | None = None
@@ -401,14 +404,23 @@ class Scheduler:
         """Rebuild the graph from the journal; compute nothing until workers had a chance
         to report the results they still hold."""
         snap = await keeper.load()
+        coordination = restored_coordination(snap)
+        if coordination is not None:
+            self.handle(coordination)
+        holders = self.state.coordination.clients()  # of leases and subscriptions
         if not snap.tasks:
+            loop = asyncio.get_running_loop()
+            for client in holders - set(self.client_comms):
+                self._client_goodbye[client] = loop.call_later(
+                    self.settings.client_grace, self._client_gone, client
+                )
             return
         rows, expected = restored_tasks(snap)
         self.recovered.clear()
         self.handle(
             ev.StateRestored(tasks=rows, wants=tuple(snap.wants), stimulus_id=self._sid("restore"))
         )
-        clients = {c for c, _ in snap.wants}
+        clients = ({c for c, _ in snap.wants} | holders) - {HOLDER}
         logger.warning(
             "restored %d tasks and %d clients from the journal %s; waiting up to %.1f s for "
             "%d worker(s) to come back",
@@ -468,6 +480,9 @@ class Scheduler:
         if keeper is not None:
             state = self.state
             keeper.write_states(state.tasks, None if state.recovering else state.workers.keys())
+            keeper.write_coordination(state.coordination)
+        else:
+            self.state.coordination.forget_changes()
 
     def _sid(self, prefix: str) -> str:
         return f"{prefix}-{next(self._stimuli)}"
@@ -556,6 +571,8 @@ class Scheduler:
                 )
                 # Uploaded files and worker plugins first: before any task is sent it.
                 for extra in self.extras.values():
+                    if extra.kind == "nanny-plugin":
+                        continue
                     self._to_worker(
                         command.worker,
                         ExtraMsg(kind=extra.kind, name=extra.name, payload=extra.payload),
@@ -581,16 +598,23 @@ class Scheduler:
                     pending[0].reply(pending[1], RetireWorkersReply(workers=list(command.workers)))
             case cmd.Answer():
                 asked = self._coordinate_requests.pop(command.request, None)
-                if asked is not None and not asked[0].closed:
-                    asked[0].reply(
-                        asked[1],
-                        CoordinateReply(
-                            ok=command.ok,
-                            payload=command.payload,
-                            number=command.number,
-                            error=command.error,
-                        ),
+                if asked is not None:
+                    comm, request = asked
+                    reply = CoordinateReply(
+                        ok=command.ok,
+                        payload=command.payload,
+                        number=command.number,
+                        error=command.error,
                     )
+
+                    def answer() -> None:
+                        if not comm.closed:
+                            comm.reply(request, reply)
+
+                    if command.durable and self.keeper is not None:
+                        self.keeper.when_written(answer)  # a change: once it is kept
+                    else:
+                        answer()
             case cmd.Log():
                 logger.log(
                     logging.WARNING if command.level == "warning" else logging.INFO,
@@ -698,7 +722,8 @@ class Scheduler:
         if old is not None:
             old.abort()
         self.nanny_comms[address] = comm
-        comm.send(NannyRegisteredMsg(scheduler=self.address))
+        plugins = {e.name: e.payload for e in self.extras.values() if e.kind == "nanny-plugin"}
+        comm.send(NannyRegisteredMsg(scheduler=self.address, plugins=plugins))
         self.handle(
             ev.NannyJoined(
                 nanny=address,
@@ -745,6 +770,7 @@ class Scheduler:
         finally:
             if self.nanny_comms.get(address) is comm:
                 del self.nanny_comms[address]
+                self._workers_changed.set()  # a restart waits for no worker from it
 
     async def restart(self, timeout: float) -> None:
         """The seed's restart: cancel every future, kill every worker hard, start afresh.
@@ -768,14 +794,22 @@ class Scheduler:
             if address not in killed:
                 comm.send(DropStateMsg())
 
-        def fresh() -> bool:
+        def missing() -> set[str]:
             serving = {ws.nanny for a, ws in self.state.workers.items() if a not in old}
-            return nannies <= serving
+            return (nannies & set(self.nanny_comms)) - serving
 
-        async with asyncio.timeout(timeout):
-            while not fresh():
-                self._workers_changed.clear()
-                await self._workers_changed.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while missing():
+                    self._workers_changed.clear()
+                    await self._workers_changed.wait()
+        except TimeoutError:
+            late = sorted(missing())
+            logger.warning("restart: no fresh worker from nanny(s) %s", late)
+            raise TimeoutError(
+                f"workers did not come back within {timeout} s: no fresh worker from the "
+                f"nanny at {', '.join(late)}"
+            ) from None
 
     def _worker_message(self, worker: str, msg: Message, frames: list[Buffer]) -> None:
         self.handle(worker_event(worker, msg, frames, time.monotonic(), self._sid))
@@ -851,12 +885,13 @@ class Scheduler:
             error = self._scheduler_plugin(msg)
             comm.reply(msg, ExtraReply(errors={self.address: error} if error else {}))
             return
-        if msg.kind not in ("file", "worker-plugin") or not msg.name:
+        if msg.kind not in ("file", "worker-plugin", "nanny-plugin") or not msg.name:
             comm.reply(msg, ErrorReply(error=f"unknown extra kind {msg.kind!r}"))
             return
-        self.extras.pop(msg.name, None)
-        self.extras[msg.name] = msg
-        workers = list(self.worker_comms.items())
+        self.extras.pop((msg.kind, msg.name), None)  # replaced: sent after the others
+        self.extras[(msg.kind, msg.name)] = msg
+        peers = self.nanny_comms if msg.kind == "nanny-plugin" else self.worker_comms
+        workers = list(peers.items())
 
         async def one(address: str, worker: Connection) -> tuple[str, str]:
             try:
@@ -912,7 +947,7 @@ class Scheduler:
             self._plugin_moves = self.state.moves
             self.plugins[msg.name] = plugin
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return explain(exc)
         return ""
 
     def _run_on_scheduler(
@@ -963,7 +998,9 @@ class Scheduler:
             case RunOnSchedulerMsg():
                 self._run_on_scheduler(comm, msg, frames)
             case CoordinateMsg():
-                request = f"{client}/{next(self._coordinate_ids)}"
+                # The client's id for the call: asked again (after a lost scheduler), the
+                # core knows it. Without one, an id no other life of the scheduler used.
+                request = f"{client}/{msg.call or f'#{self._life}-{next(self._coordinate_ids)}'}"
                 self._coordinate_requests[request] = (comm, msg)
                 self.handle(
                     ev.Coordinate(
@@ -1102,8 +1139,8 @@ class Scheduler:
         try:
             await self.restart(msg.timeout)
             reply = RestartReply(workers=len(self.worker_comms))
-        except TimeoutError:
-            reply = error_reply(TimeoutError(f"workers did not come back within {msg.timeout} s"))
+        except TimeoutError as exc:
+            reply = error_reply(exc)
         except Exception as exc:
             refuse(comm, msg, exc, "a client's restart", logger)
             return

@@ -26,7 +26,7 @@ import cloudpickle
 
 from regrow.config import Settings
 from regrow.core import worker_events as wev
-from regrow.errors import RemoteError
+from regrow.errors import RemoteError, explain
 from regrow.protocol import shm
 from regrow.protocol.framing import Buffer
 from regrow.protocol.serialize import dumps, loads, loads_with_refs, sizeof
@@ -118,7 +118,7 @@ class TaskInterrupted(BaseException):
 
 def serialize_error(exc: BaseException) -> tuple[bytes, bytes, str]:
     """Pickle an exception so it arrives as itself, or as a RemoteError naming it."""
-    text = f"{type(exc).__name__}: {exc}"
+    text = explain(exc)
     tb = exc.__traceback__
     tb_text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))
     try:

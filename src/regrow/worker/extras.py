@@ -18,6 +18,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from regrow.core.transitions import moves_since
+from regrow.errors import explain
 
 if TYPE_CHECKING:
     from regrow.core.worker_state import WorkerState
@@ -44,7 +45,7 @@ class Extras:
                 return f"unknown kind {kind!r}"
         except BaseException as exc:  # an import or a plugin's setup: the user's code
             logger.warning("could not take %s %r: %s: %s", kind, name, type(exc).__name__, exc)
-            return f"{type(exc).__name__}: {exc}"
+            return explain(exc)
         return ""
 
     def _file(self, name: str, payload: bytes) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 import psutil
 
 from regrow.config import Settings
-from regrow.errors import CommClosedError, ProtocolError
+from regrow.errors import CommClosedError, ProtocolError, explain
 from regrow.protocol.comm import (
     Connection,
     Listener,
@@ -37,6 +38,8 @@ from regrow.protocol.health import HealthServer, parse_http_address
 from regrow.protocol.messages import (
     Ack,
     CloseMsg,
+    ExtraMsg,
+    ExtraReply,
     KillWorkerMsg,
     LeavingMsg,
     LeftMsg,
@@ -147,6 +150,11 @@ class Nanny:
         self.closed = asyncio.Event()
         self._worker_up = asyncio.Event()
         self._contact_host = ""
+        # Nanny plugins (dask's NannyPlugin), by name: set up here, in this process.
+        self.plugins: dict[str, Any] = {}
+        # Environment variables for the worker processes it starts from now on (as
+        # dask's Nanny.env: its Environ plugin sets them).
+        self.env: dict[str, str] = {}
         # leave(): the scheduler's answer, and how long to wait for the retirement.
         self._left: asyncio.Future[bool] | None = None
         self.leave_timeout = 20.0
@@ -207,6 +215,9 @@ class Nanny:
     async def _shutdown(self) -> None:
         await self._stop_worker()
         await self._drop_standby()
+        for name, plugin in list(self.plugins.items()):
+            await self._call_plugin(plugin, "teardown", name)
+        self.plugins.clear()
         await cancel_others(self.tasks)  # a close ordered by the scheduler runs in one
         if self.scheduler is not None:
             await self.scheduler.close()
@@ -230,7 +241,7 @@ class Nanny:
 
     # ------------------------------------------------------------- scheduler
     async def _register(self, timeout: float | None = None) -> None:
-        comm, _ = await register_with(
+        comm, registered = await register_with(
             self.scheduler_address,
             RegisterNannyMsg(address=self.address, name=self.name or "", replaces=self.replaces),
             NannyRegisteredMsg,
@@ -242,6 +253,13 @@ class Nanny:
         )
         self.replaces = ""  # said once it registered: a reconnection replaces nobody
         self.scheduler = comm
+        # Plugins registered before it came (or while it was away): set up before its
+        # worker starts (at start) or is next started (a reconnection).
+        for name, payload in registered.plugins.items():
+            if name not in self.plugins:
+                error = await self.add_plugin(name, payload)
+                if error:
+                    logger.warning("nanny plugin %r: %s", name, error)
         spawn(self._scheduler_loop(comm), self.tasks, "nanny-scheduler-loop")
 
     async def _connect_scheduler(self) -> None:
@@ -280,11 +298,54 @@ class Nanny:
                 comm.reply(msg, reply)
             case NannyRegisteredMsg():
                 pass
+            case ExtraMsg(kind="nanny-plugin"):
+                error = await self.add_plugin(msg.name, msg.payload)
+                comm.reply(msg, ExtraReply(errors={self.address: error} if error else {}))
             case LeftMsg():
                 if self._left is not None and not self._left.done():
                     self._left.set_result(msg.retired)
             case _:
                 raise ProtocolError(f"a nanny is not sent {op_of(msg)!r}")
+
+    async def add_plugin(self, name: str, payload: bytes) -> str:
+        """Set up a nanny plugin (replacing, with its teardown, one of the same name);
+        its ``restart``: start the worker afresh. The standby process, started before
+        the setup, is replaced (a setup that sets environment variables, say, reaches
+        the next worker). Returns what went wrong ('' if nothing)."""
+        import cloudpickle
+
+        try:
+            plugin = cloudpickle.loads(payload)
+        except Exception as exc:
+            return f"cannot unpickle the plugin: {explain(exc)}"
+        old = self.plugins.pop(name, None)
+        if old is not None:
+            await self._call_plugin(old, "teardown", name)
+        error = await self._call_plugin(plugin, "setup", name)
+        if error:
+            return error
+        self.plugins[name] = plugin
+        if self.standby is not None:
+            await self._drop_standby()
+            if self.settings.standby_worker and not self.stopped.is_set():
+                self.standby = await self._spawn()
+        if getattr(plugin, "restart", False) and self._worker_up.is_set():
+            await self.kill_worker(f"restarted for nanny plugin {name!r}")
+        return ""
+
+    async def _call_plugin(self, plugin: Any, method: str, name: str) -> str:
+        hook = getattr(plugin, method, None)
+        if not callable(hook):
+            return ""
+        try:
+            result = hook(self)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            error = f"{method} failed: {explain(exc)}"
+            logger.warning("nanny plugin %r: %s", name, error)
+            return error
+        return ""
 
     def _report(self, msg: Message) -> None:
         if self.scheduler is not None and not self.scheduler.closed:
@@ -336,6 +397,7 @@ class Nanny:
         if self.log_file:
             cmd += ["--log-file", self.log_file]
         env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in self.env.items()})
         if self.token:
             env["REGROW_TOKEN"] = self.token
         env.update(self.security.to_env("worker"))
