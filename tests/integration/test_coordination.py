@@ -29,9 +29,9 @@ def test_lock_is_released_to_the_next_waiter_when_its_holder_is_killed(
         Path(path).write_text(str(os.getpid()))
         wait_until(lambda: False, timeout=600, what="killed")  # holds until it is killed
 
-    # The lease goes when the scheduler gives up on the dead worker's client: after
-    # client_grace (10 s by default, 1 s here).
-    _, client = make_cluster(n_workers=2, threads_per_worker=1, client_grace=1.0)
+    # The lease goes when the nanny reports the worker's process dead (its tasks' client
+    # died with it), not after client_grace, made far longer here than the wait below.
+    _, client = make_cluster(n_workers=2, threads_per_worker=1, client_grace=120.0)
     holder = client.submit(hold, str(held), pure=False, retries=0)
     wait_until(held.exists, timeout=30, what="the task holding the lock")
     lock = regrow.Lock("resource", client=client)
@@ -41,7 +41,7 @@ def test_lock_is_released_to_the_next_waiter_when_its_holder_is_killed(
     waiter = threading.Thread(target=lambda: waiter_got.append(lock.acquire(timeout=60)))
     waiter.start()
     os.kill(int(held.read_text()), signal.SIGKILL)
-    waiter.join(timeout=90)
+    waiter.join(timeout=60)
     assert waiter_got == [True]
     lock.release()
     del holder

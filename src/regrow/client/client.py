@@ -137,6 +137,7 @@ def get_client(timeout: float = 10.0) -> Client:
             settings=worker.settings,
             timeout=timeout,
             name=f"tasks-of-{worker.address}-{uuid.uuid4().hex[:8]}",
+            _worker=worker.address,
         )
 
 
@@ -245,6 +246,7 @@ class Client:
         asynchronous: bool = False,
         security: Security | None = None,
         scheduler_file: str | os.PathLike[str] | None = None,
+        _worker: str = "",
     ) -> None:
         if scheduler_file is not None:
             if address is not None:
@@ -256,6 +258,9 @@ class Client:
         self._timeout = timeout
         self._set_as_default = set_as_default
         self.id = name or f"client-{uuid.uuid4().hex[:12]}"
+        # The worker whose process this client lives in (get_client in a task): its
+        # death, reported by its nanny, ends this client at once (its leases go).
+        self._worker = _worker
         self._keys = KeyTable()
         self._tasks = TaskBuilder(self._new_future)
         self._outbox = Outbox()

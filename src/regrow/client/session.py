@@ -133,7 +133,7 @@ class Session:
         # Reattaching, the keys we still hold: a scheduler back from its journal lets go
         # of any other it has us want (a release it lost with its death).
         held = self.keys.held_keys() if reattach else None
-        comm.send(RegisterClientMsg(client=c.id, reattach=reattach, keys=held))
+        comm.send(RegisterClientMsg(client=c.id, reattach=reattach, keys=held, worker=c._worker))
         try:
             reply = await registered(comm, ClientRegisteredMsg, "this client", OSError)
         except BaseException:

@@ -161,6 +161,8 @@ class RegisterClientMsg(Message, tag="register-client", kw_only=True):
     client: str
     reattach: bool = False
     keys: list[str] | None = None
+    # The worker whose process the client lives in (a task's client), if any.
+    worker: str = ""
 
 
 class TaskEntry(Record, kw_only=True):

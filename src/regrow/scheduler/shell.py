@@ -254,6 +254,10 @@ class Scheduler:
         self._coordinate_requests: dict[str, tuple[Connection, CoordinateMsg]] = {}
         self._coordinate_ids = itertools.count(1)
         self._life = uuid.uuid4().hex[:12]  # tells this process's request ids from others'
+        # Clients living in a worker process (a task's client), by the worker's address,
+        # and those whose process is known dead (gone as soon as their connection is).
+        self._task_clients: dict[str, str] = {}
+        self._dead_hosts: set[str] = set()
         self._workers_changed = asyncio.Event()
         self._client_goodbye: dict[str, asyncio.TimerHandle] = {}
         self.keeper: JournalKeeper | None = None
@@ -739,6 +743,7 @@ class Scheduler:
                 try:
                     match m:
                         case WorkerDiedMsg():
+                            self._host_died(m.worker)
                             self.handle(
                                 ev.WorkerDeathReported(
                                     worker=m.worker,
@@ -831,6 +836,8 @@ class Scheduler:
         if pending is not None:
             pending.cancel()  # it came back in time: its futures' results are kept
         self.client_comms[client] = comm
+        if msg.worker:
+            self._task_clients[client] = msg.worker
         said_goodbye = False
         try:
             self.handle(ev.ClientConnected(client=client, stimulus_id=self._sid("client")))
@@ -860,7 +867,7 @@ class Scheduler:
         finally:
             if self.client_comms.get(client) is comm:
                 del self.client_comms[client]
-                if said_goodbye or self.stopped.is_set():
+                if said_goodbye or self.stopped.is_set() or client in self._dead_hosts:
                     self._client_gone(client)
                 else:
                     # It may only have lost its connection: keep its results a while.
@@ -960,7 +967,21 @@ class Scheduler:
         ok, out = run_here(msg.payload, self)
         comm.reply(msg, RunReply(ok=ok), out)
 
+    def _host_died(self, worker: str) -> None:
+        """``worker``'s nanny reports its process dead: the clients that lived in it (its
+        tasks' client) are gone for sure, now or when their connection closes."""
+        for client in [c for c, w in self._task_clients.items() if w == worker]:
+            if client in self.client_comms:
+                self._dead_hosts.add(client)
+            else:
+                pending = self._client_goodbye.pop(client, None)
+                if pending is not None:
+                    pending.cancel()
+                self._client_gone(client)
+
     def _client_gone(self, client: str) -> None:
+        self._task_clients.pop(client, None)
+        self._dead_hosts.discard(client)
         self._client_goodbye.pop(client, None)
         for request in [r for r in self._coordinate_requests if r.startswith(client + "/")]:
             del self._coordinate_requests[request]
