@@ -169,3 +169,83 @@ def blas_threads() -> int | None:
         return None
     counts = [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
     return max(counts, default=None)
+
+
+# --------------------------------------------------------------- value types
+VALUE_KINDS = (
+    "bytes",
+    "bytearray",
+    "memoryview",
+    "str",
+    "numpy",
+    "pandas.DataFrame",
+    "pandas.Series",
+    "arrow.Table",
+    "list of arrays",
+    "dict of bytes",
+    "tuple of str",
+)
+
+
+def make_value(kind: str, nbytes: int) -> Any:
+    """A fresh value of ``kind`` holding ``nbytes`` bytes of data (not all zeros: a
+    system that compressed would be measured on realistic bytes)."""
+    import numpy as np
+
+    raw = np.random.default_rng(len(kind)).integers(32, 127, nbytes, dtype=np.uint8)
+    if kind == "bytes":
+        return raw.tobytes()
+    if kind == "bytearray":
+        return bytearray(raw.tobytes())
+    if kind == "memoryview":
+        return memoryview(raw.tobytes())
+    if kind == "str":
+        return raw.tobytes().decode("ascii")
+    if kind == "numpy":
+        return raw.view(np.float64) if nbytes % 8 == 0 else raw
+    if kind in ("pandas.DataFrame", "pandas.Series", "arrow.Table"):
+        import pandas as pd
+
+        columns = 10
+        data = raw.view(np.float64).reshape(columns, -1)
+        frame = pd.DataFrame({f"c{i}": data[i] for i in range(columns)})
+        if kind == "pandas.Series":
+            return pd.Series(raw.view(np.float64))
+        if kind == "arrow.Table":
+            import pyarrow as pa
+
+            return pa.Table.from_pandas(frame, preserve_index=False)
+        return frame
+    part = nbytes // 10
+    if kind == "list of arrays":
+        return [raw[i * part : (i + 1) * part].copy() for i in range(10)]
+    if kind == "dict of bytes":
+        return {f"k{i}": raw[i * part : (i + 1) * part].tobytes() for i in range(10)}
+    if kind == "tuple of str":
+        return tuple(raw[i * part : (i + 1) * part].tobytes().decode("ascii") for i in range(10))
+    raise ValueError(f"no value kind {kind!r}")
+
+
+def value_nbytes(value: Any) -> int:
+    """The bytes of data in a value made by ``make_value``."""
+    if isinstance(value, memoryview):
+        return value.nbytes
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return sum(value_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(value_nbytes(v) for v in value.values())
+    nbytes = getattr(value, "nbytes", None)
+    if callable(nbytes):
+        nbytes = nbytes()
+    if nbytes is None and hasattr(value, "memory_usage"):
+        return int(value.memory_usage(index=False).sum())
+    if hasattr(value, "values") and hasattr(value, "columns"):
+        return int(value.values.nbytes)
+    return int(nbytes) if nbytes is not None else len(value)
+
+
+def consume_value(value: Any) -> tuple[int, int]:
+    """What a consumer on another worker saw: the value's bytes and its pid."""
+    return value_nbytes(value), os.getpid()

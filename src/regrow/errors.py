@@ -48,6 +48,11 @@ class LostDataError(RegrowError):
     """Data that cannot be recomputed (scattered, without a surviving replica) is gone."""
 
 
+class LendRefusedError(RegrowError):
+    """A worker could not read the buffers a client on its host lent it (another host,
+    or no permission to read another process's memory): they are sent inline instead."""
+
+
 class SchedulerLostError(RegrowError):
     """The client lost its scheduler and could not reconnect in time."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 
@@ -45,8 +46,11 @@ def test_a_gone_lender_is_refused_not_misread() -> None:
     assert lend.usable  # a dead lender is no reason to give up on lending
 
 
-def test_only_writable_contiguous_buffers_are_lent() -> None:
-    assert lend.address_of(b"x" * 10) is None
+def test_only_contiguous_buffers_are_lent() -> None:
+    data = b"x" * 10
+    # Read-only ones too (a bytes value): where its bytes are.
+    assert lend.address_of(data) == id(data) + bytes.__basicsize__ - 1
+    assert ctypes.string_at(lend.address_of(memoryview(data)[2:]) or 0, 3) == b"xxx"
     assert lend.address_of(memoryview(bytearray(10))[::2]) is None
     assert lend.address_of(bytearray(10)) is not None
     assert not lend.lendable(bytearray(100)) and lend.lendable(bytearray(lend.MIN_BYTES))

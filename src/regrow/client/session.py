@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,15 @@ import msgspec
 
 from regrow.client.futures import ERROR
 from regrow.client.keys import KeyTable
-from regrow.errors import CommClosedError, ProtocolError, RegrowError, SchedulerLostError, explain
-from regrow.protocol import shm
+from regrow.errors import (
+    CommClosedError,
+    LendRefusedError,
+    ProtocolError,
+    RegrowError,
+    SchedulerLostError,
+    explain,
+)
+from regrow.protocol import lend, rawbuf, shm
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -49,6 +57,7 @@ from regrow.protocol.messages import (
     KeyInterruptedMsg,
     KeyLostMsg,
     KeyRetriedMsg,
+    LentFrames,
     Message,
     MissingDataMsg,
     PingMsg,
@@ -113,6 +122,9 @@ class Session:
         # Submissions the scheduler has not yet confirmed (journaled): sent again after
         # a reconnect, so a scheduler that died before writing them still gets them.
         self.unacked: dict[int, tuple[SubmitMsg, list[Buffer] | tuple[()]]] = {}
+        # Workers that could not read our memory (another host): scatters to them
+        # send their buffers inline.
+        self.no_lending: set[str] = set()
         # Keys wanted without Futures (a dask graph's inputs of later batches) to let go
         # once the submissions up to a seq are confirmed: see release_unheld.
         self.unheld_releases: list[tuple[int, list[str]]] = []
@@ -675,14 +687,54 @@ class Scattering:
         frames: list[Buffer] = []
         for i in idx:
             frames.extend(self.items[i][1])
-        msg = PutDataMsg(
-            keys=[self.items[i][0] for i in idx], nf=[len(self.items[i][1]) for i in idx]
-        )
+        keys = [self.items[i][0] for i in idx]
+        counts = [len(self.items[i][1]) for i in idx]
         try:
-            await comm.request(msg, frames)
+            lent = self._lend(worker, frames, counts)
+            if lent is not None:
+                try:
+                    # The worker reads them out of our memory: they stay alive (in
+                    # ``frames``) until it answers.
+                    await comm.request(
+                        PutDataMsg(keys=keys, nf=counts, host=shm.HOST, lent=lent[0]), lent[1]
+                    )
+                    return
+                except LendRefusedError:
+                    self.session.no_lending.add(worker)
+            await comm.request(PutDataMsg(keys=keys, nf=counts), frames)
         except asyncio.CancelledError:
             comm.abort()  # its frames may be half sent; the worker is taken for gone
             raise
+
+    def _lend(
+        self, worker: str, frames: list[Buffer], counts: list[int]
+    ) -> tuple[LentFrames, list[Buffer]] | None:
+        """The large frames to lend ``worker`` (on this host, as far as we know), and
+        the frames with those left empty; None if none are lent."""
+        if (
+            not shm.HOST
+            or not lend.usable
+            or worker in self.session.no_lending
+            or not self.session.client.settings.shared_memory
+        ):
+            return None
+        starts = {sum(counts[:k]) for k in range(len(counts))}  # each value's pickle stream
+        described: list[tuple[int, int, int, int]] = []
+        made: list[tuple[int, int]] = []
+        out = list(frames)
+        for f, frame in enumerate(frames):
+            if f in starts or not lend.lendable(frame):
+                continue
+            address = lend.address_of(frame)
+            if address is not None:
+                kind = rawbuf.kind_of(frame)
+                if kind:
+                    made.append((len(described), kind))
+                described.append((0, f, address, memoryview(frame).nbytes))
+                out[f] = b""
+        if not described:
+            return None
+        return LentFrames(pid=os.getpid(), id=0, frames=described, made=made), out
 
     async def _drop_removed(
         self, pending: set[asyncio.Task[None]], tasks: dict[asyncio.Task[None], str]

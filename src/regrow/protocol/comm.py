@@ -27,6 +27,7 @@ from regrow.config import Settings
 from regrow.errors import (
     AuthenticationError,
     CommClosedError,
+    LendRefusedError,
     ProtocolError,
     RegrowError,
     explain,
@@ -152,7 +153,11 @@ _ERROR_TYPES: dict[str, type[Exception]] = {
         "PermissionError",
     )
 }
-_ERROR_TYPES.update(ProtocolError=ProtocolError, AuthenticationError=AuthenticationError)
+_ERROR_TYPES.update(
+    ProtocolError=ProtocolError,
+    AuthenticationError=AuthenticationError,
+    LendRefusedError=LendRefusedError,
+)
 
 
 def error_reply(exc: BaseException) -> ErrorReply:

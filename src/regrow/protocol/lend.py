@@ -61,24 +61,73 @@ class Refused(Exception):
     """The lender's memory could not be read (no permission, it died, bad address)."""
 
 
-def address_of(frame: Buffer) -> int | None:
-    """Where a writable, contiguous buffer's bytes start; None for other buffers."""
-    view = memoryview(frame)
-    if view.readonly or not view.c_contiguous:
+class _PyBuffer(ctypes.Structure):
+    """CPython's Py_buffer: where an object's buffer is (read-only ones included)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+def _buffer_api() -> tuple[Any, Any] | None:
+    if sys.implementation.name != "cpython":
         return None
-    holder = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+    get.restype = ctypes.c_int
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.POINTER(_PyBuffer)]
+    release.restype = None
+    return get, release
+
+
+_BUFFER_API = _buffer_api()
+
+
+def address_of(frame: Buffer) -> int | None:
+    """Where a contiguous buffer's bytes start (read-only ones too: a ``bytes`` value,
+    an ASCII ``str``'s characters); None for other buffers."""
+    view = memoryview(frame)
+    if not view.c_contiguous:
+        return None
+    if not view.readonly:
+        holder = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
+        try:
+            return ctypes.addressof(holder)
+        finally:
+            del holder
+    if _BUFFER_API is None:
+        return None
+    info = _PyBuffer()
     try:
-        return ctypes.addressof(holder)
+        if _BUFFER_API[0](view, ctypes.byref(info), 0) != 0:  # PyBUF_SIMPLE
+            return None
+    except BufferError:
+        return None
+    try:
+        address: int | None = info.buf
+        return address
     finally:
-        del holder
+        _BUFFER_API[1](ctypes.byref(info))
 
 
 def lendable(frame: Buffer) -> bool:
     return memoryview(frame).nbytes >= MIN_BYTES
 
 
-def read(pid: int, address: int, nbytes: int) -> memoryview:
-    """Copy ``nbytes`` at ``address`` in process ``pid`` into new memory of ours.
+def read(pid: int, address: int, nbytes: int, made: int = 0) -> memoryview:
+    """Copy ``nbytes`` at ``address`` in process ``pid`` into new memory of ours (with
+    ``made``, rawbuf.BYTES or ASCII: straight into a new such object, see rawbuf).
 
     Large reads are split in two halves read by two threads (the call releases the
     GIL): page faults on our fresh pages are handled on both cores. 100 MB here:
@@ -86,9 +135,16 @@ def read(pid: int, address: int, nbytes: int) -> memoryview:
     """
     if _readv is None:
         raise Refused("process_vm_readv is not available here")
-    out = uninitialized(nbytes)
-    target = (ctypes.c_char * nbytes).from_buffer(out)
-    base = ctypes.addressof(target)
+    from regrow.protocol import rawbuf  # it uses address_of, defined here
+
+    fresh = rawbuf.empty(made, nbytes) if made else None
+    if fresh is not None:
+        out, base = fresh
+        target = None
+    else:
+        out = uninitialized(nbytes)
+        target = (ctypes.c_char * nbytes).from_buffer(out)
+        base = ctypes.addressof(target)
     try:
         if nbytes >= _SPLIT and (os.cpu_count() or 1) > 1:
             half = nbytes // 2

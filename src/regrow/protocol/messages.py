@@ -645,11 +645,14 @@ class SealedFile(Record, kw_only=True):
 
 
 class LentFrames(Record, kw_only=True):
-    """Frames lent for process_vm_readv: [value, frame, address, length] each."""
+    """Frames lent for process_vm_readv: [value, frame, address, length] each; ``made``:
+    [position in ``frames``, what it is] of those that are a ``bytes`` (1) or an ASCII
+    ``str``'s characters (2), which the borrower reads straight into such an object."""
 
     pid: Count
     id: Count
     frames: list[tuple[Count, Count, Count, Count]]
+    made: list[tuple[Count, Count]] = msgspec.field(default_factory=list)
 
 
 class StripedFrames(Record, kw_only=True):
@@ -712,10 +715,15 @@ class PutDataReply(Reply, tag="put-data-reply", kw_only=True):
 
 
 class PutDataMsg(Request[PutDataReply], tag="put-data", kw_only=True):
-    """Store these values; frames: each key's ``nf`` frames, in order."""
+    """Store these values; frames: each key's ``nf`` frames, in order. From a client on
+    the same host (``host``, see GetDataMsg), large frames may be ``lent`` instead (left
+    empty here): the worker reads them out of the client's memory, or answers an
+    ``LendRefusedError`` (then they come inline)."""
 
     keys: list[str]
     nf: list[Count]
+    host: str = ""
+    lent: LentFrames | None = None
 
 
 class RunReply(Reply, tag="run-reply", kw_only=True):

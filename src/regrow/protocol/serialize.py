@@ -1,8 +1,12 @@
 """User objects <-> frames: cloudpickle with pickle protocol 5 out-of-band buffers.
 
-Large bytes-like objects (numpy arrays, bytes) come out as buffers of their own,
-not copied into the pickle stream, so they can be written to the socket as they
-are. Only clients and workers call ``loads``; the scheduler never does.
+Large bytes-like objects come out as buffers of their own, not copied into the pickle
+stream, so they can be written to the socket (or lent to a reader on the same host) as
+they are: numpy arrays and pandas' and Arrow's buffers by themselves (their reducers
+make ``PickleBuffer``s), and ``bytes``, ``bytearray``, ``memoryview`` and ``str`` of at
+least ``OUT_OF_BAND`` bytes by ``_RawPickler``, alone or inside lists, tuples and dicts
+(a ``str`` travels as its UTF-8 bytes). Only clients and workers call ``loads``; the
+scheduler never does.
 
 Unpickling imports the modules a stream names, and it happens on a process's event loop
 while other threads (a worker's tasks, a client's user code) may be importing the same
@@ -11,7 +15,6 @@ package: ``loads`` imports them top-level package first (see ``_import_in_order`
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import pickle
@@ -20,21 +23,167 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import cloudpickle
+import xxhash
 
+from regrow.protocol import rawbuf
 from regrow.protocol.framing import Buffer
 
 _PROTOCOL = 5
 
+# Bytes-like values from this size on travel out of band (a frame of their own): below
+# it the copy into the stream costs less than a frame.
+OUT_OF_BAND = 64 * 1024
 
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+_RAW = frozenset({bytes, bytearray, memoryview, str})
+
+
+def _raw_size(obj: object) -> int:
+    """The size of a bytes-like value or str (0 for anything else)."""
+    kind = type(obj)
+    if kind is memoryview:
+        return cast(memoryview, obj).nbytes
+    if kind in _RAW:
+        return len(cast(Sequence[object], obj))
+    return 0
+
+
+def _holds_raw(obj: object, depth: int = 2) -> bool:
+    """Whether ``obj`` is, or (a few levels down) holds, a bytes-like value or str of
+    ``OUT_OF_BAND`` bytes or more. A container is searched only if one of its first 16
+    items is such a type or a container: a list of a million numbers costs 16 looks."""
+    kind = type(obj)
+    if kind in _RAW:
+        # Any memoryview: the standard picklers cannot write one at all.
+        return kind is memoryview or _raw_size(obj) >= OUT_OF_BAND
+    if not depth:
+        return False
+    if kind is list or kind is tuple:
+        items = cast(Sequence[object], obj)
+    elif kind is dict:
+        items = list(cast(dict[object, object], obj).values())
+    else:
+        return False
+    if not any(type(x) in _RAW or type(x) in _CONTAINERS for x in items[:16]):
+        return False
+    return any(_holds_raw(x, depth - 1) for x in items)
+
+
+_CONTAINERS = frozenset({list, tuple, dict})
+
+
+def _rebuild_bytes(buffer: Any) -> bytes:
+    return rawbuf.new_bytes(buffer)
+
+
+def _rebuild_ascii(buffer: Any) -> str:
+    return rawbuf.new_ascii(buffer)
+
+
+def _rebuild_bytearray(buffer: Any) -> bytearray:
+    return bytearray(buffer)
+
+
+def _rebuild_str(buffer: Any) -> str:
+    return str(buffer, "utf-8", "surrogatepass")
+
+
+def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view: Any = memoryview(buffer).cast("B")  # Any: typeshed knows formats as literals
+    out: memoryview = view if fmt == "B" and len(shape) == 1 else view.cast(fmt, list(shape))
+    return out
+
+
+def _raw_reduce(obj: Any) -> Any:
+    """How ``_RawPickler`` writes a large bytes-like value or str (NotImplemented: as
+    the pickler would anyway)."""
+    kind = type(obj)
+    if kind not in _RAW or (kind is not memoryview and _raw_size(obj) < OUT_OF_BAND):
+        return NotImplemented
+    if kind is bytes:
+        return _rebuild_bytes, (pickle.PickleBuffer(obj),)
+    if kind is bytearray:
+        return _rebuild_bytearray, (pickle.PickleBuffer(obj),)
+    if kind is str:
+        ascii = rawbuf.ascii_view(obj)  # its own bytes, lent: no encoding, no copy
+        if ascii is not None:
+            return _rebuild_ascii, (pickle.PickleBuffer(ascii),)
+        return _rebuild_str, (pickle.PickleBuffer(obj.encode("utf-8", "surrogatepass")),)
+    view = cast(memoryview, obj)
+    fmt, shape = view.format, tuple(view.shape or ())
+    try:
+        cast(Any, memoryview(b"")).cast(fmt)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"cannot pickle a memoryview of format {fmt!r} (only native single-character "
+            "formats come back as they were); send its .tobytes() or a numpy array"
+        ) from None
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())  # one copy; its shape comes back on loading
+    return _rebuild_memoryview, (pickle.PickleBuffer(view), fmt, shape)
+
+
+class _OutOfBand:
+    """Stands in for a large bytes-like value or str while a value is pickled: the C
+    pickler writes exact ``bytes``, ``str`` and ``bytearray`` in the stream itself,
+    without asking ``reducer_override``, so they are swapped for this first (``_swap``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return _raw_reduce(self.value)
+
+
+def _swap(obj: object, seen: dict[int, object], depth: int = 2) -> object:
+    """``obj`` with its large bytes-like values and strs (a few levels down, in lists,
+    tuples and dicts) wrapped in ``_OutOfBand``; containers holding none are kept as
+    they are. One value met twice is wrapped once (so pickled once)."""
+    kind = type(obj)
+    if kind in _RAW:
+        if kind is not memoryview and _raw_size(obj) < OUT_OF_BAND:
+            return obj
+        wrapped = seen.get(id(obj))
+        if wrapped is None:
+            wrapped = seen[id(obj)] = _OutOfBand(obj)
+        return wrapped
+    if not depth or not _holds_raw(obj, depth):
+        return obj
+    if kind is list:
+        return [_swap(x, seen, depth - 1) for x in cast(list[object], obj)]
+    if kind is tuple:
+        return tuple(_swap(x, seen, depth - 1) for x in cast(tuple[object, ...], obj))
+    if kind is dict:
+        return {k: _swap(v, seen, depth - 1) for k, v in cast(dict[object, object], obj).items()}
+    return obj
+
+
+class _RawPickler(pickle.Pickler):
+    """The standard pickler, with large bytes-like values and strs out of band (those
+    ``_swap`` wrapped, and memoryviews anywhere)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        return _raw_reduce(obj) if type(obj) is memoryview else NotImplemented
+
+
+class _RawCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, with large bytes-like values and strs out of band."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            return _raw_reduce(obj)
+        return super().reducer_override(obj)
 
 
 def _plain(obj: object, depth: int) -> bool:
     """Built of builtin atoms only, a few levels deep: no Future can hide inside, and
-    the standard pickler writes it exactly as cloudpickle would."""
+    the standard pickler writes it exactly as cloudpickle would (and no bytes or str
+    large enough to travel out of band)."""
     kind = type(obj)
     if kind in _ATOMS:
-        return True
+        return kind not in (bytes, str) or len(cast(Sequence[object], obj)) < OUT_OF_BAND
     if depth and (kind is tuple or kind is list):
         items = cast(Sequence[object], obj)
         return len(items) <= 32 and all(_plain(x, depth - 1) for x in items)
@@ -51,10 +200,32 @@ def dumps(obj: object) -> list[Buffer]:
         # (~25 us to build) writes nothing the standard one would not.
         return [pickle.dumps(obj, protocol=_PROTOCOL)]
     buffers: list[pickle.PickleBuffer] = []
+    if _holds_raw(obj):
+        return [_raw_dumps(obj, buffers), *(b.raw() for b in buffers)]
     data = standard_dumps(obj, buffers)
     if data is None:
         data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
     return [data, *(b.raw() for b in buffers)]
+
+
+def _raw_dumps(obj: object, buffers: list[pickle.PickleBuffer]) -> bytes:
+    """``obj`` pickled with its large bytes-like values and strs out of band: by the
+    standard pickler where it writes what cloudpickle would (see ``standard_dumps``)."""
+    obj = _swap(obj, {})
+    file = io.BytesIO()
+    if not cloudpickle.list_registry_pickle_by_value():
+        try:
+            _RawPickler(file, protocol=_PROTOCOL, buffer_callback=buffers.append).dump(obj)
+        except Exception:
+            pass
+        else:
+            data = file.getvalue()
+            if b"__main__" not in data:
+                return data
+        buffers.clear()
+        file = io.BytesIO()
+    _RawCloudPickler(file, protocol=_PROTOCOL, buffer_callback=buffers.append).dump(obj)
+    return file.getvalue()
 
 
 def standard_dumps(obj: object, buffers: list[pickle.PickleBuffer]) -> bytes | None:
@@ -211,9 +382,10 @@ class _BufferFile:
         return self._view[start:end].tobytes()
 
 
-class _RefPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _RefPickler(_RawCloudPickler):
     """Pickles an object, turning each value for which ``ref_of`` returns a key
-    into a persistent reference to that key, and collecting those keys."""
+    into a persistent reference to that key, and collecting those keys (large
+    bytes-like values and strs out of band)."""
 
     def __init__(
         self, file: io.BytesIO, ref_of: Callable[[object], str | None], buffers: list[Any]
@@ -244,7 +416,7 @@ def dumps_with_refs(
     file = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
     pickler = _RefPickler(file, ref_of, buffers)
-    pickler.dump(obj)
+    pickler.dump(_swap(obj, {}) if _holds_raw(obj) else obj)
     refs = list(dict.fromkeys(pickler.refs))
     return [file.getbuffer(), *(b.raw() for b in buffers)], refs
 
@@ -265,8 +437,10 @@ def loads_with_refs(frames: Sequence[Buffer], data: Mapping[str, Any]) -> Any:
 
 
 def digest(frames: Iterable[Buffer]) -> str:
-    """A stable hash of serialized bytes (used for pure keys)."""
-    h = hashlib.blake2b(digest_size=16)
+    """A stable hash of serialized bytes (pure keys, scattered values' keys): xxh3's
+    128 bits, ~25 GB/s here (blake2b's ~1 GB/s made hashing 100 MB cost more than
+    scattering it)."""
+    h = xxhash.xxh3_128()
     for f in frames:
         h.update(f)
     return h.hexdigest()

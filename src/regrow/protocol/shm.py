@@ -328,11 +328,12 @@ def values_of_reply(
         # Copied straight out of the holder's memory (protocol.lend); the caller tells
         # the holder it is done ("lent-done") whatever happens here.
         _check_layout(groups, [(g, f) for g, f, _, _ in lent.frames], "'lent'")
-        for g, f, address, n in lent.frames:
+        made = dict(lent.made)
+        for i, (g, f, address, n) in enumerate(lent.frames):
             if g in refused:
                 continue
             try:
-                groups[g][f] = lend.read(lent.pid, address, n)
+                groups[g][f] = lend.read(lent.pid, address, n, made.get(i, 0))
             except lend.Refused:
                 refused.add(g)
     out: list[tuple[str, list[Buffer]]] = []

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from regrow.config import Settings
-from regrow.errors import CommClosedError, ProtocolError
-from regrow.protocol import lend, shm, stripe
+from regrow.errors import CommClosedError, LendRefusedError, ProtocolError
+from regrow.protocol import lend, rawbuf, shm, stripe
 from regrow.protocol.comm import Connection, ConnectionPool, refuse
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import (
@@ -123,6 +123,7 @@ class Transfers:
         """Lend the large buffers of ``groups`` (see protocol.lend): their addresses, and
         the groups with those frames left empty."""
         described: list[tuple[int, int, int, int]] = []
+        made: list[tuple[int, int]] = []
         out = [list(g) for g in groups]
         for g, group in enumerate(groups):
             for f, frame in enumerate(group):
@@ -130,6 +131,9 @@ class Transfers:
                     continue
                 address = lend.address_of(frame)
                 if address is not None:
+                    kind = rawbuf.kind_of(frame)
+                    if kind:
+                        made.append((len(described), kind))
                     described.append((g, f, address, memoryview(frame).nbytes))
                     out[g][f] = b""
         if not described:
@@ -137,7 +141,7 @@ class Transfers:
         lend_id = next(self._lend_ids)
         # Only what is lent is kept: the rest (a pickle stream) goes once it is sent.
         self.lent.setdefault(comm, {})[lend_id] = [[groups[g][f] for g, f, _, _ in described]]
-        return LentFrames(pid=os.getpid(), id=lend_id, frames=described), out
+        return LentFrames(pid=os.getpid(), id=lend_id, frames=described, made=made), out
 
     async def _peer_message(self, comm: Connection, msg: Message, frames: list[Buffer]) -> None:
         match msg:
@@ -151,6 +155,8 @@ class Transfers:
             case LentDoneMsg():
                 self.lent.get(comm, {}).pop(msg.id, None)
             case PutDataMsg():
+                if msg.lent is not None:
+                    frames = await self._borrow(msg, frames)
                 self._put_data(comm, msg, frames)
             case RunMsg():
                 ok, out = await asyncio.to_thread(run_function, frames, self.worker)
@@ -251,6 +257,32 @@ class Transfers:
                 while self.in_flight >= budget:
                     self._freed.clear()
                     await self._freed.wait()
+
+    async def _borrow(self, msg: PutDataMsg, frames: list[Buffer]) -> list[Buffer]:
+        """The frames a client on this host lent, read out of its memory (one copy);
+        LendRefusedError if they cannot be (another host, or no permission): the client
+        then sends them inline."""
+        lent = msg.lent
+        assert lent is not None
+        if not self.host_id or msg.host != self.host_id or not lend.usable:
+            raise LendRefusedError("this worker cannot read the client's memory")
+        frames = list(frames)
+        wanted: list[tuple[int, int, int, int]] = []
+        made = dict(lent.made)
+        for i, (_, f, address, nbytes) in enumerate(lent.frames):
+            if not 0 <= f < len(frames) or memoryview(frames[f]).nbytes:
+                raise ProtocolError("put-data: a lent frame is out of range or not empty")
+            wanted.append((f, address, nbytes, made.get(i, 0)))
+
+        def read_all() -> None:
+            for f, address, nbytes, kind in wanted:
+                frames[f] = lend.read(lent.pid, address, nbytes, kind)
+
+        try:
+            await asyncio.to_thread(read_all)
+        except lend.Refused as exc:
+            raise LendRefusedError(f"reading the client's memory failed: {exc}") from None
+        return frames
 
     def _put_data(self, comm: Connection, msg: PutDataMsg, frames: list[Buffer]) -> None:
         keys, counts = msg.keys, msg.nf

@@ -1,0 +1,138 @@
+"""Every common kind of value, 100 MB, moved worker to worker, worker to client and
+client to worker (scatter), on regrow and dask.distributed, on one host.
+
+Kinds (``benchmarks.tasks.VALUE_KINDS``): ``bytes``, ``bytearray``, ``memoryview``,
+``str`` (ASCII), a numpy array, a pandas DataFrame (10 float64 columns) and Series, an
+Arrow table, and containers: a list of 10 arrays, a dict of 10 ``bytes``, a tuple of 10
+``str``. Each value is made by a task (``make_value``) on worker A, untimed; then:
+
+- **worker to worker**: a consumer pinned on B takes it as its argument and returns
+  its size; timed from its submission to its result in the client (B fetches the value
+  from A, unpickles it, runs, reports);
+- **worker to client**: ``future.result()`` of the value held by A; timed from the call
+  to the value in hand;
+- **scatter**: ``client.scatter(value, workers=[A])`` of a value made in the client;
+  timed until the call returns (both systems return once the worker holds it).
+
+Reported in MB/s (100 MB / the time). Every repetition checks the size that arrived.
+Targets (regrow): at least 2x dask and at least 5,000 MB/s, for every kind and
+direction. Ray is not measured here: its values go through its shared object store,
+which ``benchmarks.transfer`` compares with.
+
+Run alone: ``python -m benchmarks.values`` (~6 min).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from benchmarks.common import (
+    Report,
+    System,
+    Target,
+    Workload,
+    check,
+    main,
+    run_workloads,
+)
+from benchmarks.tasks import VALUE_KINDS, consume_value, make_value, value_nbytes
+
+NBYTES = 100_000_000
+MB = 1e6
+TIMEOUT = 120.0
+MIN_REPS = 5
+GOAL_MBS = 5_000.0
+
+
+def _target() -> Target:
+    def met(medians: Mapping[str, float], higher_is_better: bool) -> bool:
+        return medians["regrow"] >= GOAL_MBS and medians["regrow"] >= 2 * medians["dask"]
+
+    return Target(f">= 2x dask, >= {GOAL_MBS:,.0f}", ("regrow", "dask"), met)
+
+
+def _made_on_a(system: System, kind: str) -> Any:
+    a = system.workers[0]
+    future = system.client.submit(make_value, kind, NBYTES, pure=False, workers=[a])
+    system.wait([future], timeout=TIMEOUT)
+    check(future.status == "finished", f"{kind}: the producer ended as {future.status!r}")
+    return future
+
+
+def worker_to_worker(kind: str) -> Any:
+    def run(system: System) -> float:
+        b = system.workers[1]
+        value = _made_on_a(system, kind)
+        start = time.perf_counter()
+        nbytes, pid = system.client.submit(consume_value, value, pure=False, workers=[b]).result(
+            timeout=TIMEOUT
+        )
+        elapsed = time.perf_counter() - start
+        check(nbytes == NBYTES, f"{kind}: B saw {nbytes} bytes, expected {NBYTES}")
+        check(pid == system.pids[b], f"{kind}: the consumer ran in pid {pid}, not B's")
+        return NBYTES / MB / elapsed
+
+    return run
+
+
+def worker_to_client(kind: str) -> Any:
+    def run(system: System) -> float:
+        value = _made_on_a(system, kind)
+        start = time.perf_counter()
+        got = value.result(timeout=TIMEOUT)
+        elapsed = time.perf_counter() - start
+        check(value_nbytes(got) == NBYTES, f"{kind}: the client got {value_nbytes(got)} bytes")
+        del got
+        return NBYTES / MB / elapsed
+
+    return run
+
+
+def scatter(kind: str) -> Any:
+    def run(system: System) -> float:
+        a = system.workers[0]
+        value = make_value(kind, NBYTES)
+        start = time.perf_counter()
+        # In a list: a list, tuple or dict given alone would be scattered item by item.
+        [future] = system.client.scatter([value], workers=[a])
+        elapsed = time.perf_counter() - start
+        holders = list(system.client.who_has([future]).get(future.key, ()))
+        check(holders == [a], f"{kind}: scattered to {a}, held by {holders}")
+        del future, value
+        return NBYTES / MB / elapsed
+
+    return run
+
+
+def workloads(kinds: Sequence[str]) -> list[Workload]:
+    out = []
+    for kind in kinds:
+        for label, fn in (
+            ("worker to worker", worker_to_worker),
+            ("worker to client", worker_to_client),
+            ("scatter, client to worker", scatter),
+        ):
+            out.append(
+                Workload(
+                    f"value {kind}, 100 MB: {label}",
+                    "MB/s",
+                    True,
+                    fn(kind),
+                    target=_target(),
+                    warmups=1,
+                    min_reps=MIN_REPS,
+                    timeout=TIMEOUT * 2,
+                )
+            )
+    return out
+
+
+def run(systems: Sequence[str], reps: int, kinds: Sequence[str] = VALUE_KINDS) -> Report:
+    systems = [s for s in systems if s != "ray"]
+    return Report(rows=run_workloads(workloads(kinds), systems, reps))
+
+
+if __name__ == "__main__":
+    main("values", run)
