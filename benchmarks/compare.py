@@ -24,6 +24,7 @@ from benchmarks import (
     chain,
     dask_collections,
     journal,
+    many_workers,
     pipeline,
     recovery,
     scale,
@@ -31,6 +32,7 @@ from benchmarks import (
     transfer,
     transfer_hosts,
     tree,
+    values,
 )
 from benchmarks.common import Report, main
 
@@ -39,7 +41,9 @@ MODULES = (
     chain,
     tree,
     transfer,
+    values,
     transfer_hosts,
+    many_workers,
     recovery,
     dask_collections,
     journal,

@@ -192,6 +192,15 @@ def _serve(
     os._exit(0)
 
 
+def _run_command(argv: list[str]) -> int:
+    """``regrow ARGV`` in this process (a forked copy of a nanny: worker/prefork.py)."""
+    try:
+        main.main(args=argv, prog_name="regrow", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return 0
+
+
 def _write_scheduler_file(path: str | None, address: str) -> None:
     """``{"address": ...}`` as JSON, written whole (workers and clients may be polling)."""
     if not path:
@@ -494,6 +503,7 @@ def worker(
     from regrow.protocol.reach import route_to, split_contact
     from regrow.worker import Worker
     from regrow.worker.nanny import Nanny
+    from regrow.worker.prefork import fork
     from regrow.worker.shell import parse_resources
 
     _logging(log_level, log_file)
@@ -537,6 +547,11 @@ def worker(
         if len(line) != 2 or line[0] != "go":
             sys.exit(0)
         ready_file = line[1].strip()
+    # A nanny's first worker and its standby: copies of this process, forked now (one
+    # thread, nothing started), which run the worker's command line when told
+    # (worker/prefork.py). Without standby workers, the first one only.
+    prefork = fork(_run_command) if nanny else None
+    spare = fork(_run_command) if nanny and prefork and settings.standby_worker else None
 
     def make() -> Service:
         common: dict[str, Any] = dict(
@@ -561,6 +576,8 @@ def worker(
                 log_file=log_file,
                 replaces=replaces,
                 dashboard_address=dashboard_address,
+                prefork=prefork,
+                standby=spare,
                 **common,
             )
         return Worker(scheduler_address, nanny=nanny_address, **common)

@@ -60,6 +60,7 @@ from regrow.protocol.reach import (
 )
 from regrow.security import Security
 from regrow.worker import memory
+from regrow.worker.prefork import Forked
 
 logger = logging.getLogger("regrow.nanny")
 
@@ -98,6 +99,8 @@ class Nanny:
         death_timeout: float | None = None,
         dashboard_address: str | None = None,
         resources: dict[str, float] | None = None,
+        prefork: Forked | None = None,
+        standby: Forked | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
         # GET /health over HTTP at dashboard_address ('HOST:PORT', ':PORT'), if given;
@@ -133,11 +136,16 @@ class Nanny:
         )
         self.address = ""
         self.name = name
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | Forked | None = None
+        # A copy of this process forked at start, waiting to become the first worker.
+        self.prefork = prefork
+        for copy in (prefork, standby):
+            if copy is not None:
+                copy.watch()
         # A worker process started ahead, its imports done, waiting on its stdin for the
         # word to start: when the worker dies, it takes over in milliseconds instead of a
         # fresh interpreter's ~200 ms (Settings.standby_worker).
-        self.standby: asyncio.subprocess.Process | None = None
+        self.standby: asyncio.subprocess.Process | Forked | None = standby
         self.worker_address = ""
         self.restarts = 0
         self.deaths: list[tuple[float, str]] = []
@@ -215,6 +223,9 @@ class Nanny:
     async def _shutdown(self) -> None:
         await self._stop_worker()
         await self._drop_standby()
+        if self.prefork is not None:
+            self.prefork.close()  # it reads the end of its pipe and exits
+            self.prefork = None
         for name, plugin in list(self.plugins.items()):
             await self._call_plugin(plugin, "teardown", name)
         self.plugins.clear()
@@ -361,16 +372,12 @@ class Nanny:
                     refuse(comm, msg, exc, f"peer {comm.peer}", logger)
 
     # ---------------------------------------------------------------- worker
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        """A worker process, imported and waiting for ``go READY_FILE`` on its stdin."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "regrow.cli",
+    def _worker_args(self) -> list[str]:
+        """The command line of its worker (after ``regrow``)."""
+        args = [
             "worker",
             self.scheduler_address,
             "--no-nanny",
-            "--standby",
             "--nanny-address",
             self.address,
             "--name",
@@ -393,34 +400,50 @@ class Nanny:
             self.log_level,
         ]
         if self.insecure:
-            cmd.append("--insecure")
+            args.append("--insecure")
         if self.log_file:
-            cmd += ["--log-file", self.log_file]
+            args += ["--log-file", self.log_file]
+        return args
+
+    def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({str(k): str(v) for k, v in self.env.items()})
         if self.token:
             env["REGROW_TOKEN"] = self.token
         env.update(self.security.to_env("worker"))
-        return await asyncio.create_subprocess_exec(*cmd, env=env, stdin=asyncio.subprocess.PIPE)
+        return env
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """A worker process, imported and waiting for ``go READY_FILE`` on its stdin."""
+        cmd = [sys.executable, "-m", "regrow.cli", *self._worker_args(), "--standby"]
+        return await asyncio.create_subprocess_exec(
+            *cmd, env=self._worker_env(), stdin=asyncio.subprocess.PIPE
+        )
 
     async def _start_worker(self) -> None:
         ready = os.path.join(self._tmp.name, f"worker-{self.restarts}.ready")
         self._worker_up.clear()
         self._kill_reason = ""
         self._out_of_memory = False
-        proc, self.standby = self.standby, None
-        if proc is None or proc.returncode is not None:
-            proc = await self._spawn()
+        proc: asyncio.subprocess.Process | Forked | None
+        args = [*self._worker_args(), "--ready-file", ready]
+        # The copy forked at start, if it still waits; else the standby (a forked copy
+        # too, or an interpreter started since); else a new interpreter.
+        proc, self.prefork = self.prefork, None
+        if proc is None or proc.returncode is not None or not proc.go(args, self._worker_env()):
+            proc, self.standby = self.standby, None
+            if isinstance(proc, Forked) and not proc.go(args, self._worker_env()):
+                proc = None
+            if proc is None or proc.returncode is not None:
+                proc = await self._spawn()
         self.proc = proc
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(f"go {ready}\n".encode())
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            return  # it died waiting: _supervise sees the exit and tries again
-        if self.settings.standby_worker and not self.stopped.is_set():
-            # The next one starts now, in the background, while this one registers.
-            self.standby = await self._spawn()
+        if not isinstance(proc, Forked):
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(f"go {ready}\n".encode())
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                return  # it died waiting: _supervise sees the exit and tries again
         deadline = time.monotonic() + 60
         while not os.path.exists(ready):
             if proc.returncode is not None or time.monotonic() > deadline:
@@ -429,6 +452,10 @@ class Nanny:
         with open(ready) as f:
             self.worker_address = f.read().strip()
         self._worker_up.set()
+        if self.settings.standby_worker and not self.stopped.is_set() and self.standby is None:
+            # The next one starts once this one is up: not competing with its start (or,
+            # in a cluster starting many, with as many others).
+            self.standby = await self._spawn()
 
     async def _drop_standby(self) -> None:
         """Kill the waiting process (it holds nothing) and reap it."""
