@@ -10,8 +10,10 @@ another; within a module the clusters are shared by its workloads.
 scheduler core simulated, and the scheduler's memory per task): their rows have no
 dask or Ray figures. ``transfer_hosts`` (two network namespaces joined by a veth
 pair) runs regrow and dask, and needs root; without it its rows say why not.
-``dask_collections`` (dask.array and dask.dataframe graphs) runs regrow and dask;
-its Ray cells say ``not run``.
+``dask_collections`` (dask.array and dask.dataframe graphs), ``values`` (11 kinds of
+100 MB value in three directions), ``many_workers`` (16 and 64 workers) and
+``wordcount`` (regrow's pipeline against dask.bag) run regrow and dask; their Ray
+cells say ``not run``.
 The table shows regrow's targets and whether they were met.
 """
 
@@ -33,6 +35,7 @@ from benchmarks import (
     transfer_hosts,
     tree,
     values,
+    wordcount,
 )
 from benchmarks.common import Report, main
 
@@ -48,6 +51,7 @@ MODULES = (
     dask_collections,
     journal,
     pipeline,
+    wordcount,
     scale,
 )
 

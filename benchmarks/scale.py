@@ -1,10 +1,12 @@
 """Scale by simulation: the pure scheduler core with 1,000 simulated workers.
 
 No sockets and no processes: the benchmark plays the workers itself, feeding the
-core ``TaskFinished`` for every ``Compute`` it emits. Two figures:
+core ``TaskFinished`` for every ``Compute`` it emits. Three figures:
 
 - cost per task (µs) from 10,000 to 1,000,000 independent tasks, submitted in
   batches of 1,000, each run to completion and released: it must stay flat;
+- cost per task of 100,000 such tasks with 10, 1,000 and 10,000 simulated workers:
+  it must stay flat as workers grow too;
 - scheduler memory per task: resident bytes of a fresh process holding a
   submitted, not yet run, 1,000,000-task graph (a chain of pairs: each task depends
   on the one before), with payloads of the size regrow's client sends, divided by
@@ -181,6 +183,8 @@ def cluster_scheduler_memory(n: int) -> tuple[float, float, float]:
 
 
 SIM_SIZES = (10_000, 100_000, 1_000_000)
+WORKER_COUNTS = (10, 1_000, 10_000)
+WORKERS_TASKS = 100_000
 MEMORY_TASKS = 1_000_000
 
 
@@ -210,13 +214,31 @@ def run(systems: Sequence[str], reps: int) -> Report:
         False,
         target=at_most(1024, "<= 1 KB"),
     )
-    rows = [*sim.values(), flat, core, real]
+    by_workers = {
+        w: Row(f"scale (core, {w:,} simulated workers): {WORKERS_TASKS:,} tasks", "µs/task", False)
+        for w in WORKER_COUNTS
+    }
+    flat_workers = Row(
+        f"scale: cost per task with {WORKER_COUNTS[-1]:,} / with {WORKER_COUNTS[0]:,} workers",
+        "ratio",
+        False,
+        target=at_most(1.5, "<= 1.5 (flat)"),
+    )
+    rows = [*sim.values(), flat, *by_workers.values(), flat_workers, core, real]
     for _ in range(reps):
         for n in SIM_SIZES:
             sim[n].samples.setdefault("regrow", []).append(cost_per_task(n))
+        for w in WORKER_COUNTS:
+            by_workers[w].samples.setdefault("regrow", []).append(
+                cost_per_task(WORKERS_TASKS, n_workers=w)
+            )
     small, large = sim[SIM_SIZES[0]].median("regrow"), sim[SIM_SIZES[-1]].median("regrow")
     if small and large:
         flat.samples["regrow"] = [large / small]
+    few = by_workers[WORKER_COUNTS[0]].median("regrow")
+    many = by_workers[WORKER_COUNTS[-1]].median("regrow")
+    if few and many:
+        flat_workers.samples["regrow"] = [many / few]
     try:
         core.samples["regrow"] = [memory_per_task(MEMORY_TASKS)[0]]
     except Exception as exc:

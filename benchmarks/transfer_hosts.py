@@ -22,6 +22,10 @@ once (``regrow.protocol.stripe``); a third row shows it over one connection
 (``transfer_streams=1``, a cluster of its own measured in the same repetitions), as the
 raw socket uses.
 
+A second limit, for the striped transfer: 4 plain TCP socket pairs at once over the
+same veth pair, each carrying a quarter of 100 MB from a thread of its own (best of
+5): what regrow's 4 connections could reach at most.
+
 The limit: a plain TCP socket pair over the same veth pair, the sender in the
 root namespace (this process) and the receiver in B's namespace (a helper
 process): one ``sendall()`` of a 100 MB memoryview on a new connection, ``recv_into``
@@ -194,16 +198,7 @@ class RawPath:
         import numpy as np
 
         self.link = link
-        call = (link.ns_ip, NBYTES, fresh)
-        code = f"from benchmarks.transfer_hosts import _raw_receiver; _raw_receiver(*{call!r})"
-        self.proc = subprocess.Popen(
-            [*link.in_ns(), sys.executable, "-c", code],
-            env=_env(),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self.proc = _in_b(link, "_raw_receiver", (link.ns_ip, NBYTES, fresh))
         try:
             assert self.proc.stdout is not None
             self.port = int(self.proc.stdout.readline() or 0)
@@ -231,6 +226,105 @@ class RawPath:
 
     def close(self) -> None:
         stop([self.proc])
+
+
+def _in_b(link: VethLink, function: str, args: tuple[Any, ...]) -> subprocess.Popen[str]:
+    """``function(*args)`` of this module, run in B's namespace (it prints its port)."""
+    code = f"from benchmarks.transfer_hosts import {function}; {function}(*{args!r})"
+    return subprocess.Popen(
+        [*link.in_ns(), sys.executable, "-c", code],
+        env=_env(),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _raw_parallel_receiver(host: str, nbytes: int, streams: int) -> None:
+    """``_raw_receiver`` for ``streams`` connections at once, each bringing its
+    ``nbytes // streams`` into its own part of one written buffer (a thread each); one
+    b"k" on the first connection once every part arrived (b"x" if one was wrong)."""
+    import threading as th
+
+    import numpy as np
+
+    buf = np.ones(nbytes, dtype=np.uint8)
+    part = nbytes // streams
+
+    def take(conn: socket.socket, mine: memoryview, got: list[int], i: int) -> None:
+        conn.settimeout(TIMEOUT)
+        while got[i] < len(mine):
+            n = conn.recv_into(mine[got[i] :])
+            if n == 0:
+                break
+            got[i] += n
+
+    with socket.create_server((host, 0)) as server:
+        print(server.getsockname()[1], flush=True)
+        while True:
+            buf[:] = 0
+            view = memoryview(buf).cast("B")
+            conns = [server.accept()[0] for _ in range(streams)]
+            got = [0] * streams
+            threads = [
+                th.Thread(target=take, args=(c, view[i * part : (i + 1) * part], got, i))
+                for i, c in enumerate(conns)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ok = got == [part] * streams and bool(buf[0] == 1) and bool(buf[-1] == 1)
+            conns[0].sendall(b"k" if ok else b"x")
+            for conn in conns:
+                conn.close()
+
+
+def raw_parallel(link: VethLink, streams: int = 4, reps: int = LIMIT_REPS) -> Limit:
+    """The limit for a striped transfer: ``streams`` TCP socket pairs over the veth pair
+    at once, each ``sendall()``-ing its part of 100 MB from a thread of its own, timed
+    until the receiver's acknowledgement that every part arrived; ``reps`` tries."""
+    import threading as th
+
+    import numpy as np
+
+    name = f"{streams} TCP socket pairs at once over the veth pair, 100 MB in all"
+    proc = _in_b(link, "_raw_parallel_receiver", (link.ns_ip, NBYTES, streams))
+    payload = memoryview(np.ones(NBYTES, dtype=np.uint8)).cast("B")
+    part = NBYTES // streams
+    samples = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline() or 0)
+        check(port > 0, f"the parallel receiver in {link.ns} did not start")
+        for _ in range(reps):
+            socks = [
+                socket.create_connection((link.ns_ip, port), timeout=TIMEOUT)
+                for _ in range(streams)
+            ]
+            try:
+                start = time.perf_counter()
+                threads = [
+                    th.Thread(target=s.sendall, args=(payload[i * part : (i + 1) * part],))
+                    for i, s in enumerate(socks)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                ack = socks[0].recv(1)
+                elapsed = time.perf_counter() - start
+            finally:
+                for s in socks:
+                    s.close()
+            check(ack == b"k", f"parallel raw sockets: the receiver answered {ack!r}")
+            samples.append(NBYTES / MB / elapsed)
+    finally:
+        stop([proc])
+    values = ", ".join(f"{v:,.0f}" for v in samples)
+    print(f"  limit   {name}: best {max(samples):,.0f} MB/s ({values})", flush=True)
+    return Limit(name, "MB/s", samples)
 
 
 def raw_socket(link: VethLink, reps: int = LIMIT_REPS, fresh: bool = False) -> Limit:
@@ -528,13 +622,15 @@ def run(systems: Sequence[str], reps: int) -> Report:
             link = stack.enter_context(veth_link("regrow-bench", "rgb"))
             limit = raw_socket(link)
             fresh = raw_socket(link, fresh=True)
+            parallel = raw_parallel(link)
         except Exception as exc:
             for row in report.rows:
                 for name in systems:
                     row.errors[name] = f"ERROR (link): {type(exc).__name__}: {exc}"
             print(f"  link failed: {type(exc).__name__}: {exc}", flush=True)
             return report
-        report.limits += [limit, fresh]
+        # A transfer striped over 4 connections, held against 4 raw sockets at once too.
+        report.limits += [limit, fresh, parallel]
         live: dict[str, System] = {}
         for name in systems:
             try:

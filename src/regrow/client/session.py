@@ -32,7 +32,7 @@ from regrow.errors import (
     SchedulerLostError,
     explain,
 )
-from regrow.protocol import lend, rawbuf, shm
+from regrow.protocol import lend, shm
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -719,22 +719,14 @@ class Scattering:
         ):
             return None
         starts = {sum(counts[:k]) for k in range(len(counts))}  # each value's pickle stream
-        described: list[tuple[int, int, int, int]] = []
-        made: list[tuple[int, int]] = []
+        loan = lend.Loan()
         out = list(frames)
         for f, frame in enumerate(frames):
-            if f in starts or not lend.lendable(frame):
-                continue
-            address = lend.address_of(frame)
-            if address is not None:
-                kind = rawbuf.kind_of(frame)
-                if kind:
-                    made.append((len(described), kind))
-                described.append((0, f, address, memoryview(frame).nbytes))
+            if f not in starts and loan.add(0, f, frame):
                 out[f] = b""
-        if not described:
+        if not loan.frames:
             return None
-        return LentFrames(pid=os.getpid(), id=0, frames=described, made=made), out
+        return LentFrames(pid=os.getpid(), id=0, frames=loan.frames, made=loan.made), out
 
     async def _drop_removed(
         self, pending: set[asyncio.Task[None]], tasks: dict[asyncio.Task[None], str]

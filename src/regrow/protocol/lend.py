@@ -125,6 +125,32 @@ def lendable(frame: Buffer) -> bool:
     return memoryview(frame).nbytes >= MIN_BYTES
 
 
+class Loan:
+    """The frames of one message lent to a borrower, as ``LentFrames`` describes them:
+    ``frames`` [value, frame, address, length] and ``made`` [position, kind] of those
+    that are a ``bytes`` or an ASCII ``str`` (protocol.rawbuf)."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, int, int, int]] = []
+        self.made: list[tuple[int, int]] = []
+
+    def add(self, value: int, index: int, frame: Buffer) -> bool:
+        """Lend ``frame`` (frame ``index`` of value ``value``) if it is worth lending
+        and can be; whether it is."""
+        if not lendable(frame):
+            return False
+        address = address_of(frame)
+        if address is None:
+            return False
+        from regrow.protocol import rawbuf  # it uses address_of, defined here
+
+        kind = rawbuf.kind_of(frame)
+        if kind:
+            self.made.append((len(self.frames), kind))
+        self.frames.append((value, index, address, memoryview(frame).nbytes))
+        return True
+
+
 def read(pid: int, address: int, nbytes: int, made: int = 0) -> memoryview:
     """Copy ``nbytes`` at ``address`` in process ``pid`` into new memory of ours (with
     ``made``, rawbuf.BYTES or ASCII: straight into a new such object, see rawbuf).

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from regrow.config import Settings
 from regrow.errors import CommClosedError, LendRefusedError, ProtocolError
-from regrow.protocol import lend, rawbuf, shm, stripe
+from regrow.protocol import lend, shm, stripe
 from regrow.protocol.comm import Connection, ConnectionPool, refuse
 from regrow.protocol.framing import Buffer
 from regrow.protocol.messages import (
@@ -122,26 +122,18 @@ class Transfers:
     ) -> tuple[LentFrames | None, list[list[Buffer]]]:
         """Lend the large buffers of ``groups`` (see protocol.lend): their addresses, and
         the groups with those frames left empty."""
-        described: list[tuple[int, int, int, int]] = []
-        made: list[tuple[int, int]] = []
+        loan = lend.Loan()
         out = [list(g) for g in groups]
         for g, group in enumerate(groups):
             for f, frame in enumerate(group):
-                if f == 0 or not lend.lendable(frame):
-                    continue
-                address = lend.address_of(frame)
-                if address is not None:
-                    kind = rawbuf.kind_of(frame)
-                    if kind:
-                        made.append((len(described), kind))
-                    described.append((g, f, address, memoryview(frame).nbytes))
+                if f and loan.add(g, f, frame):  # frame 0, the pickle stream, goes inline
                     out[g][f] = b""
-        if not described:
+        if not loan.frames:
             return None, groups
         lend_id = next(self._lend_ids)
         # Only what is lent is kept: the rest (a pickle stream) goes once it is sent.
-        self.lent.setdefault(comm, {})[lend_id] = [[groups[g][f] for g, f, _, _ in described]]
-        return LentFrames(pid=os.getpid(), id=lend_id, frames=described, made=made), out
+        self.lent.setdefault(comm, {})[lend_id] = [[groups[g][f] for g, f, _, _ in loan.frames]]
+        return LentFrames(pid=os.getpid(), id=lend_id, frames=loan.frames, made=loan.made), out
 
     async def _peer_message(self, comm: Connection, msg: Message, frames: list[Buffer]) -> None:
         match msg:

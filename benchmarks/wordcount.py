@@ -1,0 +1,168 @@
+"""The word count over a few hundred MB of text: regrow's pipeline against dask.bag on
+dask.distributed, side by side in the same run (Ray has no counterpart here; PySpark's
+``local[2]`` is not run: it needs a JVM, which this machine does not have installed).
+
+The corpus (made once per run, untimed, in a temporary directory): ``N_FILES`` files of
+``FILE_MB`` MB each, lines of about 80 characters of words drawn from a vocabulary of
+``VOCABULARY`` made-up words with Zipf-like frequencies (as words in text have). The
+exact count of every word is known from making it, and every repetition's result is
+checked against it.
+
+- **regrow**: a 2-stage ``regrow.pipeline``: stage ``count`` (``split``: one task per
+  file, its records the file's lines) counts the words of its file (``init``/
+  ``process``) and writes ``(word, n)`` under a label chosen by the word's crc32
+  (``done``: a combiner, as a MapReduce word count has); stage ``sum`` (``group_label``,
+  one task per label, ``PARTITIONS`` labels) adds them up.
+- **dask**: ``dask.bag.read_text(files, blocksize=None)`` (one partition per file)
+  ``.str.split().flatten().frequencies()``, computed on the distributed cluster: the
+  word count of dask's documentation.
+
+Timed: from submitting to having every ``(word, count)`` in the client. Words/s is
+the corpus's words over that time.
+
+Run alone: ``python -m benchmarks.wordcount``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from benchmarks.common import Report, System, Workload, check, main, run_workloads, times_better
+
+N_FILES = 40
+FILE_MB = 5
+VOCABULARY = 20_000
+PARTITIONS = 8
+
+
+def count_init(interface: Any, params: Any) -> collections.Counter[str]:
+    return collections.Counter()
+
+
+def count_lines(interface: Any, state: Any, label: Any, lines: Any) -> None:
+    for line in lines:
+        state.update(line.split())
+
+
+def count_done(interface: Any, state: Any) -> None:
+    for word, n in state.items():
+        # crc32, not hash(): the partition must not depend on the process.
+        interface.output(zlib.crc32(word.encode()) % PARTITIONS).add(word, n)
+
+
+def sum_init(interface: Any, params: Any) -> collections.Counter[str]:
+    return collections.Counter()
+
+
+def sum_counts(interface: Any, state: Any, label: Any, records: Any) -> None:
+    for word, n in records:
+        state[word] += n
+
+
+def sum_done(interface: Any, state: Any) -> None:
+    for word, n in state.items():
+        interface.output(0).add(word, n)
+
+
+def _pipeline() -> Any:
+    from regrow.pipeline import Pipeline, Stage, group_label, split
+
+    return Pipeline(
+        [
+            (split, Stage("count", init=count_init, process=count_lines, done=count_done)),
+            (group_label, Stage("sum", init=sum_init, process=sum_counts, done=sum_done)),
+        ]
+    )
+
+
+def make_corpus(directory: str) -> tuple[list[str], dict[str, int]]:
+    """The files, and the count of every word in them."""
+    import numpy as np
+
+    rng = np.random.default_rng(2026)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = sorted(
+        {"".join(rng.choice(letters, size=int(n))) for n in rng.integers(3, 11, VOCABULARY * 2)}
+    )[:VOCABULARY]
+    words = np.array(vocab, dtype=object)
+    weights = 1.0 / np.arange(1, len(vocab) + 1)
+    weights /= weights.sum()
+    total = np.zeros(len(vocab), dtype=np.int64)
+    paths = []
+    per_file = FILE_MB * 1_000_000 // 8  # ~7 characters and a space a word
+    for f in range(N_FILES):
+        index = rng.choice(len(vocab), size=per_file, p=weights)
+        total += np.bincount(index, minlength=len(vocab))
+        chosen = words[index]
+        lines = [" ".join(chosen[i : i + 12]) for i in range(0, len(chosen), 12)]
+        path = os.path.join(directory, f"part-{f:03}.txt")
+        with open(path, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths, {w: int(n) for w, n in zip(vocab, total, strict=True) if n}
+
+
+class Corpus:
+    paths: list[str] = []
+    counts: dict[str, int] = {}
+    words = 0
+
+
+@contextlib.contextmanager
+def corpus() -> Iterator[None]:
+    with tempfile.TemporaryDirectory(prefix="regrow-wordcount-") as directory:
+        start = time.perf_counter()
+        Corpus.paths, Corpus.counts = make_corpus(directory)
+        Corpus.words = sum(Corpus.counts.values())
+        size = sum(os.path.getsize(p) for p in Corpus.paths)
+        print(
+            f"  corpus: {len(Corpus.paths)} files, {size / 1e6:,.0f} MB, {Corpus.words:,} "
+            f"words, {len(Corpus.counts):,} distinct (made in {time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        yield
+
+
+def word_count(system: System) -> float:
+    start = time.perf_counter()
+    if system.name == "regrow":
+        from regrow.pipeline import Files, run_pipeline
+
+        result = run_pipeline(system.client, _pipeline(), Files(Corpus.paths))
+        counts = dict(result.gather())
+    else:
+        import dask.bag as db
+
+        bag = db.read_text(Corpus.paths, blocksize=None).str.split().flatten().frequencies()
+        counts = dict(system.client.compute(bag).result())
+    elapsed = time.perf_counter() - start
+    check(counts == Corpus.counts, f"{system.name}: the counts differ from the corpus's")
+    return Corpus.words / elapsed
+
+
+WORKLOADS = [
+    Workload(
+        f"word count: {N_FILES} files of {FILE_MB} MB (pipeline vs dask.bag)",
+        "words/s",
+        True,
+        word_count,
+        target=times_better(text="ahead of dask.bag (> 1x)", dask=1.0),
+    ),
+]
+
+
+def run(systems: Sequence[str], reps: int) -> Report:
+    systems = [s for s in systems if s != "ray"]
+    with corpus():
+        return Report(rows=run_workloads(WORKLOADS, systems, reps))
+
+
+if __name__ == "__main__":
+    main("wordcount", run)
