@@ -56,6 +56,13 @@ def test_a_bytearray_comes_back_writable_and_its_own() -> None:
     out = loads(dumps(value))
     out[0] = 0
     assert value[0] != 0
+    # Read into one made empty (as a borrower does), it is that very object.
+    made = rawbuf.empty(rawbuf.BYTEARRAY, BIG)
+    assert made is not None
+    made[0][:] = value
+    got = rawbuf.new_bytearray(made[0])
+    assert got == value and type(got) is bytearray
+    got.append(1)  # its own, growable
 
 
 def test_memoryviews_of_any_size_and_shape_round_trip() -> None:
@@ -99,7 +106,8 @@ def test_an_ascii_str_is_lent_as_its_own_characters() -> None:
     assert view is not None and view.readonly and view.tobytes() == text.encode()
     assert rawbuf.kind_of(view) == rawbuf.ASCII
     assert rawbuf.kind_of(memoryview(text.encode())) == rawbuf.BYTES
-    assert rawbuf.kind_of(bytearray(10)) == 0
+    assert rawbuf.kind_of(bytearray(10)) == rawbuf.BYTEARRAY
+    assert rawbuf.kind_of(memoryview(bytearray(10))[2:]) == 0  # not the whole of it
     assert rawbuf.ascii_view("é" * BIG) is None
 
 

@@ -646,8 +646,9 @@ class SealedFile(Record, kw_only=True):
 
 class LentFrames(Record, kw_only=True):
     """Frames lent for process_vm_readv: [value, frame, address, length] each; ``made``:
-    [position in ``frames``, what it is] of those that are a ``bytes`` (1) or an ASCII
-    ``str``'s characters (2), which the borrower reads straight into such an object."""
+    [position in ``frames``, what it is] of those that are a ``bytes`` (1), an ASCII
+    ``str``'s characters (2) or a ``bytearray`` (3), which the borrower reads straight
+    into such an object."""
 
     pid: Count
     id: Count

@@ -42,7 +42,7 @@ _BYTES_DATA = bytes.__basicsize__ - 1
 _ASCII_DATA = sys.getsizeof("") - 1
 
 
-def _setup() -> tuple[Any, Any] | None:
+def _setup() -> tuple[Any, Any, Any] | None:
     if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
         return None
     try:
@@ -52,9 +52,12 @@ def _setup() -> tuple[Any, Any] | None:
         new_str = ctypes.pythonapi.PyUnicode_New
         new_str.restype = ctypes.py_object
         new_str.argtypes = [ctypes.c_ssize_t, ctypes.c_uint32]
+        new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+        new_bytearray.restype = ctypes.py_object
+        new_bytearray.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
     except AttributeError:
         return None
-    return new_bytes, new_str
+    return new_bytes, new_str, new_bytearray
 
 
 _API = _setup()
@@ -81,6 +84,22 @@ def _fill(address: int, data: memoryview) -> None:
         other.join()
 
 
+def new_bytearray(buffer: Any) -> bytearray:
+    """``bytearray(buffer)``, fast for large buffers; the object itself if ``buffer`` is
+    one ``empty`` made and a lent frame was read into."""
+    made = made_object(buffer, bytearray)
+    if made is not None:
+        return made  # type: ignore[no-any-return]
+    view = memoryview(buffer).cast("B")
+    if _API is None or view.nbytes < FAST_FROM:
+        return bytearray(view)
+    out: bytearray = _API[2](None, view.nbytes)
+    address = address_of(out)
+    assert address is not None
+    _fill(address, view)
+    return out
+
+
 def new_bytes(buffer: Any) -> bytes:
     """``bytes(buffer)``, fast for large buffers; the object itself if ``buffer`` is
     the whole memory of a ``bytes`` (one a lent frame was read into)."""
@@ -95,19 +114,22 @@ def new_bytes(buffer: Any) -> bytes:
     return out
 
 
-# What a lent frame is (LentFrames.made): the memory of a bytes object, or of an ASCII
-# str's characters.
+# What a lent frame is (LentFrames.made): the memory of a bytes object, of an ASCII
+# str's characters, or of a bytearray.
 BYTES = 1
 ASCII = 2
+BYTEARRAY = 3
 
 
 def kind_of(frame: Any) -> int:
-    """BYTES or ASCII if ``frame`` is the whole memory of a ``bytes`` or of an ASCII
-    ``str`` (as ``ascii_view`` lends it), else 0."""
+    """BYTES, ASCII or BYTEARRAY if ``frame`` is the whole memory of a ``bytes``, of an
+    ASCII ``str`` (as ``ascii_view`` lends it) or of a ``bytearray``, else 0."""
     view = memoryview(frame)
     owner = view.obj
     if type(owner) is bytes and len(owner) == view.nbytes:
         return BYTES
+    if type(owner) is bytearray and len(owner) == view.nbytes:
+        return BYTEARRAY
     text = getattr(owner, "text", None)
     if type(text) is str and len(text) == view.nbytes and isinstance(owner, ctypes.Array):
         return ASCII
@@ -118,11 +140,16 @@ def empty(kind: int, nbytes: int) -> tuple[memoryview, int] | None:
     """A new, unfilled object of ``kind`` and ``nbytes`` (a ``bytes``, or an ASCII ``str``
     to be checked by ``new_ascii``) as a writable view of its memory, and that memory's
     address, to read a lent frame into; None where that cannot be done."""
-    if _API is None or nbytes < FAST_FROM or kind not in (BYTES, ASCII):
+    if _API is None or nbytes < FAST_FROM or kind not in (BYTES, ASCII, BYTEARRAY):
         return None
     if kind == BYTES:
         owner: Any = _API[0](None, nbytes)
         address = id(owner) + _BYTES_DATA
+    elif kind == BYTEARRAY:
+        owner = _API[2](None, nbytes)  # not zeroed: its pages are first touched by the read
+        found = address_of(owner)
+        assert found is not None
+        address = found
     else:
         owner = _API[1](nbytes, 127)
         address = id(owner) + _ASCII_DATA
@@ -133,9 +160,10 @@ def empty(kind: int, nbytes: int) -> tuple[memoryview, int] | None:
 
 
 def made_object(buffer: Any, kind: type) -> Any:
-    """The ``bytes`` or ``str`` whose whole memory ``buffer`` is (one ``empty`` made and
-    a lent frame was read into, or a ``bytes`` itself), if it is one; else None. Both
-    are immutable: the object itself is the value."""
+    """The ``bytes``, ``str`` or ``bytearray`` whose whole memory ``buffer`` is (one
+    ``empty`` made and a lent frame was read into, or a ``bytes`` itself: immutable),
+    if it is one; else None. A ``bytearray`` is never another's: only one ``empty``
+    made, which nothing else holds, is taken as the value."""
     view = memoryview(buffer)
     obj: Any = view.obj
     if kind is bytes and type(obj) is bytes and len(obj) == view.nbytes:

@@ -81,7 +81,7 @@ def _rebuild_ascii(buffer: Any) -> str:
 
 
 def _rebuild_bytearray(buffer: Any) -> bytearray:
-    return bytearray(buffer)
+    return rawbuf.new_bytearray(buffer)
 
 
 def _rebuild_str(buffer: Any) -> str:
