@@ -84,33 +84,31 @@ def _fill(address: int, data: memoryview) -> None:
         other.join()
 
 
-def new_bytearray(buffer: Any) -> bytearray:
-    """``bytearray(buffer)``, fast for large buffers; the object itself if ``buffer`` is
-    one ``empty`` made and a lent frame was read into."""
-    made = made_object(buffer, bytearray)
+def _built(buffer: Any, kind: type, code: int) -> Any:
+    """A ``kind`` (bytes or bytearray) of ``buffer``'s bytes: the object itself if
+    ``buffer`` is its whole memory (see ``made_object``), else a new one, filled fast."""
+    made = made_object(buffer, kind)
     if made is not None:
-        return made  # type: ignore[no-any-return]
+        return made
     view = memoryview(buffer).cast("B")
-    if _API is None or view.nbytes < FAST_FROM:
-        return bytearray(view)
-    out: bytearray = _API[2](None, view.nbytes)
-    address = address_of(out)
-    assert address is not None
-    _fill(address, view)
-    return out
+    fresh = empty(code, view.nbytes)
+    if fresh is None:
+        return kind(view)
+    _fill(fresh[1], view)
+    return made_object(fresh[0], kind)
 
 
 def new_bytes(buffer: Any) -> bytes:
     """``bytes(buffer)``, fast for large buffers; the object itself if ``buffer`` is
     the whole memory of a ``bytes`` (one a lent frame was read into)."""
-    made = made_object(buffer, bytes)
-    if made is not None:
-        return made  # type: ignore[no-any-return]
-    view = memoryview(buffer).cast("B")
-    if _API is None or view.nbytes < FAST_FROM:
-        return bytes(view)
-    out: bytes = _API[0](None, view.nbytes)
-    _fill(id(out) + _BYTES_DATA, view)
+    out: bytes = _built(buffer, bytes, BYTES)
+    return out
+
+
+def new_bytearray(buffer: Any) -> bytearray:
+    """``bytearray(buffer)``, fast for large buffers; the object itself if ``buffer`` is
+    one ``empty`` made and a lent frame was read into."""
+    out: bytearray = _built(buffer, bytearray, BYTEARRAY)
     return out
 
 
