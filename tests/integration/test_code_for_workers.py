@@ -160,15 +160,13 @@ def test_a_nanny_plugin_reaches_every_nanny_and_restarts_workers(
     before = {w["pid"] for w in client.scheduler_info()["workers"].values()}
     assert set(client.run(_env).values()) == {""}
     client.register_plugin(Environ(str(tmp_path), PLUGIN_TEST_VALUE="on"))
+
     # restart = True: each worker process was started again, with the variable.
-    wait_until(
-        lambda: (
-            len(client.scheduler_info()["workers"]) == 2
-            and not {w["pid"] for w in client.scheduler_info()["workers"].values()} & before
-        ),
-        timeout=60,
-        what="fresh workers",
-    )
+    def fresh() -> bool:
+        pids = {w["pid"] for w in client.scheduler_info()["workers"].values()}  # one snapshot
+        return len(pids) == 2 and not pids & before
+
+    wait_until(fresh, timeout=60, what="fresh workers")
     assert set(client.run(_env).values()) == {"on"}
     assert len(list(tmp_path.glob("setup-*"))) == 2
     # A nanny that joins later sets it up before it starts its worker.
