@@ -718,7 +718,8 @@ class Scattering:
             or not self.session.client.settings.shared_memory
         ):
             return None
-        starts = {sum(counts[:k]) for k in range(len(counts))}  # each value's pickle stream
+        # Where each value's frames start (its pickle stream, sent inline).
+        starts = set(itertools.accumulate(counts[:-1], initial=0))
         loan = lend.Loan()
         out = list(frames)
         for f, frame in enumerate(frames):

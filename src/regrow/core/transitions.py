@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
 
 RELEASED = "released"
 WAITING = "waiting"
@@ -77,3 +79,26 @@ def moves_since(
     batch = list(itertools.islice(reversed(log), n)) if n > 0 else []
     batch.reverse()
     return batch
+
+
+def tell_plugins(
+    plugins: Iterable[Any], log: deque[tuple[str, str, str, str]], moves: int, seen: int
+) -> list[BaseException]:
+    """Each plugin's ``transition(key, start, finish, stimulus_id=...)`` for the moves a
+    core made since ``seen`` (those its log still holds, if it made more): how scheduler
+    and worker plugins hear of tasks. Returns what plugins raised (one each, at most),
+    for the caller to log; a plugin that raises hears of no more moves this time."""
+    batch = moves_since(log, moves, max(seen, moves - len(log))) or []
+    errors: list[BaseException] = []
+    if not batch:
+        return errors
+    for plugin in plugins:
+        transition = getattr(plugin, "transition", None)
+        if transition is None:
+            continue
+        try:
+            for key, start, finish, stimulus in batch:
+                transition(key, start, finish, stimulus_id=stimulus)
+        except Exception as exc:
+            errors.append(exc)
+    return errors

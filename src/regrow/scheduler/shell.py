@@ -28,7 +28,7 @@ from regrow.core.client_requests import FIRE_AND_FORGET
 from regrow.core.coordination import HOLDER
 from regrow.core.records import TaskState
 from regrow.core.scheduler_state import SchedulerState
-from regrow.core.transitions import moves_since
+from regrow.core.transitions import tell_plugins
 from regrow.dashboard.model import Recorder
 from regrow.errors import CommClosedError, ProtocolError, explain
 from regrow.protocol.comm import (
@@ -925,19 +925,8 @@ class Scheduler:
         for the moves the core made since the last call (read from its log)."""
         state = self.state
         seen, self._plugin_moves = self._plugin_moves, state.moves
-        # More moves than the log holds: the plugins hear of those it still has.
-        moves = moves_since(state.log, state.moves, max(seen, state.moves - len(state.log)))
-        if not moves:
-            return
-        for plugin in list(self.plugins.values()):
-            transition = getattr(plugin, "transition", None)
-            if transition is None:
-                continue
-            try:
-                for key, start, finish, stimulus in moves:
-                    transition(key, start, finish, stimulus_id=stimulus)
-            except Exception:
-                logger.exception("a scheduler plugin's transition raised")
+        for exc in tell_plugins(list(self.plugins.values()), state.log, state.moves, seen):
+            logger.error("a scheduler plugin's transition raised", exc_info=exc)
 
     def _scheduler_plugin(self, msg: ExtraMsg) -> str:
         if not self.allow_scheduler_code:

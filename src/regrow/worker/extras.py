@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from regrow.core.transitions import moves_since
+from regrow.core.transitions import tell_plugins
 from regrow.errors import explain
 
 if TYPE_CHECKING:
@@ -88,19 +88,8 @@ class Extras:
     def tell(self, state: WorkerState) -> None:
         """Each plugin's ``transition`` for the moves since the last call."""
         seen, self._moves = self._moves, state.moves
-        # More moves than the log holds: the plugins hear of those it still has.
-        moves = moves_since(state.log, state.moves, max(seen, state.moves - len(state.log)))
-        if not moves:
-            return
-        for plugin in list(self.plugins.values()):
-            transition = getattr(plugin, "transition", None)
-            if transition is None:
-                continue
-            try:
-                for key, start, finish, stimulus in moves:
-                    transition(key, start, finish, stimulus_id=stimulus)
-            except Exception:
-                logger.exception("a worker plugin's transition raised")
+        for exc in tell_plugins(list(self.plugins.values()), state.log, state.moves, seen):
+            logger.error("a worker plugin's transition raised", exc_info=exc)
 
     def _teardown(self, plugin: Any) -> None:
         teardown = getattr(plugin, "teardown", None)

@@ -87,7 +87,7 @@ class Forked:
         return True
 
     def close(self) -> None:
-        """Not needed: the copy reads the end of the pipe and exits."""
+        """It will not be needed: close its pipe, and the copy, reading the end, exits."""
         _PIPES.discard(self._pipe)
         with contextlib.suppress(OSError):
             os.close(self._pipe)
