@@ -541,6 +541,16 @@ def reattach_grace_ended(state: SchedulerState) -> None:
     if not state.keeping_restored:
         return
     state.keeping_restored = False
+    unclaimed, state.unclaimed = state.unclaimed, {}
+    stale: dict[str, list[str]] = {}
+    for key, holders in unclaimed.items():
+        ts = state.tasks.get(key)
+        for address in holders:
+            ws = state.workers.get(address)
+            if ws is not None and (ts is None or ws not in ts.who_has):
+                stale.setdefault(address, []).append(key)
+    for address, keys in stale.items():
+        state._emit(cmd.FreeKeys(worker=address, keys=tuple(keys)))
     for ts in list(state.tasks.values()):
         if state.tasks.get(ts.key) is not ts:
             continue

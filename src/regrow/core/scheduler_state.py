@@ -146,6 +146,11 @@ class SchedulerState:
         # From RecoveryFinished to ReattachGraceEnded: restored tasks nobody needs yet are
         # kept, for submissions clients resend to depend on (recovery.recovery_finished).
         self.keeping_restored = False
+        # Results workers offered while recovering or keeping restored tasks that the
+        # journal did not know: key -> holders' addresses. A scatter whose registration
+        # the dead scheduler never journaled is one, until its client resends it
+        # (``data_scattered``); those nobody claims are freed at ``ReattachGraceEnded``.
+        self.unclaimed: dict[str, set[str]] = {}
         self.avg_duration = default_task_duration
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerRecord] = {}
@@ -792,6 +797,9 @@ class SchedulerState:
         stale: list[str] = []
         for key, nbytes in keys:
             ts = self.tasks.get(key)
+            if ts is None and (self.recovering or self.keeping_restored):
+                self.unclaimed.setdefault(key, set()).add(ws.address)
+                continue
             if ts is None or ts.state not in (MEMORY, RELEASED):
                 stale.append(key)
                 continue
