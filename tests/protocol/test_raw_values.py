@@ -93,6 +93,28 @@ def test_containers_send_their_large_items_out_of_band_once() -> None:
     assert out == value and out["a"][0] is out["a"][1]
 
 
+def test_only_a_containers_first_items_are_looked_at() -> None:
+    """A list of many records is judged by its first 16: cheap, and still right."""
+    blob = _data(BIG)
+    records = [(f"w{i}", i) for i in range(100_000)]
+    assert len(dumps(records)) == 1 and loads(dumps(records)) == records
+    late = [*records[:20], ("big", blob)]  # large, but after the first 16: in band
+    frames = dumps(late)
+    assert len(frames) == 1 and loads(frames) == late
+    early = [("big", blob), *records[:20]]
+    frames = dumps(early)
+    assert _sizes(frames)[1:] == [BIG] and loads(frames) == early
+
+
+def test_a_memoryview_past_the_first_items_is_still_written() -> None:
+    value = [*range(20), memoryview(b"abc"), (1, memoryview(_data(BIG)))]
+    out = loads(dumps(value))
+    assert out[:20] == list(range(20))
+    assert bytes(out[20]) == b"abc" and bytes(out[21][1]) == _data(BIG)
+    with pytest.raises(TypeError, match="lock"):
+        dumps([*range(20), __import__("threading").Lock()])
+
+
 def test_task_arguments_send_large_items_out_of_band() -> None:
     blob = _data(BIG)
     frames, refs = dumps_with_refs(((blob, "k"), {"t": blob.decode()}), lambda _: None)

@@ -154,12 +154,21 @@ def test_digest_is_stable_and_content_based() -> None:
     assert digest([b"ab", b"c"]) == digest([b"a", b"bc"])  # bytes, not framing, are hashed
 
 
+class _Holder:
+    def __init__(self, items: list[bytes]) -> None:
+        self.items = items
+
+
 def test_sizeof_estimates() -> None:
     assert sizeof(np.zeros(1000)) >= 8000
     assert sizeof(b"x" * 1000) >= 1000
     assert sizeof([b"x" * 1000] * 100) >= 100_000
     assert sizeof({i: b"x" * 100 for i in range(100)}) >= 10_000
     assert sizeof(object()) > 0
+    looped: list[object] = []
+    looped.append(looped)
+    assert sizeof(looped) > 0  # a value that holds itself: no RecursionError
+    assert sizeof(_Holder([b"x" * 1000] * 100)) >= 100_000  # a plain object's fields
 
 
 def test_standard_pickler_where_it_writes_what_cloudpickle_would() -> None:

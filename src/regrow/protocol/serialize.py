@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import importlib
 import io
+import itertools
 import pickle
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -50,8 +52,12 @@ def _raw_size(obj: object) -> int:
 
 def _holds_raw(obj: object, depth: int = 2) -> bool:
     """Whether ``obj`` is, or (a few levels down) holds, a bytes-like value or str of
-    ``OUT_OF_BAND`` bytes or more. A container is searched only if one of its first 16
-    items is such a type or a container: a list of a million numbers costs 16 looks."""
+    ``OUT_OF_BAND`` bytes or more. Only the first ``_LOOKS`` items of a container are
+    looked at, on each level: a list of a million records costs 16 looks, not a million
+    (a pipeline's outputs are such lists). A container whose large values all come
+    after its first 16 items is pickled in band: right, with one copy more. (A
+    memoryview there, which the standard picklers cannot write, is found when they
+    fail: see ``dumps``.)"""
     kind = type(obj)
     if kind in _RAW:
         # Any memoryview: the standard picklers cannot write one at all.
@@ -59,17 +65,17 @@ def _holds_raw(obj: object, depth: int = 2) -> bool:
     if not depth:
         return False
     if kind is list or kind is tuple:
-        items = cast(Sequence[object], obj)
+        head = cast(Sequence[object], obj)[:_LOOKS]
     elif kind is dict:
-        items = list(cast(dict[object, object], obj).values())
+        head = list(itertools.islice(cast(dict[object, object], obj).values(), _LOOKS))
     else:
         return False
-    if not any(type(x) in _RAW or type(x) in _CONTAINERS for x in items[:16]):
-        return False
-    return any(_holds_raw(x, depth - 1) for x in items)
+    return any(_holds_raw(x, depth - 1) for x in head if type(x) in _LOOKED_AT)
 
 
+_LOOKS = 16
 _CONTAINERS = frozenset({list, tuple, dict})
+_LOOKED_AT = _CONTAINERS | _RAW
 
 
 def _rebuild_bytes(buffer: Any) -> bytes:
@@ -204,7 +210,13 @@ def dumps(obj: object) -> list[Buffer]:
         return [_raw_dumps(obj, buffers), *(b.raw() for b in buffers)]
     data = standard_dumps(obj, buffers)
     if data is None:
-        data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
+        try:
+            data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
+        except TypeError:
+            # A memoryview deeper than ``_holds_raw`` looks: only the raw picklers
+            # write one. Anything else unpicklable fails there too, as it did here.
+            buffers.clear()
+            return [_raw_dumps(obj, buffers), *(b.raw() for b in buffers)]
     return [data, *(b.raw() for b in buffers)]
 
 
@@ -446,26 +458,33 @@ def digest(frames: Iterable[Buffer]) -> str:
     return h.hexdigest()
 
 
-def sizeof(obj: object) -> int:
-    """Estimate of the bytes ``obj`` holds in memory (for placement and reporting)."""
+def sizeof(obj: object, depth: int = 4) -> int:
+    """Estimate of the bytes ``obj`` holds in memory (for placement and reporting, and
+    to judge whether a result is small enough to pickle with its task's news). Looked
+    into ``depth`` levels down, so a value that holds itself costs a few looks."""
     nbytes = getattr(obj, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes + 96
     if isinstance(obj, bytes | bytearray | memoryview | str):
         return len(obj) + 33
-    # Containers: their own size (the builtin's: a subclass's __sizeof__ may measure
-    # every item deeply, as dask's shuffle groups do) plus a sample of 16 items.
-    for base in (list, tuple, set, frozenset):
-        if isinstance(obj, base) and obj:
-            items = list(obj)[:16]
-            per = sum(sizeof(x) for x in items) / len(items)
-            return int(base.__sizeof__(obj) + per * len(obj))
-    if isinstance(obj, dict) and obj:
-        pairs = list(obj.items())[:16]
-        per = sum(sizeof(k) + sizeof(v) for k, v in pairs) / len(pairs)
-        return int(dict.__sizeof__(obj) + per * len(obj))
-    if type(obj).__module__.startswith("pandas") and hasattr(obj, "columns"):
-        return _frame_bytes(obj)
+    if depth:
+        # Containers: their own size (the builtin's: a subclass's __sizeof__ may measure
+        # every item deeply, as dask's shuffle groups do) plus a sample of 16 items.
+        for base in (list, tuple, set, frozenset):
+            if isinstance(obj, base) and obj:
+                items = list(itertools.islice(obj, 16))
+                per = sum(sizeof(x, depth - 1) for x in items) / len(items)
+                return int(base.__sizeof__(obj) + per * len(obj))
+        if isinstance(obj, dict) and obj:
+            pairs = list(itertools.islice(obj.items(), 16))
+            per = sum(sizeof(k, depth - 1) + sizeof(v, depth - 1) for k, v in pairs) / len(pairs)
+            return int(dict.__sizeof__(obj) + per * len(obj))
+        if type(obj).__module__.startswith("pandas") and hasattr(obj, "columns"):
+            return _frame_bytes(obj)
+        fields = getattr(obj, "__dict__", None)
+        if type(fields) is dict and not isinstance(obj, type | types.ModuleType):
+            # An instance of a plain class (a dataclass, say): what its fields hold.
+            return object.__sizeof__(obj) + sizeof(fields, depth - 1)
     try:
         return sys.getsizeof(obj)
     except TypeError:
