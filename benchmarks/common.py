@@ -43,9 +43,12 @@ LIMIT_REPS = 5
 REP_TIMEOUT = 300.0
 SYSTEMS = ("regrow", "dask", "ray")
 PEERS = ("dask", "ray")  # what regrow is compared with
-LABELS = {"regrow": "regrow", "dask": "dask", "ray": "Ray"}
+# Peers only some modules run (``--systems`` may name them): PySpark, for the word
+# count. The table shows their columns only when a row has them.
+OPTIONAL = ("spark",)
+LABELS = {"regrow": "regrow", "dask": "dask", "ray": "Ray", "spark": "PySpark"}
 # What each peer needs, to say why it was skipped.
-REQUIRES = {"dask": "dask.distributed", "ray": "ray"}
+REQUIRES = {"dask": "dask.distributed", "ray": "ray", "spark": "pyspark (with a Java runtime)"}
 
 
 class WrongResult(Exception):
@@ -79,7 +82,26 @@ def ray_version() -> str | None:
     return str(ray.__version__)
 
 
-VERSIONS: dict[str, Callable[[], str | None]] = {"dask": dask_version, "ray": ray_version}
+def spark_version() -> str | None:
+    """The installed PySpark version if it and a Java runtime to run it are there."""
+    import shutil
+
+    try:
+        import pyspark
+    except ImportError:
+        return None
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.access(java, os.X_OK):
+        return None
+    return str(pyspark.__version__)
+
+
+VERSIONS: dict[str, Callable[[], str | None]] = {
+    "dask": dask_version,
+    "ray": ray_version,
+    "spark": spark_version,
+}
 
 
 # --------------------------------------------------------------------- systems
@@ -124,8 +146,34 @@ def start_system(name: str) -> Iterator[System]:
 
         with ray_client.local_ray(num_cpus=N_WORKERS * THREADS_PER_WORKER) as client:
             yield _ready(System(name, client, ray_client.wait))
+    elif name == "spark":
+        yield System(name, _spark_session(), lambda *args, **kwargs: None)
     else:
         raise ValueError(f"unknown system {name!r}; choose from {SYSTEMS}")
+
+
+def _spark_session() -> Any:
+    """PySpark's ``local[N]`` with N = the other systems' task slots; its session is
+    stopped (and its JVM with it) when this process exits: a SparkContext cannot be
+    restarted cheaply, and one run uses one."""
+    import atexit
+
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else it warns of the VM's name
+
+    session = (
+        SparkSession.builder.master(f"local[{N_WORKERS * THREADS_PER_WORKER}]")
+        .appName("regrow-benchmarks")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "4g")
+        .config("spark.sql.shuffle.partitions", str(4 * N_WORKERS * THREADS_PER_WORKER))
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    atexit.register(session.stop)
+    return session
 
 
 def _ready(system: System) -> System:
@@ -389,9 +437,13 @@ def _settle() -> None:
 
 
 def run_workloads(
-    workloads: Sequence[Workload], systems: Iterable[str], reps: int = REPS
+    workloads: Sequence[Workload],
+    systems: Iterable[str],
+    reps: int = REPS,
+    start: Callable[[str], contextlib.AbstractContextManager[System]] = start_system,
 ) -> list[Row]:
-    """Run every workload ``reps`` times on each system; one cluster per system.
+    """Run every workload ``reps`` times on each system; one cluster per system, made by
+    ``start(name)`` (``start_system``: on this host).
 
     Every system's cluster is up for the whole module and their repetitions
     alternate (regrow, dask, ray, then ray, dask, regrow, ...), so a change in
@@ -420,7 +472,7 @@ def run_workloads(
         for name in systems:
             stack = outer.enter_context(contextlib.ExitStack())
             try:
-                live[name] = stack.enter_context(start_system(name))
+                live[name] = stack.enter_context(start(name))
                 stacks[name] = stack
             except Exception as exc:
                 for row in (r for group in groups for r in group):
@@ -513,7 +565,8 @@ def machine_summary() -> str:
         f"{now}; nproc={nproc} ({cpu}); Python {platform.python_version()} on "
         f"{platform.system()} {platform.release()}; regrow {regrow.__version__}"
         f"{_regrow_commit()}, distributed {dask_version() or 'not installed'}, "
-        f"ray {ray or 'not installed'}, numpy {numpy_version}; "
+        f"ray {ray or 'not installed'}, pyspark {spark_version() or 'not installed'}, "
+        f"numpy {numpy_version}; "
         f"{N_WORKERS} workers x {THREADS_PER_WORKER} thread, processes, loopback TCP"
         f"{ray_layout}; load average 1/5/15 min at the end: {load}"
     )
@@ -547,11 +600,18 @@ def _cell(row: Row, system: str, skipped: list[str]) -> str:
 
 
 def format_report(report: Report, reps: int) -> str:
+    shown = [
+        s
+        for s in OPTIONAL
+        if any(s in r.samples or s in r.errors for r in report.rows) or s in report.skipped
+    ]
+    systems = (*SYSTEMS, *shown)
+    peers = (*PEERS, *shown)
     header = [
         "workload",
         "unit",
-        *SYSTEMS,
-        *(f"vs {LABELS[p]}" for p in PEERS),
+        *systems,
+        *(f"vs {LABELS[p]}" for p in peers),
         "target",
         "met",
     ]
@@ -561,8 +621,8 @@ def format_report(report: Report, reps: int) -> str:
             [
                 row.workload,
                 f"{row.unit} ({'higher' if row.higher_is_better else 'lower'} is better)",
-                *(_cell(row, s, report.skipped) for s in SYSTEMS),
-                *(row.speedup_text(p) for p in PEERS),
+                *(_cell(row, s, report.skipped) for s in systems),
+                *(row.speedup_text(p) for p in peers),
                 row.target.text if row.target else "-",
                 row.met_text(),
             ]
@@ -572,7 +632,7 @@ def format_report(report: Report, reps: int) -> str:
         f" ({', '.join(map(str, more))} in some rows)" if more else ""
     )
     lines = [f"Medians of {counts}. {machine_summary()}", ""]
-    n = len(SYSTEMS) + len(PEERS)
+    n = len(systems) + len(peers)
     lines += _markdown(header, body, right=tuple(range(2, 2 + n)))
     lines += [
         "",
@@ -596,7 +656,7 @@ def format_report(report: Report, reps: int) -> str:
     notes = [
         f"- {system} / {row.workload}: {row.errors[system]}"
         for row in report.rows
-        for system in SYSTEMS
+        for system in systems
         if system in row.errors and system not in report.skipped
     ]
     if notes:
@@ -632,9 +692,9 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in args.systems if s not in SYSTEMS]
+    unknown = [s for s in args.systems if s not in SYSTEMS + OPTIONAL]
     if unknown:
-        parser.error(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+        parser.error(f"unknown system(s) {unknown}; choose from {list(SYSTEMS + OPTIONAL)}")
     return args
 
 
