@@ -11,9 +11,10 @@ scheduler core simulated, and the scheduler's memory per task): their rows have 
 dask or Ray figures. ``transfer_hosts`` (two network namespaces joined by a veth
 pair) runs regrow and dask, and needs root; without it its rows say why not.
 ``dask_collections`` (dask.array and dask.dataframe graphs), ``values`` (11 kinds of
-100 MB value in three directions), ``many_workers`` (16 and 64 workers) and
-``wordcount`` (regrow's pipeline against dask.bag) run regrow and dask; their Ray
-cells say ``not run``.
+100 MB value in three directions; ``values_hosts``: the same across the veth pair, with
+root) and ``many_workers`` (16 and 64 workers) run regrow and dask; their Ray cells say
+``not run``. ``wordcount`` runs regrow's pipeline against dask.bag and, where pyspark
+and a Java runtime are installed, PySpark's ``local[2]`` (a PySpark column appears).
 The table shows regrow's targets and whether they were met.
 """
 
@@ -35,6 +36,7 @@ from benchmarks import (
     transfer_hosts,
     tree,
     values,
+    values_hosts,
     wordcount,
 )
 from benchmarks.common import Report, main
@@ -46,6 +48,7 @@ MODULES = (
     transfer,
     values,
     transfer_hosts,
+    values_hosts,
     many_workers,
     recovery,
     dask_collections,

@@ -53,18 +53,21 @@ def _target() -> Target:
     return Target(f">= 2x dask, >= {GOAL_MBS:,.0f}", ("regrow", "dask"), met)
 
 
-def _made_on_a(system: System, kind: str) -> Any:
-    a = system.workers[0]
-    future = system.client.submit(make_value, kind, NBYTES, pure=False, workers=[a])
+def _made_on(system: System, kind: str, index: int = 0) -> Any:
+    """A ``kind`` value of 100 MB made by a task on ``system.workers[index]``."""
+    where = system.workers[index]
+    future = system.client.submit(make_value, kind, NBYTES, pure=False, workers=[where])
     system.wait([future], timeout=TIMEOUT)
     check(future.status == "finished", f"{kind}: the producer ended as {future.status!r}")
     return future
 
 
 def worker_to_worker(kind: str) -> Any:
+    """Made on A, taken by a consumer on B."""
+
     def run(system: System) -> float:
         b = system.workers[1]
-        value = _made_on_a(system, kind)
+        value = _made_on(system, kind)
         start = time.perf_counter()
         nbytes, pid = system.client.submit(consume_value, value, pure=False, workers=[b]).result(
             timeout=TIMEOUT
@@ -77,9 +80,11 @@ def worker_to_worker(kind: str) -> Any:
     return run
 
 
-def worker_to_client(kind: str) -> Any:
+def worker_to_client(kind: str, index: int = 0) -> Any:
+    """Made on ``system.workers[index]``, fetched by the client."""
+
     def run(system: System) -> float:
-        value = _made_on_a(system, kind)
+        value = _made_on(system, kind, index)
         start = time.perf_counter()
         got = value.result(timeout=TIMEOUT)
         elapsed = time.perf_counter() - start
@@ -90,37 +95,43 @@ def worker_to_client(kind: str) -> Any:
     return run
 
 
-def scatter(kind: str) -> Any:
+def scatter(kind: str, index: int = 0) -> Any:
+    """Made in the client, scattered to ``system.workers[index]``."""
+
     def run(system: System) -> float:
-        a = system.workers[0]
+        where = system.workers[index]
         value = make_value(kind, NBYTES)
         start = time.perf_counter()
         # In a list: a list, tuple or dict given alone would be scattered item by item.
-        [future] = system.client.scatter([value], workers=[a])
+        [future] = system.client.scatter([value], workers=[where])
         elapsed = time.perf_counter() - start
         holders = list(system.client.who_has([future]).get(future.key, ()))
-        check(holders == [a], f"{kind}: scattered to {a}, held by {holders}")
+        check(holders == [where], f"{kind}: scattered to {where}, held by {holders}")
         del future, value
         return NBYTES / MB / elapsed
 
     return run
 
 
-def workloads(kinds: Sequence[str]) -> list[Workload]:
+def workloads(
+    kinds: Sequence[str], where: str = "", remote: int = 0, target: Target | None = None
+) -> list[Workload]:
+    """Three rows per kind. ``remote``: the worker the client fetches from and scatters
+    to (1: B, on the other host in ``values_hosts``); ``where`` ends each row's name."""
     out = []
     for kind in kinds:
         for label, fn in (
-            ("worker to worker", worker_to_worker),
-            ("worker to client", worker_to_client),
-            ("scatter, client to worker", scatter),
+            ("worker to worker", worker_to_worker(kind)),
+            ("worker to client", worker_to_client(kind, remote)),
+            ("scatter, client to worker", scatter(kind, remote)),
         ):
             out.append(
                 Workload(
-                    f"value {kind}, 100 MB: {label}",
+                    f"value {kind}, 100 MB: {label}{where}",
                     "MB/s",
                     True,
-                    fn(kind),
-                    target=_target(),
+                    fn,
+                    target=target or _target(),
                     warmups=1,
                     min_reps=MIN_REPS,
                     timeout=TIMEOUT * 2,
