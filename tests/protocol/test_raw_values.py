@@ -133,6 +133,15 @@ def test_an_ascii_str_is_lent_as_its_own_characters() -> None:
     assert rawbuf.ascii_view("é" * BIG) is None
 
 
+def test_the_frames_dumps_makes_say_what_they_are() -> None:
+    """A frame that is a whole ``bytes``, ``bytearray`` or ASCII ``str`` is known as such
+    (``rawbuf.kind_of``) as ``dumps`` hands it over, so that a borrower reads it straight
+    into a new such object; an ASCII str's frame is a view of a view of its characters."""
+    value = [_data(BIG, 1), bytearray(_data(BIG, 2)), _data(BIG, 3).decode(), "é" * BIG]
+    kinds = [rawbuf.kind_of(f) for f in dumps(value)[1:]]
+    assert kinds == [rawbuf.BYTES, rawbuf.BYTEARRAY, rawbuf.ASCII, rawbuf.BYTES]  # UTF-8: its bytes
+
+
 def test_bytes_claimed_ascii_that_are_not_are_refused() -> None:
     bad = bytearray(_data(BIG))
     bad[BIG // 2] = 0xC3

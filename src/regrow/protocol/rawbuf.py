@@ -124,6 +124,8 @@ def kind_of(frame: Any) -> int:
     ASCII ``str`` (as ``ascii_view`` lends it) or of a ``bytearray``, else 0."""
     view = memoryview(frame)
     owner = view.obj
+    while type(owner) is memoryview:  # a view of a view (PickleBuffer.raw() of one)
+        owner = owner.obj
     if type(owner) is bytes and len(owner) == view.nbytes:
         return BYTES
     if type(owner) is bytearray and len(owner) == view.nbytes:
