@@ -19,11 +19,12 @@ Targets (regrow): at least 2x dask and at least 5,000 MB/s, for every kind and
 direction. Ray is not measured here: its values go through its shared object store,
 which ``benchmarks.transfer`` compares with.
 
-Run alone: ``python -m benchmarks.values`` (~6 min).
+Run alone: ``python -m benchmarks.values [--kinds bytes,str]`` (~8 min for all).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -145,5 +146,20 @@ def run(systems: Sequence[str], reps: int, kinds: Sequence[str] = VALUE_KINDS) -
     return Report(rows=run_workloads(workloads(kinds), systems, reps))
 
 
+def kinds_option(argv: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """``--kinds a,b`` taken out of ``argv`` (the rest goes to the common parser)."""
+    if "--kinds" not in argv:
+        return argv, VALUE_KINDS
+    at = argv.index("--kinds")
+    if at + 1 >= len(argv):
+        sys.exit("--kinds needs a comma-separated list of kinds")
+    kinds = tuple(k for k in argv[at + 1].split(",") if k)
+    unknown = [k for k in kinds if k not in VALUE_KINDS]
+    if unknown:
+        sys.exit(f"unknown kind(s) {unknown}; choose from {list(VALUE_KINDS)}")
+    return argv[:at] + argv[at + 2 :], kinds
+
+
 if __name__ == "__main__":
-    main("values", run)
+    rest, chosen = kinds_option(sys.argv[1:])
+    main("values", lambda s, r: run(s, r, chosen), rest)

@@ -73,20 +73,6 @@ def run(systems: Sequence[str], reps: int, kinds: Sequence[str] = VALUE_KINDS) -
     return report
 
 
-def _kinds(argv: list[str]) -> tuple[list[str], tuple[str, ...]]:
-    """``--kinds a,b`` taken out of ``argv`` (the rest goes to the common parser)."""
-    if "--kinds" not in argv:
-        return argv, VALUE_KINDS
-    at = argv.index("--kinds")
-    if at + 1 >= len(argv):
-        sys.exit("--kinds needs a comma-separated list of kinds")
-    kinds = tuple(k for k in argv[at + 1].split(",") if k)
-    unknown = [k for k in kinds if k not in VALUE_KINDS]
-    if unknown:
-        sys.exit(f"unknown kind(s) {unknown}; choose from {list(VALUE_KINDS)}")
-    return argv[:at] + argv[at + 2 :], kinds
-
-
 if __name__ == "__main__":
-    rest, chosen = _kinds(sys.argv[1:])
+    rest, chosen = values.kinds_option(sys.argv[1:])
     main("values across hosts", lambda s, r: run(s, r, chosen), rest)
