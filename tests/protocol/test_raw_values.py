@@ -137,9 +137,16 @@ def test_the_frames_dumps_makes_say_what_they_are() -> None:
     """A frame that is a whole ``bytes``, ``bytearray`` or ASCII ``str`` is known as such
     (``rawbuf.kind_of``) as ``dumps`` hands it over, so that a borrower reads it straight
     into a new such object; an ASCII str's frame is a view of a view of its characters."""
-    value = [_data(BIG, 1), bytearray(_data(BIG, 2)), _data(BIG, 3).decode(), "é" * BIG]
+    value = [
+        _data(BIG, 1),
+        bytearray(_data(BIG, 2)),
+        _data(BIG, 3).decode(),
+        "é" * BIG,  # UTF-8: its encoded bytes
+        memoryview(_data(BIG, 4)),  # rebuilt as a view of a plain buffer: not an object's
+        memoryview(bytearray(_data(BIG, 5))),
+    ]
     kinds = [rawbuf.kind_of(f) for f in dumps(value)[1:]]
-    assert kinds == [rawbuf.BYTES, rawbuf.BYTEARRAY, rawbuf.ASCII, rawbuf.BYTES]  # UTF-8: its bytes
+    assert kinds == [rawbuf.BYTES, rawbuf.BYTEARRAY, rawbuf.ASCII, rawbuf.BYTES, 0, 0]
 
 
 def test_bytes_claimed_ascii_that_are_not_are_refused() -> None:

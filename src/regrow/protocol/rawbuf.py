@@ -124,12 +124,16 @@ def kind_of(frame: Any) -> int:
     ASCII ``str`` (as ``ascii_view`` lends it) or of a ``bytearray``, else 0."""
     view = memoryview(frame)
     owner = view.obj
-    while type(owner) is memoryview:  # a view of a view (PickleBuffer.raw() of one)
-        owner = owner.obj
     if type(owner) is bytes and len(owner) == view.nbytes:
         return BYTES
     if type(owner) is bytearray and len(owner) == view.nbytes:
         return BYTEARRAY
+    # An ASCII str's frame, as dumps hands it over, is a view (PickleBuffer.raw()) of
+    # ascii_view's view of its characters. Only there is a view looked through: a
+    # memoryview value's frame is a view of a view of, say, a bytes, and must stay a
+    # plain (writable, pooled) buffer, as a memoryview is rebuilt on it.
+    while type(owner) is memoryview:
+        owner = owner.obj
     text = getattr(owner, "text", None)
     if type(text) is str and len(text) == view.nbytes and isinstance(owner, ctypes.Array):
         return ASCII
