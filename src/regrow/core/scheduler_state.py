@@ -101,6 +101,10 @@ __all__ = [
 ]
 
 
+# The most tasks per thread a worker is given however short tasks are (``_retune``).
+MAX_DEPTH = 64.0
+
+
 class SchedulerState:
     """The scheduler's whole state; mutated only by ``handle``.
 
@@ -113,6 +117,7 @@ class SchedulerState:
         self,
         *,
         worker_saturation: float = 4.0,
+        queue_seconds: float = 0.0,
         default_task_duration: float = 0.001,
         bandwidth: float = 500e6,
         allowed_failures: int = 3,
@@ -126,6 +131,11 @@ class SchedulerState:
         validate: bool = False,
     ) -> None:
         self.worker_saturation = worker_saturation
+        # Tasks a worker may hold per thread: worker_saturation, or more where tasks are
+        # short, to hold about ``queue_seconds`` of work (by the mean duration) and hide
+        # the round trip to the scheduler (at most MAX_DEPTH; see ``_retune``).
+        self.queue_seconds = queue_seconds
+        self.depth = worker_saturation
         # A submission that would leave its client with more keys than this errs instead.
         self.max_client_tasks = max_client_tasks
         # Liveness (core.liveness): a worker silent this long (s) is removed; a closed
@@ -362,7 +372,22 @@ class SchedulerState:
         return bool(ts.who_wants or ts.waiters)
 
     def _slots_for(self, nthreads: int) -> int:
-        return max(1, math.ceil(nthreads * self.worker_saturation))
+        return max(1, math.ceil(nthreads * self.depth))
+
+    def _retune(self) -> None:
+        """Follow the mean task duration with the tasks a worker may hold per thread:
+        enough for ``queue_seconds`` of work, never fewer than ``worker_saturation`` nor
+        more than MAX_DEPTH. Changed only when off by 2x or more (then every worker's
+        slots with it): a mean that wanders changes nothing."""
+        ideal = min(MAX_DEPTH, self.queue_seconds / max(self.avg_duration, 1e-9))
+        ideal = max(self.worker_saturation, ideal)
+        if self.depth / 2 < ideal < self.depth * 2 or ideal == self.depth:
+            return
+        self.depth = ideal
+        for ws in self.workers.values():
+            ws.slots = self._slots_for(max(1, ws.nthreads))
+            self._update_free(ws)
+        self._fill_all()
 
     def _remove_worker(
         self, ws: WorkerRecord, reason: str, graceful: bool, out_of_memory: bool = False
@@ -582,6 +607,8 @@ class SchedulerState:
         if owner is not None and owner is not ws and owner.address in self.workers:
             self._fill(owner)
         self._fill(ws)
+        if self.queue_seconds:
+            self._retune()
 
     def _keep_inline(self, ts: TaskState, inline: bytes | None) -> None:
         if inline is not None and self.inline_bytes + len(inline) <= self.inline_limit:

@@ -222,6 +222,7 @@ class Scheduler:
         self.settings = settings or Settings()
         self.state = SchedulerState(
             worker_saturation=self.settings.worker_saturation,
+            queue_seconds=self.settings.worker_queue_seconds,
             default_task_duration=self.settings.default_task_duration,
             bandwidth=self.settings.bandwidth,
             allowed_failures=self.settings.allowed_failures,
