@@ -159,6 +159,14 @@ class _Holder:
         self.items = items
 
 
+class _Measured:
+    def __init__(self) -> None:
+        self.small = 1
+
+    def __sizeof__(self) -> int:
+        return 12_345
+
+
 def test_sizeof_estimates() -> None:
     assert sizeof(np.zeros(1000)) >= 8000
     assert sizeof(b"x" * 1000) >= 1000
@@ -169,6 +177,7 @@ def test_sizeof_estimates() -> None:
     looped.append(looped)
     assert sizeof(looped) > 0  # a value that holds itself: no RecursionError
     assert sizeof(_Holder([b"x" * 1000] * 100)) >= 100_000  # a plain object's fields
+    assert 12_345 <= sizeof(_Measured()) < 13_000  # one that measures itself is believed
 
 
 def test_standard_pickler_where_it_writes_what_cloudpickle_would() -> None:

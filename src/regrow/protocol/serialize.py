@@ -482,8 +482,13 @@ def sizeof(obj: object, depth: int = 4) -> int:
         if type(obj).__module__.startswith("pandas") and hasattr(obj, "columns"):
             return _frame_bytes(obj)
         fields = getattr(obj, "__dict__", None)
-        if type(fields) is dict and not isinstance(obj, type | types.ModuleType):
-            # An instance of a plain class (a dataclass, say): what its fields hold.
+        if (
+            type(fields) is dict
+            and type(obj).__sizeof__ is object.__sizeof__
+            and not isinstance(obj, type | types.ModuleType)
+        ):
+            # An instance of a plain class (a dataclass, say) that does not measure
+            # itself: what its fields hold.
             return object.__sizeof__(obj) + sizeof(fields, depth - 1)
     try:
         return sys.getsizeof(obj)
