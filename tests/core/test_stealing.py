@@ -96,6 +96,21 @@ def test_tasks_with_large_inputs_elsewhere_are_not_stolen() -> None:
     assert of_type(h.tick(), cmd.Steal) == []
 
 
+def test_a_worker_that_stood_still_long_gives_up_tasks_with_large_inputs() -> None:
+    """Moving 500 MB (1 s at the assumed bandwidth) is worth it once the busy worker has
+    finished nothing for longer than that: a task of its holds its thread."""
+    h = Harness()
+    h.add_worker("busy")
+    h.submit("cl", [spec("d")])
+    h.finish("d", nbytes=500 * MB)
+    keys = [f"k{i}" for i in range(4)]
+    h.submit("cl", [spec("d"), *(spec(k, "d") for k in keys)], wanted=keys)
+    h.add_worker("idle")
+    assert of_type(h.tick(now=0.5), cmd.Steal) == []  # still within a second
+    steals = of_type(h.tick(now=1.5), cmd.Steal)
+    assert [s.worker for s in steals] == ["busy"]
+
+
 def test_queued_tasks_are_handed_out_instead_of_stealing() -> None:
     h = Harness(worker_saturation=1.0)
     h.add_worker("a")

@@ -156,6 +156,7 @@ class WorkerRecord:
         "has_what",
         "id",
         "isolated",
+        "last_done",
         "last_seen",
         "long_running",
         "memory_limit",
@@ -204,6 +205,8 @@ class WorkerRecord:
         # Liveness (see core.liveness): when it last said anything (the shell's clock),
         # its status, why it leaves (LEAVING) or how its connection closed (CLOSED), when.
         self.last_seen = 0.0
+        # When it last finished a task (or joined): how long its queue has stood still.
+        self.last_done = 0.0
         self.status = RUNNING
         self.reason = ""
         self.closed_at = 0.0

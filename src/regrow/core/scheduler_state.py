@@ -293,7 +293,7 @@ class SchedulerState:
                     if self.retirements:
                         retirement.progress(self, event.now)
                     if not self.recovering:
-                        stealing.balance(self)
+                        stealing.balance(self, event.now)
                 case ev.HeartbeatReceived():
                     liveness.heartbeat(self, event)
                     continue  # changes nothing isolation or undraining reads
@@ -584,6 +584,7 @@ class SchedulerState:
                 ws.nbytes += ts.nbytes
             return
         self.counts["finished"] += 1
+        ws.last_done = event.now
         if event.duration > 0:
             self.avg_duration = 0.9 * self.avg_duration + 0.1 * event.duration
         owner = self._stop_processing(ts)
@@ -642,6 +643,7 @@ class SchedulerState:
         ts = self.tasks.get(event.key)
         if ts is None or ts.state != PROCESSING or self._stale(ts, ws, event.run_id):
             return
+        ws.last_done = event.now
         owner = self._stop_processing(ts)
         if ts.retries > 0:
             ts.retries -= 1
@@ -802,7 +804,7 @@ class SchedulerState:
         ws.nanny = event.nanny
         ws.id = event.id or event.worker
         ws.resources = dict(event.resources or {})
-        ws.last_seen = event.now
+        ws.last_seen = ws.last_done = event.now
         self.workers[ws.address] = ws
         self._update_free(ws)
         timeline.record(

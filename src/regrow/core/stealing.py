@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 MAX_STEAL_INPUTS = 1000
 
 
-def balance(state: SchedulerState) -> None:
-    """Work stealing: idle threads take not-yet-started tasks from busy workers."""
+def balance(state: SchedulerState, now: float = 0.0) -> None:
+    """Work stealing: idle threads take not-yet-started tasks from busy workers.
+
+    A task is moved only if its inputs move faster than it would wait: within ten mean
+    task durations, or, on a victim that has finished nothing for longer than that
+    (a task of its holds a thread for long), within the time it has stood still."""
     if state._queued_count:
         state._fill_all()
     # A thief takes new tasks (not paused, draining or isolated) and has idle threads
@@ -52,6 +56,7 @@ def balance(state: SchedulerState) -> None:
             if want <= 0:
                 break
             surplus = _busy(victim) - victim.nthreads
+            budget = state.bandwidth * max(state.avg_duration * 10, now - victim.last_done)
             # The most recently assigned tasks are the least likely to have started.
             for ts in reversed(list(victim.processing)):
                 if surplus <= 0 or want <= 0:
@@ -60,7 +65,7 @@ def balance(state: SchedulerState) -> None:
                     continue  # a running task cannot be stolen: do not ask again
                 if len(ts.dependencies) > MAX_STEAL_INPUTS:
                     continue
-                if _transfer_bytes(ts, thief) > state.bandwidth * state.avg_duration * 10:
+                if _transfer_bytes(ts, thief) > budget:
                     continue
                 ts.steal_pending = True
                 state._emit(cmd.Steal(worker=victim.address, key=ts.key))
