@@ -132,7 +132,9 @@ def test_network_cut_during_fetch(netns: VethLink, tmp_path: Path) -> None:
     holder once the scheduler has recomputed it there."""
     # One task per worker at a time, so placement follows restrictions and free slots.
     # Results stay with their workers only, so the dependent must fetch its input.
-    cluster = Processes(netns, tmp_path, worker_saturation=1.0, inline_result_bytes=0)
+    cluster = Processes(
+        netns, tmp_path, worker_saturation=1.0, worker_queue_seconds=0.0, inline_result_bytes=0
+    )
     try:
         inside = cluster.worker("inside", inside=True)
         fetcher = cluster.worker("fetcher", inside=False)

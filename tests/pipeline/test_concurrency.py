@@ -20,8 +20,10 @@ from .helpers import TIMEOUT, Gate
 # idle worker: it asks for the most recently assigned task, which can be the one
 # running (the worker runs its tasks by priority), is refused, and asks again for the
 # same one. Gated tests would then hang until the gate opens. One task per thread
-# keeps everything else on the free worker.
-CLUSTER_SETTINGS = {"worker_saturation": 1.0}
+# keeps everything else on the free worker; worker_queue_seconds=0 keeps it one
+# however short the tasks are (else the queue deepens for short tasks, and a worker
+# hands up to 3 of them to its thread's queue ahead, where none can be stolen).
+CLUSTER_SETTINGS = {"worker_saturation": 1.0, "worker_queue_seconds": 0.0}
 
 N_INPUTS = 40
 BATCH = 5  # 8 stage-0 tasks
