@@ -72,6 +72,34 @@ def test_ranges_cover_the_frame_in_order(n: int, streams: int) -> None:
     assert len(parts) == 1 or min(hi - lo for lo, hi in parts) >= stripe.MIN_PART
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {1: 100_000_000},
+        {i: 10_000_000 for i in range(1, 11)},
+        {2: 3 * stripe.MIN_PART, 5: stripe.MIN_PART + 1, 9: 7 * stripe.MIN_PART + 3},
+        {3: stripe.MIN_PART},
+    ],
+)
+@pytest.mark.parametrize("streams", [1, 2, 4, 7])
+def test_a_plan_covers_every_frame_once_in_few_parts(sizes: dict[int, int], streams: int) -> None:
+    work = stripe.plan(sizes, streams)
+    assert 1 <= len(work) <= streams
+    got: dict[int, list[tuple[int, int]]] = {}
+    for parts in work:
+        for index, lo, hi in parts:
+            assert 0 <= lo < hi <= sizes[index]
+            got.setdefault(index, []).append((lo, hi))
+    for index, n in sizes.items():
+        pieces = sorted(got[index])
+        assert pieces[0][0] == 0 and pieces[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+    # At most one part per frame, plus one more where a stream's range ends inside one.
+    assert sum(map(len, work)) <= len(sizes) + len(work) - 1
+    loads = [sum(hi - lo for _, lo, hi in parts) for parts in work]
+    assert max(loads) - min(loads) <= max(2, sum(sizes.values()) // len(work) // 100)
+
+
 def test_split_leaves_large_frames_out() -> None:
     big = np.arange(1_000_000, dtype=np.float64)  # 8 MB, one out-of-band buffer
     frames = dumps({"a": big, "b": b"small"})

@@ -112,6 +112,28 @@ def ranges(n: int, streams: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
+def plan(sizes: dict[int, int], streams: int) -> list[list[tuple[int, int, int]]]:
+    """The parts each stream asks for, as (frame, lo, hi): the frames' bytes taken end to
+    end, in frame order, cut into ``ranges`` (one per stream), each cut into the frames it
+    covers. Ten frames of 10 MB over 4 streams are 13 parts of about 25 MB a stream, not
+    40 of 2.5 MB (each part is a request and a reply on its connection)."""
+    order = sorted(sizes.items())
+    total = sum(n for _, n in order)
+    work: list[list[tuple[int, int, int]]] = []
+    frame, start = 0, 0  # the frame the next range begins in, and where it begins
+    for lo, hi in ranges(total, streams):
+        parts: list[tuple[int, int, int]] = []
+        while lo < hi:
+            index, n = order[frame]
+            take = min(n - (lo - start), hi - lo)
+            parts.append((index, lo - start, lo - start + take))
+            lo += take
+            if lo - start == n:
+                frame, start = frame + 1, start + n
+        work.append(parts)
+    return [w for w in work if w]
+
+
 async def receive(
     pool: ConnectionPool,
     address: str,
@@ -131,13 +153,7 @@ async def receive(
     if any(n > limit for n in sizes.values()):
         raise ProtocolError(f"get-data reply: a striped frame exceeds the limit of {limit}")
     buffers = {i: uninitialized(n) for i, n in sizes.items()}
-    # Every part of every frame, dealt round-robin to the streams.
-    work: list[list[tuple[int, int, int]]] = [[] for _ in range(streams)]
-    slot = itertools.cycle(range(streams))
-    for i, n in sizes.items():
-        for lo, hi in ranges(n, streams):
-            work[next(slot)].append((i, lo, hi))
-    work = [w for w in work if w]
+    work = plan(sizes, streams)
     try:
         comms = await pool.lease(address, len(work))
     except (OSError, CommClosedError, TimeoutError, ProtocolError) as exc:
