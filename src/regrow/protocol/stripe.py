@@ -15,10 +15,11 @@ How a value travels striped (peers on different hosts, the requester asking for
    as usual, except that each frame of at least ``stripe_bytes`` is left out (an empty
    frame), described in ``striped`` (an id, and the frame's index and size) and kept
    by the holder (``Holdings``) until the requester is done;
-2. the requester allocates each such frame's buffer whole, cuts it into one range
-   per stream and asks for the ranges (``get-part``) on connections leased for its
-   sole use (``ConnectionPool.lease``), each range received straight into its place
-   in the buffer (``Connection.expect``): nothing is copied after the kernel;
+2. the requester allocates each such frame's buffer whole, lays the frames end to end
+   and cuts them into one range per stream, split where a frame ends (``plan``), and
+   asks for the parts (``get-part``) on connections leased for its sole use
+   (``ConnectionPool.lease``), each part received straight into its place in its
+   frame's buffer (``Connection.expect``): nothing is copied after the kernel;
 3. it says ``parts-done`` on the first connection, whatever happened.
 
 A failed part raises PartsFailed: the worker then fetches the value whole over the
