@@ -85,7 +85,8 @@ def test_restricted_tasks_are_not_stolen() -> None:
     assert of_type(h.tick(), cmd.Steal) == []
 
 
-def test_tasks_with_large_inputs_elsewhere_are_not_stolen() -> None:
+def _behind_a_large_input() -> Harness:
+    """'busy' holds a 500 MB result and 4 tasks that need it; 'idle' holds nothing."""
     h = Harness()
     h.add_worker("busy")
     h.submit("cl", [spec("d")])
@@ -93,19 +94,17 @@ def test_tasks_with_large_inputs_elsewhere_are_not_stolen() -> None:
     keys = [f"k{i}" for i in range(4)]
     h.submit("cl", [spec("d"), *(spec(k, "d") for k in keys)], wanted=keys)
     h.add_worker("idle")
-    assert of_type(h.tick(), cmd.Steal) == []
+    return h
+
+
+def test_tasks_with_large_inputs_elsewhere_are_not_stolen() -> None:
+    assert of_type(_behind_a_large_input().tick(), cmd.Steal) == []
 
 
 def test_a_worker_that_stood_still_long_gives_up_tasks_with_large_inputs() -> None:
     """Moving 500 MB (1 s at the assumed bandwidth) is worth it once the busy worker has
     finished nothing for longer than that: a task of its holds its thread."""
-    h = Harness()
-    h.add_worker("busy")
-    h.submit("cl", [spec("d")])
-    h.finish("d", nbytes=500 * MB)
-    keys = [f"k{i}" for i in range(4)]
-    h.submit("cl", [spec("d"), *(spec(k, "d") for k in keys)], wanted=keys)
-    h.add_worker("idle")
+    h = _behind_a_large_input()
     assert of_type(h.tick(now=0.5), cmd.Steal) == []  # still within a second
     steals = of_type(h.tick(now=1.5), cmd.Steal)
     assert [s.worker for s in steals] == ["busy"]
