@@ -77,6 +77,19 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+def _told(
+    waiting: asyncio.subprocess.Process | Forked | None, argv: list[str], env: dict[str, str]
+) -> asyncio.subprocess.Process | Forked | None:
+    """``waiting`` (a copy forked at start, or an interpreter started ahead) if it is
+    still there, a copy having taken ``argv`` and ``env``; else None (its pipe closed)."""
+    if isinstance(waiting, Forked):
+        if waiting.returncode is None and waiting.go(argv, env):
+            return waiting
+        waiting.close()
+        return None
+    return waiting if waiting is not None and waiting.returncode is None else None
+
+
 class Nanny:
     def __init__(
         self,
@@ -425,17 +438,15 @@ class Nanny:
         self._worker_up.clear()
         self._kill_reason = ""
         self._out_of_memory = False
-        proc: asyncio.subprocess.Process | Forked | None
         args = [*self._worker_args(), "--ready-file", ready]
+        env = self._worker_env()
         # The copy forked at start, if it still waits; else the standby (a forked copy
         # too, or an interpreter started since); else a new interpreter.
-        proc, self.prefork = self.prefork, None
-        if proc is None or proc.returncode is not None or not proc.go(args, self._worker_env()):
-            proc, self.standby = self.standby, None
-            if isinstance(proc, Forked) and not proc.go(args, self._worker_env()):
-                proc = None
-            if proc is None or proc.returncode is not None:
-                proc = await self._spawn()
+        prefork, self.prefork = self.prefork, None
+        proc = _told(prefork, args, env)
+        if proc is None:
+            standby, self.standby = self.standby, None
+            proc = _told(standby, args, env) or await self._spawn()
         self.proc = proc
         if not isinstance(proc, Forked):
             assert proc.stdin is not None

@@ -76,21 +76,28 @@ class Forked:
         return await future
 
     def go(self, argv: list[str], env: dict[str, str]) -> bool:
-        """Have the copy run ``regrow`` with ``argv`` in ``env``; False if it is gone."""
+        """Have the copy run ``regrow`` with ``argv`` in ``env``; False if it is gone
+        (or was told already). Its pipe is closed either way."""
+        if self._pipe < 0:
+            return False
         line = b"go " + json.dumps({"argv": argv, "env": env}).encode() + b"\n"
-        _PIPES.discard(self._pipe)
+        pipe, self._pipe = self._pipe, -1
+        _PIPES.discard(pipe)
         try:
-            with open(self._pipe, "wb", closefd=True) as pipe:
-                pipe.write(line)
-        except (BrokenPipeError, OSError):
+            with open(pipe, "wb", closefd=True) as out:
+                out.write(line)
+        except OSError:  # BrokenPipeError among them: the copy is gone
             return False
         return True
 
     def close(self) -> None:
-        """It will not be needed: close its pipe, and the copy, reading the end, exits."""
-        _PIPES.discard(self._pipe)
-        with contextlib.suppress(OSError):
-            os.close(self._pipe)
+        """It will not be needed: close its pipe, and the copy, reading the end, exits.
+        Once only: the descriptor's number may be another file's afterwards."""
+        pipe, self._pipe = self._pipe, -1
+        if pipe >= 0:
+            _PIPES.discard(pipe)
+            with contextlib.suppress(OSError):
+                os.close(pipe)
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
