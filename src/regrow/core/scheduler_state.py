@@ -372,7 +372,7 @@ class SchedulerState:
         return bool(ts.who_wants or ts.waiters)
 
     def _slots_for(self, nthreads: int) -> int:
-        return max(1, math.ceil(nthreads * self.depth))
+        return max(1, math.ceil(max(1, nthreads) * self.depth))
 
     def _retune(self) -> None:
         """Follow the mean task duration with the tasks a worker may hold per thread:
@@ -381,11 +381,11 @@ class SchedulerState:
         slots with it): a mean that wanders changes nothing."""
         ideal = min(MAX_DEPTH, self.queue_seconds / max(self.avg_duration, 1e-9))
         ideal = max(self.worker_saturation, ideal)
-        if self.depth / 2 < ideal < self.depth * 2 or ideal == self.depth:
+        if self.depth / 2 < ideal < self.depth * 2:
             return
         self.depth = ideal
         for ws in self.workers.values():
-            ws.slots = self._slots_for(max(1, ws.nthreads))
+            ws.slots = self._slots_for(ws.nthreads)
             self._update_free(ws)
         self._fill_all()
 
@@ -799,7 +799,7 @@ class SchedulerState:
             max(1, event.nthreads),
             event.pid,
             event.memory_limit,
-            self._slots_for(max(1, event.nthreads)),
+            self._slots_for(event.nthreads),
         )
         ws.nanny = event.nanny
         ws.id = event.id or event.worker
