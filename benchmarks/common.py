@@ -161,6 +161,9 @@ def _spark_session() -> Any:
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else it warns of the VM's name
+    # Its Python workers run this interpreter, as the other systems' workers do (else
+    # the first python3 on PATH, which may lack this environment's packages).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     session = (
         SparkSession.builder.master(f"local[{N_WORKERS * THREADS_PER_WORKER}]")

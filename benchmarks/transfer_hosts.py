@@ -281,7 +281,7 @@ def _raw_parallel_receiver(host: str, nbytes: int, streams: int) -> None:
                 conn.close()
 
 
-def raw_parallel(link: VethLink, streams: int = 4, reps: int = LIMIT_REPS) -> Limit:
+def raw_parallel(link: VethLink, streams: int | None = None, reps: int = LIMIT_REPS) -> Limit:
     """The limit for a striped transfer: ``streams`` TCP socket pairs over the veth pair
     at once, each ``sendall()``-ing its part of 100 MB from a thread of its own, timed
     until the receiver's acknowledgement that every part arrived; ``reps`` tries."""
@@ -289,6 +289,10 @@ def raw_parallel(link: VethLink, streams: int = 4, reps: int = LIMIT_REPS) -> Li
 
     import numpy as np
 
+    if streams is None:  # as many as regrow stripes over
+        from regrow.config import Settings
+
+        streams = Settings().transfer_streams
     name = f"{streams} TCP socket pairs at once over the veth pair, 100 MB in all"
     proc = _in_b(link, "_raw_parallel_receiver", (link.ns_ip, NBYTES, streams))
     payload = memoryview(np.ones(NBYTES, dtype=np.uint8)).cast("B")

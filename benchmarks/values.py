@@ -24,6 +24,7 @@ Run alone: ``python -m benchmarks.values [--kinds bytes,str]`` (~8 min for all).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -148,16 +149,14 @@ def run(systems: Sequence[str], reps: int, kinds: Sequence[str] = VALUE_KINDS) -
 
 def kinds_option(argv: list[str]) -> tuple[list[str], tuple[str, ...]]:
     """``--kinds a,b`` taken out of ``argv`` (the rest goes to the common parser)."""
-    if "--kinds" not in argv:
-        return argv, VALUE_KINDS
-    at = argv.index("--kinds")
-    if at + 1 >= len(argv):
-        sys.exit("--kinds needs a comma-separated list of kinds")
-    kinds = tuple(k for k in argv[at + 1].split(",") if k)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--kinds", default=",".join(VALUE_KINDS))
+    known, rest = parser.parse_known_args(argv)
+    kinds = tuple(k for k in known.kinds.split(",") if k)
     unknown = [k for k in kinds if k not in VALUE_KINDS]
-    if unknown:
-        sys.exit(f"unknown kind(s) {unknown}; choose from {list(VALUE_KINDS)}")
-    return argv[:at] + argv[at + 2 :], kinds
+    if unknown or not kinds:
+        parser.error(f"unknown kind(s) {unknown}; choose from {list(VALUE_KINDS)}")
+    return rest, kinds
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmarks import values
-from benchmarks.common import Report, Row, System, Workload, main, run_workloads, times_better
+from benchmarks.common import Report, Row, System, main, run_workloads, times_better
 from benchmarks.tasks import VALUE_KINDS
 from benchmarks.transfer_hosts import CLUSTERS, skip_reason
 from regrow.testing import veth_link
@@ -39,22 +39,23 @@ from regrow.testing import veth_link
 WHERE = " across hosts"
 
 
-def _not_run(workloads: list[Workload], systems: Sequence[str], why: str) -> Report:
-    rows = [Row(w.name, w.unit, w.higher_is_better, target=w.target) for w in workloads]
-    for row in rows:
+def _not_run(report: Report, systems: Sequence[str], why: str) -> Report:
+    for row in report.rows:
         for name in systems:
             row.errors[name] = f"not run: {why}"
-    return Report(rows=rows)
+    return report
 
 
 def run(systems: Sequence[str], reps: int, kinds: Sequence[str] = VALUE_KINDS) -> Report:
     workloads = values.workloads(kinds, WHERE, remote=1, target=times_better(dask=2.0))
     others = [s for s in systems if s not in CLUSTERS]
     systems = [s for s in systems if s in CLUSTERS]
+    only = f"this module starts {' and '.join(CLUSTERS)} only"
     reason = skip_reason()
     if reason is not None:
         print(f"  values_hosts skipped: {reason}", flush=True)
-        return _not_run(workloads, systems, reason)
+        rows = [Row(w.name, w.unit, w.higher_is_better, target=w.target) for w in workloads]
+        return _not_run(_not_run(Report(rows=rows), systems, reason), others, only)
     with (
         tempfile.TemporaryDirectory(prefix="regrow-bench-values-") as tmp,
         veth_link("regrow-vals", "rgv") as link,
@@ -67,10 +68,7 @@ def run(systems: Sequence[str], reps: int, kinds: Sequence[str] = VALUE_KINDS) -
                 yield system
 
         report = Report(rows=run_workloads(workloads, systems, reps, start=start))
-    for row in report.rows:
-        for name in others:
-            row.errors[name] = f"not run: this module starts {' and '.join(CLUSTERS)} only"
-    return report
+    return _not_run(report, others, only)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ checked against it.
   file, its records the file's lines) counts the words of its file (``init``/
   ``process``) and writes ``(word, n)`` under a label chosen by the word's crc32
   (``done``: a combiner, as a MapReduce word count has); stage ``sum`` (``group_label``,
-  one task per label, ``PARTITIONS`` labels) adds them up.
+  one task per label, ``PARTITIONS`` labels) adds them up: ``examples/wordcount.py``'s
+  "reduce" stage.
 - **dask**: ``dask.bag.read_text(files, blocksize=None)`` (one partition per file)
   ``.str.split().flatten().frequencies()``, computed on the distributed cluster: the
   word count of dask's documentation.
@@ -33,14 +34,16 @@ Run alone: ``python -m benchmarks.wordcount``.
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import operator
 import os
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from examples.wordcount import reduce_count, reduce_emit, reduce_init
 
 from benchmarks.common import (
     REQUIRES,
@@ -60,10 +63,6 @@ VOCABULARY = 20_000
 PARTITIONS = 8
 
 
-def count_init(interface: Any, params: Any) -> collections.Counter[str]:
-    return collections.Counter()
-
-
 def count_lines(interface: Any, state: Any, label: Any, lines: Any) -> None:
     for line in lines:
         state.update(line.split())
@@ -75,27 +74,18 @@ def count_done(interface: Any, state: Any) -> None:
         interface.output(zlib.crc32(word.encode()) % PARTITIONS).add(word, n)
 
 
-def sum_init(interface: Any, params: Any) -> collections.Counter[str]:
-    return collections.Counter()
-
-
-def sum_counts(interface: Any, state: Any, label: Any, records: Any) -> None:
-    for word, n in records:
-        state[word] += n
-
-
-def sum_done(interface: Any, state: Any) -> None:
-    for word, n in state.items():
-        interface.output(0).add(word, n)
-
-
 def _pipeline() -> Any:
+    """A Counter per file, written out per label by a combiner (``count_done``); its
+    "sum" stage is examples/wordcount.py's "reduce"."""
     from regrow.pipeline import Pipeline, Stage, group_label, split
 
     return Pipeline(
         [
-            (split, Stage("count", init=count_init, process=count_lines, done=count_done)),
-            (group_label, Stage("sum", init=sum_init, process=sum_counts, done=sum_done)),
+            (split, Stage("count", init=reduce_init, process=count_lines, done=count_done)),
+            (
+                group_label,
+                Stage("sum", init=reduce_init, process=reduce_count, done=reduce_emit),
+            ),
         ]
     )
 
@@ -148,28 +138,27 @@ def corpus() -> Iterator[None]:
         yield
 
 
-def word_count(system: System) -> float:
-    start = time.perf_counter()
+def _counts(system: System, spark_api: str) -> dict[str, int]:
+    """Every word's count, by ``system`` (PySpark by its ``spark_api``: "sql" or "rdd")."""
     if system.name == "regrow":
         from regrow.pipeline import Files, run_pipeline
 
-        result = run_pipeline(system.client, _pipeline(), Files(Corpus.paths))
-        counts = dict(result.gather())
-    elif system.name == "dask":
+        return dict(run_pipeline(system.client, _pipeline(), Files(Corpus.paths)).gather())
+    if system.name == "dask":
         import dask.bag as db
 
         bag = db.read_text(Corpus.paths, blocksize=None).str.split().flatten().frequencies()
-        counts = dict(system.client.compute(bag).result())
-    else:
+        return dict(system.client.compute(bag).result())
+    if spark_api == "sql":
         from pyspark.sql import functions as F
 
         lines = system.client.read.text(Corpus.paths)
         words = lines.select(F.explode(F.split(lines.value, " ")).alias("word"))
         rows = words.where(words.word != "").groupBy("word").count().collect()
-        counts = {row["word"]: row["count"] for row in rows}
-    elapsed = time.perf_counter() - start
-    check(counts == Corpus.counts, f"{system.name}: the counts differ from the corpus's")
-    return Corpus.words / elapsed
+        return {row["word"]: row["count"] for row in rows}
+    context = system.client.sparkContext
+    rdd = context.textFile(",".join(Corpus.paths), minPartitions=len(Corpus.paths))
+    return dict(rdd.flatMap(_split_words).map(_one).reduceByKey(operator.add).collect())
 
 
 def _split_words(line: str) -> list[str]:
@@ -180,19 +169,17 @@ def _one(word: str) -> tuple[str, int]:
     return word, 1
 
 
-def word_count_rdd(system: System) -> float:
-    """As ``word_count``, with PySpark's RDD API (regrow and dask as there)."""
-    if system.name != "spark":
-        return word_count(system)
-    import operator
+def word_count(spark_api: str) -> Callable[[System], float]:
+    """Words a second of ``_counts``, checked against the corpus."""
 
-    start = time.perf_counter()
-    context = system.client.sparkContext
-    rdd = context.textFile(",".join(Corpus.paths), minPartitions=len(Corpus.paths))
-    counts = dict(rdd.flatMap(_split_words).map(_one).reduceByKey(operator.add).collect())
-    elapsed = time.perf_counter() - start
-    check(counts == Corpus.counts, f"{system.name}: the counts differ from the corpus's")
-    return Corpus.words / elapsed
+    def run(system: System) -> float:
+        start = time.perf_counter()
+        counts = _counts(system, spark_api)
+        elapsed = time.perf_counter() - start
+        check(counts == Corpus.counts, f"{system.name}: the counts differ from the corpus's")
+        return Corpus.words / elapsed
+
+    return run
 
 
 WORKLOADS = [
@@ -200,7 +187,7 @@ WORKLOADS = [
         f"word count: {N_FILES} files of {FILE_MB} MB (pipeline vs dask.bag vs Spark SQL)",
         "words/s",
         True,
-        word_count,
+        word_count("sql"),
         target=times_better(text="ahead of dask.bag and PySpark", dask=1.0, spark=1.0),
         warmups=1,  # the JVM's first run compiles its code
     ),
@@ -208,7 +195,7 @@ WORKLOADS = [
         f"word count: {N_FILES} files of {FILE_MB} MB (pipeline vs dask.bag vs Spark RDD)",
         "words/s",
         True,
-        word_count_rdd,
+        word_count("rdd"),
         target=times_better(text="ahead of dask.bag and PySpark", dask=1.0, spark=1.0),
         warmups=1,
     ),
