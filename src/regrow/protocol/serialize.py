@@ -458,7 +458,13 @@ def digest(frames: Iterable[Buffer]) -> str:
     return h.hexdigest()
 
 
-def sizeof(obj: object, depth: int = 4) -> int:
+# Items sampled from a container at each level ``sizeof`` looks into (the top first):
+# fewer further down, so that a value nested four deep costs hundreds of looks, not
+# 16 ** 4 (a worker measures every result it makes).
+_SAMPLES = (16, 4, 2, 1)
+
+
+def sizeof(obj: object, depth: int = len(_SAMPLES)) -> int:
     """Estimate of the bytes ``obj`` holds in memory (for placement and reporting, and
     to judge whether a result is small enough to pickle with its task's news). Looked
     into ``depth`` levels down, so a value that holds itself costs a few looks."""
@@ -469,14 +475,15 @@ def sizeof(obj: object, depth: int = 4) -> int:
         return len(obj) + 33
     if depth:
         # Containers: their own size (the builtin's: a subclass's __sizeof__ may measure
-        # every item deeply, as dask's shuffle groups do) plus a sample of 16 items.
+        # every item deeply, as dask's shuffle groups do) plus a sample of their items.
+        sample = _SAMPLES[max(0, len(_SAMPLES) - depth)]
         for base in (list, tuple, set, frozenset):
             if isinstance(obj, base) and obj:
-                items = list(itertools.islice(obj, 16))
+                items = list(itertools.islice(obj, sample))
                 per = sum(sizeof(x, depth - 1) for x in items) / len(items)
                 return int(base.__sizeof__(obj) + per * len(obj))
         if isinstance(obj, dict) and obj:
-            pairs = list(itertools.islice(obj.items(), 16))
+            pairs = list(itertools.islice(obj.items(), sample))
             per = sum(sizeof(k, depth - 1) + sizeof(v, depth - 1) for k, v in pairs) / len(pairs)
             return int(dict.__sizeof__(obj) + per * len(obj))
         if type(obj).__module__.startswith("pandas") and hasattr(obj, "columns"):
