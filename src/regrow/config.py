@@ -129,7 +129,9 @@ class Settings:
     # A worker keeps up to this many bytes (and at most 1/8 of its memory limit) of
     # large receive buffers whose values are gone, to receive into again: memory written
     # before takes data ~1.9x as fast as fresh memory, which the kernel must fault in
-    # and zero (framing.ReceivePool). They are given back first when memory runs high.
+    # and zero (framing.ReceivePool). As much again of memory malloc freed is kept for
+    # the next large bytes or str it makes (protocol.heap). Both are given back first
+    # when memory runs high.
     receive_pool_bytes: int = 256 * 2**20
     # A large value fetched from a worker on another host comes over this many TCP
     # connections at once, each frame of at least ``stripe_bytes`` cut into one range

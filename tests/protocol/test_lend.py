@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from regrow.protocol import lend
+from regrow.protocol import lend, rawbuf
 
 needs_lend = pytest.mark.skipif(not lend.usable, reason="process_vm_readv is not available")
 
@@ -32,6 +32,26 @@ def test_read_copies_another_processes_buffer() -> None:
             got = lend.read(proc.pid, address, n)
             assert bytes(got) == bytes(range(256)) * 8192
             assert not got.readonly
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+
+@needs_lend
+def test_read_into_an_object_made_beforehand() -> None:
+    """The worker makes the new objects on its event loop's thread (where malloc keeps
+    freed memory warm, see protocol.heap) and reads into them on another."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            address, n = map(int, proc.stdout.readline().split())
+            into = lend.target(n, rawbuf.BYTES)
+            got = lend.read(proc.pid, address, n, into=into)
+            value = rawbuf.new_bytes(got)
+            assert type(value) is bytes and value == bytes(range(256)) * 8192
+            assert rawbuf.made_object(into[0], bytes) is value  # read in place, not copied
         finally:
             proc.stdin.close()
             proc.wait(timeout=30)

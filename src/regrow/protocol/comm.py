@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import ssl
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
@@ -33,7 +32,7 @@ from regrow.errors import (
     explain,
     reason,
 )
-from regrow.protocol import handshake
+from regrow.protocol import handshake, heap
 from regrow.protocol.framing import LARGE, Buffer, FrameDecoder, encode_packet
 from regrow.protocol.messages import (
     AuthMsg,
@@ -878,28 +877,14 @@ _TRIM_DELAY = 1.0
 _trim_pending = False
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-        return trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_TRIM = _malloc_trim() if sys.platform.startswith("linux") else None
-
-
 def trim_soon() -> None:
     """Give the memory of closed connections back to the system, a second after the last
     one closed. What TLS handshakes and buffers allocate stays in malloc's heap once
     freed, and a flood of refused connections would leave a server ~10 MB larger for
     good (glibc's malloc_trim; elsewhere nothing)."""
     global _trim_pending
-    if _TRIM is None or _trim_pending:
-        return
+    if heap.budget or _trim_pending:
+        return  # a process that keeps freed memory warm gives it back by heap.tidy
     _trim_pending = True
     asyncio.get_running_loop().call_later(_TRIM_DELAY, _trim_now)
 
@@ -907,8 +892,7 @@ def trim_soon() -> None:
 def _trim_now() -> None:
     global _trim_pending
     _trim_pending = False
-    if _TRIM is not None:
-        _TRIM(0)
+    heap.give_back()
 
 
 def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:

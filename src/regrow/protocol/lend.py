@@ -151,9 +151,32 @@ class Loan:
         return True
 
 
-def read(pid: int, address: int, nbytes: int, made: int = 0) -> memoryview:
+Target = tuple[memoryview, int, Any]
+
+
+def target(nbytes: int, made: int = 0) -> Target:
+    """New memory of ours for ``read``: a new ``made`` object (rawbuf.BYTES or ASCII) to
+    read straight into, else a plain buffer; as (view, address, keeper).
+
+    Made on a process's main thread where it can be: only there does malloc serve a
+    large object from memory freed before (see protocol.heap); a thread's copy is
+    written into fresh pages, at less than half the speed."""
+    from regrow.protocol import rawbuf  # it uses address_of, defined here
+
+    fresh = rawbuf.empty(made, nbytes) if made else None
+    if fresh is not None:
+        return fresh[0], fresh[1], None
+    out = uninitialized(nbytes)
+    keeper = (ctypes.c_char * nbytes).from_buffer(out)
+    return out, ctypes.addressof(keeper), keeper
+
+
+def read(
+    pid: int, address: int, nbytes: int, made: int = 0, into: Target | None = None
+) -> memoryview:
     """Copy ``nbytes`` at ``address`` in process ``pid`` into new memory of ours (with
-    ``made``, rawbuf.BYTES or ASCII: straight into a new such object, see rawbuf).
+    ``made``, rawbuf.BYTES or ASCII: straight into a new such object, see rawbuf), or
+    into ``into``, made by ``target`` for as many bytes.
 
     Large reads are split in two halves read by two threads (the call releases the
     GIL): page faults on our fresh pages are handled on both cores. 100 MB here:
@@ -161,16 +184,7 @@ def read(pid: int, address: int, nbytes: int, made: int = 0) -> memoryview:
     """
     if _readv is None:
         raise Refused("process_vm_readv is not available here")
-    from regrow.protocol import rawbuf  # it uses address_of, defined here
-
-    fresh = rawbuf.empty(made, nbytes) if made else None
-    if fresh is not None:
-        out, base = fresh
-        target = None
-    else:
-        out = uninitialized(nbytes)
-        target = (ctypes.c_char * nbytes).from_buffer(out)
-        base = ctypes.addressof(target)
+    out, base, keeper = into if into is not None else target(nbytes, made)
     try:
         if nbytes >= _SPLIT and (os.cpu_count() or 1) > 1:
             half = nbytes // 2
@@ -193,7 +207,7 @@ def read(pid: int, address: int, nbytes: int, made: int = 0) -> memoryview:
         else:
             _read_range(pid, base, address, nbytes)
     finally:
-        del target
+        del keeper
     return out
 
 

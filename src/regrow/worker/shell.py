@@ -27,7 +27,7 @@ from regrow.core import worker_events as wev
 from regrow.core import worker_instructions as ins
 from regrow.core.worker_state import WorkerState, WorkerTask
 from regrow.errors import CommClosedError, ProtocolError
-from regrow.protocol import framing, shm, stripe
+from regrow.protocol import framing, heap, shm, stripe
 from regrow.protocol.comm import (
     Connection,
     ConnectionPool,
@@ -244,6 +244,7 @@ class Worker:
         if self.memory_limit:
             pool = min(pool, self.memory_limit // 8)
         framing.POOL.limit = pool
+        heap.keep_warm(pool)
         self.threads.start(asyncio.get_running_loop())
         bound = await self.listener.start(self.host, self.port)
         self.address = self.listener.address = advertise(
@@ -330,6 +331,7 @@ class Worker:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
+            heap.tidy()  # before memory is measured: what it gives back is not counted
             self._send(
                 HeartbeatMsg(
                     memory=self._memory(),
@@ -354,9 +356,10 @@ class Worker:
             self.handle(wev.MemorySampled(rss=self._memory(), stimulus_id=self._sid("memory")))
 
     async def _spill(self, nbytes: int) -> None:
-        """Free about ``nbytes``: kept receive buffers first, then results to disk."""
+        """Free about ``nbytes``: kept receive buffers and freed heap memory first, then
+        results to disk."""
         before = self._memory()
-        if framing.POOL.trim():
+        if framing.POOL.trim() | heap.give_back():
             nbytes -= before - self._memory()
         if nbytes > 0 and self.data.fast:
             # Spill in a thread: writing files must not stall the event loop.

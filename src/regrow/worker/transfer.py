@@ -266,9 +266,13 @@ class Transfers:
                 raise ProtocolError("put-data: a lent frame is out of range or not empty")
             wanted.append((f, address, nbytes, made.get(i, 0)))
 
+        # The new objects are made here, on the event loop's (main) thread, where malloc
+        # keeps freed memory warm (protocol.heap); the thread only copies into them.
+        targets = [lend.target(nbytes, kind) for _, _, nbytes, kind in wanted]
+
         def read_all() -> None:
-            for f, address, nbytes, kind in wanted:
-                frames[f] = lend.read(lent.pid, address, nbytes, kind)
+            for (f, address, nbytes, _), into in zip(wanted, targets, strict=True):
+                frames[f] = lend.read(lent.pid, address, nbytes, into=into)
 
         try:
             await asyncio.to_thread(read_all)

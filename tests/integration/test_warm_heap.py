@@ -1,0 +1,50 @@
+"""A worker keeps freed memory warm for the next large value (protocol.heap), within
+its budget, and gives it back before it spills."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import MakeCluster
+from regrow import Client
+from regrow.protocol import heap, lend
+from regrow.testing import wait_until
+
+pytestmark = [
+    pytest.mark.skipif(heap._LIBC is None, reason="glibc's malloc is not here"),
+    pytest.mark.skipif(not lend.usable, reason="process_vm_readv is not available"),
+]
+
+MB = 1 << 20
+
+
+def _heap() -> tuple[int, int]:
+    return heap.budget, heap.free_bytes()
+
+
+def _tidy() -> tuple[bool, int]:
+    return heap.tidy(), heap.free_bytes()
+
+
+def _nkeys(client: Client) -> int:
+    return sum(w["nkeys"] for w in client.scheduler_info()["workers"].values())
+
+
+def test_a_scattered_value_freed_stays_warm_on_its_worker(make_cluster: MakeCluster) -> None:
+    _, client = make_cluster(n_workers=1, memory_limit="4GiB")
+    [(budget, _)] = client.run(_heap).values()
+    assert budget == 256 * MB  # receive_pool_bytes, under an eighth of the memory limit
+    value = b"\x5a" * (100 * MB)
+    future = client.scatter(value)
+    assert client.submit(len, future).result() == len(value)
+    del future
+    wait_until(lambda: _nkeys(client) == 0, timeout=10, what="the worker lets the value go")
+    # What the worker's heartbeats do (heap.tidy) keeps it: within the budget.
+    [(gave_back, kept)] = client.run(_tidy).values()
+    assert not gave_back and kept >= 100 * MB
+
+
+def test_a_small_memory_limit_keeps_little(make_cluster: MakeCluster) -> None:
+    _, client = make_cluster(n_workers=1, memory_limit="400MiB")
+    [(budget, _)] = client.run(_heap).values()
+    assert budget == 50 * MB  # an eighth of the limit
