@@ -196,3 +196,33 @@ def test_regrow_progress_draws_a_pipelines_stages(client: Client) -> None:
     assert "12/12" in rows["square"] and "finished" in rows["square"]
     assert "1/1" in rows["final"]
     assert sorted(job.gather(timeout=TIMEOUT)) == tasks.numeric_expected(inputs)
+
+
+def test_a_task_with_all_its_inputs_is_one_step(client: Client) -> None:
+    """A task whose first inputs are its last runs init, process and done as one regrow
+    task (stages.last_step): its state never moves to another worker."""
+    from examples import wordcount
+
+    files = wordcount.stdlib_files(6)
+    pipeline = Pipeline(
+        [
+            (split, Stage("map", process=wordcount.map_words)),
+            (
+                group_all,
+                Stage(
+                    "reduce",
+                    init=wordcount.reduce_init,
+                    process=wordcount.reduce_count,
+                    done=wordcount.reduce_emit,
+                    concurrent=False,  # it starts once every map task has finished
+                ),
+            ),
+        ]
+    )
+    before = client.scheduler_info()["counts"].get("finished", 0)
+    result = run_pipeline(client, pipeline, Files(files))
+    assert collections.Counter(dict(result.gather(timeout=TIMEOUT))) == wordcount.serial_count(
+        files
+    )
+    finished = client.scheduler_info()["counts"]["finished"] - before
+    assert finished == len(files) + 1  # one per map task, one for the reduce

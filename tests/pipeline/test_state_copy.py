@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from regrow.pipeline.stages import Stage, StepResult, copy_state, done_step, process_step
+from regrow.pipeline.stages import (
+    Stage,
+    StepResult,
+    copy_state,
+    done_step,
+    init_step,
+    last_step,
+    process_step,
+)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +77,36 @@ def test_a_failed_step_leaves_the_state_it_started_from() -> None:
     assert process_step(stage, prev, [(0, ["a"])]).state == {"a": 2}
     assert done_step(Stage("count", process=_count), prev).state is None
     assert prev.state == {"a": 1}
+
+
+def _init_log(interface: Any, params: Any) -> list[str]:
+    interface.output("x").add("init", 0)
+    return []
+
+
+def _process_log(interface: Any, state: Any, label: Any, records: Any) -> None:
+    for r in records:
+        state.append(r)
+        interface.output("x").add("process", r)
+
+
+def _done_log(interface: Any, state: Any) -> None:
+    interface.output("x").add("done", list(state))
+
+
+LOGGING = Stage("log", init=_init_log, process=_process_log, done=_done_log)
+
+
+def test_last_step_is_process_then_done_in_one() -> None:
+    """What the separate steps would have written, in the same order, as one step's."""
+    start = init_step(LOGGING)
+    processed = process_step(LOGGING, start, [(0, [1, 2])])
+    apart = processed.outputs["x"] + done_step(LOGGING, processed).outputs["x"]
+    together = last_step(LOGGING, start, [(0, [1, 2])])
+    assert together.outputs == {"x": [("process", 1), ("process", 2), ("done", [1, 2])]}
+    assert together.outputs["x"] == apart
+    assert start.state == []  # the state it started from is left as it was
+    # Its first inputs being its last: init too, in the same step.
+    assert last_step(LOGGING, None, [(0, [7])]).outputs == {
+        "x": [("init", 0), ("process", 7), ("done", [7])]
+    }
