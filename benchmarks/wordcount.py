@@ -35,6 +35,7 @@ Run alone: ``python -m benchmarks.wordcount``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import os
 import tempfile
@@ -64,8 +65,8 @@ PARTITIONS = 8
 
 
 def count_lines(interface: Any, state: Any, label: Any, lines: Any) -> None:
-    for line in lines:
-        state.update(line.split())
+    # One Counter.update over all the words: its loop is C's, not one Python call a line.
+    state.update(itertools.chain.from_iterable(map(str.split, lines)))
 
 
 def count_done(interface: Any, state: Any) -> None:
