@@ -34,10 +34,10 @@ def test_a_seceded_task_frees_its_slot_for_a_queued_task() -> None:
     assert computes(out) == ["b"]
     assert h.task_state("a") == "processing" and h.task_state("c") == "queued"
     ws = h.state.workers["w1"]
-    assert {t.key for t in ws.long_running} == {"a"}
+    assert {t.key for t in ws.slotless} == {"a"}
     # It ends as any task does, and leaves the long-running set.
     h.finish("a")
-    assert not ws.long_running and h.task_state("a") == "memory"
+    assert not ws.slotless and h.task_state("a") == "memory"
 
 
 def test_stale_secede_news_changes_nothing() -> None:
@@ -50,7 +50,7 @@ def test_stale_secede_news_changes_nothing() -> None:
     assert h.handle(ev.TaskSeceded(worker="w1", key="nope", run_id=1)) == []
     h.finish("a")
     h.handle(ev.TaskSeceded(worker="w1", key="a", run_id=run))
-    assert not h.state.workers["w1"].long_running
+    assert not h.state.workers["w1"].slotless
 
 
 def test_a_seceded_task_on_a_dead_worker_is_rescheduled() -> None:
@@ -63,7 +63,7 @@ def test_a_seceded_task_on_a_dead_worker_is_rescheduled() -> None:
     h.remove_worker(where)
     other = "w2" if where == "w1" else "w1"
     assert h.processing_on("a") == other
-    assert not any(ws.long_running for ws in h.state.workers.values())
+    assert not any(ws.slotless for ws in h.state.workers.values())
 
 
 # --------------------------------------------------------------------- worker

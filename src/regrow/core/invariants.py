@@ -104,10 +104,10 @@ def validate_state(state: SchedulerState) -> None:
                 used[name] = used.get(name, 0.0) + n
         if any(abs(used.get(k, 0.0) - ws.used.get(k, 0.0)) > 1e-6 for k in {*used, *ws.used}):
             _fail(f"{ws!r} resources in use {ws.used} != its tasks' {used}")
-        if not ws.long_running <= ws.processing.keys():
+        if not ws.slotless <= ws.processing.keys():
             _fail(f"{ws!r} has long-running tasks it is not processing")
         takes_tasks = (
-            len(ws.processing) - len(ws.long_running) < ws.slots
+            len(ws.processing) - len(ws.slotless) < ws.slots
             and not ws.paused
             and ws.isolated is None
             and not ws.draining

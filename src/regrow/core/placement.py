@@ -80,8 +80,27 @@ def decide_worker(
     best: WorkerRecord | None = None
     best_cost = 0.0
     for ws in candidates:
-        cost = (len(ws.processing) - len(ws.long_running)) / ws.nthreads * avg_duration
+        cost = (len(ws.processing) - len(ws.slotless)) / ws.nthreads * avg_duration
         cost += (total - held.get(ws, 0)) / bandwidth
         if best is None or cost < best_cost:
             best, best_cost = ws, cost
     return best
+
+
+def beside_inputs(ts: TaskState, estimate: float, bandwidth: float) -> WorkerRecord | None:
+    """The worker holding most of ``ts``'s input bytes, if moving them would take longer
+    than ``ts`` is expected to run (``estimate``, s), whether it has a free slot or not.
+
+    Such a task costs its inputs' holder less time than the move would cost the two
+    workers (a dask graph's ``getitem`` of a large tuple, a pipeline's ``take`` of a
+    step's outputs: a ~230 KB StepResult took ~7 ms of pickling and unpickling to move
+    for a task of 20 us). Should the holder stay busy for long, an idle worker steals
+    it (``stealing.balance``)."""
+    held: dict[WorkerRecord, int] = {}
+    for dep in ts.dependencies:
+        for ws in dep.who_has:
+            held[ws] = held.get(ws, 0) + dep.nbytes
+    if not held:
+        return None
+    holder = max(held, key=held.__getitem__)
+    return holder if held[holder] / bandwidth > estimate else None

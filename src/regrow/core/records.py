@@ -158,7 +158,6 @@ class WorkerRecord:
         "isolated",
         "last_done",
         "last_seen",
-        "long_running",
         "memory_limit",
         "metrics",
         "moving",
@@ -171,6 +170,7 @@ class WorkerRecord:
         "processing",
         "reason",
         "resources",
+        "slotless",
         "slots",
         "status",
         "used",
@@ -194,9 +194,10 @@ class WorkerRecord:
         self.memory_limit = memory_limit
         self.slots = slots
         self.processing: dict[TaskState, None] = {}
-        # Of those, the tasks that seceded from their thread (``secede()``): they wait on
-        # other tasks and hold no slot.
-        self.long_running: set[TaskState] = set()
+        # Of those, the tasks that hold no slot: those that seceded from their thread
+        # (``secede()``, they wait on other tasks), and short ones sent beside their
+        # inputs (``SchedulerState._beside_inputs``), which take a thread only briefly.
+        self.slotless: set[TaskState] = set()
         # Its abstract resources (``--resources GPU=2``), and those its tasks take now.
         self.resources: dict[str, float] = {}
         self.used: dict[str, float] = {}

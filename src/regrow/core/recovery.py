@@ -446,7 +446,7 @@ def restart(state: SchedulerState) -> None:
     state.inline_bytes = 0
     for ws in state.workers.values():
         ws.processing.clear()
-        ws.long_running.clear()
+        ws.slotless.clear()
         ws.used.clear()
         ws.has_what.clear()
         ws.nbytes = 0

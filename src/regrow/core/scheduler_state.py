@@ -51,7 +51,7 @@ from regrow.core import commands as cmd
 from regrow.core import events as ev
 from regrow.core.client_requests import FIRE_AND_FORGET
 from regrow.core.coordination import Coordination
-from regrow.core.placement import allowed, decide_worker, take
+from regrow.core.placement import allowed, beside_inputs, decide_worker, take
 from regrow.core.records import (
     EMPTY,
     RUNNING,
@@ -103,6 +103,9 @@ __all__ = [
 
 # The most tasks per thread a worker is given however short tasks are (``_retune``).
 MAX_DEPTH = 64.0
+# Task groups whose durations placement learns (SchedulerState.group_durations): keys
+# that name no group of tasks (each a group of its own) must not grow it without end.
+MAX_GROUPS = 10_000
 
 
 class SchedulerState:
@@ -162,6 +165,10 @@ class SchedulerState:
         # (``data_scattered``); those nobody claims are freed at ``ReattachGraceEnded``.
         self.unclaimed: dict[str, set[str]] = {}
         self.avg_duration = default_task_duration
+        # How long the tasks of each group (queries.key_group) that have inputs took, on
+        # average (s): a task of a group shorter than moving its inputs runs beside them
+        # (placement.beside_inputs). Groups past MAX_GROUPS are not learnt.
+        self.group_durations: dict[str, float] = {}
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.clients: dict[str, ClientState] = {}
@@ -457,6 +464,10 @@ class SchedulerState:
         if prefer is not None and allowed(ts, prefer) and prefer in self.free:
             ws: WorkerRecord | None = prefer
         else:
+            ws = self._beside_inputs(ts)
+            if ws is not None:
+                self._send_to(ts, ws, slotless=True)
+                return
             ws = decide_worker(ts, self.free, self.bandwidth, self.avg_duration)
         if ws is None:
             self._set_state(ts, QUEUED)
@@ -465,16 +476,40 @@ class SchedulerState:
             return
         self._send_to(ts, ws)
 
-    def _update_free(self, ws: WorkerRecord) -> None:
-        """A worker takes new tasks while it has a free slot and is not held back."""
-        if (
-            len(ws.processing) - len(ws.long_running) < ws.slots
-            and not ws.paused
+    def _learn_duration(self, key: str, duration: float) -> None:
+        group = queries.key_group(key)
+        known = self.group_durations.get(group)
+        if known is not None:
+            self.group_durations[group] = 0.9 * known + 0.1 * duration
+        elif len(self.group_durations) < MAX_GROUPS:
+            self.group_durations[group] = duration
+
+    def _beside_inputs(self, ts: TaskState) -> WorkerRecord | None:
+        """Where ``ts`` goes, free slot or not, if its group is known to be shorter than
+        moving its inputs (placement.beside_inputs) and their holder takes tasks."""
+        if not ts.dependencies or not self.group_durations:
+            return None
+        estimate = self.group_durations.get(queries.key_group(ts.key))
+        if estimate is None:
+            return None
+        ws = beside_inputs(ts, estimate, self.bandwidth)
+        if ws is None or not self._takes_work(ws) or not allowed(ts, ws):
+            return None
+        return ws
+
+    def _takes_work(self, ws: WorkerRecord) -> bool:
+        """Not held back: paused, isolated, draining, closing or gone."""
+        return (
+            not ws.paused
             and ws.isolated is None
             and not ws.draining
             and ws.status == RUNNING
             and ws.address in self.workers
-        ):
+        )
+
+    def _update_free(self, ws: WorkerRecord) -> None:
+        """A worker takes new tasks while it has a free slot and is not held back."""
+        if len(ws.processing) - len(ws.slotless) < ws.slots and self._takes_work(ws):
             # Re-inserting moves it to the end: ``free`` stays ordered from the worker given
             # work least recently to the one given work last (placement relies on it).
             self.free.pop(ws, None)
@@ -482,11 +517,13 @@ class SchedulerState:
         else:
             self.free.pop(ws, None)
 
-    def _send_to(self, ts: TaskState, ws: WorkerRecord) -> None:
+    def _send_to(self, ts: TaskState, ws: WorkerRecord, slotless: bool = False) -> None:
         self._set_state(ts, PROCESSING)
         ts.processing_on = ws
         ts.run_id = next(self._run_ids)
         ws.processing[ts] = None
+        if slotless:
+            ws.slotless.add(ts)
         if ts.resources:
             take(ts, ws, 1.0)
         self._update_free(ws)
@@ -513,7 +550,7 @@ class SchedulerState:
                 del ws.processing[ts]
                 if ts.resources:
                     take(ts, ws, -1.0)
-            ws.long_running.discard(ts)
+            ws.slotless.discard(ts)
             if ws.isolated is ts:
                 ws.isolated = None
             self._update_free(ws)
@@ -525,7 +562,7 @@ class SchedulerState:
         ts = self.tasks.get(event.key)
         if ws is None or ts is None or ts.processing_on is not ws or ts.run_id != event.run_id:
             return  # stale: it finished, moved or was stolen meanwhile
-        ws.long_running.add(ts)
+        ws.slotless.add(ts)
         self._update_free(ws)
         self._fill(ws)
 
@@ -587,6 +624,8 @@ class SchedulerState:
         ws.last_done = event.now
         if event.duration > 0:
             self.avg_duration = 0.9 * self.avg_duration + 0.1 * event.duration
+            if ts.dependencies:
+                self._learn_duration(ts.key, event.duration)
         owner = self._stop_processing(ts)
         self._set_state(ts, MEMORY)
         ts.nbytes = event.nbytes

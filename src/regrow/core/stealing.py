@@ -37,7 +37,7 @@ def balance(state: SchedulerState, now: float = 0.0) -> None:
     # A thief takes new tasks (not paused, draining or isolated) and has idle threads
     # even after the queue was offered to it: what is still queued, it may not run
     # (restrictions), so it does not stop stealing.
-    # Tasks that seceded from their threads (long_running) occupy none.
+    # Tasks that hold no slot (seceded, or short ones beside their inputs) occupy none.
     thieves = [ws for ws in state.free if _busy(ws) < ws.nthreads]
     if not thieves:
         return
@@ -75,7 +75,7 @@ def balance(state: SchedulerState, now: float = 0.0) -> None:
 
 def _busy(ws: WorkerRecord) -> int:
     """Tasks that hold a thread of ``ws`` (or wait for one there)."""
-    return len(ws.processing) - len(ws.long_running)
+    return len(ws.processing) - len(ws.slotless)
 
 
 def _transfer_bytes(ts: TaskState, ws: WorkerRecord) -> int:

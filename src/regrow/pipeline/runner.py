@@ -381,7 +381,10 @@ class _Runner:
 
     def _submit(self, kind: str, run: _Run, extra: Any, fn: Any, *args: Any) -> Future:
         name = self.stages[run.stage].name
-        key = f"pipeline-{self.job}-{name}-{next(self.keys)}"
+        # Named for what it runs too: the scheduler learns durations by group
+        # (pipeline-<stage>-take and -last are not alike).
+        what = fn.__name__.removesuffix("_step")
+        key = f"pipeline-{self.job}-{name}-{what}-{next(self.keys)}"
         future = self.client.submit(fn, *args, key=key, pure=False)
         self.actions[future.key] = (kind, run, extra)
         self.watch.add(future)
