@@ -74,3 +74,43 @@ def test_only_contiguous_buffers_are_lent() -> None:
     assert lend.address_of(memoryview(bytearray(10))[::2]) is None
     assert lend.address_of(bytearray(10)) is not None
     assert not lend.lendable(bytearray(100)) and lend.lendable(bytearray(lend.MIN_BYTES))
+
+
+ASCII_HOLDER = """
+import ctypes, sys
+buf = bytearray(b"abcdefgh" * (2 << 20))  # 16 MiB: read in two halves
+if sys.argv[1] != "-1":
+    buf[int(sys.argv[1])] = 0xE9  # not ASCII
+addr = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+print(addr, len(buf), flush=True)
+sys.stdin.read()
+"""
+
+
+@needs_lend
+@pytest.mark.parametrize("bad", [-1, 5, (16 << 20) - 3])
+def test_a_str_said_ascii_is_checked_as_it_is_read(bad: int) -> None:
+    """The characters of an ASCII str are checked piece by piece as they are read, in
+    both halves; a lender that says bytes are ASCII when one is not gets a clean
+    UnicodeDecodeError, never a broken str."""
+    with subprocess.Popen(
+        [sys.executable, "-c", ASCII_HOLDER, str(bad)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            address, n = map(int, proc.stdout.readline().split())
+            got = lend.read(proc.pid, address, n, rawbuf.ASCII)
+            if bad == -1:
+                assert getattr(got.obj, "checked", False) is (rawbuf.is_ascii_at is not None)
+                text = rawbuf.new_ascii(got)
+                assert type(text) is str and text == "abcdefgh" * (2 << 20)
+            else:
+                assert not getattr(got.obj, "checked", False)
+                with pytest.raises(UnicodeDecodeError):
+                    rawbuf.new_ascii(got)
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)

@@ -26,6 +26,8 @@ MIN_BYTES = LARGE
 _CHUNK = 1 << 30
 # From this size a read is split between two threads.
 _SPLIT = 8 << 20
+# An ASCII str's characters are read and checked this many bytes at a time (see read).
+_ASCII_CHUNK = 1 << 20
 
 
 class _IOVec(ctypes.Structure):
@@ -176,15 +178,23 @@ def read(
 ) -> memoryview:
     """Copy ``nbytes`` at ``address`` in process ``pid`` into new memory of ours (with
     ``made``, rawbuf.BYTES or ASCII: straight into a new such object, see rawbuf), or
-    into ``into``, made by ``target`` for as many bytes.
+    into ``into``, made by ``target`` for ``nbytes`` of that ``made``.
 
     Large reads are split in two halves read by two threads (the call releases the
     GIL): page faults on our fresh pages are handled on both cores. 100 MB here:
     ~22 ms in one call, 12-15 ms in two.
+
+    The characters of an ASCII ``str`` are read ``_ASCII_CHUNK`` at a time, each piece
+    checked to be ASCII while it is still in the cache (a pass of its own over 100 MB
+    took ~4.5 ms; this saved 2-3 ms of a 15 ms read), and the new ``str`` marked as
+    checked for ``rawbuf.new_ascii``.
     """
     if _readv is None:
         raise Refused("process_vm_readv is not available here")
     out, base, keeper = into if into is not None else target(nbytes, made)
+    from regrow.protocol import rawbuf
+
+    checks: list[bool] | None = [] if made == rawbuf.ASCII and rawbuf.is_ascii_at else None
     try:
         if nbytes >= _SPLIT and (os.cpu_count() or 1) > 1:
             half = nbytes // 2
@@ -192,31 +202,39 @@ def read(
 
             def second() -> None:
                 try:
-                    _read_range(pid, base + half, address + half, nbytes - half)
+                    _read_range(pid, base + half, address + half, nbytes - half, checks)
                 except Refused as exc:
                     errors.append(exc)
 
             thread = threading.Thread(target=second, name="regrow-lend-read")
             thread.start()
             try:
-                _read_range(pid, base, address, half)
+                _read_range(pid, base, address, half, checks)
             finally:
                 thread.join()
             if errors:
                 raise errors[0]
         else:
-            _read_range(pid, base, address, nbytes)
+            _read_range(pid, base, address, nbytes, checks)
     finally:
         del keeper
+    if checks is not None and all(checks):
+        rawbuf.mark_ascii(out)
     return out
 
 
-def _read_range(pid: int, local_base: int, remote_base: int, nbytes: int) -> None:
+def _read_range(
+    pid: int, local_base: int, remote_base: int, nbytes: int, checks: list[bool] | None = None
+) -> None:
+    """Read, and with ``checks`` append whether each piece read is ASCII to it."""
     global usable
     assert _readv is not None
+    from regrow.protocol import rawbuf
+
+    chunk = _CHUNK if checks is None else _ASCII_CHUNK
     done = 0
     while done < nbytes:
-        n = min(_CHUNK, nbytes - done)
+        n = min(chunk, nbytes - done)
         local = _IOVec(local_base + done, n)
         remote = _IOVec(remote_base + done, n)
         got = _readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
@@ -225,4 +243,6 @@ def _read_range(pid: int, local_base: int, remote_base: int, nbytes: int) -> Non
             if err == 1:  # EPERM: not allowed at all, do not try again
                 usable = False
             raise Refused(f"process_vm_readv from pid {pid}: {os.strerror(err)}")
+        if checks is not None:
+            checks.append(rawbuf.is_ascii_at(local_base + done, got))
         done += got

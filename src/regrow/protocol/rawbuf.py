@@ -186,11 +186,39 @@ def _is_ascii(view: memoryview) -> bool:
     return bool(view.nbytes == 0 or np.frombuffer(view, dtype=np.uint8).max() < 128)
 
 
+def _ascii_checker() -> Any:
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+
+    def is_ascii_at(address: int, nbytes: int) -> bool:
+        """Whether the ``nbytes`` at ``address`` (ours, written) are all ASCII."""
+        chars = (ctypes.c_char * nbytes).from_address(address)
+        return nbytes == 0 or bool(np.frombuffer(memoryview(chars), dtype=np.uint8).max() < 128)
+
+    return is_ascii_at
+
+
+# Where numpy is: a check of memory as it is read (lend.read), else None.
+is_ascii_at = _ascii_checker()
+
+
+def mark_ascii(buffer: Any) -> None:
+    """Say that the characters of the ``str`` ``empty`` made, ``buffer``, were all
+    checked to be ASCII as they were read, so ``new_ascii`` need not look again."""
+    holder = memoryview(buffer).obj
+    if isinstance(holder, ctypes.Array) and isinstance(getattr(holder, "text", None), str):
+        holder.checked = True  # type: ignore[attr-defined]
+
+
 def new_ascii(buffer: Any) -> str:
     """The ``str`` of the ASCII bytes ``buffer``; UnicodeDecodeError if any is not."""
     made = made_object(buffer, str)
     view = memoryview(buffer).cast("B")
     if made is not None:
+        if getattr(view.obj, "checked", False):
+            return made  # type: ignore[no-any-return]
         if not _is_ascii(view):  # a peer's bytes: they must be ASCII to be this str
             return str(view, "ascii")  # raises
         return made  # type: ignore[no-any-return]

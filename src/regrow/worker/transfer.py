@@ -271,8 +271,8 @@ class Transfers:
         targets = [lend.target(nbytes, kind) for _, _, nbytes, kind in wanted]
 
         def read_all() -> None:
-            for (f, address, nbytes, _), into in zip(wanted, targets, strict=True):
-                frames[f] = lend.read(lent.pid, address, nbytes, into=into)
+            for (f, address, nbytes, kind), into in zip(wanted, targets, strict=True):
+                frames[f] = lend.read(lent.pid, address, nbytes, kind, into=into)
 
         try:
             await asyncio.to_thread(read_all)
