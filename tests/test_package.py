@@ -34,3 +34,18 @@ def test_import_regrow_needs_no_optional_integration() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("imported ")
+
+
+def test_import_regrow_imports_no_numpy() -> None:
+    """numpy is optional, and slow to import: regrow imports it only when a value needs
+    it (a worker's fresh interpreter, ``regrow --help``, start faster without)."""
+    code = (
+        "import sys, regrow\n"
+        "from regrow import Client, LocalCluster\n"
+        "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -104,7 +104,7 @@ def test_a_str_said_ascii_is_checked_as_it_is_read(bad: int) -> None:
             address, n = map(int, proc.stdout.readline().split())
             got = lend.read(proc.pid, address, n, rawbuf.ASCII)
             if bad == -1:
-                assert getattr(got.obj, "checked", False) is (rawbuf.is_ascii_at is not None)
+                assert getattr(got.obj, "checked", False) is (rawbuf.ascii_checker() is not None)
                 text = rawbuf.new_ascii(got)
                 assert type(text) is str and text == "abcdefgh" * (2 << 20)
             else:

@@ -17,6 +17,7 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from regrow.protocol.framing import LARGE, Buffer, uninitialized
@@ -194,7 +195,8 @@ def read(
     out, base, keeper = into if into is not None else target(nbytes, made)
     from regrow.protocol import rawbuf
 
-    checks: list[bool] | None = [] if made == rawbuf.ASCII and rawbuf.is_ascii_at else None
+    check = rawbuf.ascii_checker() if made == rawbuf.ASCII else None
+    checks: list[bool] | None = None if check is None else []
     try:
         if nbytes >= _SPLIT and (os.cpu_count() or 1) > 1:
             half = nbytes // 2
@@ -202,20 +204,20 @@ def read(
 
             def second() -> None:
                 try:
-                    _read_range(pid, base + half, address + half, nbytes - half, checks)
+                    _read_range(pid, base + half, address + half, nbytes - half, checks, check)
                 except Refused as exc:
                     errors.append(exc)
 
             thread = threading.Thread(target=second, name="regrow-lend-read")
             thread.start()
             try:
-                _read_range(pid, base, address, half, checks)
+                _read_range(pid, base, address, half, checks, check)
             finally:
                 thread.join()
             if errors:
                 raise errors[0]
         else:
-            _read_range(pid, base, address, nbytes, checks)
+            _read_range(pid, base, address, nbytes, checks, check)
     finally:
         del keeper
     if checks is not None and all(checks):
@@ -224,14 +226,17 @@ def read(
 
 
 def _read_range(
-    pid: int, local_base: int, remote_base: int, nbytes: int, checks: list[bool] | None = None
+    pid: int,
+    local_base: int,
+    remote_base: int,
+    nbytes: int,
+    checks: list[bool] | None = None,
+    check: Callable[[int, int], bool] | None = None,
 ) -> None:
-    """Read, and with ``checks`` append whether each piece read is ASCII to it."""
+    """Read, and with ``check`` append whether each piece read is ASCII to ``checks``."""
     global usable
     assert _readv is not None
-    from regrow.protocol import rawbuf
-
-    chunk = _CHUNK if checks is None else _ASCII_CHUNK
+    chunk = _CHUNK if check is None else _ASCII_CHUNK
     done = 0
     while done < nbytes:
         n = min(chunk, nbytes - done)
@@ -243,6 +248,6 @@ def _read_range(
             if err == 1:  # EPERM: not allowed at all, do not try again
                 usable = False
             raise Refused(f"process_vm_readv from pid {pid}: {os.strerror(err)}")
-        if checks is not None:
-            checks.append(rawbuf.is_ascii_at(local_base + done, got))
+        if check is not None and checks is not None:
+            checks.append(check(local_base + done, got))
         done += got

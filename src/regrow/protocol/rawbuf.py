@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from regrow.protocol.lend import address_of
@@ -186,22 +187,22 @@ def _is_ascii(view: memoryview) -> bool:
     return bool(view.nbytes == 0 or np.frombuffer(view, dtype=np.uint8).max() < 128)
 
 
-def _ascii_checker() -> Any:
+def _is_ascii_at(address: int, nbytes: int) -> bool:
+    """Whether the ``nbytes`` at ``address`` (ours, written) are all ASCII."""
+    import numpy as np
+
+    chars = memoryview((ctypes.c_char * nbytes).from_address(address))
+    return nbytes == 0 or bool(np.frombuffer(chars, dtype=np.uint8).max() < 128)
+
+
+def ascii_checker() -> Callable[[int, int], bool] | None:
+    """A check of memory as it is read (lend.read), where numpy is; else None. Imports
+    numpy only when first asked: ``import regrow`` must not."""
     try:
-        import numpy as np
+        import numpy  # noqa: F401
     except ImportError:
         return None
-
-    def is_ascii_at(address: int, nbytes: int) -> bool:
-        """Whether the ``nbytes`` at ``address`` (ours, written) are all ASCII."""
-        chars = (ctypes.c_char * nbytes).from_address(address)
-        return nbytes == 0 or bool(np.frombuffer(memoryview(chars), dtype=np.uint8).max() < 128)
-
-    return is_ascii_at
-
-
-# Where numpy is: a check of memory as it is read (lend.read), else None.
-is_ascii_at = _ascii_checker()
+    return _is_ascii_at
 
 
 def mark_ascii(buffer: Any) -> None:
