@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,40 +23,43 @@ sys.stdin.read()  # hold it until told to go
 """
 
 
-@needs_lend
-def test_read_copies_another_processes_buffer() -> None:
+@contextlib.contextmanager
+def holding(code: str, *args: str) -> Iterator[tuple[int, int, int]]:
+    """A process running ``code``, which prints the address and size of a buffer it
+    holds until its stdin closes: (its pid, the address, the size)."""
     with subprocess.Popen(
-        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         try:
             address, n = map(int, proc.stdout.readline().split())
-            got = lend.read(proc.pid, address, n)
-            assert bytes(got) == bytes(range(256)) * 8192
-            assert not got.readonly
+            yield proc.pid, address, n
         finally:
             proc.stdin.close()
             proc.wait(timeout=30)
+
+
+@needs_lend
+def test_read_copies_another_processes_buffer() -> None:
+    with holding(HOLDER) as (pid, address, n):
+        got = lend.read(pid, address, n)
+        assert bytes(got) == bytes(range(256)) * 8192
+        assert not got.readonly
 
 
 @needs_lend
 def test_read_into_an_object_made_beforehand() -> None:
     """The worker makes the new objects on its event loop's thread (where malloc keeps
     freed memory warm, see protocol.heap) and reads into them on another."""
-    with subprocess.Popen(
-        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as proc:
-        assert proc.stdout is not None and proc.stdin is not None
-        try:
-            address, n = map(int, proc.stdout.readline().split())
-            into = lend.target(n, rawbuf.BYTES)
-            got = lend.read(proc.pid, address, n, into=into)
-            value = rawbuf.new_bytes(got)
-            assert type(value) is bytes and value == bytes(range(256)) * 8192
-            assert rawbuf.made_object(into[0], bytes) is value  # read in place, not copied
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=30)
+    with holding(HOLDER) as (pid, address, n):
+        into = lend.target(n, rawbuf.BYTES)
+        got = lend.read(pid, address, n, into=into)
+        value = rawbuf.new_bytes(got)
+        assert type(value) is bytes and value == bytes(range(256)) * 8192
+        assert rawbuf.made_object(into[0], bytes) is value  # read in place, not copied
 
 
 @needs_lend
@@ -93,24 +98,13 @@ def test_a_str_said_ascii_is_checked_as_it_is_read(bad: int) -> None:
     """The characters of an ASCII str are checked piece by piece as they are read, in
     both halves; a lender that says bytes are ASCII when one is not gets a clean
     UnicodeDecodeError, never a broken str."""
-    with subprocess.Popen(
-        [sys.executable, "-c", ASCII_HOLDER, str(bad)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None and proc.stdin is not None
-        try:
-            address, n = map(int, proc.stdout.readline().split())
-            got = lend.read(proc.pid, address, n, rawbuf.ASCII)
-            if bad == -1:
-                assert getattr(got.obj, "checked", False) is (rawbuf.ascii_checker() is not None)
-                text = rawbuf.new_ascii(got)
-                assert type(text) is str and text == "abcdefgh" * (2 << 20)
-            else:
-                assert not getattr(got.obj, "checked", False)
-                with pytest.raises(UnicodeDecodeError):
-                    rawbuf.new_ascii(got)
-        finally:
-            proc.stdin.close()
-            proc.wait(timeout=30)
+    with holding(ASCII_HOLDER, str(bad)) as (pid, address, n):
+        got = lend.read(pid, address, n, rawbuf.ASCII)
+        if bad == -1:
+            assert getattr(got.obj, "checked", False) is (rawbuf.ascii_checker() is not None)
+            text = rawbuf.new_ascii(got)
+            assert type(text) is str and text == "abcdefgh" * (2 << 20)
+        else:
+            assert not getattr(got.obj, "checked", False)
+            with pytest.raises(UnicodeDecodeError):
+                rawbuf.new_ascii(got)
