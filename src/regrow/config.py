@@ -131,7 +131,8 @@ class Settings:
     # before takes data ~1.9x as fast as fresh memory, which the kernel must fault in
     # and zero (framing.ReceivePool). As much again of memory malloc freed is kept for
     # the next large bytes or str it makes (protocol.heap). Both are given back first
-    # when memory runs high.
+    # when memory runs high. A client keeps such receive buffers too, and gives them
+    # back once it has received nothing large for 5 s. 0 turns both off.
     receive_pool_bytes: int = 256 * 2**20
     # A large value fetched from a worker on another host comes over this many TCP
     # connections at once, each frame of at least ``stripe_bytes`` cut into one range

@@ -48,3 +48,31 @@ def test_a_small_memory_limit_keeps_little(make_cluster: MakeCluster) -> None:
     _, client = make_cluster(n_workers=1, memory_limit="400MiB")
     [(budget, _)] = client.run(_heap).values()
     assert budget == 50 * MB  # an eighth of the limit
+
+
+def _array(n: int) -> object:
+    import numpy as np
+
+    return np.ones(n, dtype=np.uint8)
+
+
+def test_a_client_receives_into_its_pool_and_gives_it_back_when_idle(
+    make_cluster: MakeCluster,
+) -> None:
+    from regrow.protocol import framing
+
+    _, client = make_cluster(n_workers=1)
+    pool = framing.POOL
+    assert pool.limit > 0 and pool.idle_release is not None  # turned on by the client
+    pool.idle_release = 0.5  # not 5 s: the test would wait for it
+    future = client.submit(_array, 50 * MB, pure=False)
+    before = pool.reused
+    for _ in range(2):
+        value = future.result()
+        assert value.sum() == 50 * MB  # type: ignore[attr-defined]
+        del value
+        future = client.submit(_array, 50 * MB, pure=False)
+    future.result()
+    assert pool.reused > before  # the second value came into the first one's mapping
+    del future
+    wait_until(lambda: pool.bytes == 0, timeout=10, what="the idle pool given back")

@@ -244,3 +244,26 @@ def test_receive_pool_limit() -> None:
     more = pool.take(7 << 20)
     assert pool.bytes == 2 << 20
     assert [len(m) for m in (small, more, other)] == [2 << 20, 7 << 20, 6 << 20]
+
+
+def test_receive_pool_given_back_once_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's pool (``idle_release``) gives its free mappings back once nothing was
+    taken for that long; one in use stays; a worker's (None) keeps them."""
+    from regrow.protocol import framing
+
+    now = [1000.0]
+    monkeypatch.setattr(framing.time, "monotonic", lambda: now[0])
+    pool = framing.ReceivePool(limit=16 << 20)
+    kept = pool.take(2 << 20)
+    freed = pool.take(2 << 20)
+    del freed
+    assert pool.release_if_idle() == 0  # idle_release None: a worker's, kept
+    pool.idle_release = 5.0
+    now[0] += 4.9
+    assert pool.release_if_idle() == 0  # not idle long enough
+    now[0] += 0.2
+    assert pool.release_if_idle() == 2 << 20  # the free one; ``kept`` is still viewed
+    assert pool.bytes == 2 << 20
+    del kept
+    pool.take(1 << 20)  # a take makes it busy again
+    assert pool.release_if_idle() == 0

@@ -20,6 +20,8 @@ import contextlib
 import mmap
 import struct
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -76,13 +78,21 @@ class ReceivePool:
     large values (a worker) keeps up to ``limit`` bytes of such mappings. A mapping is
     free again when nothing refers to it but the pool: every view of it (the received
     frame, the arrays built on it) holds a reference to it through its buffer, so its
-    reference count says so exactly. Off (limit 0) unless a process turns it on.
+    reference count says so exactly. Off (limit 0) unless a process turns it on: a
+    worker keeps its mappings until its memory runs high; a client gives them back
+    once it has taken none for ``idle_release`` seconds (``release_if_idle``). Safe
+    from any thread: a client's loop and an in-process cluster's may share it.
     """
 
     def __init__(self, limit: int = 0) -> None:
+        self._lock = threading.Lock()
         self._maps: list[mmap.mmap] = []
         self.bytes = 0
         self.reused = 0
+        # When a buffer was last taken (time.monotonic()), and how long (s) the pool
+        # may then stand unused before its free mappings are given back (None: kept).
+        self.last_take = 0.0
+        self.idle_release: float | None = None
         # What an unviewed mapping counts when looked at as _free() looks (the exact
         # number depends on the interpreter), checked to grow with a view; else no pool.
         # The probe is held by a list alone, as the pool's mappings are.
@@ -109,23 +119,38 @@ class ReceivePool:
     def take(self, n: int) -> memoryview:
         """A buffer of ``n`` bytes (contents not set): a free pooled mapping that fits,
         else a fresh one, kept in the pool while there is room."""
-        fits = [mm for mm in self._free() if n <= len(mm) <= 2 * n]
-        if fits:
-            self.reused += 1
-            return memoryview(min(fits, key=len))[:n]
-        size = -(-n // _ALIGN) * _ALIGN
-        if self.limit and size <= self.limit:
-            if self.bytes + size > self.limit:
-                self.trim(self.bytes + size - self.limit)
-            if self.bytes + size <= self.limit:
-                mm = _mapping(size)
-                self._maps.append(mm)
-                self.bytes += size
-                return memoryview(mm)[:n]
+        with self._lock:
+            self.last_take = time.monotonic()
+            fits = [mm for mm in self._free() if n <= len(mm) <= 2 * n]
+            if fits:
+                self.reused += 1
+                return memoryview(min(fits, key=len))[:n]
+            size = -(-n // _ALIGN) * _ALIGN
+            if self.limit and size <= self.limit:
+                if self.bytes + size > self.limit:
+                    self._trim(self.bytes + size - self.limit)
+                if self.bytes + size <= self.limit:
+                    mm = _mapping(size)
+                    self._maps.append(mm)
+                    self.bytes += size
+                    return memoryview(mm)[:n]
         return memoryview(_mapping(n))
 
     def trim(self, nbytes: int | None = None) -> int:
         """Give back free mappings (all, or at least ``nbytes``): the bytes given back."""
+        with self._lock:
+            return self._trim(nbytes)
+
+    def release_if_idle(self) -> int:
+        """Give back every free mapping if none was taken for ``idle_release`` seconds:
+        the bytes given back."""
+        if self.idle_release is None or not self._maps:
+            return 0
+        if time.monotonic() - self.last_take < self.idle_release:
+            return 0
+        return self.trim()
+
+    def _trim(self, nbytes: int | None) -> int:
         freed = 0
         for mm in self._free():
             if nbytes is not None and freed >= nbytes:

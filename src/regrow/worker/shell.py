@@ -244,6 +244,7 @@ class Worker:
         if self.memory_limit:
             pool = min(pool, self.memory_limit // 8)
         framing.POOL.limit = pool
+        framing.POOL.idle_release = None  # kept until memory runs high (``_spill``)
         heap.keep_warm(pool)
         self.threads.start(asyncio.get_running_loop())
         bound = await self.listener.start(self.host, self.port)
