@@ -57,12 +57,15 @@ def _array(n: int) -> object:
 
 
 def test_a_client_receives_into_its_pool_and_gives_it_back_when_idle(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from regrow.protocol import framing
 
-    _, client = make_cluster(n_workers=1)
     pool = framing.POOL
+    # As in a process no worker ran in (a test before may have run one in this one).
+    monkeypatch.setattr(pool, "limit", 0)
+    monkeypatch.setattr(pool, "idle_release", None)
+    _, client = make_cluster(n_workers=1)
     assert pool.limit > 0 and pool.idle_release is not None  # turned on by the client
     pool.idle_release = 0.5  # not 5 s: the test would wait for it
     future = client.submit(_array, 50 * MB, pure=False)
