@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("regrow.pipeline")
 
 _DONE = object()
+# At most this many arrived inputs go into one step of a task.
+STEP_INPUTS = 64
 
 
 @dataclass
@@ -404,7 +406,7 @@ class _Runner:
         if run.pending and self._ready_to_consume(run) and (not first or self._last(run)):
             # Everything that has arrived goes into one step: process() still runs once per
             # input, but the state makes one trip instead of one per input.
-            batches = [run.pending.popleft() for _ in range(min(64, len(run.pending)))]
+            batches = [run.pending.popleft() for _ in range(min(STEP_INPUTS, len(run.pending)))]
             run.consumed += len(batches)
             inputs = [(b.label, b.data) for b in batches]
             if not run.pending and self._inputs_complete(run):
@@ -430,7 +432,7 @@ class _Runner:
 
     def _last(self, run: _Run) -> bool:
         """Every input ``run`` will get is pending, few enough for one step."""
-        return len(run.pending) <= 64 and self._inputs_complete(run)
+        return len(run.pending) <= STEP_INPUTS and self._inputs_complete(run)
 
     def _inputs_complete(self, run: _Run) -> bool:
         """No more input can reach this task: its producers' stage has finished (or, in

@@ -196,31 +196,34 @@ def read(
     from regrow.protocol import rawbuf
 
     check = rawbuf.ascii_checker() if made == rawbuf.ASCII else None
-    checks: list[bool] | None = None if check is None else []
     try:
         if nbytes >= _SPLIT and (os.cpu_count() or 1) > 1:
             half = nbytes // 2
             errors: list[Refused] = []
+            verdicts: list[bool] = []
 
             def second() -> None:
                 try:
-                    _read_range(pid, base + half, address + half, nbytes - half, checks, check)
+                    verdicts.append(
+                        _read_range(pid, base + half, address + half, nbytes - half, check)
+                    )
                 except Refused as exc:
                     errors.append(exc)
 
             thread = threading.Thread(target=second, name="regrow-lend-read")
             thread.start()
             try:
-                _read_range(pid, base, address, half, checks, check)
+                verdicts.append(_read_range(pid, base, address, half, check))
             finally:
                 thread.join()
             if errors:
                 raise errors[0]
+            ascii = all(verdicts)
         else:
-            _read_range(pid, base, address, nbytes, checks, check)
+            ascii = _read_range(pid, base, address, nbytes, check)
     finally:
         del keeper
-    if checks is not None and all(checks):
+    if check is not None and ascii:
         rawbuf.mark_ascii(out)
     return out
 
@@ -230,13 +233,14 @@ def _read_range(
     local_base: int,
     remote_base: int,
     nbytes: int,
-    checks: list[bool] | None = None,
     check: Callable[[int, int], bool] | None = None,
-) -> None:
-    """Read, and with ``check`` append whether each piece read is ASCII to ``checks``."""
+) -> bool:
+    """Read; with ``check``, piece by piece, each checked as it lands: whether every
+    piece passed (True without a check)."""
     global usable
     assert _readv is not None
     chunk = _CHUNK if check is None else _ASCII_CHUNK
+    passed = True
     done = 0
     while done < nbytes:
         n = min(chunk, nbytes - done)
@@ -248,6 +252,7 @@ def _read_range(
             if err == 1:  # EPERM: not allowed at all, do not try again
                 usable = False
             raise Refused(f"process_vm_readv from pid {pid}: {os.strerror(err)}")
-        if check is not None and checks is not None:
-            checks.append(check(local_base + done, got))
+        if check is not None and passed:
+            passed = check(local_base + done, got)
         done += got
+    return passed

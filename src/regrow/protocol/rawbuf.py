@@ -189,15 +189,12 @@ def _is_ascii(view: memoryview) -> bool:
 
 def _is_ascii_at(address: int, nbytes: int) -> bool:
     """Whether the ``nbytes`` at ``address`` (ours, written) are all ASCII."""
-    import numpy as np
-
-    chars = memoryview((ctypes.c_char * nbytes).from_address(address))
-    return nbytes == 0 or bool(np.frombuffer(chars, dtype=np.uint8).max() < 128)
+    return _is_ascii(memoryview((ctypes.c_char * nbytes).from_address(address)).cast("B"))
 
 
 def ascii_checker() -> Callable[[int, int], bool] | None:
-    """A check of memory as it is read (lend.read), where numpy is; else None. Imports
-    numpy only when first asked: ``import regrow`` must not."""
+    """A check of memory as it is read (lend.read), where numpy is; else None (the
+    check would copy). Imports numpy only when first asked: ``import regrow`` must not."""
     try:
         import numpy  # noqa: F401
     except ImportError:
@@ -218,9 +215,8 @@ def new_ascii(buffer: Any) -> str:
     made = made_object(buffer, str)
     view = memoryview(buffer).cast("B")
     if made is not None:
-        if getattr(view.obj, "checked", False):
-            return made  # type: ignore[no-any-return]
-        if not _is_ascii(view):  # a peer's bytes: they must be ASCII to be this str
+        # A peer's bytes: they must be ASCII to be this str (checked as read, or now).
+        if not getattr(view.obj, "checked", False) and not _is_ascii(view):
             return str(view, "ascii")  # raises
         return made  # type: ignore[no-any-return]
     if _API is None or view.nbytes < FAST_FROM:
