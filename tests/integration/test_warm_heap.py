@@ -11,7 +11,7 @@ from regrow.protocol import heap, lend
 from regrow.testing import wait_until
 
 pytestmark = [
-    pytest.mark.skipif(heap._LIBC is None, reason="glibc's malloc is not here"),
+    pytest.mark.skipif(not heap._MALLINFO2, reason="glibc 2.33+ malloc is not here"),
     pytest.mark.skipif(not lend.usable, reason="process_vm_readv is not available"),
 ]
 

@@ -12,7 +12,7 @@ import pytest
 
 from regrow.protocol import heap
 
-needs_glibc = pytest.mark.skipif(heap._LIBC is None, reason="glibc's malloc is not here")
+needs_glibc = pytest.mark.skipif(not heap._MALLINFO2, reason="glibc 2.33+ malloc is not here")
 
 MB = 1 << 20
 

@@ -17,7 +17,8 @@ The budget is kept to by ``tidy``: when malloc holds more freed memory than the 
 (a burst of large values, freed out of order), all of it is given back
 (``malloc_trim``). A worker short of memory gives it back before it spills (``give_back``).
 
-Elsewhere (not glibc, or a glibc without ``mallinfo2``) nothing changes.
+Elsewhere (not glibc, or a glibc without ``mallinfo2``) nothing is kept warm;
+``give_back`` works with any glibc (``comm.trim_soon`` uses it).
 """
 
 from __future__ import annotations
@@ -49,20 +50,25 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _libc() -> Any:
+def _libc() -> tuple[Any, bool]:
+    """glibc (None elsewhere), and whether it has ``mallinfo2`` (2.33 and later): without
+    it the budget could not be kept, so nothing is kept warm, but ``give_back`` works."""
     if not sys.platform.startswith("linux"):
-        return None
+        return None, False
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):  # not glibc
+        return None, False
+    try:
         libc.mallinfo2.restype = _MallInfo2
-    except (OSError, AttributeError):  # not glibc, or older than 2.33
-        return None
-    return libc
+    except AttributeError:
+        return libc, False
+    return libc, True
 
 
-_LIBC = _libc()
+_LIBC, _MALLINFO2 = _libc()
 # The budget ``keep_warm`` set (0: malloc as it was).
 budget = 0
 
@@ -71,7 +77,7 @@ def keep_warm(nbytes: int) -> bool:
     """Let malloc serve allocations below ``nbytes`` from its heap and keep up to about
     that much freed memory; whether it could (glibc only). 0 leaves malloc alone."""
     global budget
-    if _LIBC is None or nbytes <= 0:
+    if _LIBC is None or not _MALLINFO2 or nbytes <= 0:
         return False
     nbytes = min(nbytes, 2**31 - 1)  # mallopt takes an int
     if not (_LIBC.mallopt(_M_MMAP_THRESHOLD, nbytes) and _LIBC.mallopt(_M_TRIM_THRESHOLD, nbytes)):
@@ -82,7 +88,7 @@ def keep_warm(nbytes: int) -> bool:
 
 def free_bytes() -> int:
     """Freed memory malloc holds (in all its arenas), not given back; 0 where unknown."""
-    if _LIBC is None:
+    if _LIBC is None or not _MALLINFO2:
         return 0
     return int(_LIBC.mallinfo2().fordblks)
 
