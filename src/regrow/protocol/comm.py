@@ -32,7 +32,7 @@ from regrow.errors import (
     explain,
     reason,
 )
-from regrow.protocol import handshake, heap
+from regrow.protocol import bulk, handshake, heap
 from regrow.protocol.framing import LARGE, Buffer, FrameDecoder, encode_packet
 from regrow.protocol.messages import (
     AuthMsg,
@@ -231,6 +231,9 @@ class Connection:
         self._sent: asyncio.Future[None] | None = None
         self._direct: socket.socket | None = None
         self._direct_armed = False
+        # A large frame moving on a thread of its own (protocol.bulk), each way.
+        self._bulk_send: bulk.Bulk | None = None
+        self.bulk_recv: bulk.Bulk | None = None
         self._pumping = False
         self._flush_scheduled = False
         self._paused: asyncio.Future[None] | None = None
@@ -238,7 +241,7 @@ class Connection:
         self.close_reason: BaseException | None = None
         self.closed_event = asyncio.Event()
         self.authenticated = False
-        self.bytes_received = 0
+        self._received = 0
         # Over TLS every byte goes through the transport (which encrypts): no direct
         # sends from our memory, no receive low-water mark on the raw socket.
         self.tls = peer.startswith("tls://")
@@ -291,6 +294,9 @@ class Connection:
         if self._paused is not None and not self._paused.done():
             self._paused.set_result(None)
         self._sendq.clear()
+        for moving in (self._bulk_send, self.bulk_recv):
+            if moving is not None:
+                moving.cancel()
         self._close_direct()
         if self._sent is not None and not self._sent.done():
             self._sent.set_result(None)
@@ -314,7 +320,12 @@ class Connection:
         """
         transport = self.transport
         q = self._sendq
-        if transport is None or self._closed or transport.get_write_buffer_size():
+        if (
+            transport is None
+            or self._closed
+            or self._bulk_send is not None
+            or transport.get_write_buffer_size()
+        ):
             return
         if self.tls:
             self._pump_tls(transport)
@@ -331,6 +342,16 @@ class Connection:
             sock = self._direct
             while q:
                 head = q[0]
+                if head.nbytes >= bulk.THREAD_FROM:
+                    self._disarm()
+                    self._bulk_send = bulk.Bulk(
+                        sock,
+                        head,
+                        receive=False,
+                        loop=asyncio.get_running_loop(),
+                        done=self._bulk_sent,
+                    )
+                    return
                 try:
                     n = sock.send(head)
                 except (BlockingIOError, InterruptedError):
@@ -348,6 +369,17 @@ class Connection:
         self._disarm()
         if self._sent is not None and not self._sent.done():
             self._sent.set_result(None)
+
+    def _bulk_sent(self, nbytes: int, error: BaseException | None) -> None:
+        """The head of the queue went out on its thread (or did not: ``error``)."""
+        self._bulk_send = None
+        if self._closed:
+            return
+        if error is not None:
+            self.abort(CommClosedError(f"sending to {self.peer}: {reason(error)}"))
+            return
+        self._sendq.popleft()
+        self._pump()
 
     def _pump_tls(self, transport: asyncio.Transport) -> None:
         """Over TLS: hand queued buffers to the transport a slice at a time, the next once
@@ -393,6 +425,13 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the peer so far, counting a large frame's as its thread reads
+        them (a request's idle timeout watches this)."""
+        moving = self.bulk_recv
+        return self._received + (moving.moved if moving is not None else 0)
 
     async def recv(self) -> tuple[Message, list[Buffer]]:
         """The next message the peer sent that is not a reply (replies go to their
@@ -608,7 +647,7 @@ class _Protocol(asyncio.BufferedProtocol):
         conn = self.conn
         if conn is None:
             return
-        conn.bytes_received += nbytes
+        conn._received += nbytes
         try:
             conn.decoder.buffer_updated(nbytes)
             while conn.decoder.packets:
@@ -617,7 +656,36 @@ class _Protocol(asyncio.BufferedProtocol):
             logger.warning("dropping connection from %s: %s", conn.peer, exc)
             conn.abort(exc)
             return
-        self._set_lowat(conn.decoder.direct_remaining)
+        remaining = conn.decoder.direct_remaining
+        self._set_lowat(remaining)
+        if remaining >= bulk.THREAD_FROM and self._sock is not None and not conn.closed:
+            self._receive_on_thread(conn)
+
+    def _receive_on_thread(self, conn: Connection) -> None:
+        """The rest of a large frame is received by a thread of its own (protocol.bulk)
+        while the loop stops reading this connection."""
+        transport = conn.transport
+        assert transport is not None and self._sock is not None
+
+        def done(nbytes: int, error: BaseException | None) -> None:
+            conn.bulk_recv = None
+            self._lowat = 1  # the thread leaves the socket's low-water mark at 1
+            if conn.closed:
+                return
+            if error is not None:
+                conn.abort(CommClosedError(f"receiving from {conn.peer}: {reason(error)}"))
+                return
+            transport.resume_reading()
+            self.buffer_updated(nbytes)
+
+        transport.pause_reading()
+        conn.bulk_recv = bulk.Bulk(
+            self._sock,
+            conn.decoder.get_buffer(-1),
+            receive=True,
+            loop=asyncio.get_running_loop(),
+            done=done,
+        )
 
     def _set_lowat(self, remaining: int) -> None:
         """While a large frame comes in, wake up only once a good part of it is here.
