@@ -637,6 +637,26 @@ def status(
     except (OSError, RegrowError, ValueError) as exc:
         click.echo(f"regrow: error: {reason(exc)}", err=True)
         sys.exit(1)
+    # Ctrl-C ends --watch between two refreshes: raised only while we sleep, never in
+    # the middle of a call to the scheduler, which would leave the client half way.
+    interrupted = False
+    sleeping = False
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        if sleeping:
+            raise KeyboardInterrupt
+
+    def pause(seconds: float) -> None:
+        nonlocal sleeping
+        sleeping = True
+        try:
+            if not interrupted:
+                time.sleep(seconds)
+        finally:
+            sleeping = False
+
     try:
         with client:
             if watch is None:
@@ -646,16 +666,18 @@ def status(
                 else:
                     console.print(render(info, client.scheduler_address))
                 return
+            signal.signal(signal.SIGINT, on_interrupt)
             if as_json:
-                while True:
+                while not interrupted:
                     click.echo(to_json(client.scheduler_info()))
                     sys.stdout.flush()
-                    time.sleep(watch)
+                    pause(watch)
+                return
             with Live(console=console, auto_refresh=False) as live:
-                while True:
+                while not interrupted:
                     live.update(render(client.scheduler_info(), client.scheduler_address))
                     live.refresh()
-                    time.sleep(watch)
+                    pause(watch)
     except KeyboardInterrupt:
         pass
     except (OSError, RegrowError) as exc:
