@@ -200,3 +200,28 @@ def test_average_duration_learned_from_finished_tasks() -> None:
     h.submit("cl", [spec("x")])
     h.finish("x", duration=1.0)
     assert 0.09 < h.state.avg_duration < 0.11
+
+
+def test_a_task_without_inputs_weighs_only_load_among_the_least_recently_used() -> None:
+    h = Harness()
+    loads = {"w1": 3, "w2": 1, "w3": 2, "w4": 0, "w6": 1}
+    for name in ("w1", "w2", "w3", "w4", "w5", "w6"):
+        h.add_worker(name, nthreads=4)
+    busy = [spec(f"{w}-{i}", workers=(w,)) for w, n in loads.items() for i in range(n)]
+    h.submit("cl", [*busy, spec("x", workers=("w5",))], wanted=[*(s.key for s in busy), "x"])
+    ts = h.state.tasks["x"]
+    ts.restrictions = None  # asked again where it would go, now that it may go anywhere
+    w = h.state.workers
+    st = h.state
+
+    def pick(*names: str, avg: float = st.avg_duration) -> str | None:
+        ws = decide_worker(ts, {w[n]: None for n in names}, st.bandwidth, avg)
+        return None if ws is None else ws.address
+
+    for name, n in loads.items():
+        assert len(w[name].processing) - len(w[name].slotless) == n
+    assert pick("w1", "w2", "w3", "w4") == "w4"  # an idle one, fourth in line
+    assert pick("w1", "w2", "w3", "w6", "w4") == "w2"  # w4 is fifth: not weighed; tie: first
+    assert pick("w3", "w1") == "w3"
+    assert pick("w1", "w2", "w3", "w4", avg=0.0) == "w1"  # nothing known: the first
+    assert pick() is None

@@ -62,6 +62,19 @@ def decide_worker(
 ) -> WorkerRecord | None:
     if not free:
         return None
+    if not ts.dependencies and ts.restrictions is None and not ts.resources:
+        # Nothing to weigh but how busy each is: the first of the least recently used
+        # with the lowest cost, and none can beat an idle one (a map of 100,000 on 1,000
+        # workers spent a fifth of the core's time here).
+        first: WorkerRecord | None = None
+        first_cost = 0.0
+        for ws in islice(free, _LRU_CANDIDATES):
+            cost = (len(ws.processing) - len(ws.slotless)) / ws.nthreads * avg_duration
+            if first is None or cost < first_cost:
+                first, first_cost = ws, cost
+                if cost <= 0.0:
+                    break
+        return first
     # The bytes of its inputs each worker holds, in one pass over the inputs: a task with
     # a huge fan-in costs O(inputs), not O(inputs x candidates).
     total = 0
