@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -89,12 +89,11 @@ def test_large_frames_go_both_ways_on_threads(started: list[str]) -> None:
     no_bulk_threads_left()
 
 
-def test_peer_gone_in_the_middle_of_a_large_frame() -> None:
-    """The holder dies after part of a large frame: the request fails at once, with the
-    connection, and the receiving thread ends."""
-    servers: list[Connection] = []
+def answering_in_part(servers: list[Connection], part: int) -> Callable[[Connection], Any]:
+    """A handler that answers a run request with the header of a reply carrying one
+    frame of BIG bytes, then ``part`` bytes of that frame, then nothing more."""
 
-    async def half(conn: Connection) -> None:
+    async def handler(conn: Connection) -> None:
         servers.append(conn)
         with contextlib.suppress(CommClosedError):
             msg, _ = await conn.recv()
@@ -104,65 +103,65 @@ def test_peer_gone_in_the_middle_of_a_large_frame() -> None:
             assert conn.transport is not None
             for buf in buffers[:-1]:
                 conn.transport.write(buf)
-            conn.transport.write(memoryview(buffers[-1])[: 1 << 20])
+            if part:
+                conn.transport.write(memoryview(buffers[-1])[:part])
             await conn.closed_event.wait()
 
+    return handler
+
+
+def against_a_partial_reply(
+    part: int, body: Callable[[Connection, list[Connection]], Awaitable[None]]
+) -> None:
+    """``body(connection, the server's connections)`` against ``answering_in_part``."""
+
     async def main() -> None:
-        listener = Listener(half, token="tok", settings=SETTINGS)
+        servers: list[Connection] = []
+        listener = Listener(answering_in_part(servers, part), token="tok", settings=SETTINGS)
         address = await listener.start("127.0.0.1", 0)
         conn = await connect(address, token="tok", settings=SETTINGS)
         try:
-            pending = asyncio.ensure_future(conn.request(RunMsg()))
-            async with asyncio.timeout(DEADLINE):
-                while conn.bulk_recv is None:  # the frame's size is known: a thread reads
-                    await asyncio.sleep(0.005)
-            servers[0].abort()
-            async with asyncio.timeout(DEADLINE):
-                with pytest.raises(CommClosedError, match=r"middle of a frame|closed"):
-                    await pending
-            assert conn.closed
+            await body(conn, servers)
         finally:
             await conn.close()
             await listener.close()
 
     asyncio.run(main())
     no_bulk_threads_left()
+
+
+def test_peer_gone_in_the_middle_of_a_large_frame() -> None:
+    """The holder dies after part of a large frame: the request fails at once, with the
+    connection, and the receiving thread ends."""
+
+    async def body(conn: Connection, servers: list[Connection]) -> None:
+        pending = asyncio.ensure_future(conn.request(RunMsg()))
+        async with asyncio.timeout(DEADLINE):
+            while conn.bulk_recv is None:  # the frame's size is known: a thread reads
+                await asyncio.sleep(0.005)
+        servers[0].abort()
+        async with asyncio.timeout(DEADLINE):
+            with pytest.raises(CommClosedError, match=r"middle of a frame|closed"):
+                await pending
+        assert conn.closed
+
+    against_a_partial_reply(1 << 20, body)
 
 
 def test_closing_while_a_large_frame_comes_ends_its_thread() -> None:
     """Our side gives up (a request's timeout, a close) while a frame is half in: the
     thread is woken, not left waiting for bytes that will not come."""
-    servers: list[Connection] = []
 
-    async def stall(conn: Connection) -> None:
-        servers.append(conn)
-        with contextlib.suppress(CommClosedError):
-            msg, _ = await conn.recv()
-            assert isinstance(msg, RunMsg)
-            buffers = encode_packet(pack_messages([(RunReply(ok=True, rid=msg.rid), [bytes(BIG)])]))
-            assert conn.transport is not None
-            for buf in buffers[:-1]:
-                conn.transport.write(buf)
-            await conn.closed_event.wait()
+    async def body(conn: Connection, servers: list[Connection]) -> None:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="sent nothing"):
+            await conn.request(RunMsg(), idle_timeout=0.3)
+        assert time.monotonic() - started < DEADLINE
+        assert conn.bulk_recv is not None  # the thread waits for the frame
+        await conn.close()
+        assert conn.closed
 
-    async def main() -> None:
-        listener = Listener(stall, token="tok", settings=SETTINGS)
-        address = await listener.start("127.0.0.1", 0)
-        conn = await connect(address, token="tok", settings=SETTINGS)
-        try:
-            started = time.monotonic()
-            with pytest.raises(TimeoutError, match="sent nothing"):
-                await conn.request(RunMsg(), idle_timeout=0.3)
-            assert time.monotonic() - started < DEADLINE
-            assert conn.bulk_recv is not None  # the thread waits for the frame
-            await conn.close()
-            assert conn.closed
-        finally:
-            await conn.close()
-            await listener.close()
-
-    asyncio.run(main())
-    no_bulk_threads_left()
+    against_a_partial_reply(0, body)
 
 
 @contextlib.contextmanager
