@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from regrow import interrupts
 from regrow.client import queries, transfer
 from regrow.client.futures import (
     CANCELLED,
@@ -1291,11 +1292,15 @@ class Client:
 
     def __del__(self) -> None:
         if getattr(self, "status", "closed") == "running":
-            with contextlib.suppress(Exception):
+            try:
                 if self.asynchronous:
                     self._close_soon()  # it must not block, maybe in its own loop
                 else:
                     self.close(timeout=2)
+            except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
+                interrupts.pass_on()
+            except Exception:
+                pass
 
     @property
     def dashboard_link(self) -> str | None:

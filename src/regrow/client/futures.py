@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 import cloudpickle
 
+from regrow import interrupts
 from regrow.client.loop import deferred
 from regrow.errors import (
     CancelledError,
@@ -505,8 +506,10 @@ class Future:
     def __del__(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
-            try:  # noqa: SIM105 - cheaper than suppress() on this hot path
+            try:
                 client.release_key(self.key)
+            except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
+                interrupts.pass_on()
             except Exception:  # interpreter shutdown: nothing left to tell
                 pass
 

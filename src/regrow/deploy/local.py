@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from regrow import interrupts
 from regrow.client.loop import LoopThread
 from regrow.config import Settings, parse_bytes
 from regrow.deploy.cluster import Cluster, wait_ready
@@ -536,8 +537,12 @@ class LocalCluster(Cluster):
         return self
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.close(timeout=2)
+        except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
+            interrupts.pass_on()
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return (

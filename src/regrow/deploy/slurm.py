@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from regrow import interrupts
 from regrow.config import Settings, parse_bytes
 from regrow.deploy.cluster import Cluster, wait_for, wait_ready
 from regrow.deploy.local import _child_env, stop_processes
@@ -532,8 +533,12 @@ class SLURMCluster(Cluster):
             logger.warning("SLURMCluster.close: %s (job ids: %s)", exc, ", ".join(sorted(ids)))
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.close(timeout=2)
+        except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
+            interrupts.pass_on()
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return (

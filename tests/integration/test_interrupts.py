@@ -1,0 +1,37 @@
+"""Ctrl-C reaches the program even when it lands in one of regrow's finalizers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from regrow import Client, LocalCluster
+
+
+def test_ctrl_c_in_a_futures_finalizer_reaches_the_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        future = client.submit(abs, -1, pure=False)
+        assert future.result(timeout=30) == 1
+        release = client.release_key
+
+        def interrupted(key: str) -> None:
+            # As SIGINT's handler does when the signal arrives during the release.
+            monkeypatch.setattr(client, "release_key", release)
+            release(key)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(client, "release_key", interrupted)
+        deadline = time.monotonic() + 10
+        with pytest.raises(KeyboardInterrupt):
+            del future  # collected: Future.__del__ releases its key
+            while time.monotonic() < deadline:  # the main thread's next steps
+                pass
+        assert time.monotonic() < deadline, "the interrupt was lost in the finalizer"
+        # Nothing is left half done: the client goes on.
+        assert client.submit(abs, -2, pure=False).result(timeout=30) == 2
