@@ -666,18 +666,21 @@ def status(
                 else:
                     console.print(render(info, client.scheduler_address))
                 return
-            signal.signal(signal.SIGINT, on_interrupt)
-            if as_json:
-                while not interrupted:
-                    click.echo(to_json(client.scheduler_info()))
-                    sys.stdout.flush()
-                    pause(watch)
-                return
-            with Live(console=console, auto_refresh=False) as live:
-                while not interrupted:
-                    live.update(render(client.scheduler_info(), client.scheduler_address))
-                    live.refresh()
-                    pause(watch)
+            previous = signal.signal(signal.SIGINT, on_interrupt)
+            try:
+                if as_json:
+                    while not interrupted:
+                        click.echo(to_json(client.scheduler_info()))
+                        sys.stdout.flush()
+                        pause(watch)
+                    return
+                with Live(console=console, auto_refresh=False) as live:
+                    while not interrupted:
+                        live.update(render(client.scheduler_info(), client.scheduler_address))
+                        live.refresh()
+                        pause(watch)
+            finally:
+                signal.signal(signal.SIGINT, previous)
     except KeyboardInterrupt:
         pass
     except (OSError, RegrowError) as exc:
