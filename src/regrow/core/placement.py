@@ -13,7 +13,7 @@ linear in the task's inputs (and their holders), however many candidates there a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -62,19 +62,6 @@ def decide_worker(
 ) -> WorkerRecord | None:
     if not free:
         return None
-    if not ts.dependencies and ts.restrictions is None and not ts.resources:
-        # Nothing to weigh but how busy each is: the first of the least recently used
-        # with the lowest cost, and none can beat an idle one (a map of 100,000 on 1,000
-        # workers spent a fifth of the core's time here).
-        first: WorkerRecord | None = None
-        first_cost = 0.0
-        for ws in islice(free, _LRU_CANDIDATES):
-            cost = (len(ws.processing) - len(ws.slotless)) / ws.nthreads * avg_duration
-            if first is None or cost < first_cost:
-                first, first_cost = ws, cost
-                if cost <= 0.0:
-                    break
-        return first
     # The bytes of its inputs each worker holds, in one pass over the inputs: a task with
     # a huge fan-in costs O(inputs), not O(inputs x candidates).
     total = 0
@@ -84,19 +71,24 @@ def decide_worker(
         total += nbytes
         for ws in dep.who_has:
             held[ws] = held.get(ws, 0) + nbytes
+    candidates: Iterable[WorkerRecord]
     if ts.restrictions is not None or ts.resources:
         candidates = [ws for ws in free if allowed(ts, ws)]
-    else:
-        candidates = list(islice(free, _LRU_CANDIDATES))
-        lru = set(candidates)
-        candidates += [ws for ws in held if ws in free and ws not in lru]
+    elif held:
+        lru = list(islice(free, _LRU_CANDIDATES))
+        candidates = lru + [ws for ws in held if ws in free and ws not in lru]
+    else:  # nothing to weigh but load (a map of 100,000: every task)
+        candidates = islice(free, _LRU_CANDIDATES)
     best: WorkerRecord | None = None
     best_cost = 0.0
     for ws in candidates:
         cost = (len(ws.processing) - len(ws.slotless)) / ws.nthreads * avg_duration
-        cost += (total - held.get(ws, 0)) / bandwidth
+        if total:
+            cost += (total - held.get(ws, 0)) / bandwidth
         if best is None or cost < best_cost:
             best, best_cost = ws, cost
+            if cost <= 0.0:  # none can beat it: idle, and holding all the inputs
+                break
     return best
 
 
