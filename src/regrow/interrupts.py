@@ -13,6 +13,18 @@ from __future__ import annotations
 import _thread
 import signal
 import threading
+from collections.abc import Callable
+
+
+def quietly(step: Callable[[], object]) -> None:
+    """Run ``step`` in a finalizer: an error is dropped (there is nobody to tell; at
+    interpreter shutdown there may be nothing left to do it with), a Ctrl-C passed on."""
+    try:
+        step()
+    except KeyboardInterrupt:  # the user's, not ours to drop
+        pass_on()
+    except Exception:
+        pass
 
 
 def pass_on() -> None:

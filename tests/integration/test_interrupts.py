@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from regrow import Client, LocalCluster
+from regrow import Client, LocalCluster, interrupts
 
 
 def test_ctrl_c_in_a_futures_finalizer_reaches_the_program(
@@ -54,3 +54,31 @@ def test_ctrl_c_in_a_futures_finalizer_reaches_the_program(
         assert time.monotonic() < deadline, "the interrupt was lost in the finalizer"
         # Nothing is left half done: the client goes on.
         assert client.submit(abs, -2, pure=False).result(timeout=30) == 2
+
+
+def test_quietly_drops_errors_and_passes_a_ctrl_c_on() -> None:
+    """What Client, LocalCluster and SLURMCluster finalizers run their close with."""
+
+    def fails() -> None:
+        raise ValueError("nobody to tell")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    interrupts.quietly(fails)  # dropped
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    gc.collect()
+    gc.disable()
+    deadline = time.monotonic() + 10
+    returned = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.quietly(interrupted)
+            returned = True  # it returns: the interrupt comes after, from the main thread
+            while time.monotonic() < deadline:
+                pass
+    finally:
+        gc.enable()
+        signal.signal(signal.SIGINT, previous)
+    assert returned, "quietly let the interrupt through instead of passing it on"
+    assert time.monotonic() < deadline, "the interrupt was lost"

@@ -1292,15 +1292,10 @@ class Client:
 
     def __del__(self) -> None:
         if getattr(self, "status", "closed") == "running":
-            try:
-                if self.asynchronous:
-                    self._close_soon()  # it must not block, maybe in its own loop
-                else:
-                    self.close(timeout=2)
-            except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
-                interrupts.pass_on()
-            except Exception:
-                pass
+            # An asynchronous client's close must not block (maybe in its own loop).
+            interrupts.quietly(
+                lambda: self._close_soon() if self.asynchronous else self.close(timeout=2)
+            )
 
     @property
     def dashboard_link(self) -> str | None:

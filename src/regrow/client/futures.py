@@ -506,6 +506,7 @@ class Future:
     def __del__(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
+            # interrupts.quietly, written out: this runs for every Future.
             try:
                 client.release_key(self.key)
             except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop

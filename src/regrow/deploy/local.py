@@ -537,12 +537,7 @@ class LocalCluster(Cluster):
         return self
 
     def __del__(self) -> None:
-        try:
-            self.close(timeout=2)
-        except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
-            interrupts.pass_on()
-        except Exception:
-            pass
+        interrupts.quietly(lambda: self.close(timeout=2))
 
     def __repr__(self) -> str:
         return (

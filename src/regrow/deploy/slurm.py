@@ -533,12 +533,7 @@ class SLURMCluster(Cluster):
             logger.warning("SLURMCluster.close: %s (job ids: %s)", exc, ", ".join(sorted(ids)))
 
     def __del__(self) -> None:
-        try:
-            self.close(timeout=2)
-        except KeyboardInterrupt:  # the user's Ctrl-C, not ours to drop
-            interrupts.pass_on()
-        except Exception:
-            pass
+        interrupts.quietly(lambda: self.close(timeout=2))
 
     def __repr__(self) -> str:
         return (
