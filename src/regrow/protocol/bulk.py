@@ -88,7 +88,7 @@ class Bulk:
         error: BaseException | None = None
         try:
             moved = self._recv() if self._receive else self._send()
-        except (OSError, ConnectionError) as exc:
+        except OSError as exc:  # ConnectionError among them
             error = exc
         finally:
             with self._lock:
@@ -97,12 +97,14 @@ class Bulk:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             self._loop.call_soon_threadsafe(self._done, moved, error)
 
-    def _wait(self, poller: select.poll) -> None:
-        while not poller.poll(_POLL_MS):
-            if self._cancelled:
-                break
+    def _check(self) -> None:
         if self._cancelled:
             raise ConnectionAbortedError("the connection was closed")
+
+    def _wait(self, poller: select.poll) -> None:
+        while not poller.poll(_POLL_MS) and not self._cancelled:
+            pass
+        self._check()
 
     def _recv(self) -> int:
         view, sock = self._view, self._sock
@@ -114,8 +116,7 @@ class Bulk:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         while got < n:
-            if self._cancelled:
-                raise ConnectionAbortedError("the connection was closed")
+            self._check()
             try:
                 k = sock.recv_into(view[got:])
             except (BlockingIOError, InterruptedError):
@@ -125,8 +126,7 @@ class Bulk:
                 self._wait(poller)
                 continue
             if k == 0:
-                if self._cancelled:
-                    raise ConnectionAbortedError("the connection was closed")
+                self._check()
                 raise ConnectionResetError(
                     "the peer closed the connection in the middle of a frame"
                 )
@@ -143,8 +143,7 @@ class Bulk:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLOUT)
         while sent < n:
-            if self._cancelled:
-                raise ConnectionAbortedError("the connection was closed")
+            self._check()
             try:
                 sent += sock.send(view[sent:])
                 self.moved = sent
